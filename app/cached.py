@@ -1,0 +1,62 @@
+"""Every st.cache_* wrapper of the app. Cached objects are never mutated after they are returned.
+
+Models and captures are resources (shared, unpicklable tensors, bounded in number); the small arrays the views draw
+are data keyed by everything that determines them, so revisiting a view is instant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from core.analyses import maps
+from core.capture import Capture, run_with_capture
+from core.figures.maps import Thumbnail
+from core.models import LoadedModel, ModelSpec, load_model
+from core.tokens import Tokens, tokenize
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def get_model(spec: ModelSpec) -> LoadedModel:
+    return load_model(spec)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def get_tokens(spec: ModelSpec, text: str, max_tokens: int) -> Tokens:
+    return tokenize(get_model(spec).tokenizer, text, max_tokens=max_tokens)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
+def get_capture(spec: ModelSpec, text: str, max_tokens: int) -> Capture:
+    tokens = get_tokens(spec, text, max_tokens)
+    return run_with_capture(get_model(spec).model, tokens.as_tensor())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def head_map(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int, block: int, reduce: str,
+             hide_sink: bool) -> np.ndarray:
+    capture = get_capture(spec, text, max_tokens)
+    pooled = maps.pooled_map(capture.layer(layer), heads=[head], block=block, reduce=reduce, hide_sink=hide_sink)
+    return pooled.values[0].numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def layer_thumbnails(spec: ModelSpec, text: str, max_tokens: int, layer: int, cells: int, reduce: str,
+                     hide_sink: bool) -> list[Thumbnail]:
+    captured = get_capture(spec, text, max_tokens).layer(layer)
+    n_tokens = captured.q.shape[2]
+    heads = list(range(captured.n_heads))
+    pooled = maps.pooled_map(captured, heads=heads, block=maps.block_for(n_tokens, cells), reduce=reduce,
+                             hide_sink=hide_sink)
+    stats = maps.head_stats(captured)
+    return [
+        Thumbnail(layer=layer, head=h, values=pooled.values[h].numpy(), entropy=float(stats.entropy[h]),
+                  max_weight=float(stats.max_weight[h]))
+        for h in heads
+    ]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def query_row(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int, query: int) -> np.ndarray:
+    captured = get_capture(spec, text, max_tokens).layer(layer)
+    return maps.query_weights(captured, head=head, query=query).numpy()

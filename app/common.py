@@ -1,0 +1,102 @@
+"""The shared sidebar and the one path from the sidebar's choices to a captured run, with progress and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app import cached, state
+from core.capture import Capture
+from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec, needs_preparation, prepare_packaged_model
+from core.tokens import Tokens
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Everything that determines a capture; passed to every cached computation."""
+
+    spec: ModelSpec
+    text: str
+    max_tokens: int
+
+    def args(self) -> tuple:
+        return self.spec, self.text, self.max_tokens
+
+
+@dataclass
+class CurrentRun:
+    key: RunKey
+    tokens: Tokens
+    capture: Capture
+    kind: str  # "decoder" or "encoder"
+
+
+def _fill_example() -> None:
+    st.session_state[state.TEXT] = state.EXAMPLES[st.session_state[state.EXAMPLE]]
+
+
+def sidebar() -> None:
+    """Model choice and text, shared by every page."""
+    with st.sidebar:
+        st.subheader("Model")
+        choices = [*PACKAGED_MODELS, state.CUSTOM_MODEL]
+        st.selectbox("Model", choices, key=state.MODEL_CHOICE, label_visibility="collapsed",
+                     format_func=lambda c: PACKAGED_MODELS[c].title if c in PACKAGED_MODELS else c)
+        if st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
+            st.text_input("Hub id or local folder", key=state.CUSTOM_NAME, placeholder="gpt2 or /path/to/model")
+            st.text_input("Revision (optional)", key=state.CUSTOM_REVISION, placeholder="main")
+            st.checkbox("Trust remote code", key=state.TRUST_REMOTE_CODE,
+                        help="Runs Python code shipped with the model. Only for authors you trust.")
+        st.subheader("Text")
+        st.selectbox("Example prompts", list(state.EXAMPLES), key=state.EXAMPLE, on_change=_fill_example)
+        st.text_area("Text to analyse", key=state.TEXT, height=180,
+                     help="Press Ctrl+Enter (or click outside the box) to run the model on the text.")
+        st.number_input("Max tokens", min_value=8, max_value=32768, step=256, key=state.MAX_TOKENS,
+                        help="Longer texts are cut here; capture memory grows linearly with it.")
+
+
+def current_spec() -> ModelSpec | None:
+    choice = st.session_state[state.MODEL_CHOICE]
+    if choice != state.CUSTOM_MODEL:
+        return ModelSpec(name=choice)
+    name = st.session_state[state.CUSTOM_NAME].strip()
+    if not name:
+        return None
+    return ModelSpec(name=name, revision=st.session_state[state.CUSTOM_REVISION].strip() or None,
+                     trust_remote_code=bool(st.session_state[state.TRUST_REMOTE_CODE]))
+
+
+def current_run() -> CurrentRun | None:
+    """Load the chosen model and capture the text, showing progress; on a user mistake show why and return None."""
+    spec = current_spec()
+    if spec is None:
+        st.info("Type a Hugging Face hub id (e.g. `gpt2`) or a local model folder in the sidebar.")
+        return None
+    text = st.session_state[state.TEXT]
+    if not text.strip():
+        st.info("Type or paste some text in the sidebar to see its attention.")
+        return None
+    key = RunKey(spec=spec, text=text, max_tokens=int(st.session_state[state.MAX_TOKENS]))
+    try:
+        if needs_preparation(spec):
+            with st.status("Preparing the packaged model (once per machine)", expanded=True) as status:
+                bar = st.progress(0.0)
+                prepare_packaged_model(spec.name, progress=lambda fraction, message: bar.progress(fraction, message))
+                status.update(label="Packaged model prepared", state="complete", expanded=False)
+        with st.spinner(f"Loading {spec.name}"):
+            loaded = cached.get_model(spec)
+        tokens = cached.get_tokens(*key.args())
+        with st.spinner(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer"):
+            capture = cached.get_capture(*key.args())
+    except ModelLoadError as error:
+        st.error(str(error))
+        return None
+    except ValueError as error:
+        st.error(str(error))
+        return None
+    st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}")
+    if tokens.truncated:
+        st.warning(f"The text has {tokens.n_text_tokens} tokens; only the first {len(tokens)} are analysed. "
+                   "Raise 'Max tokens' in the sidebar to see more.")
+    return CurrentRun(key=key, tokens=tokens, capture=capture, kind=loaded.kind)

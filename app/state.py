@@ -1,0 +1,63 @@
+"""Every st.session_state key the app uses, with its default, in one place."""
+
+import streamlit as st
+
+from core.models import DEFAULT_MODEL
+
+MODEL_CHOICE = "model_choice"  # packaged alias, or CUSTOM_MODEL
+CUSTOM_MODEL = "Other: hub id or local folder"
+CUSTOM_NAME = "custom_model_name"  # hub id or folder typed by the user
+CUSTOM_REVISION = "custom_model_revision"
+TRUST_REMOTE_CODE = "trust_remote_code"
+TEXT = "text"  # the text every page analyses
+EXAMPLE = "example_prompt"
+MAX_TOKENS = "max_tokens"
+
+LAYER = "layer"
+HEAD = "head"
+QUERY = "query_position"
+VIEW = "maps_view"
+HIDE_SINK = "hide_sink"
+REDUCE = "pool_reduce"
+CELL_LIMIT = "cell_limit"
+GRID_SCOPE = "grid_scope"
+GRID_SORT = "grid_sort"
+GRID_CHART = "grid_chart"
+
+VIEW_ONE_HEAD = "One head"
+VIEW_ALL_HEADS = "All heads"
+VIEW_QUERY = "One query token"
+
+EXAMPLES = {
+    "Capital cities": "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is",
+    "Repeated names (induction)": (
+        "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal. "
+        "Mr Dursley was the director of a firm called Grunnings. Mrs Dursley was thin and blonde. Mr Dursley"
+    ),
+    "Code": "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Agreement over distance": "The keys to the old cabinet in the hallway that my grandmother painted blue are",
+}
+
+DEFAULTS = {
+    MODEL_CHOICE: DEFAULT_MODEL,
+    CUSTOM_NAME: "",
+    CUSTOM_REVISION: "",
+    TRUST_REMOTE_CODE: False,
+    TEXT: EXAMPLES["Capital cities"],
+    EXAMPLE: "Capital cities",
+    MAX_TOKENS: 2048,
+    LAYER: 0,
+    HEAD: 0,
+    QUERY: 0,
+    VIEW: VIEW_ONE_HEAD,
+    HIDE_SINK: False,
+    REDUCE: "mean",
+    CELL_LIMIT: 256,
+    GRID_SCOPE: "This layer",
+    GRID_SORT: False,
+}
+
+
+def init_state() -> None:
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)

@@ -1,0 +1,19 @@
+"""attnscope entry point: shared sidebar, then the page the user picked."""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+from app import common, state  # noqa: E402
+
+st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
+state.init_state()
+pages = [st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True)]
+navigation = st.navigation(pages)
+common.sidebar()
+navigation.run()

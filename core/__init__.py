@@ -1,0 +1,1 @@
+"""attnscope core: models, tokens, capture, analyses and figures. Never imports streamlit."""

@@ -1,0 +1,151 @@
+"""Attention maps that fit in a browser, computed from captured q/k without materialising all of L x L at once.
+
+Every function walks the query rows in chunks, building probabilities for one chunk of rows and the requested heads
+only, so peak memory is O(heads x chunk x S) instead of O(heads x T x S). Long maps are pooled into square blocks of
+`block` x `block` cells: "mean" averages the probabilities over the *visible* cells of a block (cells hidden by the
+causal mask do not dilute it), "max" takes their maximum. Blocks with no visible cell are NaN, drawn blank.
+
+"Hide the sink" removes key 0 from what is drawn and pooled; the remaining weights are *not* renormalised, so every
+value shown is still the model's own probability.
+
+All functions read the first sequence of the batch; tensors follow [B, H, T, D].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from core.capture import LayerCapture
+
+REDUCTIONS = ("mean", "max")
+
+
+@dataclass
+class PooledMap:
+    values: torch.Tensor  # (h, ceil(T/block), ceil(S/block)) fp32; NaN where a block has no visible cell
+    block: int  # cells per block side; 1 = not pooled
+
+
+@dataclass
+class HeadStats:
+    entropy: torch.Tensor  # (h,) mean over query rows of the row entropy, nats
+    normalized_entropy: torch.Tensor  # (h,) mean over rows with > 1 visible key of entropy / log(visible keys)
+    max_weight: torch.Tensor  # (h,) mean over query rows of the largest weight
+    sink_mass: torch.Tensor  # (h,) mean over query rows of the weight on key 0
+
+
+_ROWS_PER_CHUNK = 256  # query rows whose probabilities exist at once: heads x 256 x S fp32 values
+
+
+def _chunk_rows(block: int) -> int:
+    """Rows per chunk: a multiple of the pooling block near _ROWS_PER_CHUNK."""
+    return block * max(1, _ROWS_PER_CHUNK // block)
+
+
+def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str) -> None:
+    bad = [h for h in heads if not 0 <= h < layer.n_heads]
+    if bad:
+        raise ValueError(f"Heads {bad} do not exist; this layer has heads 0..{layer.n_heads - 1}.")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}.")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
+
+
+def pooled_map(
+    layer: LayerCapture,
+    *,
+    heads: Sequence[int],
+    block: int,
+    reduce: str = "mean",
+    hide_sink: bool = False,
+) -> PooledMap:
+    """Attention probabilities of `heads` pooled into `block` x `block` tiles, computed chunk by chunk.
+
+    Args:
+        layer: a captured layer.
+        heads: query-head indices.
+        block: tile side in cells (1 returns the exact map).
+        reduce: "mean" over visible cells or "max".
+        hide_sink: leave key 0 out of every tile (not renormalised).
+
+    Returns:
+        PooledMap with values (len(heads), ceil(T/block), ceil(S/block)).
+    """
+    heads = list(heads)
+    _validate(layer, heads, block, reduce)
+    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
+    n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
+    key_pad = n_key_blocks * block - n_keys
+    out = torch.empty(len(heads), n_row_blocks, n_key_blocks)
+    chunk = _chunk_rows(block)
+    for start in range(0, n_queries, chunk):
+        rows = slice(start, min(start + chunk, n_queries))
+        probs = layer.probs(heads, rows)[0]  # (h, t, S)
+        visible = layer.visible(rows)[0].expand(len(heads), -1, -1)  # (h, t, S)
+        if hide_sink:
+            visible = visible.clone()
+            visible[..., 0] = False
+        t = probs.shape[1]
+        row_pad = math.ceil(t / block) * block - t
+        probs = torch.nn.functional.pad(probs, (0, key_pad, 0, row_pad))
+        visible = torch.nn.functional.pad(visible, (0, key_pad, 0, row_pad), value=False)
+        tiles = probs.reshape(len(heads), -1, block, n_key_blocks, block)  # (h, rb, block, kb, block)
+        tiles_visible = visible.reshape(tiles.shape)
+        if reduce == "mean":
+            total = (tiles * tiles_visible).sum(dim=(2, 4))
+            count = tiles_visible.sum(dim=(2, 4))
+            pooled = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+        else:
+            pooled = tiles.masked_fill(~tiles_visible, float("-inf")).amax(dim=(2, 4))
+            pooled = torch.where(torch.isinf(pooled), torch.nan, pooled)
+        first = start // block
+        out[:, first : first + pooled.shape[1]] = pooled
+    return PooledMap(values=out, block=block)
+
+
+def block_for(n_cells: int, max_cells: int) -> int:
+    """Smallest block so that ceil(n_cells / block) <= max_cells."""
+    return max(1, math.ceil(n_cells / max_cells))
+
+
+def head_stats(layer: LayerCapture, *, heads: Sequence[int] | None = None) -> HeadStats:
+    """Per-head row statistics (entropy, max weight, sink mass) averaged over query rows, chunk by chunk."""
+    heads = list(range(layer.n_heads)) if heads is None else list(heads)
+    _validate(layer, heads, 1, "mean")
+    n_queries = layer.q.shape[2]
+    entropy = torch.zeros(len(heads), dtype=torch.float64)
+    normalized = torch.zeros(len(heads), dtype=torch.float64)
+    max_weight = torch.zeros(len(heads), dtype=torch.float64)
+    sink = torch.zeros(len(heads), dtype=torch.float64)
+    n_normalized = torch.zeros(len(heads), dtype=torch.float64)
+    chunk = _chunk_rows(1)
+    for start in range(0, n_queries, chunk):
+        rows = slice(start, min(start + chunk, n_queries))
+        probs = layer.probs(heads, rows)[0].double()  # (h, t, S)
+        row_entropy = -(probs * torch.log(probs.clamp(min=1e-300))).sum(-1)  # (h, t)
+        n_visible = layer.visible(rows)[0].sum(-1).double()  # (1 or h, t)
+        spread = n_visible > 1
+        entropy += row_entropy.sum(-1)
+        normalized += (row_entropy / torch.log(n_visible.clamp(min=2)) * spread).sum(-1)
+        n_normalized += spread.expand_as(row_entropy).sum(-1)
+        max_weight += probs.amax(-1).sum(-1)
+        sink += probs[..., 0].sum(-1)
+    return HeadStats(
+        entropy=(entropy / n_queries).float(),
+        normalized_entropy=(normalized / n_normalized.clamp(min=1)).float(),
+        max_weight=(max_weight / n_queries).float(),
+        sink_mass=(sink / n_queries).float(),
+    )
+
+
+def query_weights(layer: LayerCapture, *, head: int, query: int) -> torch.Tensor:
+    """(S,) attention weights of one query token for one head; invisible keys are 0."""
+    _validate(layer, [head], 1, "mean")
+    if not 0 <= query < layer.q.shape[2]:
+        raise ValueError(f"Query {query} does not exist; this text has query positions 0..{layer.q.shape[2] - 1}.")
+    return layer.probs([head], slice(query, query + 1))[0, 0, 0]

@@ -1,0 +1,237 @@
+"""Capture every layer's queries, keys and values through transformers' attention-function registry.
+
+attnscope registers one attention function, ``"attnscope"``, with ``AttentionInterface`` and loads every model with
+``attn_implementation="attnscope"``. The function computes the layer's output with PyTorch SDPA exactly as the
+built-in ``"sdpa"`` implementation does; only while a :func:`capturing` block is active in the current thread (a
+``ContextVar``, so concurrent app sessions sharing one model never see each other's tensors) does it also store
+detached copies of the tensors it is handed:
+
+- ``q``: (B, Hq, T, D) queries after rotary embedding;
+- ``k``: (B, Hkv, S, D) keys after rotary embedding and *before* the grouped-query repeat (Hq = groups * Hkv);
+- ``v``: (B, Hkv, S, Dv) values, likewise;
+- the scale the model uses (Llama: 1/sqrt(D); GPT-2 may divide further by the layer index) and the mask.
+
+The mask is stored as a rule, not a matrix, whenever it is one: ``causal=True`` (key j visible to query i iff
+j <= i + S - T, bottom-right aligned as with a KV cache) or full visibility; only a mask that is neither (padding,
+sliding windows) is kept as a bool tensor, shared between layers that received the same one. So a capture holds
+O(L) memory per head, and L x L probabilities are built only for the layers and heads a view asks for
+(:meth:`LayerCapture.probs`).
+
+Caution: transformers builds no causal mask for an attention name that has no mask function registered under the
+same name, and a decoder then silently attends to the future. :func:`register_attention` registers SDPA's mask
+function as ``"attnscope"`` in ``AttentionMaskInterface`` too; tests/unit/test_capture.py checks causality directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+ATTENTION_NAME = "attnscope"
+
+
+@dataclass
+class LayerCapture:
+    """What one attention layer saw during a forward pass. Layout [B, H, T, D] throughout."""
+
+    q: torch.Tensor  # (B, Hq, T, D) queries after rotary embedding
+    k: torch.Tensor  # (B, Hkv, S, D) keys after rotary embedding, before the grouped-query repeat
+    v: torch.Tensor  # (B, Hkv, S, Dv) values, before the grouped-query repeat
+    scale: float  # logits are q.k * scale
+    causal: bool  # when mask is None: key j is visible to query i iff j <= i + S - T
+    mask: torch.Tensor | None  # (B or 1, 1 or Hq, T, S) bool, True = visible; overrides `causal` when set
+    softcap: float | None = None  # logits -> softcap * tanh(logits / softcap) before softmax (Gemma-2 style)
+
+    @property
+    def n_heads(self) -> int:
+        return self.q.shape[1]
+
+    @property
+    def groups(self) -> int:
+        """Query heads per key/value head (1 for multi-head attention)."""
+        return self.q.shape[1] // self.k.shape[1]
+
+    def kv_head(self, head: int) -> int:
+        """Index of the key/value head that query head `head` reads."""
+        return head // self.groups
+
+    def visible(self, rows: slice | None = None) -> torch.Tensor:
+        """Bool visibility (B or 1, 1 or Hq, t, S) of keys for the query rows `rows` (default all)."""
+        n_queries, n_keys = self.q.shape[2], self.k.shape[2]
+        rows = rows or slice(0, n_queries)
+        if self.mask is not None:
+            return self.mask[:, :, rows]
+        query_pos = torch.arange(n_queries, device=self.q.device)[rows] + (n_keys - n_queries)
+        key_pos = torch.arange(n_keys, device=self.q.device)
+        if not self.causal:
+            return torch.ones(1, 1, len(query_pos), n_keys, dtype=torch.bool, device=self.q.device)
+        return (key_pos[None, :] <= query_pos[:, None])[None, None]
+
+    def logits(self, heads: Iterable[int] | None = None, rows: slice | None = None) -> torch.Tensor:
+        """Scaled logits (B, h, t, S) in fp32 for query heads `heads` and rows `rows`; masked cells are -inf."""
+        heads = list(range(self.n_heads)) if heads is None else list(heads)
+        rows = rows or slice(0, self.q.shape[2])
+        q = self.q[:, heads, rows].float()  # (B, h, t, D)
+        k = self.k[:, [self.kv_head(h) for h in heads]].float()  # (B, h, S, D)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        if self.softcap is not None:
+            scores = self.softcap * torch.tanh(scores / self.softcap)
+        visible = self.visible(rows)
+        if visible.shape[1] > 1:
+            visible = visible[:, heads]
+        return scores.masked_fill(~visible, float("-inf"))
+
+    def probs(self, heads: Iterable[int] | None = None, rows: slice | None = None) -> torch.Tensor:
+        """Attention probabilities (B, h, t, S) in fp32, built only for the requested heads and rows."""
+        probs = torch.softmax(self.logits(heads, rows), dim=-1)
+        return probs.nan_to_num(0.0)  # a row with no visible key (only under padding masks) has no distribution
+
+
+class _Recorder:
+    def __init__(self, layers: set[int] | None):
+        self.layers = layers
+        self.captured: dict[int, LayerCapture] = {}
+        self._masks: dict[int, tuple[torch.Tensor, bool, torch.Tensor | None]] = {}
+        self._calls = 0
+
+    def record(self, module, query, key, value, attention_mask, scaling, kwargs) -> None:
+        layer = getattr(module, "layer_idx", None)
+        layer = self._calls if layer is None else layer
+        self._calls += 1
+        if self.layers is not None and layer not in self.layers:
+            return
+        causal, mask = self._mask_rule(module, query, key, attention_mask, kwargs)
+        self.captured[layer] = LayerCapture(
+            q=query.detach().clone(),
+            k=key.detach().clone(),
+            v=value.detach().clone(),
+            scale=float(query.shape[-1] ** -0.5 if scaling is None else scaling),
+            causal=causal,
+            mask=mask,
+            softcap=kwargs.get("softcap"),
+        )
+
+    def _mask_rule(self, module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
+        """Reduce the mask the layer received to (causal rule, explicit bool mask or None)."""
+        if attention_mask is None:
+            is_causal = kwargs.get("is_causal")
+            return bool(getattr(module, "is_causal", True) if is_causal is None else is_causal), None
+        cached = self._masks.get(id(attention_mask))
+        if cached is not None and cached[0] is attention_mask:
+            return cached[1], cached[2]
+        if attention_mask.dtype == torch.bool:
+            visible = attention_mask
+        else:  # additive float mask: 0 where visible, a very negative number where not
+            visible = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        n_queries, n_keys = query.shape[2], key.shape[2]
+        causal_rule = torch.ones(n_queries, n_keys, dtype=torch.bool, device=visible.device).tril(n_keys - n_queries)
+        if bool(visible.all()):
+            rule = (False, None)
+        elif bool((visible == causal_rule).all()):
+            rule = (True, None)
+        else:
+            rule = (False, visible.detach().clone())
+        self._masks[id(attention_mask)] = (attention_mask, *rule)
+        return rule
+
+
+_ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
+
+
+def attnscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention function registered as "attnscope": SDPA, plus recording while a capture is active."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    recorder = _ACTIVE.get()
+    if recorder is not None:
+        recorder.record(module, query, key, value, attention_mask, scaling, kwargs)
+    if kwargs.get("softcap") is not None:
+        return _explicit_attention(module, query, key, value, attention_mask, scaling, kwargs["softcap"])
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _explicit_attention(module, query, key, value, attention_mask, scaling, softcap):
+    """Softcapped attention, which SDPA cannot do: the eager formula, with the mask already 4-D."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def register_attention() -> None:
+    """Register the "attnscope" attention function and its mask function (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, attnscope_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+@contextlib.contextmanager
+def capturing(layers: Iterable[int] | None = None) -> Iterator[dict[int, LayerCapture]]:
+    """Record q/k/v of every attention call in this thread while the block runs.
+
+    Args:
+        layers: layer indices to keep (default: all); other layers run normally and store nothing.
+
+    Yields:
+        A dict layer index -> LayerCapture, filled as the model runs. The recorder is removed in `finally`.
+    """
+    recorder = _Recorder(None if layers is None else set(layers))
+    token = _ACTIVE.set(recorder)
+    try:
+        yield recorder.captured
+    finally:
+        _ACTIVE.reset(token)
+
+
+@dataclass
+class Capture:
+    """One forward pass over one text: every captured layer plus the model's own next-token log-probabilities."""
+
+    layers: dict[int, LayerCapture]  # layer index -> what it saw
+    token_logprobs: torch.Tensor | None  # (T-1,) log p(token t+1 | tokens <= t) for decoders, None for encoders
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return next(iter(self.layers.values())).n_heads
+
+    def layer(self, index: int) -> LayerCapture:
+        if index not in self.layers:
+            raise ValueError(f"Layer {index} was not captured; captured layers are {sorted(self.layers)}.")
+        return self.layers[index]
+
+
+@torch.no_grad()
+def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: Iterable[int] | None = None) -> Capture:
+    """Run `model` on `input_ids` (B, T) with capture on.
+
+    The model must have been loaded with ``attn_implementation="attnscope"`` (core.models does this); otherwise no
+    layer is recorded and a ValueError says so.
+    """
+    with capturing(layers) as captured:
+        output = model(input_ids=input_ids)
+    if not captured:
+        raise ValueError(
+            f"No attention layer was captured: load the model with attn_implementation='{ATTENTION_NAME}' "
+            "(core.models.load_model does)."
+        )
+    logits = getattr(output, "logits", None)
+    token_logprobs = None
+    if logits is not None and input_ids.shape[1] > 1:
+        logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (T-1, V)
+        token_logprobs = logprobs.gather(-1, input_ids[0, 1:, None]).squeeze(-1)
+    return Capture(layers=dict(sorted(captured.items())), token_logprobs=token_logprobs)

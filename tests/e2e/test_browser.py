@@ -1,0 +1,112 @@
+"""A real Chromium against `streamlit run`: type a sentence, see its attention map, open a head from the grid."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+SENTENCE = "The giraffe ate leaves from the tallest acacia tree"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    log = open(ROOT / "tests" / "output" / "streamlit-e2e.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.terminate()
+        pytest.fail("streamlit did not start within 90 s; see tests/output/streamlit-e2e.log")
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`.ci/run` does).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+def _click_grid_tile(page, layer: int, head: int) -> None:
+    """Click the centre of the (layer, head) tile, located through plotly's own axis transforms."""
+    position = page.evaluate(
+        """([layer, head]) => {
+            const plots = [...document.querySelectorAll('.js-plotly-plot')];
+            const gd = plots.find(p => p.data && p.data.some(t => t.name === 'heads'));
+            const trace = gd.data.find(t => t.name === 'heads');
+            const i = trace.customdata.findIndex(c => c[0] === layer && c[1] === head);
+            const fl = gd._fullLayout, box = gd.getBoundingClientRect();
+            return {x: box.left + fl._size.l + fl.xaxis.l2p(trace.x[i]),
+                    y: box.top + fl._size.t + fl.yaxis.l2p(trace.y[i])};
+        }""",
+        [layer, head],
+    )
+    page.mouse.move(position["x"], position["y"])
+    page.mouse.click(position["x"], position["y"])
+
+
+def test_type_sentence_see_map_open_head(server, browser, output_dir):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(server)
+    page.get_by_role("heading", name="Attention maps").wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+
+    box = page.get_by_role("textbox", name="Text to analyse")
+    box.fill(SENTENCE)
+    box.press("Control+Enter")
+    giraffe = page.locator(".js-plotly-plot .ytick text", has_text="giraffe")
+    giraffe.first.wait_for(timeout=60_000)
+    tick_texts = page.locator(".js-plotly-plot .xtick text").all_text_contents()
+    for word in ["giraffe", "leaves", "tallest", "tree"]:
+        assert any(word in t for t in tick_texts), f"{word!r} missing from the map's key axis: {tick_texts}"
+    page.screenshot(path=str(output_dir / "e2e-one-head.png"), full_page=True)
+
+    page.get_by_text("All heads", exact=True).click()
+    page.get_by_text("click a head to open it").wait_for(timeout=60_000)
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                           ".some(p => p.data && p.data.some(t => t.name === 'heads'))", timeout=60_000)
+    page.screenshot(path=str(output_dir / "e2e-grid.png"), full_page=True)
+
+    _click_grid_tile(page, layer=0, head=4)
+    title = page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 4")
+    title.wait_for(timeout=60_000)
+    page.screenshot(path=str(output_dir / "e2e-opened-head.png"), full_page=True)
+    page.close()
