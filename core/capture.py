@@ -150,30 +150,56 @@ def attnscope_attention(module, query, key, value, attention_mask, scaling=None,
     if recorder is not None:
         recorder.record(module, query, key, value, attention_mask, scaling, kwargs)
     if kwargs.get("softcap") is not None:
-        return _explicit_attention(module, query, key, value, attention_mask, scaling, kwargs["softcap"])
+        return explicit_attention(module, query, key, value, attention_mask, scaling=scaling, softcap=kwargs["softcap"])
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
-def _explicit_attention(module, query, key, value, attention_mask, scaling, softcap):
-    """Softcapped attention, which SDPA cannot do: the eager formula, with the mask already 4-D."""
+def explicit_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, **kwargs):
+    """Softmax attention written out, applying exactly the mask it is handed (bool: True = visible; float: added).
+
+    Used for softcapped logits, which SDPA cannot do, and as the plain reference a replacement attention follows.
+    """
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    scores = softcap * torch.tanh(scores / softcap)
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool else scores + attention_mask
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    elif attention_mask is not None:
+        scores = scores + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
-def register_attention() -> None:
-    """Register the "attnscope" attention function and its mask function (idempotent)."""
+def _materialised_sdpa_mask(*args, **kwargs):
+    """SDPA's mask function, but always a bool tensor: never None in place of the causal rule."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def register_attention_function(name: str, function, *, materialise_mask: bool) -> None:
+    """Register `function` as attention implementation `name`, together with a mask function under the same name.
+
+    Without a mask function under the same name transformers passes no mask at all, and a function that applies the
+    mask it is handed lets a decoder see the future. With `materialise_mask=False` the mask is SDPA's, which is None
+    for a plain causal or full pattern: fine for a function that, like SDPA, falls back to `module.is_causal`. A
+    function that only applies the mask it is given (a replacement attention) needs `materialise_mask=True`.
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ATTENTION_NAME, attnscope_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, _materialised_sdpa_mask if materialise_mask else sdpa_mask)
+
+
+def register_attention() -> None:
+    """Register the "attnscope" attention function and its mask function (idempotent)."""
+    register_attention_function(ATTENTION_NAME, attnscope_attention, materialise_mask=False)
 
 
 @contextlib.contextmanager

@@ -24,9 +24,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(output_dir):
     port = _free_port()
-    log = open(ROOT / "tests" / "output" / "streamlit-e2e.log", "w")
+    log = open(output_dir / "streamlit-e2e.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
