@@ -46,9 +46,8 @@ def layer_thumbnails(spec: ModelSpec, text: str, max_tokens: int, layer: int, ce
     captured = get_capture(spec, text, max_tokens).layer(layer)
     n_tokens = captured.q.shape[2]
     heads = list(range(captured.n_heads))
-    pooled = maps.pooled_map(captured, heads=heads, block=maps.block_for(n_tokens, cells), reduce=reduce,
-                             hide_sink=hide_sink)
-    stats = maps.head_stats(captured)
+    pooled, stats = maps.layer_overview(captured, heads=heads, block=maps.block_for(n_tokens, cells), reduce=reduce,
+                                        hide_sink=hide_sink)
     return [
         Thumbnail(layer=layer, head=h, values=pooled.values[h].numpy(), entropy=float(stats.entropy[h]),
                   max_weight=float(stats.max_weight[h]))

@@ -77,7 +77,6 @@ def current_run() -> CurrentRun | None:
     if not text.strip():
         st.info("Type or paste some text in the sidebar to see its attention.")
         return None
-    key = RunKey(spec=spec, text=text, max_tokens=int(st.session_state[state.MAX_TOKENS]))
     try:
         if needs_preparation(spec):
             with st.status("Preparing the packaged model (once per machine)", expanded=True) as status:
@@ -86,17 +85,26 @@ def current_run() -> CurrentRun | None:
                 status.update(label="Packaged model prepared", state="complete", expanded=False)
         with st.spinner(f"Loading {spec.name}"):
             loaded = cached.get_model(spec)
-        tokens = cached.get_tokens(*key.args())
-        with st.spinner(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer"):
-            capture = cached.get_capture(*key.args())
     except ModelLoadError as error:
         st.error(str(error))
         return None
+    except Exception as error:  # an arbitrary user-chosen model can fail anywhere inside transformers
+        st.error(f"Could not load '{spec.name}': {type(error).__name__}: {error}")
+        return None
+    max_tokens = int(st.session_state[state.MAX_TOKENS])
+    model_limit = loaded.info.get("max_positions") or max_tokens
+    max_tokens = min(max_tokens, model_limit)
+    key = RunKey(spec=spec, text=text, max_tokens=max_tokens)
+    try:
+        tokens = cached.get_tokens(*key.args())
     except ValueError as error:
         st.error(str(error))
         return None
+    with st.spinner(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer"):
+        capture = cached.get_capture(*key.args())
     st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}")
     if tokens.truncated:
-        st.warning(f"The text has {tokens.n_text_tokens} tokens; only the first {len(tokens)} are analysed. "
-                   "Raise 'Max tokens' in the sidebar to see more.")
+        remedy = (f"{spec.name} reads at most {model_limit} positions." if max_tokens == model_limit
+                  else "Raise 'Max tokens' in the sidebar to see more.")
+        st.warning(f"The text has {tokens.n_text_tokens} tokens; only the first {len(tokens)} are analysed. {remedy}")
     return CurrentRun(key=key, tokens=tokens, capture=capture, kind=loaded.kind)

@@ -56,6 +56,77 @@ def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
 
 
+class _Pooler:
+    """Accumulates block x block tiles of probabilities, one chunk of query rows (a multiple of block) at a time."""
+
+    def __init__(self, n_heads: int, n_queries: int, n_keys: int, block: int, reduce: str, hide_sink: bool):
+        self.block, self.reduce, self.hide_sink = block, reduce, hide_sink
+        self.n_key_blocks = math.ceil(n_keys / block)
+        self.key_pad = self.n_key_blocks * block - n_keys
+        self.values = torch.empty(n_heads, math.ceil(n_queries / block), self.n_key_blocks)
+
+    def add(self, start: int, probs: torch.Tensor, visible: torch.Tensor) -> None:
+        """probs, visible: (h, t, S) for query rows start..start+t."""
+        if self.hide_sink:
+            visible = visible.clone()
+            visible[..., 0] = False
+        n_heads, t, _ = probs.shape
+        row_pad = math.ceil(t / self.block) * self.block - t
+        probs = torch.nn.functional.pad(probs, (0, self.key_pad, 0, row_pad))
+        visible = torch.nn.functional.pad(visible, (0, self.key_pad, 0, row_pad), value=False)
+        tiles = probs.reshape(n_heads, -1, self.block, self.n_key_blocks, self.block)  # (h, rb, block, kb, block)
+        tiles_visible = visible.reshape(tiles.shape)
+        if self.reduce == "mean":
+            total = (tiles * tiles_visible).sum(dim=(2, 4))
+            count = tiles_visible.sum(dim=(2, 4))
+            pooled = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+        else:
+            pooled = tiles.masked_fill(~tiles_visible, float("-inf")).amax(dim=(2, 4))
+            pooled = torch.where(torch.isinf(pooled), torch.nan, pooled)
+        first = start // self.block
+        self.values[:, first : first + pooled.shape[1]] = pooled
+
+
+class _RowStats:
+    """Accumulates per-head sums of row entropy, max weight and sink mass over chunks of query rows."""
+
+    def __init__(self, n_heads: int, n_queries: int):
+        self.n_queries = n_queries
+        zeros = lambda: torch.zeros(n_heads, dtype=torch.float64)  # noqa: E731
+        self.entropy, self.normalized, self.n_normalized, self.max_weight, self.sink = (zeros() for _ in range(5))
+
+    def add(self, start: int, probs: torch.Tensor, visible: torch.Tensor) -> None:
+        probs = probs.double()
+        row_entropy = -(probs * torch.log(probs.clamp(min=1e-300))).sum(-1)  # (h, t)
+        n_visible = visible.sum(-1).double()  # (h, t)
+        spread = n_visible > 1
+        self.entropy += row_entropy.sum(-1)
+        self.normalized += (row_entropy / torch.log(n_visible.clamp(min=2)) * spread).sum(-1)
+        self.n_normalized += spread.sum(-1)
+        self.max_weight += probs.amax(-1).sum(-1)
+        self.sink += probs[..., 0].sum(-1)
+
+    def result(self) -> HeadStats:
+        return HeadStats(
+            entropy=(self.entropy / self.n_queries).float(),
+            normalized_entropy=(self.normalized / self.n_normalized.clamp(min=1)).float(),
+            max_weight=(self.max_weight / self.n_queries).float(),
+            sink_mass=(self.sink / self.n_queries).float(),
+        )
+
+
+def _sweep(layer: LayerCapture, heads: list[int], block: int, consumers: Sequence) -> None:
+    """Build probabilities chunk by chunk of query rows and hand each chunk to every consumer."""
+    n_queries = layer.q.shape[2]
+    chunk = _chunk_rows(block)
+    for start in range(0, n_queries, chunk):
+        rows = slice(start, min(start + chunk, n_queries))
+        probs = layer.probs(heads, rows)[0]  # (h, t, S)
+        visible = layer.visible(rows)[0].expand(len(heads), -1, -1)  # (h, t, S)
+        for consumer in consumers:
+            consumer.add(start, probs, visible)
+
+
 def pooled_map(
     layer: LayerCapture,
     *,
@@ -78,69 +149,41 @@ def pooled_map(
     """
     heads = list(heads)
     _validate(layer, heads, block, reduce)
-    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
-    n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
-    key_pad = n_key_blocks * block - n_keys
-    out = torch.empty(len(heads), n_row_blocks, n_key_blocks)
-    chunk = _chunk_rows(block)
-    for start in range(0, n_queries, chunk):
-        rows = slice(start, min(start + chunk, n_queries))
-        probs = layer.probs(heads, rows)[0]  # (h, t, S)
-        visible = layer.visible(rows)[0].expand(len(heads), -1, -1)  # (h, t, S)
-        if hide_sink:
-            visible = visible.clone()
-            visible[..., 0] = False
-        t = probs.shape[1]
-        row_pad = math.ceil(t / block) * block - t
-        probs = torch.nn.functional.pad(probs, (0, key_pad, 0, row_pad))
-        visible = torch.nn.functional.pad(visible, (0, key_pad, 0, row_pad), value=False)
-        tiles = probs.reshape(len(heads), -1, block, n_key_blocks, block)  # (h, rb, block, kb, block)
-        tiles_visible = visible.reshape(tiles.shape)
-        if reduce == "mean":
-            total = (tiles * tiles_visible).sum(dim=(2, 4))
-            count = tiles_visible.sum(dim=(2, 4))
-            pooled = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
-        else:
-            pooled = tiles.masked_fill(~tiles_visible, float("-inf")).amax(dim=(2, 4))
-            pooled = torch.where(torch.isinf(pooled), torch.nan, pooled)
-        first = start // block
-        out[:, first : first + pooled.shape[1]] = pooled
-    return PooledMap(values=out, block=block)
-
-
-def block_for(n_cells: int, max_cells: int) -> int:
-    """Smallest block so that ceil(n_cells / block) <= max_cells."""
-    return max(1, math.ceil(n_cells / max_cells))
+    pooler = _Pooler(len(heads), layer.q.shape[2], layer.k.shape[2], block, reduce, hide_sink)
+    _sweep(layer, heads, block, [pooler])
+    return PooledMap(values=pooler.values, block=block)
 
 
 def head_stats(layer: LayerCapture, *, heads: Sequence[int] | None = None) -> HeadStats:
     """Per-head row statistics (entropy, max weight, sink mass) averaged over query rows, chunk by chunk."""
     heads = list(range(layer.n_heads)) if heads is None else list(heads)
     _validate(layer, heads, 1, "mean")
-    n_queries = layer.q.shape[2]
-    entropy = torch.zeros(len(heads), dtype=torch.float64)
-    normalized = torch.zeros(len(heads), dtype=torch.float64)
-    max_weight = torch.zeros(len(heads), dtype=torch.float64)
-    sink = torch.zeros(len(heads), dtype=torch.float64)
-    n_normalized = torch.zeros(len(heads), dtype=torch.float64)
-    chunk = _chunk_rows(1)
-    for start in range(0, n_queries, chunk):
-        rows = slice(start, min(start + chunk, n_queries))
-        probs = layer.probs(heads, rows)[0].double()  # (h, t, S)
-        row_entropy = -(probs * torch.log(probs.clamp(min=1e-300))).sum(-1)  # (h, t)
-        n_visible = layer.visible(rows)[0].sum(-1).double()  # (1 or h, t)
-        spread = n_visible > 1
-        entropy += row_entropy.sum(-1)
-        normalized += (row_entropy / torch.log(n_visible.clamp(min=2)) * spread).sum(-1)
-        n_normalized += spread.expand_as(row_entropy).sum(-1)
-        max_weight += probs.amax(-1).sum(-1)
-        sink += probs[..., 0].sum(-1)
-    return HeadStats(
-        entropy=(entropy / n_queries).float(),
-        normalized_entropy=(normalized / n_normalized.clamp(min=1)).float(),
-        max_weight=(max_weight / n_queries).float(),
-        sink_mass=(sink / n_queries).float(),
-    )
+    stats = _RowStats(len(heads), layer.q.shape[2])
+    _sweep(layer, heads, 1, [stats])
+    return stats.result()
+
+
+def layer_overview(
+    layer: LayerCapture,
+    *,
+    heads: Sequence[int],
+    block: int,
+    reduce: str = "mean",
+    hide_sink: bool = False,
+) -> tuple[PooledMap, HeadStats]:
+    """pooled_map and head_stats of the same heads in one pass over the query rows (the statistics ignore
+    hide_sink: they describe the model's full distribution)."""
+    heads = list(heads)
+    _validate(layer, heads, block, reduce)
+    pooler = _Pooler(len(heads), layer.q.shape[2], layer.k.shape[2], block, reduce, hide_sink)
+    stats = _RowStats(len(heads), layer.q.shape[2])
+    _sweep(layer, heads, block, [pooler, stats])
+    return PooledMap(values=pooler.values, block=block), stats.result()
+
+
+def block_for(n_cells: int, max_cells: int) -> int:
+    """Smallest block so that ceil(n_cells / block) <= max_cells."""
+    return max(1, math.ceil(n_cells / max_cells))
 
 
 def query_weights(layer: LayerCapture, *, head: int, query: int) -> torch.Tensor:

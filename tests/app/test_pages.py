@@ -109,3 +109,13 @@ def test_encoder_model_runs():
     assert not at.exception
     assert "0:[CLS]" in _figure(at)["data"][0]["x"]
     assert any("bidirectional" in c.value for c in at.caption)
+
+
+def test_model_position_limit_caps_the_text():
+    at = _app()
+    at.session_state[state.TEXT] = " ".join(["word"] * 700)
+    at.session_state[state.MODEL_CHOICE] = "minilm-l6"
+    at.run()
+    assert not at.exception
+    assert any("reads at most 512 positions" in w.value for w in at.warning)
+    assert at.sidebar.caption[0].value.startswith("512 tokens")
