@@ -1,0 +1,198 @@
+"""Fused per-row attention statistics in one pass over key tiles (Triton), plus the public dispatching function.
+
+Online softmax as in FlashAttention: for each query tile the kernel walks the key tiles once, keeping a running
+max m, the running sum l = sum exp(s - m) and, rescaled alongside it, sum exp(s - m) * s (for the entropy
+lse - E[s]), sum exp(s - m) * |i - j| (mean distance) and, with V, the output accumulator. The running argmax
+follows m. Top-k keeps, per row, TOPK candidate logits; each key tile offers its TOPK best, each replacing the
+current smallest candidate when larger. Memory is O(T) per head; the (T, S) matrix never exists.
+
+Grouped-query attention: program (tile, b * Hq + h) reads key/value head h // (Hq // Hkv) in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.attention_stats import chunked
+from kernels.attention_stats.naive import AttentionStats
+from kernels.utils import check_qkv, default_scale, dot_precision, interpreter_dot_upcast, resolve_backend
+
+
+@triton.jit
+def attention_stats_kernel(
+    q_ptr, k_ptr, v_ptr,  # (B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, DV)
+    lse_ptr, entropy_ptr, max_ptr, argmax_ptr, sink_ptr, dist_ptr,  # (B, Hq, T) each, contiguous
+    topk_w_ptr, topk_i_ptr,  # (B, Hq, T, TOPK) contiguous
+    o_ptr,  # (B, Hq, T, DV) contiguous
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale,
+    CAUSAL: tl.constexpr, TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, WITH_V: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // n_heads, i_bh % n_heads
+    i_kv = i_h // groups
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < n_queries
+    pos_m = o_m + (n_keys - n_queries)  # key position of each query row (bottom-right alignment)
+
+    p_q = q_ptr + i_b * stride_qb + i_h * stride_qh + o_m[:, None] * stride_qt + o_d[None, :] * stride_qd
+    b_q = tl.load(p_q, mask=m_m[:, None] & (o_d[None, :] < head_dim), other=0.0)  # [BLOCK_M, BLOCK_D], input dtype
+    if DOT_UPCAST:
+        b_q = b_q.to(tl.float32)
+
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max logit
+    b_l = tl.zeros([BLOCK_M], tl.float32)  # sum exp(s - m)
+    b_ls = tl.zeros([BLOCK_M], tl.float32)  # sum exp(s - m) * s
+    b_ld = tl.zeros([BLOCK_M], tl.float32)  # sum exp(s - m) * |pos - j|
+    b_arg = tl.zeros([BLOCK_M], tl.int32)
+    b_s0 = tl.full([BLOCK_M], float("-inf"), tl.float32)  # logit of key 0
+    if WITH_V:
+        o_dv = tl.arange(0, BLOCK_DV)
+        b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    if TOPK > 0:
+        o_t = tl.arange(0, TOPK_PAD)
+        # Padding slots hold +inf so they are never "the smallest candidate"; they are dropped at the end.
+        b_tv = tl.where(o_t[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, TOPK_PAD], tl.float32)
+        b_ti = tl.full([BLOCK_M, TOPK_PAD], -1, tl.int32)
+
+    hi = n_keys
+    if CAUSAL:
+        hi = tl.minimum(n_keys, (i_m + 1) * BLOCK_M + (n_keys - n_queries))
+    for start_n in range(0, hi, BLOCK_N):
+        o_n = start_n + tl.arange(0, BLOCK_N)
+        m_n = o_n < n_keys
+        p_k = k_ptr + i_b * stride_kb + i_kv * stride_kh + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
+        b_k = tl.load(p_k, mask=m_n[None, :] & (o_d[:, None] < head_dim), other=0.0)  # [BLOCK_D, BLOCK_N]
+        if DOT_UPCAST:
+            b_k = b_k.to(tl.float32)
+        b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [BLOCK_M, BLOCK_N] fp32 accumulation
+        visible = m_n[None, :] & m_m[:, None]
+        if CAUSAL:
+            visible = visible & (o_n[None, :] <= pos_m[:, None])
+        b_s = tl.where(visible, b_s, float("-inf"))
+        if start_n == 0:
+            b_s0 = tl.sum(tl.where(o_n[None, :] == 0, b_s, 0.0), axis=1)
+
+        tile_max, tile_arg = tl.max(b_s, axis=1, return_indices=True)
+        m_new = tl.maximum(b_m, tile_max)
+        b_arg = tl.where(tile_max > b_m, start_n + tile_arg, b_arg)
+        alpha = tl.exp(b_m - m_new)
+        alpha = tl.where(m_new == float("-inf"), 0.0, alpha)
+        b_p = tl.where(visible, tl.exp(b_s - m_new[:, None]), 0.0)
+        distance = tl.abs(pos_m[:, None] - o_n[None, :]).to(tl.float32)
+        b_l = b_l * alpha + tl.sum(b_p, axis=1)
+        b_ls = b_ls * alpha + tl.sum(b_p * tl.where(visible, b_s, 0.0), axis=1)
+        b_ld = b_ld * alpha + tl.sum(b_p * distance, axis=1)
+        b_m = m_new
+        if WITH_V:
+            p_v = v_ptr + i_b * stride_vb + i_kv * stride_vh + o_n[:, None] * stride_vs + o_dv[None, :] * stride_vd
+            b_v = tl.load(p_v, mask=m_n[:, None] & (o_dv[None, :] < value_dim), other=0.0)
+            if DOT_UPCAST:
+                b_v = b_v.to(tl.float32)
+            # Like FlashAttention, probabilities meet V in V's dtype (tensor cores for bf16/fp16), accumulating fp32.
+            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+        if TOPK > 0:
+            b_cand = b_s
+            for _ in tl.static_range(TOPK):
+                best, best_at = tl.max(b_cand, axis=1, return_indices=True)
+                worst, worst_at = tl.min(b_tv, axis=1, return_indices=True)
+                take = (best > worst)[:, None] & (o_t[None, :] == worst_at[:, None])
+                b_tv = tl.where(take, best[:, None], b_tv)
+                b_ti = tl.where(take, (start_n + best_at)[:, None], b_ti)
+                b_cand = tl.where(tl.arange(0, BLOCK_N)[None, :] == best_at[:, None], float("-inf"), b_cand)
+
+    b_lse = b_m + tl.log(b_l)
+    o_row = i_bh * n_queries + o_m
+    tl.store(lse_ptr + o_row, b_lse, mask=m_m)
+    tl.store(entropy_ptr + o_row, b_lse - b_ls / b_l, mask=m_m)
+    tl.store(max_ptr + o_row, 1.0 / b_l, mask=m_m)
+    tl.store(argmax_ptr + o_row, b_arg.to(tl.int64), mask=m_m)
+    tl.store(sink_ptr + o_row, tl.exp(b_s0 - b_lse), mask=m_m)
+    tl.store(dist_ptr + o_row, b_ld / b_l, mask=m_m)
+    if WITH_V:
+        p_o = o_ptr + o_row[:, None] * value_dim + o_dv[None, :]
+        m_o = m_m[:, None] & (o_dv[None, :] < value_dim)
+        tl.store(p_o, (b_acc / b_l[:, None]).to(o_ptr.dtype.element_ty), mask=m_o)
+    if TOPK > 0:
+        # Emit the candidates in descending order by repeated extraction; padding slots never qualify.
+        b_tv = tl.where(o_t[None, :] < TOPK, b_tv, float("-inf"))
+        for slot in tl.static_range(TOPK):
+            best, best_at = tl.max(b_tv, axis=1, return_indices=True)
+            index = tl.sum(tl.where(o_t[None, :] == best_at[:, None], b_ti, 0), axis=1)
+            found = best > float("-inf")
+            tl.store(topk_w_ptr + o_row * TOPK + slot, tl.where(found, tl.exp(best - b_lse), 0.0), mask=m_m)
+            tl.store(topk_i_ptr + o_row * TOPK + slot, tl.where(found, index, -1).to(tl.int64), mask=m_m)
+            b_tv = tl.where(o_t[None, :] == best_at[:, None], float("-inf"), b_tv)
+
+
+def _launch(q, k, v, *, causal: bool, scale: float, topk: int, block_m: int = 64, block_n: int = 64) -> AttentionStats:
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_keys = k.shape[2]
+    value_dim = v.shape[-1] if v is not None else 1
+    shape = (batch, n_heads, n_queries)
+    floats = lambda *s: torch.empty(*s, device=q.device, dtype=torch.float32)  # noqa: E731
+    out = AttentionStats(
+        lse=floats(*shape), entropy=floats(*shape), max_weight=floats(*shape),
+        argmax=torch.empty(shape, device=q.device, dtype=torch.int64), sink_mass=floats(*shape),
+        mean_distance=floats(*shape),
+    )
+    topk_weights = floats(*shape, max(topk, 1))
+    topk_indices = torch.empty(*shape, max(topk, 1), device=q.device, dtype=torch.int64)
+    output = torch.empty(*shape, value_dim, device=q.device, dtype=v.dtype if v is not None else q.dtype)
+    grid = (triton.cdiv(n_queries, block_m), batch * n_heads)
+    v_arg = v if v is not None else k
+    attention_stats_kernel[grid](
+        q, k, v_arg,
+        out.lse, out.entropy, out.max_weight, out.argmax, out.sink_mass, out.mean_distance,
+        topk_weights, topk_indices, output,
+        *q.stride(), *k.stride(), *v_arg.stride(),
+        n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale,
+        CAUSAL=causal, TOPK=topk, TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
+        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),
+    )
+    if topk > 0:
+        out.topk_weights, out.topk_indices = topk_weights, topk_indices
+    if v is not None:
+        out.output = output
+    return out
+
+
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None = None,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    topk: int = 0,
+    backend: str = "auto",
+) -> AttentionStats:
+    """Per-query-row attention statistics without building the (T, S) matrix.
+
+    Args:
+        q: (B, Hq, T, D) queries; k: (B, Hkv, S, D) keys; v: optional (B, Hkv, S, Dv) values. Hq % Hkv == 0.
+        causal: query row i sees keys 0 .. i + S - T.
+        scale: logits are scale * q.k; default 1/sqrt(D).
+        topk: also return the topk largest weights and their key indices per row.
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+
+    Returns:
+        AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax, sink_mass, mean_distance; with
+        topk > 0 topk_weights / topk_indices (B, Hq, T, topk); with v the attention output (B, Hq, T, Dv).
+    """
+    check_qkv(q, k, v, causal=causal)
+    if topk < 0 or topk > k.shape[2]:
+        raise ValueError(f"topk must be in 0..S={k.shape[2]}; got {topk}.")
+    scale = default_scale(scale, q.shape[-1])
+    if resolve_backend(backend, q.device) == "torch":
+        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk)
+    return _launch(q, k, v, causal=causal, scale=scale, topk=topk)

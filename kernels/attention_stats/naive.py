@@ -1,0 +1,74 @@
+"""Readable fp64 reference for per-row attention statistics: builds the full (T, S) matrix, for tests only.
+
+For query row i (key position i + S - T) with probabilities p_j = softmax_j(scale * q_i . k_j) over visible keys:
+    lse           = log sum_j exp(s_j)
+    entropy       = -sum_j p_j log p_j = lse - sum_j p_j s_j          (nats)
+    max_weight    = max_j p_j,  argmax = its key index (first on ties)
+    sink_mass     = p_0
+    mean_distance = sum_j p_j |(i + S - T) - j|
+    topk_weights, topk_indices = the topk largest p_j, descending; a row that sees fewer than topk keys gets
+                    weight 0 and index -1 in the slots past them
+    output        = sum_j p_j v_j
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.utils import default_scale, key_positions_visible
+
+
+@dataclass
+class AttentionStats:
+    lse: torch.Tensor  # (B, Hq, T) fp32 log-sum-exp of the scaled logits
+    entropy: torch.Tensor  # (B, Hq, T) fp32, nats
+    max_weight: torch.Tensor  # (B, Hq, T) fp32
+    argmax: torch.Tensor  # (B, Hq, T) int64 key index of the largest weight
+    sink_mass: torch.Tensor  # (B, Hq, T) fp32 weight on key 0
+    mean_distance: torch.Tensor  # (B, Hq, T) fp32 expected |query position - key position|
+    topk_weights: torch.Tensor | None = None  # (B, Hq, T, topk) fp32, descending
+    topk_indices: torch.Tensor | None = None  # (B, Hq, T, topk) int64
+    output: torch.Tensor | None = None  # (B, Hq, T, Dv) in v's dtype, when v was given
+
+
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None = None,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    topk: int = 0,
+) -> AttentionStats:
+    """Full-matrix fp64 statistics. q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv)."""
+    groups = q.shape[1] // k.shape[1]
+    n_queries, n_keys = q.shape[2], k.shape[2]
+    q64 = q.double()
+    k64 = k.double().repeat_interleave(groups, dim=1)  # (B, Hq, S, D)
+    scores = torch.matmul(q64, k64.transpose(-1, -2)) * default_scale(scale, q.shape[-1])  # (B, Hq, T, S)
+    visible = key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, q.device)  # (T, S)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
+    max_weight, argmax = probs.max(dim=-1)
+    query_pos = torch.arange(n_queries, device=q.device) + (n_keys - n_queries)
+    distance = (query_pos[:, None] - torch.arange(n_keys, device=q.device)[None, :]).abs().double()
+    stats = AttentionStats(
+        lse=lse.float(),
+        entropy=(-plogp.sum(-1)).float(),
+        max_weight=max_weight.float(),
+        argmax=argmax,
+        sink_mass=probs[..., 0].float(),
+        mean_distance=(probs * distance).sum(-1).float(),
+    )
+    if topk > 0:
+        top_scores, indices = scores.topk(topk, dim=-1)
+        stats.topk_weights = torch.exp(top_scores - lse[..., None]).float()
+        stats.topk_indices = indices.masked_fill(torch.isinf(top_scores), -1)
+    if v is not None:
+        v64 = v.double().repeat_interleave(groups, dim=1)
+        stats.output = torch.matmul(probs, v64).to(v.dtype)
+    return stats

@@ -1,0 +1,81 @@
+"""Input checks and backend choice shared by every kernel. Imports only torch and triton.
+
+Layout everywhere: q (B, Hq, T, D); k and v (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query attention;
+query head h reads key/value head h // (Hq // Hkv), never a repeated copy). Query row i sits at key position
+i + S - T (bottom-right alignment, as with a KV cache); under the causal mask it sees keys 0 .. i + S - T.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def is_interpreter() -> bool:
+    """True when Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1, read when @triton.jit runs)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU only under the interpreter."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and not is_interpreter():
+        raise ValueError(
+            f"backend='triton' needs a CUDA tensor or TRITON_INTERPRET=1 (set before importing kernels); got {device}."
+        )
+    return backend
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, *, causal: bool) -> None:
+    """Raise ValueError naming the shapes when q/k/v do not fit the [B, H, T, D] GQA layout."""
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}" + ("" if v is None else f", v {tuple(v.shape)}")
+    if q.ndim != 4 or k.ndim != 4 or (v is not None and v.ndim != 4):
+        raise ValueError(f"q, k, v must be 4-D [B, H, T, D]; got {shapes}.")
+    batch, n_heads, n_queries, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k must be [B, Hkv, S, D] with q's B and D; got {shapes}.")
+    if k.shape[1] == 0 or n_heads % k.shape[1]:
+        raise ValueError(f"the query heads must be a multiple of the key/value heads; got {shapes}.")
+    if v is not None and (v.shape[:3] != k.shape[:3]):
+        raise ValueError(f"v must be [B, Hkv, S, Dv] with k's B, Hkv and S; got {shapes}.")
+    if causal and n_queries > k.shape[2]:
+        raise ValueError(f"causal attention needs T <= S (query i sits at key i + S - T); got {shapes}.")
+    if k.shape[2] == 0 or n_queries == 0:
+        raise ValueError(f"empty sequence; got {shapes}.")
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if tensor is not None and tensor.dtype not in DTYPES:
+            raise ValueError(f"{name} must be float32, float16 or bfloat16; got {tensor.dtype}.")
+        if tensor is not None and tensor.device != q.device:
+            raise ValueError(f"q, k, v must be on one device; {name} is on {tensor.device}, q on {q.device}.")
+
+
+def default_scale(scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def key_positions_visible(n_queries: int, n_keys: int, rows: slice, causal: bool, device) -> torch.Tensor:
+    """(t, S) bool: which keys the query rows `rows` see (bottom-right causal alignment, or all)."""
+    query_pos = torch.arange(rows.start, rows.stop, device=device) + (n_keys - n_queries)
+    key_pos = torch.arange(n_keys, device=device)
+    if not causal:
+        return torch.ones(len(query_pos), n_keys, dtype=torch.bool, device=device)
+    return key_pos[None, :] <= query_pos[:, None]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: exact fp32 products for fp32 inputs (TF32 would lose 13 mantissa bits)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def interpreter_dot_upcast(dtype: torch.dtype) -> bool:
+    """True when tl.dot operands must be cast to fp32 first: Triton's interpreter multiplies the raw bit patterns of
+    bfloat16 operands (triton-lang/triton#11584). Compiled kernels keep bf16 for the tensor cores."""
+    return is_interpreter() and dtype == torch.bfloat16
