@@ -1,6 +1,19 @@
-"""Triton kernels with readable torch references (one folder per op, naive.py beside each kernel).
+"""Triton kernels with readable torch references: one folder per op, naive.py (fp64 reference) beside the kernel.
 
-Empty until the kernels issue: attention statistics, pooled maps and Taylor-order attention land here.
+Every public function takes q (B, Hq, T, D) and k, v (B, Hkv, S, D) with Hq a multiple of Hkv, and a backend:
+"auto" (Triton on CUDA, the chunked torch path elsewhere), "triton" (also under TRITON_INTERPRET=1) or "torch".
 """
 
-__all__: list[str] = []
+from kernels.attention_stats import AttentionStats, attention_stats
+from kernels.pooled_map import pooled_attention_map
+from kernels.taylor import DENOMINATORS, MAX_ORDER, taylor_attention, taylor_error
+
+__all__ = [
+    "DENOMINATORS",
+    "MAX_ORDER",
+    "AttentionStats",
+    "attention_stats",
+    "pooled_attention_map",
+    "taylor_attention",
+    "taylor_error",
+]

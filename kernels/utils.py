@@ -7,12 +7,16 @@ i + S - T (bottom-right alignment, as with a KV cache); under the causal mask it
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
+POISON_INT = -7777  # fill for integer outputs while poisoning
+
+_poison = False
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -79,3 +83,22 @@ def interpreter_dot_upcast(dtype: torch.dtype) -> bool:
     """True when tl.dot operands must be cast to fp32 first: Triton's interpreter multiplies the raw bit patterns of
     bfloat16 operands (triton-lang/triton#11584). Compiled kernels keep bf16 for the tensor cores."""
     return is_interpreter() and dtype == torch.bfloat16
+
+
+def empty_output(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty for kernel outputs; filled with NaN (or POISON_INT) while tests poison, so a missed store shows."""
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if _poison:
+        out.fill_(float("nan") if dtype.is_floating_point else POISON_INT)
+    return out
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Within the block every kernel output starts as NaN / POISON_INT instead of uninitialised memory."""
+    global _poison
+    previous, _poison = _poison, True
+    try:
+        yield
+    finally:
+        _poison = previous

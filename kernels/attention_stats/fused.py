@@ -17,7 +17,14 @@ import triton.language as tl
 
 from kernels.attention_stats import chunked
 from kernels.attention_stats.naive import AttentionStats
-from kernels.utils import check_qkv, default_scale, dot_precision, interpreter_dot_upcast, resolve_backend
+from kernels.utils import (
+    check_qkv,
+    default_scale,
+    dot_precision,
+    empty_output,
+    interpreter_dot_upcast,
+    resolve_backend,
+)
 
 
 @triton.jit
@@ -137,15 +144,15 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, block_m: int = 64
     n_keys = k.shape[2]
     value_dim = v.shape[-1] if v is not None else 1
     shape = (batch, n_heads, n_queries)
-    floats = lambda *s: torch.empty(*s, device=q.device, dtype=torch.float32)  # noqa: E731
+    floats = lambda *s: empty_output(*s, device=q.device, dtype=torch.float32)  # noqa: E731
     out = AttentionStats(
         lse=floats(*shape), entropy=floats(*shape), max_weight=floats(*shape),
-        argmax=torch.empty(shape, device=q.device, dtype=torch.int64), sink_mass=floats(*shape),
+        argmax=empty_output(*shape, device=q.device, dtype=torch.int64), sink_mass=floats(*shape),
         mean_distance=floats(*shape),
     )
     topk_weights = floats(*shape, max(topk, 1))
-    topk_indices = torch.empty(*shape, max(topk, 1), device=q.device, dtype=torch.int64)
-    output = torch.empty(*shape, value_dim, device=q.device, dtype=v.dtype if v is not None else q.dtype)
+    topk_indices = empty_output(*shape, max(topk, 1), device=q.device, dtype=torch.int64)
+    output = empty_output(*shape, value_dim, device=q.device, dtype=v.dtype if v is not None else q.dtype)
     grid = (triton.cdiv(n_queries, block_m), batch * n_heads)
     v_arg = v if v is not None else k
     attention_stats_kernel[grid](

@@ -1,0 +1,141 @@
+"""Pooled attention maps in Triton: two passes, never the (T, S) matrix.
+
+Pass 1 is the attention_stats kernel, for each row's log-sum-exp. Pass 2 gives one program to each (tile row,
+batch x head): it walks the key tiles left to right, rebuilds p = exp(s - lse) for the visible cells of each tile in
+BLOCK_M x BLOCK_N sub-tiles, and writes the tile's mean (sum / visible count) or max. Key tiles past the causal
+frontier run no sub-tile at all and come out NaN, like every tile without a visible cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.attention_stats.fused import attention_stats
+from kernels.pooled_map import chunked
+from kernels.utils import (
+    check_qkv,
+    default_scale,
+    dot_precision,
+    empty_output,
+    interpreter_dot_upcast,
+    resolve_backend,
+)
+
+REDUCTIONS = ("mean", "max")
+
+
+@triton.jit
+def pooled_map_kernel(
+    q_ptr, k_ptr, lse_ptr, out_ptr,  # q (B, Hq, T, D), k (B, Hkv, S, D), lse (B, Hq, T), out (B, Hq, R, C)
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    n_heads, n_queries, n_keys, head_dim, groups, scale, block, n_key_blocks,
+    CAUSAL: tl.constexpr, HIDE_SINK: tl.constexpr, REDUCE_MAX: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    i_r, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // n_heads, i_bh % n_heads
+    i_kv = i_h // groups
+    o_d = tl.arange(0, BLOCK_D)
+    row_start = i_r * block
+    row_end = tl.minimum(row_start + block, n_queries)
+    key_hi = n_keys
+    if CAUSAL:
+        key_hi = tl.minimum(n_keys, row_end + (n_keys - n_queries))  # one past the last key any row here sees
+    for i_c in range(0, n_key_blocks):
+        col_start = i_c * block
+        col_end = tl.minimum(col_start + block, key_hi)
+        b_total = 0.0
+        b_count = 0.0
+        b_max = float("-inf")
+        for start_m in range(row_start, row_end, BLOCK_M):
+            o_m = start_m + tl.arange(0, BLOCK_M)
+            m_m = o_m < row_end
+            pos_m = o_m + (n_keys - n_queries)
+            p_q = q_ptr + i_b * stride_qb + i_h * stride_qh + o_m[:, None] * stride_qt + o_d[None, :] * stride_qd
+            b_q = tl.load(p_q, mask=m_m[:, None] & (o_d[None, :] < head_dim), other=0.0)
+            if DOT_UPCAST:
+                b_q = b_q.to(tl.float32)
+            b_lse = tl.load(lse_ptr + i_bh * n_queries + o_m, mask=m_m, other=0.0)
+            for start_n in range(col_start, col_end, BLOCK_N):
+                o_n = start_n + tl.arange(0, BLOCK_N)
+                m_n = o_n < col_end
+                p_k = k_ptr + i_b * stride_kb + i_kv * stride_kh + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
+                b_k = tl.load(p_k, mask=m_n[None, :] & (o_d[:, None] < head_dim), other=0.0)
+                if DOT_UPCAST:
+                    b_k = b_k.to(tl.float32)
+                b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [BLOCK_M, BLOCK_N]
+                visible = m_m[:, None] & m_n[None, :]
+                if CAUSAL:
+                    visible = visible & (o_n[None, :] <= pos_m[:, None])
+                if HIDE_SINK:
+                    visible = visible & (o_n[None, :] != 0)
+                b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
+                b_total += tl.sum(tl.sum(b_p, axis=1), axis=0)
+                b_count += tl.sum(tl.sum(visible.to(tl.float32), axis=1), axis=0)
+                b_max = tl.maximum(b_max, tl.max(tl.max(tl.where(visible, b_p, float("-inf")), axis=1), axis=0))
+        if REDUCE_MAX:
+            value = b_max
+        else:
+            value = b_total / b_count
+        tl.store(out_ptr + (i_bh * tl.num_programs(0) + i_r) * n_key_blocks + i_c,
+                 tl.where(b_count > 0, value, float("nan")))
+
+
+def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_sink: bool) -> torch.Tensor:
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_keys = k.shape[2]
+    lse = attention_stats(q, k, causal=causal, scale=scale, backend="triton").lse
+    n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
+    out = empty_output(batch, n_heads, n_row_blocks, n_key_blocks, device=q.device, dtype=torch.float32)
+    sub = min(64, max(16, triton.next_power_of_2(block)))
+    pooled_map_kernel[(n_row_blocks, batch * n_heads)](
+        q, k, lse, out, *q.stride(), *k.stride(),
+        n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_key_blocks,
+        CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max",
+        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
+        BLOCK_M=sub, BLOCK_N=sub, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    )
+    return out
+
+
+def pooled_attention_map(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    block: int = 64,
+    reduce: str = "mean",
+    causal: bool = True,
+    scale: float | None = None,
+    hide_sink: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention probabilities pooled into block x block tiles without building the (T, S) matrix.
+
+    Args:
+        q: (B, Hq, T, D); k: (B, Hkv, S, D) with Hq % Hkv == 0.
+        block: tile side in tokens (1 = the exact map).
+        reduce: "mean" over the tile's visible cells, or "max".
+        causal: query row i sees keys 0 .. i + S - T.
+        scale: logits are scale * q.k; default 1/sqrt(D).
+        hide_sink: leave key 0 out of every tile (weights are not renormalised).
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+
+    Returns:
+        (B, Hq, ceil(T/block), ceil(S/block)) fp32; NaN for tiles with no visible cell.
+    """
+    check_qkv(q, k, causal=causal)
+    if block < 1:
+        raise ValueError(f"block must be >= 1; got {block}.")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
+    scale = default_scale(scale, q.shape[-1])
+    if resolve_backend(backend, q.device) == "torch":
+        return chunked.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, scale=scale,
+                                            hide_sink=hide_sink)
+    return _launch(q, k, block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink)

@@ -1,0 +1,156 @@
+"""Readable fp64 references for Taylor-order attention (Mongaras & Larson, arXiv 2507.23632; ../shared/THEORY.md).
+
+exp(s) = sum_n s^n / n!. Truncating at order N gives weights w(s) = sum_{n<=N} s^n / n! and the attention
+    O_N = (sum_j w(s_ij) v_j) / denominator_i
+with denominator "taylor" (sum_j w(s_ij)), "softmax" (sum_j exp(s_ij), exact), "l2" (the numerator's L2 norm over the
+value dimension) or "none" (the number of visible keys). Odd orders give negative weights for negative logits and
+the sum denominator can reach zero or flip sign: nothing here clamps that away. An optional clamp of the scaled
+logits (a number: from above only, as the paper's code does at 5; a pair: both sides) applies before the series and
+before the exact exp.
+
+Because (q.k)^n = (q^{(x)n}).(k^{(x)n}) (Kronecker powers), each order is a linear RNN with state
+S_t^(n) = S_{t-1}^(n) + k_t^{(x)n} v_t^T (d^n x d_v entries) and z_t^(n) = z_{t-1}^(n) + k_t^{(x)n};
+`taylor_attention_recurrent` runs that form for orders 0-2, and `linear_attention` is the n = 1 case written with a
+feature map.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from kernels.pooled_map.naive import attention_probs
+from kernels.utils import default_scale, key_positions_visible
+
+DENOMINATORS = ("taylor", "softmax", "l2", "none")
+
+
+def clamp_logits(scores: torch.Tensor, clamp: float | tuple[float, float] | None) -> torch.Tensor:
+    if clamp is None:
+        return scores
+    if isinstance(clamp, (tuple, list)):
+        low, high = clamp
+        return scores.clamp(min=low, max=high)
+    return scores.clamp(max=clamp)
+
+
+def taylor_weights(scores: torch.Tensor, order: int) -> torch.Tensor:
+    """sum_{n=0..order} s^n / n!, term by term."""
+    return sum(scores**n / math.factorial(n) for n in range(order + 1))
+
+
+def _scores(q, k, scale, causal):
+    groups = q.shape[1] // k.shape[1]
+    scores = torch.matmul(q.double(), k.double().repeat_interleave(groups, 1).transpose(-1, -2))
+    scores = scores * default_scale(scale, q.shape[-1])
+    visible = key_positions_visible(q.shape[2], k.shape[2], slice(0, q.shape[2]), causal, q.device)
+    return scores, visible
+
+
+def taylor_attention(q, k, v, *, order: int, denominator: str = "taylor", clamp=None, causal: bool = True,
+                     scale: float | None = None) -> torch.Tensor:
+    """(B, Hq, T, Dv) fp64 Taylor-order attention from the full (T, S) matrix."""
+    scores, visible = _scores(q, k, scale, causal)
+    scores = clamp_logits(scores, clamp)
+    weights = torch.where(visible, taylor_weights(scores, order), torch.zeros_like(scores))
+    values = v.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    numerator = torch.matmul(weights, values)
+    if denominator == "taylor":
+        return numerator / weights.sum(-1, keepdim=True)
+    if denominator == "softmax":
+        return numerator / torch.where(visible, torch.exp(scores), torch.zeros_like(scores)).sum(-1, keepdim=True)
+    if denominator == "l2":
+        return numerator / numerator.norm(dim=-1, keepdim=True)
+    if denominator == "none":
+        return numerator / visible.sum(-1, keepdim=True)
+    raise ValueError(f"denominator must be one of {DENOMINATORS}; got {denominator!r}.")
+
+
+def softmax_attention(q, k, v, *, causal: bool = True, scale: float | None = None) -> torch.Tensor:
+    """(B, Hq, T, Dv) fp64 exact softmax attention."""
+    probs = attention_probs(q, k, causal=causal, scale=scale)
+    return torch.matmul(probs, v.double().repeat_interleave(q.shape[1] // k.shape[1], 1))
+
+
+def taylor_error(q, k, v, *, orders, denominator: str = "taylor", clamp=None, causal: bool = True,
+                 scale: float | None = None) -> torch.Tensor:
+    """(len(orders), B, Hq, T) ||O_n - O_softmax|| / ||O_softmax|| per row; for "l2" the target is the
+    L2-normalised softmax output (a positive per-row scale cancels in the normalisation)."""
+    target = softmax_attention(q, k, v, causal=causal, scale=scale)
+    if denominator == "l2":
+        target = target / target.norm(dim=-1, keepdim=True)
+    errors = [
+        (taylor_attention(q, k, v, order=n, denominator=denominator, clamp=clamp, causal=causal, scale=scale) - target)
+        .norm(dim=-1) / target.norm(dim=-1)
+        for n in orders
+    ]
+    return torch.stack(errors).float()
+
+
+def kronecker_power(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x^{(x)n} of a vector x (d,): a (d^n,) vector; n = 0 gives [1]."""
+    out = torch.ones(1, dtype=x.dtype, device=x.device)
+    for _ in range(n):
+        out = torch.outer(out, x).flatten()
+    return out
+
+
+def taylor_attention_recurrent(q, k, v, *, order: int, denominator: str = "taylor",
+                               scale: float | None = None) -> torch.Tensor:
+    """Causal Taylor attention (T == S) as a sum of order+1 linear RNNs with explicit Kronecker-power states.
+
+    State of order n: S^(n) (d^n, d_v) and z^(n) (d^n,); at step t both absorb k_t^{(x)n}; the readout is
+    N_t = sum_n q_t^{(x)n} . S_t^(n) * scale^n / n!, G_t likewise with z. Orders 0-2 only: the state of order n has
+    d^n x d_v entries, which is why larger orders are computed in the parallel form.
+    """
+    if order > 2:
+        raise ValueError(f"the recurrent form is for orders 0-2 (state d^n x d_v); got order {order}.")
+    if denominator not in ("taylor", "none"):
+        raise ValueError(f"the recurrent form carries the 'taylor' or 'none' denominator; got {denominator!r}.")
+    scale = default_scale(scale, q.shape[-1])
+    groups = q.shape[1] // k.shape[1]
+    batch, n_heads, n_steps, head_dim = q.shape
+    out = torch.empty(batch, n_heads, n_steps, v.shape[-1], dtype=torch.float64)
+    for b in range(batch):
+        for h in range(n_heads):
+            qh, kh, vh = q[b, h].double(), k[b, h // groups].double(), v[b, h // groups].double()
+            states = [torch.zeros(head_dim**n, v.shape[-1], dtype=torch.float64) for n in range(order + 1)]
+            sums = [torch.zeros(head_dim**n, dtype=torch.float64) for n in range(order + 1)]
+            for t in range(n_steps):
+                numerator = torch.zeros(v.shape[-1], dtype=torch.float64)
+                normaliser = torch.zeros((), dtype=torch.float64)
+                for n in range(order + 1):
+                    k_power = kronecker_power(kh[t], n)
+                    states[n] += torch.outer(k_power, vh[t])
+                    sums[n] += k_power
+                    q_power = kronecker_power(qh[t], n) * scale**n / math.factorial(n)
+                    numerator += q_power @ states[n]
+                    normaliser += q_power @ sums[n]
+                out[b, h, t] = numerator / (normaliser if denominator == "taylor" else t + 1)
+    return out
+
+
+def identity_plus_one(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """phi(x) = [1, sqrt(scale) x], so phi(q).phi(k) = 1 + scale q.k: the first-order Taylor weight."""
+    return torch.cat([torch.ones_like(x[..., :1]), x * math.sqrt(scale)], dim=-1)
+
+
+def elu_plus_one(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """phi(x) = elu(x) + 1 (Katharopoulos et al. 2020), the classic positive linear-attention feature map."""
+    return torch.nn.functional.elu(x) + 1
+
+
+def linear_attention(q, k, v, *, feature_map: Callable[[torch.Tensor, float], torch.Tensor],
+                     scale: float | None = None) -> torch.Tensor:
+    """Causal linear attention with a sum denominator, as running sums: o_t = phi(q_t).S_t / phi(q_t).z_t."""
+    scale = default_scale(scale, q.shape[-1])
+    groups = q.shape[1] // k.shape[1]
+    phi_q = feature_map(q.double(), scale)  # (B, Hq, T, F)
+    phi_k = feature_map(k.double(), scale).repeat_interleave(groups, 1)  # (B, Hq, S, F)
+    values = v.double().repeat_interleave(groups, 1)
+    states = torch.cumsum(phi_k[..., :, None] * values[..., None, :], dim=2)  # (B, Hq, T, F, Dv)
+    sums = torch.cumsum(phi_k, dim=2)  # (B, Hq, T, F)
+    numerator = torch.einsum("bhtf,bhtfd->bhtd", phi_q, states)
+    return numerator / torch.einsum("bhtf,bhtf->bht", phi_q, sums)[..., None]
