@@ -40,14 +40,19 @@ def head_map(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int,
     return pooled.values[0].numpy()
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def layer_head_stats(spec: ModelSpec, text: str, max_tokens: int, layer: int) -> maps.HeadStats:
+    return maps.head_stats(get_capture(spec, text, max_tokens).layer(layer))
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def layer_thumbnails(spec: ModelSpec, text: str, max_tokens: int, layer: int, cells: int, reduce: str,
                      hide_sink: bool) -> list[Thumbnail]:
     captured = get_capture(spec, text, max_tokens).layer(layer)
-    n_tokens = captured.q.shape[2]
     heads = list(range(captured.n_heads))
-    pooled, stats = maps.layer_overview(captured, heads=heads, block=maps.block_for(n_tokens, cells), reduce=reduce,
-                                        hide_sink=hide_sink)
+    pooled = maps.pooled_map(captured, heads=heads, block=maps.block_for(captured.q.shape[2], cells), reduce=reduce,
+                             hide_sink=hide_sink)
+    stats = layer_head_stats(spec, text, max_tokens, layer)
     return [
         Thumbnail(layer=layer, head=h, values=pooled.values[h].numpy(), entropy=float(stats.entropy[h]),
                   max_weight=float(stats.max_weight[h]))

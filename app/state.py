@@ -27,6 +27,8 @@ GRID_CHART = "grid_chart"
 VIEW_ONE_HEAD = "One head"
 VIEW_ALL_HEADS = "All heads"
 VIEW_QUERY = "One query token"
+VIEW_STATS = "Head statistics"
+STAT_SHOWN = "stat_shown"
 
 EXAMPLES = {
     "Capital cities": "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is",
@@ -55,6 +57,7 @@ DEFAULTS = {
     CELL_LIMIT: 256,
     GRID_SCOPE: "This layer",
     GRID_SORT: False,
+    STAT_SHOWN: "entropy",
 }
 
 

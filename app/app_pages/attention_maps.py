@@ -1,5 +1,7 @@
 """Attention maps: one head, all heads as a clickable grid, and one query token's weights."""
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app import cached, common, state
@@ -9,6 +11,13 @@ from core.figures import maps as figures
 GRID_CELLS_ONE_LAYER = 48  # thumbnail resolution when one layer's heads are shown
 GRID_CELLS_ALL_LAYERS = 24  # ... and when every layer's are
 TOP_KEYS = 60  # bars in the one-query view
+STATISTICS = {  # HeadStats field -> (column name, what it means)
+    "entropy": ("entropy (nats)", "mean over query tokens of the attention entropy; at most log(visible keys)"),
+    "normalized_entropy": ("entropy / log(visible)", "entropy divided by its maximum, 1 = uniform attention"),
+    "max_weight": ("max weight", "mean over query tokens of the largest weight"),
+    "sink_mass": ("sink mass", "mean weight on the first token"),
+    "mean_distance": ("mean distance", "expected |query position - key position|, in tokens"),
+}
 
 
 def _open_clicked_head() -> None:
@@ -32,7 +41,8 @@ st.session_state[state.LAYER] = min(st.session_state[state.LAYER], n_layers - 1)
 st.session_state[state.HEAD] = min(st.session_state[state.HEAD], n_heads - 1)
 st.session_state[state.QUERY] = min(st.session_state[state.QUERY], n_tokens - 1)
 
-view = st.segmented_control("View", [state.VIEW_ONE_HEAD, state.VIEW_ALL_HEADS, state.VIEW_QUERY], key=state.VIEW,
+view = st.segmented_control("View", [state.VIEW_ONE_HEAD, state.VIEW_ALL_HEADS, state.VIEW_QUERY, state.VIEW_STATS],
+                            key=state.VIEW,
                             label_visibility="collapsed") or state.VIEW_ONE_HEAD
 controls = st.columns([1, 1, 1.3, 1.3, 1.6])
 controls[0].selectbox("Layer", range(n_layers), key=state.LAYER)
@@ -85,7 +95,7 @@ elif view == state.VIEW_ALL_HEADS:
     st.plotly_chart(figure, key=state.GRID_CHART, on_select=_open_clicked_head, selection_mode="points",
                     config={"displayModeBar": True})
 
-else:
+elif view == state.VIEW_QUERY:
     st.selectbox("Query token", range(n_tokens), key=state.QUERY,
                  format_func=lambda i: f"{i}: {tokens.strings[i]}")
     query = st.session_state[state.QUERY]
@@ -96,3 +106,23 @@ else:
     figure = figures.query_bars(weights, tokens=tokens.strings, query=query, top_k=TOP_KEYS,
                                 title=f"Layer {layer}, head {head}" + (" (sink hidden)" if hide_sink else ""))
     st.plotly_chart(figure, key="query_bars")
+
+else:
+    progress = st.progress(0.0, "Computing per-head statistics")
+    per_layer = []
+    for index in range(n_layers):
+        per_layer.append(cached.layer_head_stats(*run.key.args(), index))
+        progress.progress((index + 1) / n_layers, f"Computing per-head statistics: layer {index + 1}/{n_layers}")
+    progress.empty()
+    shown = st.selectbox("Statistic", list(STATISTICS), key=state.STAT_SHOWN,
+                         format_func=lambda name: STATISTICS[name][0])
+    grid = np.stack([getattr(stats, shown).numpy() for stats in per_layer])  # (layers, heads)
+    st.caption(f"{STATISTICS[shown][0]}: {STATISTICS[shown][1]}. Averaged over the {n_tokens} query tokens; the "
+               "sink is never hidden here.")
+    st.plotly_chart(figures.stat_heatmap(grid, title=f"{STATISTICS[shown][0]} per head", label=STATISTICS[shown][0]),
+                    key="stat_heatmap")
+    table = pd.DataFrame([
+        {"layer": index, "head": h, **{STATISTICS[name][0]: float(getattr(stats, name)[h]) for name in STATISTICS}}
+        for index, stats in enumerate(per_layer) for h in range(n_heads)
+    ])
+    st.dataframe(table, hide_index=True, width="stretch")

@@ -1,7 +1,9 @@
 """Attention maps that fit in a browser, computed from captured q/k without materialising all of L x L at once.
 
-Every function walks the query rows in chunks, building probabilities for one chunk of rows and the requested heads
-only, so peak memory is O(heads x chunk x S) instead of O(heads x T x S). Long maps are pooled into square blocks of
+Layers whose mask is a rule (causal or full) and that have no logit softcap go through the kernels
+(kernels.pooled_attention_map and kernels.attention_stats: Triton on CUDA, chunked torch on CPU). Layers with an
+explicit mask (padding, sliding windows) or softcapping take the general path here, which walks the query rows in
+chunks through LayerCapture.probs. Either way peak memory is O(heads x chunk x S) instead of O(heads x T x S). Long maps are pooled into square blocks of
 `block` x `block` cells: "mean" averages the probabilities over the *visible* cells of a block (cells hidden by the
 causal mask do not dilute it), "max" takes their maximum. Blocks with no visible cell are NaN, drawn blank.
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+import kernels
 from core.capture import LayerCapture
 
 REDUCTIONS = ("mean", "max")
@@ -36,6 +39,7 @@ class HeadStats:
     normalized_entropy: torch.Tensor  # (h,) mean over rows with > 1 visible key of entropy / log(visible keys)
     max_weight: torch.Tensor  # (h,) mean over query rows of the largest weight
     sink_mass: torch.Tensor  # (h,) mean over query rows of the weight on key 0
+    mean_distance: torch.Tensor  # (h,) mean over query rows of the expected |query position - key position|
 
 
 _ROWS_PER_CHUNK = 256  # query rows whose probabilities exist at once: heads x 256 x S fp32 values
@@ -93,7 +97,8 @@ class _RowStats:
     def __init__(self, n_heads: int, n_queries: int):
         self.n_queries = n_queries
         zeros = lambda: torch.zeros(n_heads, dtype=torch.float64)  # noqa: E731
-        self.entropy, self.normalized, self.n_normalized, self.max_weight, self.sink = (zeros() for _ in range(5))
+        self.entropy, self.normalized, self.n_normalized = zeros(), zeros(), zeros()
+        self.max_weight, self.sink, self.distance = zeros(), zeros(), zeros()
 
     def add(self, start: int, probs: torch.Tensor, visible: torch.Tensor) -> None:
         probs = probs.double()
@@ -105,6 +110,9 @@ class _RowStats:
         self.n_normalized += spread.sum(-1)
         self.max_weight += probs.amax(-1).sum(-1)
         self.sink += probs[..., 0].sum(-1)
+        n_queries, n_keys = self.n_queries, probs.shape[-1]
+        query_pos = torch.arange(start, start + probs.shape[1]) + (n_keys - n_queries)
+        self.distance += (probs * (query_pos[:, None] - torch.arange(n_keys)[None, :]).abs()).sum(dim=(1, 2))
 
     def result(self) -> HeadStats:
         return HeadStats(
@@ -112,6 +120,7 @@ class _RowStats:
             normalized_entropy=(self.normalized / self.n_normalized.clamp(min=1)).float(),
             max_weight=(self.max_weight / self.n_queries).float(),
             sink_mass=(self.sink / self.n_queries).float(),
+            mean_distance=(self.distance / self.n_queries).float(),
         )
 
 
@@ -149,6 +158,11 @@ def pooled_map(
     """
     heads = list(heads)
     _validate(layer, heads, block, reduce)
+    if _kernel_ready(layer):
+        q, k = _kernel_inputs(layer, heads)
+        values = kernels.pooled_attention_map(q, k, block=block, reduce=reduce, causal=layer.causal,
+                                              scale=layer.scale, hide_sink=hide_sink)
+        return PooledMap(values=values[0].cpu(), block=block)
     pooler = _Pooler(len(heads), layer.q.shape[2], layer.k.shape[2], block, reduce, hide_sink)
     _sweep(layer, heads, block, [pooler])
     return PooledMap(values=pooler.values, block=block)
@@ -158,6 +172,8 @@ def head_stats(layer: LayerCapture, *, heads: Sequence[int] | None = None) -> He
     """Per-head row statistics (entropy, max weight, sink mass) averaged over query rows, chunk by chunk."""
     heads = list(range(layer.n_heads)) if heads is None else list(heads)
     _validate(layer, heads, 1, "mean")
+    if _kernel_ready(layer):
+        return _kernel_head_stats(layer, heads)
     stats = _RowStats(len(heads), layer.q.shape[2])
     _sweep(layer, heads, 1, [stats])
     return stats.result()
@@ -175,10 +191,45 @@ def layer_overview(
     hide_sink: they describe the model's full distribution)."""
     heads = list(heads)
     _validate(layer, heads, block, reduce)
+    if _kernel_ready(layer):
+        return pooled_map(layer, heads=heads, block=block, reduce=reduce, hide_sink=hide_sink), head_stats(
+            layer, heads=heads)
     pooler = _Pooler(len(heads), layer.q.shape[2], layer.k.shape[2], block, reduce, hide_sink)
     stats = _RowStats(len(heads), layer.q.shape[2])
     _sweep(layer, heads, block, [pooler, stats])
     return PooledMap(values=pooler.values, block=block), stats.result()
+
+
+def _kernel_ready(layer: LayerCapture) -> bool:
+    """The kernels take causal/full masks and plain softmax logits."""
+    return layer.mask is None and layer.softcap is None
+
+
+def _kernel_inputs(layer: LayerCapture, heads: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, k) of the first sequence for `heads`: all heads keep the grouped layout; a subset gets its own K rows."""
+    if heads == list(range(layer.n_heads)):
+        return layer.q[:1], layer.k[:1]
+    return layer.q[:1, heads], layer.k[:1, [layer.kv_head(h) for h in heads]]
+
+
+def _kernel_head_stats(layer: LayerCapture, heads: list[int]) -> HeadStats:
+    q, k = _kernel_inputs(layer, heads)
+    stats = kernels.attention_stats(q, k, causal=layer.causal, scale=layer.scale)
+    n_queries, n_keys = q.shape[2], k.shape[2]
+    if layer.causal:
+        n_visible = torch.arange(n_queries, dtype=torch.float64) + (n_keys - n_queries) + 1
+    else:
+        n_visible = torch.full((n_queries,), float(n_keys), dtype=torch.float64)
+    spread = n_visible > 1
+    entropy = stats.entropy[0].double().cpu()  # (h, T)
+    normalized = (entropy[:, spread] / torch.log(n_visible[spread])).mean(-1) if spread.any() else entropy[:, :0].sum(-1)
+    return HeadStats(
+        entropy=entropy.mean(-1).float(),
+        normalized_entropy=normalized.float(),
+        max_weight=stats.max_weight[0].mean(-1).cpu(),
+        sink_mass=stats.sink_mass[0].mean(-1).cpu(),
+        mean_distance=stats.mean_distance[0].mean(-1).cpu(),
+    )
 
 
 def block_for(n_cells: int, max_cells: int) -> int:

@@ -169,3 +169,23 @@ def query_bars(weights: np.ndarray, *, tokens: Sequence[str], query: int, top_k:
                          yaxis_title="weight", margin={"l": 10, "r": 10, "t": 50, "b": 10})
     figure.update_xaxes(tickangle=-60, type="category")
     return figure
+
+
+def stat_heatmap(values: np.ndarray, *, title: str, label: str) -> go.Figure:
+    """Layers x heads grid of one per-head statistic (rows: layers, columns: heads).
+
+    Args:
+        values: (n_layers, n_heads) statistic values.
+        title: figure title; label: the colour bar's name.
+    """
+    if values.ndim != 2:
+        raise ValueError(f"stat_heatmap: values must be (layers, heads); got shape {values.shape}.")
+    figure = go.Figure(go.Heatmap(
+        z=values, x=[f"H{h}" for h in range(values.shape[1])], y=[f"L{layer}" for layer in range(values.shape[0])],
+        colorscale=ENTROPY_SCALE, colorbar={"title": escape(label)},
+        hovertemplate="%{y} %{x}<br>" + escape(label) + " %{z:.4g}<extra></extra>",
+    ))
+    figure.update_yaxes(autorange="reversed")
+    figure.update_layout(title=escape(title), height=max(320, 60 + 22 * values.shape[0]),
+                         margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return figure

@@ -49,16 +49,18 @@ def attention_stats(
     for start in range(0, n_queries, chunk):
         rows = slice(start, min(start + chunk, n_queries))
         t = rows.stop - rows.start
+        # Under the causal mask no row of this chunk sees past key `hi`: leave those keys out of the work.
+        hi = min(n_keys, max(rows.stop + n_keys - n_queries, topk)) if causal else n_keys
         q_rows = q[:, :, rows].float().reshape(batch, n_kv, groups * t, head_dim)  # heads of a group folded into rows
-        scores = torch.matmul(q_rows, k32.transpose(-1, -2)).mul_(scale).view(batch, n_kv, groups, t, n_keys)
-        visible = key_positions_visible(n_queries, n_keys, rows, causal, q.device)  # (t, S)
+        scores = torch.matmul(q_rows, k32[:, :, :hi].transpose(-1, -2)).mul_(scale).view(batch, n_kv, groups, t, hi)
+        visible = key_positions_visible(n_queries, n_keys, rows, causal, q.device)[:, :hi]  # (t, hi)
         scores.masked_fill_(~visible, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # (B, Hkv, G, t)
         top_score, argmax = scores.max(dim=-1)
         probs = torch.exp(scores - lse[..., None])
         expected_score = (probs * scores.masked_fill(~visible, 0.0)).sum(-1)
         query_pos = torch.arange(rows.start, rows.stop, device=q.device) + (n_keys - n_queries)
-        distance = (query_pos[:, None] - key_pos[None, :]).abs().float()  # (t, S)
+        distance = (query_pos[:, None] - key_pos[None, :hi]).abs().float()  # (t, hi)
         to_heads = lambda x: x.reshape(batch, n_heads, t, *x.shape[4:])  # noqa: E731
         out.lse[:, :, rows] = to_heads(lse)
         out.entropy[:, :, rows] = to_heads(lse - expected_score)
@@ -71,6 +73,6 @@ def attention_stats(
             out.topk_weights[:, :, rows] = to_heads(torch.exp(top_scores - lse[..., None]))
             out.topk_indices[:, :, rows] = to_heads(top_indices.masked_fill(torch.isinf(top_scores), -1))
         if v is not None:
-            o = torch.matmul(probs.view(batch, n_kv, groups * t, n_keys), v32)  # (B, Hkv, G*t, Dv)
+            o = torch.matmul(probs.view(batch, n_kv, groups * t, hi), v32[:, :, :hi])  # (B, Hkv, G*t, Dv)
             out.output[:, :, rows] = o.view(batch, n_heads, t, -1).to(v.dtype)
     return out

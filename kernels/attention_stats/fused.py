@@ -90,9 +90,9 @@ def attention_stats_kernel(
         tile_max, tile_arg = tl.max(b_s, axis=1, return_indices=True)
         m_new = tl.maximum(b_m, tile_max)
         b_arg = tl.where(tile_max > b_m, start_n + tile_arg, b_arg)
-        alpha = tl.exp(b_m - m_new)
-        alpha = tl.where(m_new == float("-inf"), 0.0, alpha)
-        b_p = tl.where(visible, tl.exp(b_s - m_new[:, None]), 0.0)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet: no -inf - -inf
+        alpha = tl.exp(b_m - m_safe)
+        b_p = tl.where(visible, tl.exp(b_s - m_safe[:, None]), 0.0)
         distance = tl.abs(pos_m[:, None] - o_n[None, :]).to(tl.float32)
         b_l = b_l * alpha + tl.sum(b_p, axis=1)
         b_ls = b_ls * alpha + tl.sum(b_p * tl.where(visible, b_s, 0.0), axis=1)
@@ -115,7 +115,9 @@ def attention_stats_kernel(
                 b_ti = tl.where(take, (start_n + best_at)[:, None], b_ti)
                 b_cand = tl.where(tl.arange(0, BLOCK_N)[None, :] == best_at[:, None], float("-inf"), b_cand)
 
-    b_lse = b_m + tl.log(b_l)
+    # Rows past the end of the sequence are never stored; give them finite values so nothing computes inf - inf.
+    b_l = tl.where(m_m, b_l, 1.0)
+    b_lse = tl.where(m_m, b_m + tl.log(b_l), 0.0)
     o_row = i_bh * n_queries + o_m
     tl.store(lse_ptr + o_row, b_lse, mask=m_m)
     tl.store(entropy_ptr + o_row, b_lse - b_ls / b_l, mask=m_m)

@@ -41,12 +41,14 @@ def attention_stats(
     causal: bool = True,
     scale: float | None = None,
     topk: int = 0,
+    dtype: torch.dtype = torch.float64,
 ) -> AttentionStats:
-    """Full-matrix fp64 statistics. q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv)."""
+    """Full-matrix statistics computed in `dtype` (fp64 for the reference; the inputs' own dtype gives the error plain
+    torch makes at that precision). q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv)."""
     groups = q.shape[1] // k.shape[1]
     n_queries, n_keys = q.shape[2], k.shape[2]
-    q64 = q.double()
-    k64 = k.double().repeat_interleave(groups, dim=1)  # (B, Hq, S, D)
+    q64 = q.to(dtype)
+    k64 = k.to(dtype).repeat_interleave(groups, dim=1)  # (B, Hq, S, D)
     scores = torch.matmul(q64, k64.transpose(-1, -2)) * default_scale(scale, q.shape[-1])  # (B, Hq, T, S)
     visible = key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, q.device)  # (T, S)
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -55,7 +57,7 @@ def attention_stats(
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
     max_weight, argmax = probs.max(dim=-1)
     query_pos = torch.arange(n_queries, device=q.device) + (n_keys - n_queries)
-    distance = (query_pos[:, None] - torch.arange(n_keys, device=q.device)[None, :]).abs().double()
+    distance = (query_pos[:, None] - torch.arange(n_keys, device=q.device)[None, :]).abs().to(dtype)
     stats = AttentionStats(
         lse=lse.float(),
         entropy=(-plogp.sum(-1)).float(),
@@ -69,6 +71,6 @@ def attention_stats(
         stats.topk_weights = torch.exp(top_scores - lse[..., None]).float()
         stats.topk_indices = indices.masked_fill(torch.isinf(top_scores), -1)
     if v is not None:
-        v64 = v.double().repeat_interleave(groups, dim=1)
+        v64 = v.to(dtype).repeat_interleave(groups, dim=1)
         stats.output = torch.matmul(probs, v64).to(v.dtype)
     return stats

@@ -1,9 +1,14 @@
 """Pooled attention maps in Triton: two passes, never the (T, S) matrix.
 
-Pass 1 is the attention_stats kernel, for each row's log-sum-exp. Pass 2 gives one program to each (tile row,
-batch x head): it walks the key tiles left to right, rebuilds p = exp(s - lse) for the visible cells of each tile in
-BLOCK_M x BLOCK_N sub-tiles, and writes the tile's mean (sum / visible count) or max. Key tiles past the causal
-frontier run no sub-tile at all and come out NaN, like every tile without a visible cell.
+Pass 1 is the attention_stats kernel, for each row's log-sum-exp. Pass 2 rebuilds p = exp(s - lse) tile by tile and
+reduces it to the tile's mean (sum / visible count) or max; tiles without a visible cell are NaN.
+
+- block <= 64 (`pooled_map_packed_kernel`): one program takes PR pooled rows and walks PC pooled columns at a time.
+  Rows and keys are laid out as [pooled index, offset padded to BP = next_power_of_2(block)], flattened into one
+  PR*BP x PC*BP dot (64 x 64), and the result is reshaped to 4-D and reduced over the two offset axes. Padding costs
+  at most (BP / block)^2 extra work, and block = 1 is the exact map.
+- block > 64 (`pooled_map_kernel`): one program per pooled row walks the key tiles, each in 64 x 64 sub-tiles.
+Key tiles past the causal frontier are never computed.
 """
 
 from __future__ import annotations
@@ -87,19 +92,93 @@ def pooled_map_kernel(
                  tl.where(b_count > 0, value, float("nan")))
 
 
+@triton.jit
+def pooled_map_packed_kernel(
+    q_ptr, k_ptr, lse_ptr, out_ptr,  # q (B, Hq, T, D), k (B, Hkv, S, D), lse (B, Hq, T), out (B, Hq, R, C)
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    n_heads, n_queries, n_keys, head_dim, groups, scale, block, n_row_blocks, n_key_blocks,
+    CAUSAL: tl.constexpr, HIDE_SINK: tl.constexpr, REDUCE_MAX: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    PR: tl.constexpr, PC: tl.constexpr, BP: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    i_g, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // n_heads, i_bh % n_heads
+    i_kv = i_h // groups
+    o_d = tl.arange(0, BLOCK_D)
+    o_pr = i_g * PR + tl.arange(0, PR)  # pooled rows of this program
+    rows = tl.reshape(o_pr[:, None] * block + tl.arange(0, BP)[None, :], (PR * BP,))
+    m_rows = tl.reshape((tl.arange(0, BP)[None, :] < block) & (o_pr[:, None] < n_row_blocks), (PR * BP,))
+    m_rows = m_rows & (rows < n_queries)
+    pos_rows = rows + (n_keys - n_queries)
+    p_q = q_ptr + i_b * stride_qb + i_h * stride_qh + rows[:, None] * stride_qt + o_d[None, :] * stride_qd
+    b_q = tl.load(p_q, mask=m_rows[:, None] & (o_d[None, :] < head_dim), other=0.0)  # [PR*BP, BLOCK_D]
+    if DOT_UPCAST:
+        b_q = b_q.to(tl.float32)
+    b_lse = tl.load(lse_ptr + i_bh * n_queries + rows, mask=m_rows, other=0.0)
+
+    last_row = tl.minimum((i_g + 1) * PR * block, n_queries) - 1
+    key_hi = n_keys
+    if CAUSAL:
+        key_hi = tl.minimum(n_keys, last_row + (n_keys - n_queries) + 1)
+    col_hi = tl.cdiv(key_hi, block)  # pooled columns that hold a visible cell for some row here
+    for start_c in range(0, n_key_blocks, PC):
+        o_pc = start_c + tl.arange(0, PC)
+        if start_c < col_hi:
+            cols = tl.reshape(o_pc[:, None] * block + tl.arange(0, BP)[None, :], (PC * BP,))
+            m_cols = tl.reshape((tl.arange(0, BP)[None, :] < block) & (o_pc[:, None] < n_key_blocks), (PC * BP,))
+            m_cols = m_cols & (cols < n_keys)
+            p_k = k_ptr + i_b * stride_kb + i_kv * stride_kh + cols[None, :] * stride_ks + o_d[:, None] * stride_kd
+            b_k = tl.load(p_k, mask=m_cols[None, :] & (o_d[:, None] < head_dim), other=0.0)  # [BLOCK_D, PC*BP]
+            if DOT_UPCAST:
+                b_k = b_k.to(tl.float32)
+            b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [PR*BP, PC*BP]
+            visible = m_rows[:, None] & m_cols[None, :]
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= pos_rows[:, None])
+            if HIDE_SINK:
+                visible = visible & (cols[None, :] != 0)
+            b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
+            count = tl.sum(tl.sum(tl.reshape(visible.to(tl.float32), (PR, BP, PC, BP)), axis=3), axis=1)  # [PR, PC]
+            if REDUCE_MAX:
+                masked = tl.reshape(tl.where(visible, b_p, float("-inf")), (PR, BP, PC, BP))
+                value = tl.max(tl.max(masked, axis=3), axis=1)
+            else:
+                value = tl.sum(tl.sum(tl.reshape(b_p, (PR, BP, PC, BP)), axis=3), axis=1) / tl.maximum(count, 1.0)
+            value = tl.where(count > 0, value, float("nan"))
+        else:
+            value = tl.full((PR, PC), float("nan"), tl.float32)
+        p_o = out_ptr + (i_bh * n_row_blocks + o_pr[:, None]) * n_key_blocks + o_pc[None, :]
+        tl.store(p_o, value, mask=(o_pr[:, None] < n_row_blocks) & (o_pc[None, :] < n_key_blocks))
+
+
+_PACKED_LANES = 64  # rows (and keys) per dot in the packed kernel
+
+
 def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_sink: bool) -> torch.Tensor:
     batch, n_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
     lse = attention_stats(q, k, causal=causal, scale=scale, backend="triton").lse
     n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
     out = empty_output(batch, n_heads, n_row_blocks, n_key_blocks, device=q.device, dtype=torch.float32)
-    sub = min(64, max(16, triton.next_power_of_2(block)))
+    common = dict(
+        CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max",
+        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+    )
+    if block <= _PACKED_LANES:
+        padded = triton.next_power_of_2(block)
+        per_program = _PACKED_LANES // padded
+        pooled_map_packed_kernel[(triton.cdiv(n_row_blocks, per_program), batch * n_heads)](
+            q, k, lse, out, *q.stride(), *k.stride(),
+            n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_row_blocks, n_key_blocks,
+            PR=per_program, PC=per_program, BP=padded, **common,
+        )
+        return out
     pooled_map_kernel[(n_row_blocks, batch * n_heads)](
         q, k, lse, out, *q.stride(), *k.stride(),
         n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_key_blocks,
-        CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max",
-        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
-        BLOCK_M=sub, BLOCK_N=sub, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=_PACKED_LANES, BLOCK_N=_PACKED_LANES, **common,
     )
     return out
 

@@ -24,15 +24,15 @@ def attention_probs(q, k, *, causal: bool, scale: float | None, dtype: torch.dty
 
 
 def pooled_attention_map(q, k, *, block: int, reduce: str, causal: bool = True, scale: float | None = None,
-                         hide_sink: bool = False) -> torch.Tensor:
-    """(B, Hq, ceil(T/block), ceil(S/block)) fp32 pooled probabilities, by explicit loops over tiles."""
-    probs = attention_probs(q, k, causal=causal, scale=scale)
+                         hide_sink: bool = False, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B, Hq, ceil(T/block), ceil(S/block)) pooled probabilities computed in `dtype`, by explicit loops over tiles."""
+    probs = attention_probs(q, k, causal=causal, scale=scale, dtype=dtype)
     n_queries, n_keys = q.shape[2], k.shape[2]
     visible = key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, q.device).clone()
     if hide_sink:
         visible[:, 0] = False
     out = torch.full((*probs.shape[:2], math.ceil(n_queries / block), math.ceil(n_keys / block)), float("nan"),
-                     dtype=torch.float64)
+                     dtype=dtype)
     for r in range(out.shape[2]):
         for c in range(out.shape[3]):
             rows, cols = slice(r * block, (r + 1) * block), slice(c * block, (c + 1) * block)
@@ -40,4 +40,4 @@ def pooled_attention_map(q, k, *, block: int, reduce: str, causal: bool = True, 
             if seen.any():
                 cells = probs[:, :, rows, cols][..., seen]  # (B, Hq, n_visible_cells)
                 out[:, :, r, c] = cells.mean(-1) if reduce == "mean" else cells.amax(-1)
-    return out.float()
+    return out

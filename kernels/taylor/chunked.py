@@ -36,14 +36,16 @@ def taylor_attention(q, k, v, *, order: int, denominator: str, clamp, causal: bo
     for start in range(0, n_queries, chunk):
         rows = slice(start, min(start + chunk, n_queries))
         t = rows.stop - rows.start
+        hi = min(n_keys, rows.stop + n_keys - n_queries) if causal else n_keys  # later keys are masked for all rows
         q_rows = q[:, :, rows].float().reshape(batch, n_kv, groups * t, head_dim)
-        scores = torch.matmul(q_rows, k32.transpose(-1, -2)).mul_(scale)
+        scores = torch.matmul(q_rows, k32[:, :, :hi].transpose(-1, -2)).mul_(scale)
         if low is not None or high is not None:
             scores.clamp_(min=low, max=high)
-        scores = scores.view(batch, n_kv, groups, t, n_keys)
-        visible = key_positions_visible(n_queries, n_keys, rows, causal, q.device)  # (t, S)
+        scores = scores.view(batch, n_kv, groups, t, hi)
+        visible = key_positions_visible(n_queries, n_keys, rows, causal, q.device)[:, :hi]  # (t, hi)
         weights = horner(scores, order).masked_fill_(~visible, 0.0)
-        numerator = torch.matmul(weights.view(batch, n_kv, groups * t, n_keys), v32).view(batch, n_kv, groups, t, -1)
+        numerator = torch.matmul(weights.view(batch, n_kv, groups * t, hi), v32[:, :, :hi])
+        numerator = numerator.view(batch, n_kv, groups, t, -1)
         if denominator == "taylor":
             numerator /= weights.sum(-1, keepdim=True)
         elif denominator == "softmax":

@@ -91,8 +91,8 @@ def taylor_attention_kernel(
             b_den += tl.sum(b_w, axis=1)
         elif DENOMINATOR == 1:  # softmax, online so exp never overflows
             m_new = tl.maximum(b_m, tl.max(tl.where(visible, b_s, float("-inf")), axis=1))
-            alpha = tl.where(m_new == float("-inf"), 0.0, tl.exp(b_m - m_new))
-            b_den = b_den * alpha + tl.sum(tl.where(visible, tl.exp(b_s - m_new[:, None]), 0.0), axis=1)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+            b_den = b_den * tl.exp(b_m - m_safe) + tl.sum(tl.where(visible, tl.exp(b_s - m_safe[:, None]), 0.0), axis=1)
             b_m = m_new
         elif DENOMINATOR == 3:  # none: divide by the number of visible keys
             b_den += tl.sum(visible.to(tl.float32), axis=1)
@@ -102,7 +102,7 @@ def taylor_attention_kernel(
     elif DENOMINATOR == 2:  # l2
         b_out = b_num / tl.sqrt(tl.sum(b_num * b_num, axis=1))[:, None]
     else:
-        b_out = b_num / b_den[:, None]
+        b_out = b_num / tl.where(m_m, b_den, 1.0)[:, None]
     p_o = o_ptr + (i_bh * n_queries + o_m)[:, None] * value_dim + o_dv[None, :]
     tl.store(p_o, b_out, mask=m_m[:, None] & (o_dv[None, :] < value_dim))
 

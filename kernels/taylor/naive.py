@@ -41,21 +41,21 @@ def taylor_weights(scores: torch.Tensor, order: int) -> torch.Tensor:
     return sum(scores**n / math.factorial(n) for n in range(order + 1))
 
 
-def _scores(q, k, scale, causal):
+def _scores(q, k, scale, causal, dtype):
     groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(q.double(), k.double().repeat_interleave(groups, 1).transpose(-1, -2))
+    scores = torch.matmul(q.to(dtype), k.to(dtype).repeat_interleave(groups, 1).transpose(-1, -2))
     scores = scores * default_scale(scale, q.shape[-1])
     visible = key_positions_visible(q.shape[2], k.shape[2], slice(0, q.shape[2]), causal, q.device)
     return scores, visible
 
 
 def taylor_attention(q, k, v, *, order: int, denominator: str = "taylor", clamp=None, causal: bool = True,
-                     scale: float | None = None) -> torch.Tensor:
-    """(B, Hq, T, Dv) fp64 Taylor-order attention from the full (T, S) matrix."""
-    scores, visible = _scores(q, k, scale, causal)
+                     scale: float | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B, Hq, T, Dv) Taylor-order attention from the full (T, S) matrix, computed in `dtype`."""
+    scores, visible = _scores(q, k, scale, causal, dtype)
     scores = clamp_logits(scores, clamp)
     weights = torch.where(visible, taylor_weights(scores, order), torch.zeros_like(scores))
-    values = v.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    values = v.to(dtype).repeat_interleave(q.shape[1] // k.shape[1], 1)
     numerator = torch.matmul(weights, values)
     if denominator == "taylor":
         return numerator / weights.sum(-1, keepdim=True)

@@ -1,6 +1,8 @@
 """Every page under Streamlit's AppTest, on the packaged model: no exception, clear messages for user mistakes."""
 
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,16 @@ def test_attention_maps_page_every_view():
     at.selectbox(key=state.QUERY).set_value(5).run()
     assert not at.exception
     assert "query 5:" in _figure(at)["layout"]["title"]["text"]
+
+    at.segmented_control(key=state.VIEW).set_value(state.VIEW_STATS).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 30 * 9 and list(table.columns[:2]) == ["layer", "head"]
+    n_tokens = int(at.sidebar.caption[0].value.split()[0])
+    assert (table["entropy (nats)"] <= np.log(n_tokens) + 1e-5).all()
+    assert table["sink mass"].between(0, 1).all() and table["max weight"].between(0, 1).all()
+    at.selectbox(key=state.STAT_SHOWN).set_value("mean_distance").run()
+    assert not at.exception and "mean distance per head" in _figure(at)["layout"]["title"]["text"]
 
 
 def test_long_text_is_pooled_and_never_sent_cell_by_cell():

@@ -77,3 +77,18 @@ def test_minilm_runs_bidirectionally(minilm):
     # layer as a whole: a causal model has exactly 0 here.
     assert float(future_mass.mean()) > 0.1, f"an encoder layer looks ahead; got {future_mass.tolist()}"
     assert int((future_mass > 0.01).sum()) >= layer.n_heads // 2
+
+
+def test_head_statistics_of_the_real_model_equal_a_direct_computation(smollm2):
+    from core.analyses import maps
+
+    capture = run_with_capture(smollm2.model, tokenize(smollm2.tokenizer, TEXT).as_tensor())
+    for index in (0, 17, 29):
+        layer = capture.layer(index)
+        stats = maps.head_stats(layer)  # kernels.attention_stats (torch path on CPU)
+        probs = layer.probs()[0].double()  # (H, T, T)
+        entropy = -(probs * torch.log(probs.clamp(min=1e-300))).sum(-1)
+        torch.testing.assert_close(stats.entropy, entropy.mean(-1).float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stats.sink_mass, probs[..., 0].mean(-1).float(), rtol=1e-4, atol=1e-6)
+        n = probs.shape[-1]
+        assert (entropy <= torch.log(torch.arange(1, n + 1, dtype=torch.float64)) + 1e-9).all()

@@ -68,6 +68,9 @@ def test_head_stats_match_direct_computation(family):
                                (entropy[:, spread] / torch.log(n_visible[spread])).mean(-1).float())
     torch.testing.assert_close(stats.max_weight, probs.amax(-1).mean(-1).float())
     torch.testing.assert_close(stats.sink_mass, probs[..., 0].mean(-1).float())
+    n = probs.shape[-1]
+    distance = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs().double()
+    torch.testing.assert_close(stats.mean_distance, (probs * distance).sum(-1).mean(-1).float())
     assert (stats.entropy <= torch.log(n_visible).max() + 1e-6).all(), "entropy never exceeds log(visible keys)"
 
 
@@ -100,3 +103,40 @@ def test_layer_overview_is_pooled_map_plus_head_stats():
     alone = maps.pooled_map(layer, heads=range(6), block=16, reduce="max", hide_sink=True)
     torch.testing.assert_close(pooled.values, alone.values, equal_nan=True)
     torch.testing.assert_close(stats.entropy, maps.head_stats(layer).entropy)
+
+
+def _as_explicit_mask(layer):
+    """The same layer with its rule written out as a bool mask, which sends it down the general path."""
+    from dataclasses import replace
+
+    return replace(layer, mask=layer.visible()[:, :, :, :].clone(), causal=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_general_path_for_explicit_masks_agrees_with_the_kernel_path(family):
+    layer = _layer(family, 150)
+    explicit = _as_explicit_mask(layer)
+    assert maps._kernel_ready(layer) and not maps._kernel_ready(explicit)
+    for reduce in maps.REDUCTIONS:
+        kernel = maps.pooled_map(layer, heads=[1, 2], block=16, reduce=reduce, hide_sink=True)
+        general = maps.pooled_map(explicit, heads=[1, 2], block=16, reduce=reduce, hide_sink=True)
+        torch.testing.assert_close(kernel.values, general.values, equal_nan=True)
+    kernel_stats, general_stats = maps.head_stats(layer), maps.head_stats(explicit)
+    for field in ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance"):
+        torch.testing.assert_close(getattr(kernel_stats, field), getattr(general_stats, field), rtol=1e-4, atol=1e-5)
+
+
+def test_padding_mask_takes_the_general_path_and_matches_reference():
+    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[0, 30:] = 0
+    from core.capture import capturing
+
+    with torch.no_grad(), capturing() as captured:
+        build("bert")(input_ids=ids, attention_mask=attention_mask)
+    layer = captured[0]
+    assert layer.mask is not None and not maps._kernel_ready(layer)
+    pooled = maps.pooled_map(layer, heads=[0], block=8, reduce="mean")
+    visible = layer.visible()[0, 0].numpy()
+    expected = _reference_pool(layer.probs([0])[0, 0].numpy(), visible, 8, "mean")
+    np.testing.assert_allclose(pooled.values[0].numpy(), expected, rtol=1e-5, atol=1e-7, equal_nan=True)

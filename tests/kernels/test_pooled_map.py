@@ -1,0 +1,52 @@
+"""pooled_attention_map: Triton (interpreter) and torch paths against the fp64 tile-by-tile reference."""
+
+import pytest
+import torch
+
+from kernels import pooled_attention_map
+from kernels.pooled_map import naive
+from tests.kernels.helpers import DTYPES, assert_within_rule, cases, make_qkv
+
+CASES, IDS = cases()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("shape,dtype_name", CASES, ids=IDS)
+# block <= 64 runs the packed kernel (1: the exact map; 3 and 10: padded offsets), 100 the sub-tiled one.
+@pytest.mark.parametrize("block,reduce,hide_sink", [(1, "mean", False), (3, "max", True), (10, "max", False),
+                                                     (16, "mean", True), (100, "max", True)], ids=lambda x: str(x))
+def test_matches_reference(shape, dtype_name, block, reduce, hide_sink, backend):
+    q, k, _ = make_qkv(shape, DTYPES[dtype_name])
+    causal = shape[-1]
+    result = pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, hide_sink=hide_sink, backend=backend)
+    reference = naive.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, hide_sink=hide_sink)
+    plain = naive.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, hide_sink=hide_sink,
+                                       dtype=q.dtype)
+    assert result.shape == reference.shape
+    assert_within_rule(result, reference, plain, what=f"{reduce} block {block}")
+
+
+def test_torch_path_on_a_long_map(monkeypatch):
+    from kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 2**20)
+    q, k, _ = make_qkv((1, 9, 3, 1023, 1023, 64, True), torch.float32)
+    result = pooled_attention_map(q, k, block=100, backend="torch")
+    reference = naive.pooled_attention_map(q, k, block=100, reduce="mean")
+    plain = naive.pooled_attention_map(q, k, block=100, reduce="mean", dtype=torch.float32)
+    assert_within_rule(result, reference, plain, what="long map")
+
+
+def test_mean_tiles_of_a_causal_map_average_to_the_row_sums():
+    """With block = T every row's probabilities sum to 1, so the single tile's mean is T / (visible cells)."""
+    q, k, _ = make_qkv((1, 2, 1, 48, 48, 16, True), torch.float32)
+    tile = pooled_attention_map(q, k, block=48, backend="triton")[0, :, 0, 0]
+    torch.testing.assert_close(tile, torch.full((2,), 48 / (48 * 49 / 2)))
+
+
+def test_bad_arguments():
+    q, k, _ = make_qkv((1, 2, 1, 8, 8, 16, True), torch.float32)
+    with pytest.raises(ValueError, match="block must be"):
+        pooled_attention_map(q, k, block=0)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        pooled_attention_map(q, k, reduce="median")
