@@ -4,8 +4,8 @@ Baselines: torch SDPA forward (the floor: the attention output alone, flash/effi
 attention with the probabilities materialised (transformers' eager_attention_forward, what output_attentions costs
 per layer today). Shapes are SmolLM2-135M's attention: 9 query heads, 3 key/value heads, head_dim 64, one layer.
 
-CPU: every op runs in a fresh subprocess so its peak memory is its own (peak RSS during the call minus RSS before
-it); time is the median of repeated calls after a warm-up. GPU (when CUDA is available): triton.testing.do_bench
+CPU: every op runs in a fresh subprocess; peak memory is the most bytes its torch tensors hold at once (profiler
+allocation events), time the median of repeated calls after a warm-up. GPU (when CUDA is available): triton.testing.do_bench
 with quantiles after a warm-up of every shape, torch.cuda.max_memory_allocated, TFLOP/s of the QK^T (and PV) work.
 Ratios are against SDPA measured in the same run. Results go to benchmarks/results/<device>.json.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -61,26 +60,38 @@ def op_function(name: str, q, k, v, backend: str):
     return table[name]
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def peak_allocated_bytes(fn) -> int:
+    """Peak of the bytes the call holds in torch CPU tensors at once (inputs excluded, outputs included).
+
+    From the profiler's allocation events in time order (self memory of each op, so nothing is counted twice).
+    Resident-set readings are no use here: after a warm-up, freed pages are reused without raising the high-water
+    mark, and before it, library initialisation dominates.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
 
 
 def cpu_child(name: str, n_tokens: int, repeats: int) -> dict:
     """Run in a fresh process: time and peak memory of one op."""
-    torch.set_num_threads(torch.get_num_threads())
     q, k, v = make_inputs(n_tokens, torch.float32, "cpu")
     fn = op_function(name, q, k, v, backend="torch")
-    before = _rss_bytes()
-    fn()  # warm-up, and the peak-memory measurement
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    fn()  # warm-up
+    peak = peak_allocated_bytes(fn)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     times.sort()
-    return {"median_s": times[len(times) // 2], "min_s": times[0], "peak_extra_bytes": max(peak, 0)}
+    return {"median_s": times[len(times) // 2], "min_s": times[0], "peak_extra_bytes": peak}
 
 
 def run_cpu(lengths, repeats: int) -> list[dict]:
