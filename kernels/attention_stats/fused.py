@@ -23,6 +23,7 @@ from kernels.utils import (
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
+    key_tile_scores,
     resolve_backend,
 )
 
@@ -75,14 +76,8 @@ def attention_stats_kernel(
     for start_n in range(0, hi, BLOCK_N):
         o_n = start_n + tl.arange(0, BLOCK_N)
         m_n = o_n < n_keys
-        p_k = k_ptr + i_b * stride_kb + i_kv * stride_kh + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
-        b_k = tl.load(p_k, mask=m_n[None, :] & (o_d[:, None] < head_dim), other=0.0)  # [BLOCK_D, BLOCK_N]
-        if DOT_UPCAST:
-            b_k = b_k.to(tl.float32)
-        b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [BLOCK_M, BLOCK_N] fp32 accumulation
-        visible = m_n[None, :] & m_m[:, None]
-        if CAUSAL:
-            visible = visible & (o_n[None, :] <= pos_m[:, None])
+        b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m, n_keys,
+                                       head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION, DOT_UPCAST)
         b_s = tl.where(visible, b_s, float("-inf"))
         if start_n == 0:
             b_s0 = tl.sum(tl.where(o_n[None, :] == 0, b_s, 0.0), axis=1)

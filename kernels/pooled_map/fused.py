@@ -27,6 +27,7 @@ from kernels.utils import (
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
+    key_tile_scores,
     resolve_backend,
 )
 
@@ -69,15 +70,9 @@ def pooled_map_kernel(
             b_lse = tl.load(lse_ptr + i_bh * n_queries + o_m, mask=m_m, other=0.0)
             for start_n in range(col_start, col_end, BLOCK_N):
                 o_n = start_n + tl.arange(0, BLOCK_N)
-                m_n = o_n < col_end
-                p_k = k_ptr + i_b * stride_kb + i_kv * stride_kh + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
-                b_k = tl.load(p_k, mask=m_n[None, :] & (o_d[:, None] < head_dim), other=0.0)
-                if DOT_UPCAST:
-                    b_k = b_k.to(tl.float32)
-                b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [BLOCK_M, BLOCK_N]
-                visible = m_m[:, None] & m_n[None, :]
-                if CAUSAL:
-                    visible = visible & (o_n[None, :] <= pos_m[:, None])
+                b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m,
+                                               col_end, head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION,
+                                               DOT_UPCAST)
                 if HIDE_SINK:
                     visible = visible & (o_n[None, :] != 0)
                 b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)

@@ -25,6 +25,7 @@ from kernels.utils import (
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
+    key_tile_scores,
     resolve_backend,
 )
 
@@ -67,20 +68,14 @@ def taylor_attention_kernel(
     for start_n in range(0, hi, BLOCK_N):
         o_n = start_n + tl.arange(0, BLOCK_N)
         m_n = o_n < n_keys
-        p_k = k_ptr + i_b * stride_kb + i_kv * stride_kh + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
-        b_k = tl.load(p_k, mask=m_n[None, :] & (o_d[:, None] < head_dim), other=0.0)
+        b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m, n_keys,
+                                       head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION, DOT_UPCAST)
         p_v = v_ptr + i_b * stride_vb + i_kv * stride_vh + o_n[:, None] * stride_vs + o_dv[None, :] * stride_vd
         b_v = tl.load(p_v, mask=m_n[:, None] & (o_dv[None, :] < value_dim), other=0.0).to(tl.float32)
-        if DOT_UPCAST:
-            b_k = b_k.to(tl.float32)
-        b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [BLOCK_M, BLOCK_N]
         if CLAMP_LOW:
             b_s = tl.maximum(b_s, clamp_low)
         if CLAMP_HIGH:
             b_s = tl.minimum(b_s, clamp_high)
-        visible = m_n[None, :] & m_m[:, None]
-        if CAUSAL:
-            visible = visible & (o_n[None, :] <= pos_m[:, None])
         b_w = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + 1.0
         for i in tl.static_range(ORDER):
             b_w = 1.0 + b_w * b_s / (ORDER - i)  # Horner, j = ORDER .. 1
