@@ -11,6 +11,7 @@ Ratios are against SDPA measured in the same run. Results go to benchmarks/resul
 
     python benchmarks/bench_kernels.py            # CPU, T in 1024 2048 4096 8192
     python benchmarks/bench_kernels.py --quick    # CPU, T in 512 1024
+    python benchmarks/bench_kernels.py --lengths 8192 --ops attention_stats   # one comparison
 """
 
 from __future__ import annotations
@@ -94,11 +95,11 @@ def cpu_child(name: str, n_tokens: int, repeats: int) -> dict:
     return {"median_s": times[len(times) // 2], "min_s": times[0], "peak_extra_bytes": peak}
 
 
-def run_cpu(lengths, repeats: int) -> list[dict]:
+def run_cpu(lengths, ops, repeats: int) -> list[dict]:
     rows = []
     for n_tokens in lengths:
         measured = {}
-        for name in OPS:
+        for name in ops:
             if name == "eager_probs" and n_tokens > 8192:
                 continue
             command = [sys.executable, __file__, "--child", name, str(n_tokens), str(repeats)]
@@ -153,6 +154,8 @@ def run_gpu(lengths) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short lengths, for a smoke run")
+    parser.add_argument("--lengths", type=int, nargs="+", help="CPU sequence lengths (default 1024 2048 4096 8192)")
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to run; sdpa is always run")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -161,13 +164,15 @@ def main() -> None:
         return
     results = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "rows": []}
-    lengths = [512, 1024] if args.quick else [1024, 2048, 4096, 8192]
-    results["rows"] += run_cpu(lengths, repeats=3)
+    lengths = args.lengths or ([512, 1024] if args.quick else [1024, 2048, 4096, 8192])
+    ops = ["sdpa", *[name for name in args.ops if name != "sdpa"]]
+    results["rows"] += run_cpu(lengths, ops, repeats=3)
     device = "cpu"
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name().replace(" ", "_")
         results["rows"] += run_gpu([4096, 16384] if not args.quick else [1024])
-    out = ROOT / "benchmarks" / "results" / f"{device}{'-quick' if args.quick else ''}.json"
+    partial = args.quick or args.lengths or len(ops) < len(OPS)
+    out = ROOT / "benchmarks" / "results" / f"{device}{'-partial' if partial else ''}.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
 

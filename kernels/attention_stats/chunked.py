@@ -54,9 +54,11 @@ def attention_stats(
         hi = min(n_keys, max(rows.stop + n_keys - n_queries, topk)) if causal else n_keys
         q_rows = q[:, :, rows].float().reshape(batch, n_kv, groups * t, head_dim)  # heads of a group folded into rows
         shifted = torch.matmul(q_rows, k32[:, :, :hi].transpose(-1, -2)).mul_(scale).view(batch, n_kv, groups, t, hi)
-        hidden = ~key_positions_visible(n_queries, n_keys, rows, causal, q.device)[:, :hi]  # (t, hi)
+        # Only keys after the chunk's first row position can be hidden from some row: mask that corner alone.
         # A finite stand-in for -inf keeps 0 * (masked logit) = 0 in the dot products below; exp of it is exactly 0.
-        shifted.masked_fill_(hidden, _MASKED)
+        low = min(hi, rows.start + n_keys - n_queries + 1) if causal else hi
+        hidden = ~key_positions_visible(n_queries, n_keys, rows, causal, q.device)[:, low:hi]  # (t, hi - low)
+        shifted[..., low:].masked_fill_(hidden, _MASKED)
         top_score, argmax = shifted.max(dim=-1)  # (B, Hkv, G, t)
         shifted.sub_(top_score[..., None])  # s - m, in place
         weights = torch.exp(shifted)  # unnormalised probabilities exp(s - m), the only other (t, hi) buffer
