@@ -179,27 +179,6 @@ def head_stats(layer: LayerCapture, *, heads: Sequence[int] | None = None) -> He
     return stats.result()
 
 
-def layer_overview(
-    layer: LayerCapture,
-    *,
-    heads: Sequence[int],
-    block: int,
-    reduce: str = "mean",
-    hide_sink: bool = False,
-) -> tuple[PooledMap, HeadStats]:
-    """pooled_map and head_stats of the same heads in one pass over the query rows (the statistics ignore
-    hide_sink: they describe the model's full distribution)."""
-    heads = list(heads)
-    _validate(layer, heads, block, reduce)
-    if _kernel_ready(layer):
-        return pooled_map(layer, heads=heads, block=block, reduce=reduce, hide_sink=hide_sink), head_stats(
-            layer, heads=heads)
-    pooler = _Pooler(len(heads), layer.q.shape[2], layer.k.shape[2], block, reduce, hide_sink)
-    stats = _RowStats(len(heads), layer.q.shape[2])
-    _sweep(layer, heads, block, [pooler, stats])
-    return PooledMap(values=pooler.values, block=block), stats.result()
-
-
 def _kernel_ready(layer: LayerCapture) -> bool:
     """The kernels take causal/full masks and plain softmax logits."""
     return layer.mask is None and layer.softcap is None

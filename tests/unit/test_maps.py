@@ -97,14 +97,6 @@ def test_block_for_keeps_within_the_cell_limit(n, limit, expected):
     assert math.ceil(n / maps.block_for(n, limit)) <= limit
 
 
-def test_layer_overview_is_pooled_map_plus_head_stats():
-    layer = _layer("llama", 130)
-    pooled, stats = maps.layer_overview(layer, heads=range(6), block=16, reduce="max", hide_sink=True)
-    alone = maps.pooled_map(layer, heads=range(6), block=16, reduce="max", hide_sink=True)
-    torch.testing.assert_close(pooled.values, alone.values, equal_nan=True)
-    torch.testing.assert_close(stats.entropy, maps.head_stats(layer).entropy)
-
-
 def _as_explicit_mask(layer):
     """The same layer with its rule written out as a bool mask, which sends it down the general path."""
     from dataclasses import replace
