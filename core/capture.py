@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.utils import key_positions_visible
+
 ATTENTION_NAME = "attnscope"
 
 
@@ -65,11 +67,7 @@ class LayerCapture:
         rows = rows or slice(0, n_queries)
         if self.mask is not None:
             return self.mask[:, :, rows]
-        query_pos = torch.arange(n_queries, device=self.q.device)[rows] + (n_keys - n_queries)
-        key_pos = torch.arange(n_keys, device=self.q.device)
-        if not self.causal:
-            return torch.ones(1, 1, len(query_pos), n_keys, dtype=torch.bool, device=self.q.device)
-        return (key_pos[None, :] <= query_pos[:, None])[None, None]
+        return key_positions_visible(n_queries, n_keys, rows, self.causal, self.q.device)[None, None]
 
     def logits(self, heads: Iterable[int] | None = None, rows: slice | None = None) -> torch.Tensor:
         """Scaled logits (B, h, t, S) in fp32 for query heads `heads` and rows `rows`; masked cells are -inf."""

@@ -24,7 +24,7 @@ import torch
 import kernels
 from core.capture import LayerCapture
 
-REDUCTIONS = ("mean", "max")
+REDUCTIONS = kernels.pooled_map.REDUCTIONS
 
 
 @dataclass

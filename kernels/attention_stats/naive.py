@@ -33,6 +33,15 @@ class AttentionStats:
     output: torch.Tensor | None = None  # (B, Hq, T, Dv) in v's dtype, when v was given
 
 
+def masked_scores(q, k, *, causal: bool, scale: float | None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B, Hq, T, S) scaled logits computed in `dtype` from the repeated keys; -inf where a key is hidden."""
+    groups = q.shape[1] // k.shape[1]
+    keys = k.to(dtype).repeat_interleave(groups, dim=1)  # (B, Hq, S, D)
+    scores = torch.matmul(q.to(dtype), keys.transpose(-1, -2)) * default_scale(scale, q.shape[-1])
+    visible = key_positions_visible(q.shape[2], k.shape[2], slice(0, q.shape[2]), causal, q.device)  # (T, S)
+    return scores.masked_fill(~visible, float("-inf"))
+
+
 def attention_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -47,11 +56,7 @@ def attention_stats(
     torch makes at that precision). q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv)."""
     groups = q.shape[1] // k.shape[1]
     n_queries, n_keys = q.shape[2], k.shape[2]
-    q64 = q.to(dtype)
-    k64 = k.to(dtype).repeat_interleave(groups, dim=1)  # (B, Hq, S, D)
-    scores = torch.matmul(q64, k64.transpose(-1, -2)) * default_scale(scale, q.shape[-1])  # (B, Hq, T, S)
-    visible = key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, q.device)  # (T, S)
-    scores = scores.masked_fill(~visible, float("-inf"))
+    scores = masked_scores(q, k, causal=causal, scale=scale, dtype=dtype)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse[..., None])
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
@@ -71,6 +76,6 @@ def attention_stats(
         stats.topk_weights = torch.exp(top_scores - lse[..., None]).float()
         stats.topk_indices = indices.masked_fill(torch.isinf(top_scores), -1)
     if v is not None:
-        v64 = v.to(dtype).repeat_interleave(groups, dim=1)
+        v64 = v.to(dtype).repeat_interleave(groups, dim=1)  # (B, Hq, S, Dv)
         stats.output = torch.matmul(probs, v64).to(v.dtype)
     return stats

@@ -11,16 +11,13 @@ import math
 
 import torch
 
-from kernels.utils import default_scale, key_positions_visible
+from kernels.attention_stats.naive import masked_scores
+from kernels.utils import key_positions_visible
 
 
 def attention_probs(q, k, *, causal: bool, scale: float | None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(B, Hq, T, S) softmax probabilities computed in `dtype`; masked cells are 0."""
-    groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(q.to(dtype), k.to(dtype).repeat_interleave(groups, dim=1).transpose(-1, -2))
-    scores = scores * default_scale(scale, q.shape[-1])
-    visible = key_positions_visible(q.shape[2], k.shape[2], slice(0, q.shape[2]), causal, q.device)
-    return torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    return torch.softmax(masked_scores(q, k, causal=causal, scale=scale, dtype=dtype), dim=-1)
 
 
 def pooled_attention_map(q, k, *, block: int, reduce: str, causal: bool = True, scale: float | None = None,

@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 import torch
 
+from kernels.attention_stats.naive import masked_scores
 from kernels.pooled_map.naive import attention_probs
-from kernels.utils import default_scale, key_positions_visible
+from kernels.utils import default_scale
 
 DENOMINATORS = ("taylor", "softmax", "l2", "none")
 
@@ -41,18 +42,11 @@ def taylor_weights(scores: torch.Tensor, order: int) -> torch.Tensor:
     return sum(scores**n / math.factorial(n) for n in range(order + 1))
 
 
-def _scores(q, k, scale, causal, dtype):
-    groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(q.to(dtype), k.to(dtype).repeat_interleave(groups, 1).transpose(-1, -2))
-    scores = scores * default_scale(scale, q.shape[-1])
-    visible = key_positions_visible(q.shape[2], k.shape[2], slice(0, q.shape[2]), causal, q.device)
-    return scores, visible
-
-
 def taylor_attention(q, k, v, *, order: int, denominator: str = "taylor", clamp=None, causal: bool = True,
                      scale: float | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(B, Hq, T, Dv) Taylor-order attention from the full (T, S) matrix, computed in `dtype`."""
-    scores, visible = _scores(q, k, scale, causal, dtype)
+    scores = masked_scores(q, k, causal=causal, scale=scale, dtype=dtype)
+    visible = torch.isfinite(scores)  # before the clamp, which would make hidden logits finite
     scores = clamp_logits(scores, clamp)
     weights = torch.where(visible, taylor_weights(scores, order), torch.zeros_like(scores))
     values = v.to(dtype).repeat_interleave(q.shape[1] // k.shape[1], 1)

@@ -17,22 +17,13 @@ def _check(result, q, k, v, *, causal, topk):
     for field in FIELDS:
         assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
     # Indices: ties are legitimate, so check that the chosen key carries the largest weight.
-    full = torch.softmax(_masked_scores(q, k, causal), dim=-1)
+    full = torch.softmax(naive.masked_scores(q, k, causal=causal, scale=None), dim=-1)
     chosen = full.gather(-1, result.argmax[..., None]).squeeze(-1)
     torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
     assert torch.equal(result.topk_indices == -1, reference.topk_indices == -1)
     found = result.topk_indices >= 0
     picked = full.gather(-1, result.topk_indices.clamp(min=0))
     torch.testing.assert_close(picked[found], reference.topk_weights.double()[found], rtol=1e-3, atol=1e-6)
-
-
-def _masked_scores(q, k, causal):
-    from kernels.utils import key_positions_visible
-
-    groups = q.shape[1] // k.shape[1]
-    scores = torch.matmul(q.double(), k.double().repeat_interleave(groups, 1).transpose(-1, -2)) / q.shape[-1] ** 0.5
-    visible = key_positions_visible(q.shape[2], k.shape[2], slice(0, q.shape[2]), causal, q.device)
-    return scores.masked_fill(~visible, float("-inf"))
 
 
 @pytest.mark.parametrize("shape,dtype_name", CASES, ids=IDS)
