@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core.analyses import maps
+from core.analyses import maps, taylor
 from core.capture import Capture, run_with_capture
 from core.figures.maps import Thumbnail
 from core.models import LoadedModel, ModelSpec, load_model
@@ -64,3 +64,21 @@ def layer_thumbnails(spec: ModelSpec, text: str, max_tokens: int, layer: int, ce
 def query_row(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int, query: int) -> np.ndarray:
     captured = get_capture(spec, text, max_tokens).layer(layer)
     return maps.query_weights(captured, head=head, query=query).numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def taylor_layer(spec: ModelSpec, text: str, max_tokens: int, layer: int, max_order: int,
+                 clamp: taylor.Clamp) -> taylor.LayerSweep:
+    return taylor.sweep_layer(get_capture(spec, text, max_tokens).layer(layer), max_order=max_order, clamp=clamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def taylor_recurrent(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int,
+                     n_tokens: int) -> taylor.RecurrentCheck:
+    return taylor.recurrent_check(get_capture(spec, text, max_tokens).layer(layer), head=head, n_tokens=n_tokens)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def substitution_loss(spec: ModelSpec, text: str, max_tokens: int, substitute: taylor.Substitute) -> float:
+    tokens = get_tokens(spec, text, max_tokens)
+    return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor(), substitute)

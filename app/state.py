@@ -30,6 +30,32 @@ VIEW_QUERY = "One query token"
 VIEW_STATS = "Head statistics"
 STAT_SHOWN = "stat_shown"
 
+# Softmax vs Taylor page
+TAYLOR_MAX_ORDER = "taylor_max_order"
+TAYLOR_CLAMP_MODE = "taylor_clamp_mode"
+TAYLOR_CLAMP_VALUE = "taylor_clamp_value"
+TAYLOR_TOLERANCE = "taylor_tolerance"
+TAYLOR_SCOPE = "taylor_scope"
+TAYLOR_LAYER = "taylor_layer"
+TAYLOR_HEAD = "taylor_head"
+TAYLOR_QUERY = "taylor_query"
+TAYLOR_ORDER = "taylor_order"  # the one order the weight view shows
+TAYLOR_NEEDED_DENOMINATOR = "taylor_needed_denominator"
+TAYLOR_WEIGHT_DENOMINATOR = "taylor_weight_denominator"
+TAYLOR_LOSS_DENOMINATOR = "taylor_loss_denominator"
+TAYLOR_HIST_ORDERS = "taylor_hist_orders"
+TAYLOR_HIST_LAYER = "taylor_hist_layer"
+TAYLOR_RNN_TOKENS = "taylor_rnn_tokens"
+TAYLOR_LOSS_REQUESTS = "taylor_loss_requests"  # loss sweeps the user asked for in this session
+
+CLAMP_NONE = "no clamp"
+CLAMP_UPPER = "clamp above (paper)"
+CLAMP_BOTH = "clamp both sides"
+SCOPE_MODEL = "Whole model"
+SCOPE_LAYER = "One layer"
+SCOPE_HEAD = "One head"
+ALL_LAYERS = -1
+
 EXAMPLES = {
     "Capital cities": "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is",
     "Repeated names (induction)": (
@@ -58,9 +84,25 @@ DEFAULTS = {
     GRID_SCOPE: "This layer",
     GRID_SORT: False,
     STAT_SHOWN: "entropy",
+    TAYLOR_MAX_ORDER: 10,
+    TAYLOR_CLAMP_MODE: CLAMP_NONE,
+    TAYLOR_CLAMP_VALUE: 5.0,
+    TAYLOR_TOLERANCE: 1e-2,
+    TAYLOR_SCOPE: SCOPE_MODEL,
+    TAYLOR_LAYER: 0,
+    TAYLOR_HEAD: 0,
+    TAYLOR_QUERY: 0,
+    TAYLOR_ORDER: 10,
+    TAYLOR_NEEDED_DENOMINATOR: "softmax",
+    TAYLOR_WEIGHT_DENOMINATOR: "taylor",
+    TAYLOR_LOSS_DENOMINATOR: "l2",
+    TAYLOR_HIST_ORDERS: [1, 2, 4, 10],
+    TAYLOR_HIST_LAYER: ALL_LAYERS,
+    TAYLOR_RNN_TOKENS: 64,
+    TAYLOR_LOSS_REQUESTS: [],
 }
 
 
 def init_state() -> None:
     for key, value in DEFAULTS.items():
-        st.session_state.setdefault(key, value)
+        st.session_state.setdefault(key, list(value) if isinstance(value, list) else value)  # no shared lists

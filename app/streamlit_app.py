@@ -13,7 +13,10 @@ from app import common, state  # noqa: E402
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
 state.init_state()
-pages = [st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True)]
+pages = [
+    st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
+    st.Page(ROOT / "app" / "app_pages" / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),
+]
 navigation = st.navigation(pages)
 common.sidebar()
 navigation.run()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -114,39 +114,57 @@ class _Recorder:
         )
 
     def _mask_rule(self, module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
-        """Reduce the mask the layer received to (causal rule, explicit bool mask or None)."""
         if attention_mask is None:
-            is_causal = kwargs.get("is_causal")
-            return bool(getattr(module, "is_causal", True) if is_causal is None else is_causal), None
+            return mask_rule(module, query, key, attention_mask, kwargs)
         cached = self._masks.get(id(attention_mask))
         if cached is not None and cached[0] is attention_mask:
             return cached[1], cached[2]
-        if attention_mask.dtype == torch.bool:
-            visible = attention_mask
-        else:  # additive float mask: 0 where visible, a very negative number where not
-            visible = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-        n_queries, n_keys = query.shape[2], key.shape[2]
-        causal_rule = torch.ones(n_queries, n_keys, dtype=torch.bool, device=visible.device).tril(n_keys - n_queries)
-        if bool(visible.all()):
-            rule = (False, None)
-        elif bool((visible == causal_rule).all()):
-            rule = (True, None)
-        else:
-            rule = (False, visible.detach().clone())
+        rule = mask_rule(module, query, key, attention_mask, kwargs)
         self._masks[id(attention_mask)] = (attention_mask, *rule)
         return rule
 
 
+def mask_rule(module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
+    """Reduce the mask an attention layer received to (causal rule, explicit bool mask or None).
+
+    None in place of a mask means what SDPA makes of it: the module's `is_causal` (or the call's `is_causal`).
+    """
+    if attention_mask is None:
+        is_causal = kwargs.get("is_causal")
+        return bool(getattr(module, "is_causal", True) if is_causal is None else is_causal), None
+    if attention_mask.dtype == torch.bool:
+        visible = attention_mask
+    else:  # additive float mask: 0 where visible, a very negative number where not
+        visible = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    n_queries, n_keys = query.shape[2], key.shape[2]
+    causal_rule = torch.ones(n_queries, n_keys, dtype=torch.bool, device=visible.device).tril(n_keys - n_queries)
+    if bool(visible.all()):
+        return False, None
+    if bool((visible == causal_rule).all()):
+        return True, None
+    return False, visible.detach().clone()
+
+
 _ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
+_SUBSTITUTE: contextvars.ContextVar[Callable[[LayerCapture], torch.Tensor] | None] = contextvars.ContextVar(
+    "attnscope_substitute", default=None)
 
 
 def attnscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention function registered as "attnscope": SDPA, plus recording while a capture is active."""
+    """Attention function registered as "attnscope": SDPA, plus recording while a capture is active, or a
+    replacement attention while a :func:`substituting` block is active."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     recorder = _ACTIVE.get()
     if recorder is not None:
         recorder.record(module, query, key, value, attention_mask, scaling, kwargs)
+    substitute = _SUBSTITUTE.get()
+    if substitute is not None:
+        causal, mask = mask_rule(module, query, key, attention_mask, kwargs)
+        scale = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
+        layer = LayerCapture(q=query, k=key, v=value, scale=scale, causal=causal, mask=mask,
+                             softcap=kwargs.get("softcap"))
+        return substitute(layer).to(query.dtype).transpose(1, 2).contiguous(), None
     if kwargs.get("softcap") is not None:
         return explicit_attention(module, query, key, value, attention_mask, scaling=scaling, softcap=kwargs["softcap"])
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -216,6 +234,22 @@ def capturing(layers: Iterable[int] | None = None) -> Iterator[dict[int, LayerCa
         yield recorder.captured
     finally:
         _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def substituting(attention: Callable[[LayerCapture], torch.Tensor]) -> Iterator[None]:
+    """Replace every layer's attention, in this thread, while the block runs.
+
+    Each call of the registered "attnscope" function hands `attention` what the layer received, as a LayerCapture
+    (q, k, v before the grouped-query repeat, the scale, and the mask reduced to a rule or an explicit bool mask), and
+    uses the (B, Hq, T, Dv) tensor it returns as the layer's attention output. The model stays shared and unchanged:
+    other threads (other app sessions) keep exact attention.
+    """
+    token = _SUBSTITUTE.set(attention)
+    try:
+        yield
+    finally:
+        _SUBSTITUTE.reset(token)
 
 
 @dataclass

@@ -6,14 +6,16 @@ Every public function takes q (B, Hq, T, D) and k, v (B, Hkv, S, D) with Hq a mu
 
 from kernels.attention_stats import AttentionStats, attention_stats
 from kernels.pooled_map import pooled_attention_map
-from kernels.taylor import DENOMINATORS, MAX_ORDER, taylor_attention, taylor_error
+from kernels.taylor import DENOMINATORS, MAX_ORDER, TaylorSweep, taylor_attention, taylor_error, taylor_sweep
 
 __all__ = [
     "DENOMINATORS",
     "MAX_ORDER",
     "AttentionStats",
+    "TaylorSweep",
     "attention_stats",
     "pooled_attention_map",
     "taylor_attention",
     "taylor_error",
+    "taylor_sweep",
 ]

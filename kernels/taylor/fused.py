@@ -1,4 +1,4 @@
-"""Taylor-order attention in Triton, plus the public functions taylor_attention and taylor_error.
+"""Taylor-order attention in Triton, plus the public functions taylor_attention, taylor_error and taylor_sweep.
 
 One program per (query tile, batch x head) walks the key tiles once: logits s = scale q.k (fp32), optionally
 clamped, weights w = sum_{n<=ORDER} s^n/n! by Horner's rule (ORDER is a compile-time constant, so the loop unrolls),
@@ -18,7 +18,7 @@ import triton.language as tl
 
 from kernels.attention_stats.fused import attention_stats
 from kernels.taylor import chunked
-from kernels.taylor.naive import DENOMINATORS
+from kernels.taylor.naive import DENOMINATORS, TaylorSweep
 from kernels.utils import (
     check_qkv,
     default_scale,
@@ -198,3 +198,36 @@ def taylor_error(
         for n in orders
     ]
     return torch.stack(errors)
+
+
+def taylor_sweep(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    max_order: int,
+    clamp: float | tuple[float, float] | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> TaylorSweep:
+    """Orders 0..max_order against exact softmax for every denominator at once, plus what explains the errors.
+
+    Returns a TaylorSweep: per-row relative errors for each denominator (the "l2" target is the L2-normalised
+    softmax output), the softmax output's row norms, and per head and order the fraction of negative weights, of rows
+    whose sum denominator is <= 0 or below 1e-2 of the exact one, the mean size of the order's term |s^n/n!|, and the
+    range and histogram of the scaled logits. The torch path (CPU) computes everything in one fp64 pass over chunks
+    of rows; the Triton path measures the errors with the taylor_attention kernel (fp32) and the diagnostics with a
+    chunked pass on the GPU.
+    """
+    check_qkv(q, k, v, causal=causal)
+    _check_taylor(max_order, "taylor", clamp)
+    scale = default_scale(scale, q.shape[-1])
+    if resolve_backend(backend, q.device) == "torch":
+        return chunked.taylor_sweep(q, k, v, max_order=max_order, clamp=clamp, causal=causal, scale=scale)
+    sweep = chunked.taylor_sweep(q, k, v, max_order=max_order, clamp=clamp, causal=causal, scale=scale,
+                                 dtype=torch.float32, errors=False)
+    for name in DENOMINATORS:
+        sweep.error[name] = taylor_error(q, k, v, orders=range(max_order + 1), denominator=name, clamp=clamp,
+                                         causal=causal, scale=scale, backend=backend)
+    return sweep

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -148,3 +149,84 @@ def linear_attention(q, k, v, *, feature_map: Callable[[torch.Tensor, float], to
     sums = torch.cumsum(phi_k, dim=2)  # (B, Hq, T, F)
     numerator = torch.einsum("bhtf,bhtfd->bhtd", phi_q, states)
     return numerator / torch.einsum("bhtf,bhtf->bht", phi_q, sums)[..., None]
+
+
+# Scaled logits are histogrammed on fixed edges so that heads, layers and models are comparable; values outside the
+# range land in the end bins (the exact extremes are kept separately).
+LOGIT_BINS = 512
+LOGIT_RANGE = (-64.0, 64.0)
+SMALL_DENOMINATOR = 1e-2  # a sum denominator below this fraction of the exact one counts as near zero
+
+
+def logit_bin_edges() -> torch.Tensor:
+    return torch.linspace(*LOGIT_RANGE, LOGIT_BINS + 1, dtype=torch.float64)
+
+
+@dataclass
+class TaylorSweep:
+    """Every order 0..N of Taylor attention against exact softmax, for all denominators at once, with diagnostics.
+
+    Shapes: O = N + 1 orders, (B, Hq, T) rows.
+    """
+
+    error: dict[str, torch.Tensor]  # denominator -> (O, B, Hq, T) ||O_n - O_softmax|| / ||O_softmax|| per row
+    target_norm: torch.Tensor  # (B, Hq, T) ||O_softmax|| per row: what an L2 denominator throws away
+    negative_weights: torch.Tensor  # (O, B, Hq) fraction of visible truncated weights below zero
+    nonpositive_denominator: torch.Tensor  # (O, B, Hq) fraction of rows whose sum denominator is <= 0
+    small_denominator: torch.Tensor  # (O, B, Hq) ... below SMALL_DENOMINATOR x the exact softmax denominator
+    term_mean: torch.Tensor  # (O, B, Hq) mean over visible logits of |s^n / n!| (the order-n term alone)
+    logit_min: torch.Tensor  # (B, Hq) smallest visible scaled logit (before any clamp)
+    logit_max: torch.Tensor  # (B, Hq)
+    logit_hist: torch.Tensor  # (B, Hq, LOGIT_BINS) counts of visible scaled logits on logit_bin_edges()
+
+
+def taylor_sweep(q, k, v, *, max_order: int, clamp=None, causal: bool = True,
+                 scale: float | None = None) -> TaylorSweep:
+    """fp64 reference for TaylorSweep: the full (T, S) matrix, each order summed term by term from scratch."""
+    scores = masked_scores(q, k, causal=causal, scale=scale)  # (B, Hq, T, S), -inf where hidden
+    visible = torch.isfinite(scores)
+    count = visible.sum(-1)  # (B, Hq, T)
+    raw = torch.where(visible, scores, torch.zeros_like(scores))
+    clamped = clamp_logits(raw, clamp)
+    values = v.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    target = softmax_attention(q, k, v, causal=causal, scale=scale)
+    target_norm = target.norm(dim=-1)
+    exact = torch.where(visible, torch.exp(clamped), torch.zeros_like(clamped)).sum(-1)  # (B, Hq, T)
+    error = {name: [] for name in DENOMINATORS}
+    negative, nonpositive, small, term_mean = [], [], [], []
+    for n in range(max_order + 1):
+        weights = torch.where(visible, taylor_weights(clamped, n), torch.zeros_like(clamped))
+        numerator = torch.matmul(weights, values)
+        denominator = weights.sum(-1)
+        outputs = {
+            "taylor": numerator / denominator[..., None],
+            "softmax": numerator / exact[..., None],
+            "l2": numerator / numerator.norm(dim=-1, keepdim=True),
+            "none": numerator / count[..., None],
+        }
+        for name, output in outputs.items():
+            reference = target / target_norm[..., None] if name == "l2" else target
+            error[name].append((output - reference).norm(dim=-1) / reference.norm(dim=-1))
+        negative.append(((weights < 0) & visible).sum((-1, -2)) / count.sum(-1))
+        nonpositive.append((denominator <= 0).double().mean(-1))
+        small.append((denominator < SMALL_DENOMINATOR * exact).double().mean(-1))
+        term = torch.where(visible, clamped.abs() ** n / math.factorial(n), torch.zeros_like(clamped))
+        term_mean.append(term.sum((-1, -2)) / count.sum(-1))
+    edges = logit_bin_edges()
+    hist = torch.zeros(*q.shape[:2], LOGIT_BINS, dtype=torch.int64)
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            shown = raw[b, h][visible[b, h]].clamp(edges[0], edges[-1])
+            index = torch.bucketize(shown, edges[1:-1], right=True)  # bin i holds [edges[i], edges[i + 1])
+            hist[b, h] = torch.bincount(index, minlength=LOGIT_BINS)
+    return TaylorSweep(
+        error={name: torch.stack(rows).float() for name, rows in error.items()},
+        target_norm=target_norm.float(),
+        negative_weights=torch.stack(negative).float(),
+        nonpositive_denominator=torch.stack(nonpositive).float(),
+        small_denominator=torch.stack(small).float(),
+        term_mean=torch.stack(term_mean).float(),
+        logit_min=torch.where(visible, raw, torch.full_like(raw, math.inf)).amin((-1, -2)).float(),
+        logit_max=torch.where(visible, raw, torch.full_like(raw, -math.inf)).amax((-1, -2)).float(),
+        logit_hist=hist,
+    )
