@@ -67,9 +67,10 @@ def query_row(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def taylor_layer(spec: ModelSpec, text: str, max_tokens: int, layer: int, max_order: int,
+def taylor_layer(spec: ModelSpec, text: str, max_tokens: int, layer: int, n_tokens: int, max_order: int,
                  clamp: taylor.Clamp) -> taylor.LayerSweep:
-    return taylor.sweep_layer(get_capture(spec, text, max_tokens).layer(layer), max_order=max_order, clamp=clamp)
+    captured = taylor.prefix(get_capture(spec, text, max_tokens).layer(layer), n_tokens)
+    return taylor.sweep_layer(captured, max_order=max_order, clamp=clamp)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -79,6 +80,7 @@ def taylor_recurrent(spec: ModelSpec, text: str, max_tokens: int, layer: int, he
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def substitution_loss(spec: ModelSpec, text: str, max_tokens: int, substitute: taylor.Substitute) -> float:
+def substitution_loss(spec: ModelSpec, text: str, max_tokens: int, n_tokens: int,
+                      substitute: taylor.Substitute) -> float:
     tokens = get_tokens(spec, text, max_tokens)
-    return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor(), substitute)
+    return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)

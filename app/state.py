@@ -32,6 +32,7 @@ STAT_SHOWN = "stat_shown"
 
 # Softmax vs Taylor page
 TAYLOR_MAX_ORDER = "taylor_max_order"
+TAYLOR_PREFIX = "taylor_prefix"  # decoders: analyse the first n tokens (exact under the causal mask)
 TAYLOR_CLAMP_MODE = "taylor_clamp_mode"
 TAYLOR_CLAMP_VALUE = "taylor_clamp_value"
 TAYLOR_TOLERANCE = "taylor_tolerance"
@@ -85,13 +86,14 @@ DEFAULTS = {
     GRID_SORT: False,
     STAT_SHOWN: "entropy",
     TAYLOR_MAX_ORDER: 10,
+    TAYLOR_PREFIX: 512,
     TAYLOR_CLAMP_MODE: CLAMP_NONE,
     TAYLOR_CLAMP_VALUE: 5.0,
     TAYLOR_TOLERANCE: 1e-2,
     TAYLOR_SCOPE: SCOPE_MODEL,
     TAYLOR_LAYER: 0,
     TAYLOR_HEAD: 0,
-    TAYLOR_QUERY: 0,
+    TAYLOR_QUERY: 10**9,  # clipped to the last token, whose row sees the whole text
     TAYLOR_ORDER: 10,
     TAYLOR_NEEDED_DENOMINATOR: "softmax",
     TAYLOR_WEIGHT_DENOMINATOR: "taylor",

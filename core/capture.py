@@ -17,6 +17,10 @@ sliding windows) is kept as a bool tensor, shared between layers that received t
 O(L) memory per head, and L x L probabilities are built only for the layers and heads a view asks for
 (:meth:`LayerCapture.probs`).
 
+The same function replaces attention inside a :func:`substituting` block (also per thread): each layer hands what
+it received, as a LayerCapture, to a replacement function and returns that function's output, which is how the
+Softmax-vs-Taylor page runs the model with Taylor-n attention in every layer without touching the shared model.
+
 Caution: transformers builds no causal mask for an attention name that has no mask function registered under the
 same name, and a decoder then silently attends to the future. :func:`register_attention` registers SDPA's mask
 function as ``"attnscope"`` in ``AttentionMaskInterface`` too; tests/unit/test_capture.py checks causality directly.

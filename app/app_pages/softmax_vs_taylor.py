@@ -19,6 +19,7 @@ DENOMINATOR_LABELS = {
 }
 TOLERANCES = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6]
 RNN_TOKENS = [16, 32, 64, 128, 256]
+PREFIX_DEFAULT = 512  # tokens analysed by default on long texts (the benchmark's size: about 10 s on 2 CPU cores)
 HELP = {
     "intro": (
         f"exp(s) = Σₙ sⁿ/n!, and because (q·k)ⁿ = q⊗ⁿ·k⊗ⁿ each order is a linear RNN: softmax attention is an "
@@ -92,14 +93,15 @@ def _clamp_label(clamp: taylor.Clamp) -> str:
     return f"logits clamped above at {clamp:g}"
 
 
-def _sweep(run: common.CurrentRun, max_order: int, clamp: taylor.Clamp) -> taylor.ModelSweep | None:
+def _sweep(run: common.CurrentRun, n_tokens: int, max_order: int, clamp: taylor.Clamp) -> taylor.ModelSweep | None:
     n_layers = run.capture.n_layers
     progress = st.progress(0.0, "Expanding every head")
     layers = []
     try:
         for index in range(n_layers):
-            layers.append(cached.taylor_layer(*run.key.args(), index, max_order, clamp))
-            progress.progress((index + 1) / n_layers, f"Orders 0–{max_order} for every head: layer {index + 1}/{n_layers}")
+            layers.append(cached.taylor_layer(*run.key.args(), index, n_tokens, max_order, clamp))
+            progress.progress((index + 1) / n_layers,
+                              f"Orders 0–{max_order} for every head: layer {index + 1}/{n_layers}")
     except ValueError as error:
         progress.empty()
         st.warning(f"Layer {len(layers)}: {error}")
@@ -120,6 +122,14 @@ if run is None:
 
 capture, tokens = run.capture, run.tokens
 n_layers, n_heads, n_tokens = capture.n_layers, capture.n_heads, len(tokens)
+if run.kind == "decoder" and n_tokens > PREFIX_DEFAULT:
+    _clip_selection(state.TAYLOR_PREFIX, n_tokens)
+    st.number_input(f"Analyse the first … of the {n_tokens} tokens", min_value=2, max_value=n_tokens, step=256,
+                    key=state.TAYLOR_PREFIX,
+                    help="Under the causal mask the first n tokens' attention is exactly what the model computes on "
+                         "them alone. Every quantity on this page costs time ∝ n², so long texts start at "
+                         f"{PREFIX_DEFAULT}.")
+    n_tokens = int(st.session_state[state.TAYLOR_PREFIX])
 for key, upper in ((state.TAYLOR_LAYER, n_layers - 1), (state.TAYLOR_HEAD, n_heads - 1),
                    (state.TAYLOR_QUERY, n_tokens - 1)):
     _clip_selection(key, upper)
@@ -145,11 +155,12 @@ clamp = _clamp()
 tolerance = float(st.session_state[state.TAYLOR_TOLERANCE])
 _clip_selection(state.TAYLOR_ORDER, max_order)
 
-sweep = _sweep(run, max_order, clamp)
+sweep = _sweep(run, n_tokens, max_order, clamp)
 if sweep is None:
     st.stop()
+precision = "fp64 on CPU" if capture.layer(0).q.device.type == "cpu" else "Triton fp32 on GPU"
 st.caption(f"{n_tokens} tokens · {n_layers} layers × {n_heads} heads · orders 0–{max_order} · {_clamp_label(clamp)} · "
-           "fp64 on CPU")
+           f"{precision}")
 
 tabs = st.tabs(["Error vs order", "Order needed", "Logit scale", "One head's weights", "RNN form",
                 "What the model loses"])
@@ -236,8 +247,8 @@ with tabs[3]:
     query, order = st.session_state[state.TAYLOR_QUERY], st.session_state[state.TAYLOR_ORDER]
     denominator = st.session_state[state.TAYLOR_WEIGHT_DENOMINATOR]
     st.caption(HELP["weights"])
-    row = taylor.row_weights(capture.layer(layer), head=head, query=query, order=order, denominator=denominator,
-                             clamp=clamp)
+    row = taylor.row_weights(taylor.prefix(capture.layer(layer), n_tokens), head=head, query=query, order=order,
+                             denominator=denominator, clamp=clamp)
     shown_denominator = "exact softmax (an L2 denominator normalises outputs, not weights)" \
         if denominator == "l2" else DENOMINATOR_LABELS[denominator]
     st.plotly_chart(figures.row_weights(row.logits, row.softmax, row.truncated, tokens=tokens.strings, order=order,
@@ -263,14 +274,17 @@ with tabs[4]:
         st.select_slider("Tokens run", RNN_TOKENS, key=state.TAYLOR_RNN_TOKENS,
                          help="The order-2 state has d² × d_v numbers and is updated token by token in Python.")
         with st.spinner("Running the recurrences"):
-            check = cached.taylor_recurrent(*run.key.args(), layer, head, int(st.session_state[state.TAYLOR_RNN_TOKENS]))
+            check = cached.taylor_recurrent(*run.key.args(), layer, head,
+                                            int(st.session_state[state.TAYLOR_RNN_TOKENS]))
         st.dataframe(pd.DataFrame({
             "order n": [0, 1, 2],
             "state size d^n × d_v": check.state_entries,
             "max |recurrent − parallel|": check.max_difference,
             "max |output|": check.output_scale,
-        }), hide_index=True, column_config={"max |recurrent − parallel|": st.column_config.NumberColumn(format="%.2e"),
-                                            "max |output|": st.column_config.NumberColumn(format="%.3g")})
+        }), hide_index=True, column_config={
+            "max |recurrent − parallel|": st.column_config.NumberColumn(format="%.2e"),
+            "max |output|": st.column_config.NumberColumn(format="%.3g"),
+        })
         st.markdown(f"Order 1 against linear attention with φ(x) = [1, √scale·x] on the first {check.n_tokens} tokens "
                     f"of layer {layer}, head {head}: max difference **{check.linear_difference:.2e}** (fp64).")
 
@@ -286,7 +300,7 @@ with tabs[5]:
         orders = list(range(1, max_order + 1))
         substitutes = [taylor.Substitute("taylor", order=n, denominator=denominator, clamp=clamp) for n in orders]
         references = [taylor.Substitute("model"), taylor.Substitute("softmax"), taylor.Substitute("elu+1")]
-        request = (run.key, tuple(substitutes))
+        request = (run.key, n_tokens, tuple(substitutes))
         if pick[1].button(f"Measure the loss ({len(substitutes) + len(references)} forward passes)", type="primary"):
             st.session_state[state.TAYLOR_LOSS_REQUESTS] = [*st.session_state[state.TAYLOR_LOSS_REQUESTS], request]
         if request in st.session_state[state.TAYLOR_LOSS_REQUESTS]:
@@ -296,9 +310,12 @@ with tabs[5]:
             for index, substitute in enumerate(everything):
                 progress.progress(index / len(everything), f"Forward pass {index + 1}/{len(everything)}: "
                                                            f"{substitute.label}")
-                losses[substitute] = cached.substitution_loss(*run.key.args(), substitute)
+                losses[substitute] = cached.substitution_loss(*run.key.args(), n_tokens, substitute)
             progress.empty()
             reference_losses = {s.label: losses[s] for s in references}
+            vocabulary = getattr(cached.get_model(run.key.spec).model.config, "vocab_size", None)
+            if vocabulary:
+                reference_losses["uniform guess, log V"] = float(np.log(vocabulary))
             st.plotly_chart(figures.loss_vs_order(
                 orders, [losses[s] for s in substitutes], references=reference_losses,
                 title=f"Next-token loss with every layer replaced, {DENOMINATOR_LABELS[denominator]}, "

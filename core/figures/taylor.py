@@ -18,6 +18,7 @@ from core.figures.maps import escape
 
 DENOMINATOR_COLOURS = {"taylor": "#d62728", "softmax": "#1f77b4", "l2": "#2ca02c", "none": "#9467bd"}
 NEVER_COLOUR = "#444444"
+TRUNCATION_AXIS = (-16, 12)  # log10 range of the truncation-error axis; order 10 at s = -60 is ~1e19, drawn off the top
 _MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}
 
 
@@ -63,7 +64,8 @@ def error_vs_order(curves: Sequence[Curve], *, title: str, tolerance: float | No
                      annotation_text="error = 1 (as far off as the output itself)", annotation_position="top left")
     if gaps:
         title += f" ({gaps} non-finite points not drawn)"
-    figure.update_layout(title=escape(title), height=420, margin=_MARGIN, hovermode="closest")
+    figure.update_layout(title=escape(title), height=440, margin=_MARGIN, hovermode="closest",
+                         legend={"orientation": "h", "y": -0.2})
     figure.update_xaxes(title="Taylor order n", dtick=1)
     figure.update_yaxes(title=y_title, type="log", exponentformat="power")
     return figure
@@ -147,7 +149,8 @@ def logit_histogram(counts: np.ndarray, edges: np.ndarray, *, orders: Sequence[i
     figure.update_layout(title=escape(title), height=440, margin=_MARGIN, bargap=0, legend={"orientation": "h"})
     figure.update_xaxes(title="scaled logit s = q·k / √d")
     figure.update_yaxes(title="fraction of logits", secondary_y=False)
-    figure.update_yaxes(title="truncation error of exp", type="log", exponentformat="power", secondary_y=True)
+    figure.update_yaxes(title="truncation error of exp (|Pₙ(x) − eˣ| / eˣ)", type="log", exponentformat="power",
+                        range=list(TRUNCATION_AXIS), dtick=4, secondary_y=True)
     return figure
 
 
@@ -178,9 +181,10 @@ def term_size_heatmap(term_mean: np.ndarray, dominant: np.ndarray, *, title: str
 def row_weights(logits: np.ndarray, softmax: np.ndarray, truncated: np.ndarray, *, tokens: Sequence[str], order: int,
                 denominator_label: str, title: str) -> go.Figure:
     """One query's softmax weights and order-n weights against key position, with the logit in the hover."""
-    positions = np.arange(len(softmax))
-    labels = [escape(t) for t in tokens[: len(softmax)]]
-    custom = np.stack([np.asarray(labels, dtype=object), logits], -1)
+    positions = np.flatnonzero(np.isfinite(softmax))  # keys the query sees
+    labels = np.asarray([escape(t) for t in tokens[: len(softmax)]], dtype=object)
+    logits, softmax, truncated = logits[positions], softmax[positions], truncated[positions]
+    custom = np.stack([labels[positions], logits], -1)
     hover = "key %{x}: %{customdata[0]}<br>logit %{customdata[1]:.2f}<br>weight %{y:.4g}<extra>%{fullData.name}</extra>"
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=positions, y=softmax, mode="markers+lines", name="softmax (the model)",
@@ -220,13 +224,14 @@ def loss_vs_order(orders: Sequence[int], losses: Sequence[float], *, references:
     figure.add_trace(go.Scatter(x=list(orders), y=np.where(finite, shown, np.nan), mode="lines+markers",
                                 name="Taylor-n in every layer", line={"color": DENOMINATOR_COLOURS["taylor"]},
                                 hovertemplate="order %{x}<br>loss %{y:.3f} nats<extra></extra>"))
-    dashes = ["solid", "dash", "dot", "dashdot"]
-    for (label, value), dash in zip(references.items(), dashes):
+    styles = [("solid", "top left"), ("dash", "bottom right"), ("dot", "top right"), ("dashdot", "bottom left")]
+    for (label, value), (dash, where) in zip(references.items(), styles):  # equal losses must stay readable
         if np.isfinite(value):
             figure.add_hline(y=value, line={"dash": dash, "color": "black", "width": 1},
-                             annotation_text=f"{escape(label)}: {value:.3f}", annotation_position="top left")
+                             annotation_text=f"{escape(label)}: {value:.3f}", annotation_position=where)
     if not finite.all():
-        title += f" ({int((~finite).sum())} orders gave a non-finite loss)"
+        bad = int((~finite).sum())
+        title += f" ({bad} order{'s' if bad != 1 else ''} gave a non-finite loss)"
     figure.update_layout(title=escape(title), height=400, margin=_MARGIN)
     figure.update_xaxes(title="Taylor order n", dtick=1)
     figure.update_yaxes(title="next-token loss (nats)")

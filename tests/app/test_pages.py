@@ -131,3 +131,74 @@ def test_model_position_limit_caps_the_text():
     assert not at.exception
     assert any("reads at most 512 positions" in w.value for w in at.warning)
     assert at.sidebar.caption[0].value.startswith("512 tokens")
+
+
+def _taylor_page(at: AppTest) -> AppTest:
+    return at.switch_page("app_pages/softmax_vs_taylor.py").run()
+
+
+def _chart(at: AppTest, key: str) -> dict:
+    """The spec of the plotly chart whose widget key is `key` (Streamlit puts the key in the element id)."""
+    return json.loads(next(c for c in at.get("plotly_chart") if key in c.proto.id).proto.spec)
+
+
+def test_softmax_vs_taylor_page_every_section():
+    at = _taylor_page(_app().run())
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Softmax vs Taylor"]
+    assert any("arXiv 2507.23632" in c.value for c in at.caption)
+    errors = _chart(at, "taylor_error_chart")
+    names = [t.get("name", "") for t in errors["data"]]
+    assert sum("median" in n for n in names) == 4  # one line per denominator
+    table = at.dataframe[0].value
+    assert len(table) == 30 * 9 and table["min logit"].is_monotonic_increasing
+    assert table["min logit"].iloc[0] < table["max logit"].iloc[0]
+
+    at.radio(key=state.TAYLOR_SCOPE).set_value(state.SCOPE_HEAD).run()
+    at.selectbox(key=state.TAYLOR_LAYER).set_value(29).run()
+    assert not at.exception
+    assert "layer 29, head 0" in _chart(at, "taylor_error_chart")["layout"]["title"]["text"]
+
+    needed = _chart(at, "taylor_needed_chart")
+    assert "heads never below 0.01" in needed["layout"]["title"]["text"]
+    assert "truncation error of exp" in json.dumps(_chart(at, "taylor_logit_chart")["layout"])
+    assert "dominant order" in json.dumps(_chart(at, "taylor_terms_chart"))
+    row = _chart(at, "taylor_row_chart")
+    assert "query 18" in row["layout"]["title"]["text"]  # the default query is the last token
+    assert "RNN form" in [t.label for t in at.tabs]
+    rnn = at.dataframe[1].value
+    assert list(rnn["order n"]) == [0, 1, 2] and (rnn["max |recurrent − parallel|"] < 1e-9).all()
+
+    at.slider(key=state.TAYLOR_MAX_ORDER).set_value(3).run()
+    at.radio(key=state.TAYLOR_CLAMP_MODE).set_value(state.CLAMP_BOTH).run()
+    assert not at.exception
+    assert any("orders 0–3 · logits clamped to [-5, 5]" in c.value for c in at.caption)
+
+    at.button[0].click().run()
+    assert not at.exception
+    losses = at.dataframe[-1].value.set_index("attention")["loss (nats)"]
+    assert len(losses) == 3 + 3
+    assert abs(losses["exact softmax (written out)"] - losses["the model as trained"]) < 1e-5
+    assert "zero-shot" in _chart(at, "taylor_loss_chart")["layout"]["title"]["text"]
+
+
+def test_softmax_vs_taylor_on_an_encoder():
+    at = _app()
+    at.session_state[state.MODEL_CHOICE] = "minilm-l6"
+    at = _taylor_page(at.run())
+    assert not at.exception
+    assert any("attends in both directions" in i.value for i in at.info)
+    assert any("needs a decoder" in i.value for i in at.info)
+    assert len(at.dataframe[0].value) == 6 * 12
+
+
+def test_softmax_vs_taylor_analyses_a_prefix_of_long_texts():
+    at = _app()
+    at.session_state[state.TEXT] = " ".join(f"word{i % 37}" for i in range(700))
+    at = _taylor_page(at.run())
+    assert not at.exception
+    assert at.number_input(key=state.TAYLOR_PREFIX).value == 512
+    assert any(c.value.startswith("512 tokens · 30 layers") for c in at.caption)
+    at.number_input(key=state.TAYLOR_PREFIX).set_value(100).run()
+    assert not at.exception
+    assert any(c.value.startswith("100 tokens · 30 layers") for c in at.caption)

@@ -110,3 +110,23 @@ def test_type_sentence_see_map_open_head(server, browser, output_dir):
     title.wait_for(timeout=60_000)
     page.screenshot(path=str(output_dir / "e2e-opened-head.png"), full_page=True)
     page.close()
+
+
+def test_softmax_vs_taylor_page_in_a_browser(server, browser, output_dir):
+    """Open the page from the sidebar, read the error chart, and measure the zero-shot loss with the button."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    page.get_by_role("heading", name="Attention maps").wait_for(timeout=120_000)
+    page.get_by_role("link", name="Softmax vs Taylor").click()
+    page.get_by_role("heading", name="Softmax vs Taylor").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot .gtitle", has_text="Error vs order, all heads").wait_for(timeout=120_000)
+    lines = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => (p.data || [])"
+                          ".map(t => t.name)).filter(n => n && n.endsWith(': median'))")
+    assert len(lines) == 4, lines
+    page.screenshot(path=str(output_dir / "e2e-taylor.png"), full_page=True)
+
+    page.get_by_role("tab", name="What the model loses").click()
+    page.get_by_role("button", name="Measure the loss").click()
+    page.locator(".js-plotly-plot .gtitle", has_text="zero-shot").wait_for(timeout=180_000)
+    page.screenshot(path=str(output_dir / "e2e-taylor-loss.png"), full_page=True)
+    page.close()

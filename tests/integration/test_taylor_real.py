@@ -1,0 +1,114 @@
+"""The Softmax-vs-Taylor analyses on the packaged SmolLM2: page numbers against fp64 references from the captured
+q/k/v, the guarantees the mathematics gives, and the zero-shot substitution. Nothing here assumes real heads converge."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from core.analyses import taylor
+from core.capture import run_with_capture
+from core.tokens import tokenize
+from kernels import DENOMINATORS
+from kernels.taylor import naive
+
+pytestmark = pytest.mark.slow
+
+TEXT = (
+    "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal, thank you "
+    "very much. They were the last people you'd expect to be involved in anything strange or mysterious, because "
+    "they just didn't hold with such nonsense. def fibonacci(n):\n    if n < 2:\n        return n\n"
+    "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
+)
+LAYERS_HEADS = [(0, 0), (14, 4), (29, 8)]
+
+
+@pytest.fixture(scope="module")
+def run(smollm2):
+    ids = tokenize(smollm2.tokenizer, TEXT, max_tokens=512).as_tensor()
+    return ids, run_with_capture(smollm2.model, ids)
+
+
+@pytest.mark.parametrize("layer_index,head", LAYERS_HEADS)
+def test_page_numbers_equal_fp64_reference(run, layer_index, head):
+    _, capture = run
+    layer = capture.layer(layer_index)
+    sweep = taylor.sweep_layer(layer, max_order=10)
+    kv = layer.kv_head(head)
+    q, k, v = layer.q[:, head:head + 1], layer.k[:, kv:kv + 1], layer.v[:, kv:kv + 1]
+    target = naive.softmax_attention(q, k, v, scale=layer.scale)[0, 0]  # (T, D)
+    for name in DENOMINATORS:
+        goal = target / target.norm(dim=-1, keepdim=True) if name == "l2" else target
+        for n in range(11):
+            out = naive.taylor_attention(q, k, v, order=n, denominator=name, scale=layer.scale)[0, 0]
+            expected = float((out - goal).norm() / goal.norm())
+            assert sweep.error[name][head, n] == pytest.approx(expected, rel=1e-6), (name, n)
+    scores = naive.masked_scores(q, k, causal=True, scale=layer.scale)
+    visible = torch.isfinite(scores)
+    assert sweep.logit_min[head] == pytest.approx(float(scores[visible].min()), rel=1e-6)
+    assert sweep.logit_max[head] == pytest.approx(float(scores[visible].max()), rel=1e-6)
+    assert sweep.logit_hist[head].sum() == int(visible.sum())
+
+
+def test_real_logits_reach_where_the_series_fails(run):
+    """Reported, not assumed away: SmolLM2's scaled logits go far below zero, odd orders turn them into negative
+    weights and even orders never do (P_2m(x) > 0 for every real x)."""
+    _, capture = run
+    sweep = taylor.sweep_model([capture.layer(i) for i in range(capture.n_layers)], max_order=10)
+    assert sweep.logit_min.min() < -10
+    assert sweep.negative_weights[..., 1::2].max() > 0
+    assert sweep.negative_weights[..., 0::2].max() == 0
+    assert sweep.nonpositive_denominator[..., 0::2].max() == 0
+    needed = taylor.order_needed(sweep.error["softmax"], 1e-2)
+    reached = needed >= 0
+    rows = np.argwhere(reached)
+    for layer_index, head in rows:  # order_needed agrees with the errors it was read from
+        n = needed[layer_index, head]
+        assert sweep.error["softmax"][layer_index, head, n] < 1e-2
+        assert (sweep.error["softmax"][layer_index, head, :n] >= 1e-2).all()
+
+
+@pytest.mark.parametrize("layer_index", [0, 29])
+def test_errors_fall_with_order_when_real_logits_are_bounded(run, layer_index):
+    """Real q and k, q scaled so that every logit lies in [-1, 1]: the series converges as the mathematics says."""
+    _, capture = run
+    layer = capture.layer(layer_index)
+    largest = float(naive.masked_scores(layer.q, layer.k, causal=True, scale=layer.scale).nan_to_num(
+        0, posinf=0, neginf=0).abs().max())
+    bounded = dataclasses.replace(layer, q=layer.q / largest)
+    sweep = taylor.sweep_layer(bounded, max_order=10)
+    for name in ("softmax", "taylor"):
+        error = sweep.error[name].max(0)  # worst head per order
+        assert error[1] > error[2] > error[10], name
+        assert error[10] < 1e-6, f"{name}: {error[10]:.2e}"
+
+
+def test_order_one_with_sum_denominator_is_linear_attention(run):
+    _, capture = run
+    layer = capture.layer(7)
+    sweep = taylor.sweep_layer(layer, max_order=1)
+    linear = naive.linear_attention(layer.q, layer.k, layer.v, feature_map=naive.identity_plus_one,
+                                    scale=layer.scale)[0]  # (H, T, D)
+    target = naive.softmax_attention(layer.q, layer.k, layer.v, scale=layer.scale)[0]
+    expected = (linear - target).flatten(1).norm(dim=-1) / target.flatten(1).norm(dim=-1)
+    np.testing.assert_allclose(sweep.error["taylor"][:, 1], expected.numpy(), rtol=1e-6)
+
+
+def test_recurrent_form_on_a_real_head(run):
+    _, capture = run
+    check = taylor.recurrent_check(capture.layer(12), head=3, n_tokens=32)
+    assert check.state_entries == [64, 64 * 64, 64 * 64 * 64]
+    for difference, scale in zip(check.max_difference, check.output_scale):
+        assert difference <= 1e-10 * max(scale, 1.0)
+    assert check.linear_difference <= 1e-10
+
+
+def test_exact_softmax_substitute_reproduces_the_models_loss(smollm2, run):
+    ids, capture = run
+    own = taylor.substitution_loss(smollm2.model, ids, taylor.Substitute("model"))
+    control = taylor.substitution_loss(smollm2.model, ids, taylor.Substitute("softmax"))
+    assert abs(control - own) < 1e-5
+    assert own == pytest.approx(float(-capture.token_logprobs.double().mean()), abs=1e-4)
+    taylor_10 = taylor.substitution_loss(smollm2.model, ids, taylor.Substitute("taylor", order=10, denominator="l2"))
+    assert taylor_10 != own  # zero-shot replacement changes the model; how much is what the page reports

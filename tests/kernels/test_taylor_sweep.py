@@ -1,0 +1,94 @@
+"""taylor_sweep (every order and denominator in one pass) against its fp64 reference built from scratch per order."""
+
+import math
+
+import pytest
+import torch
+
+from kernels import DENOMINATORS, taylor_sweep
+from kernels.taylor import chunked, naive
+from tests.kernels.helpers import make_qkv, shape_id
+
+SHAPES = [
+    (1, 3, 1, 1, 1, 16, True),
+    (1, 3, 1, 63, 63, 64, True),
+    (2, 4, 2, 113, 113, 32, True),
+    (1, 3, 1, 40, 75, 64, False),
+    (1, 2, 1, 30, 50, 64, True),  # causal with a prefix already in the cache (T < S)
+]
+IDS = [shape_id(s, "fp32") for s in SHAPES]
+FIELDS = ("target_norm", "negative_weights", "nonpositive_denominator", "small_denominator", "term_mean",
+          "logit_min", "logit_max")
+
+
+def _assert_sweeps_equal(result, reference, *, rtol: float, what: str):
+    for name in DENOMINATORS:
+        assert result.error[name].shape == reference.error[name].shape
+        torch.testing.assert_close(result.error[name].double(), reference.error[name].double(), rtol=rtol,
+                                   atol=rtol, equal_nan=True, msg=lambda m: f"{what} {name}: {m}")
+    for field in FIELDS:
+        torch.testing.assert_close(getattr(result, field).double(), getattr(reference, field).double(), rtol=rtol,
+                                   atol=rtol, msg=lambda m: f"{what} {field}: {m}")
+    assert torch.equal(result.logit_hist, reference.logit_hist), f"{what}: logit histograms differ"
+
+
+@pytest.mark.parametrize("clamp", [None, 5.0, (-2.0, 2.0)], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_torch_sweep_matches_reference(shape, clamp):
+    """Logits of about +-20: negative weights, vanishing and negative sum denominators all occur and must agree."""
+    q, k, v = make_qkv(shape, torch.float32, logit_scale=5.0)
+    causal = shape[-1]
+    result = taylor_sweep(q, k, v, max_order=10, clamp=clamp, causal=causal, backend="torch")
+    reference = naive.taylor_sweep(q, k, v, max_order=10, clamp=clamp, causal=causal)
+    _assert_sweeps_equal(result, reference, rtol=1e-6, what=f"clamp {clamp}")
+    if clamp is None and shape[3] > 1:
+        assert result.negative_weights[1::2].amax() > 0, "odd orders must give negative weights here"
+        assert result.nonpositive_denominator.amax() > 0, "some sum denominator must reach zero or below here"
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:3], ids=IDS[1:3])
+def test_triton_sweep_matches_reference(shape):
+    """The Triton path measures errors with the fp32 kernel: modest logits, so fp32 error stays near rounding."""
+    q, k, v = make_qkv(shape, torch.float32)
+    result = taylor_sweep(q, k, v, max_order=4, backend="triton")
+    reference = naive.taylor_sweep(q, k, v, max_order=4)
+    _assert_sweeps_equal(result, reference, rtol=1e-4, what="triton")
+
+
+def test_the_sweep_is_every_single_order_call():
+    """Per-row errors equal naive.taylor_error called order by order, denominator by denominator."""
+    q, k, v = make_qkv(SHAPES[2], torch.float32, logit_scale=2.0)
+    sweep = chunked.taylor_sweep(q, k, v, max_order=6, clamp=None, causal=True, scale=q.shape[-1] ** -0.5)
+    for name in DENOMINATORS:
+        direct = naive.taylor_error(q, k, v, orders=range(7), denominator=name)
+        torch.testing.assert_close(sweep.error[name], direct, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_errors_fall_with_order_when_logits_are_small():
+    """Every logit in [-1, 1]: the series converges fast, so error(1) > error(2) > error(10) and error(10) < 1e-6."""
+    q, k, v = make_qkv((1, 3, 1, 63, 63, 64, True), torch.float32)
+    scores = torch.matmul(q.double(), k.double().transpose(-1, -2)) / 8
+    q = q / scores.abs().max().item()  # now |q.k / 8| <= 1
+    sweep = taylor_sweep(q, k, v, max_order=10, backend="torch")
+    for name in ("softmax", "taylor"):
+        worst = sweep.error[name].amax((1, 2, 3))
+        assert worst[1] > worst[2] > worst[10], name
+        assert worst[10] < 1e-6, f"{name}: order-10 error {worst[10]:.2e}"
+
+
+def test_even_orders_never_give_negative_weights():
+    q, k, v = make_qkv((1, 3, 1, 63, 63, 64, True), torch.float32, logit_scale=5.0)
+    sweep = taylor_sweep(q, k, v, max_order=10, backend="torch")
+    assert sweep.negative_weights[0::2].amax() == 0
+    assert sweep.nonpositive_denominator[0::2].amax() == 0
+
+
+def test_term_sizes_and_histogram():
+    q, k, v = make_qkv((1, 2, 1, 40, 40, 16, True), torch.float32, logit_scale=3.0)
+    sweep = taylor_sweep(q, k, v, max_order=3, backend="torch")
+    scores = naive.masked_scores(q, k, causal=True, scale=None)
+    visible = torch.isfinite(scores)
+    for n in range(4):
+        direct = (scores.abs() ** n / math.factorial(n))[visible].view(1, 2, -1).mean(-1)
+        torch.testing.assert_close(sweep.term_mean[n].double(), direct, rtol=1e-6, atol=0)
+    assert sweep.logit_hist.sum(-1).tolist() == [[40 * 41 // 2] * 2]

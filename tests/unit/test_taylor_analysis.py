@@ -1,0 +1,163 @@
+"""core.analyses.taylor on tiny random models: the substitution machinery, and the helpers the page draws from."""
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from core.analyses import taylor
+from core.capture import run_with_capture, substituting
+from kernels.taylor import naive
+from tests.unit.tiny_models import DECODERS, build
+
+
+def _ids(length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 97, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+SUBSTITUTES = [taylor.Substitute("softmax"), taylor.Substitute("elu+1"),
+               taylor.Substitute("taylor", order=3, denominator="taylor"),
+               taylor.Substitute("taylor", order=2, denominator="l2", clamp=(-1.0, 1.0))]
+
+
+@pytest.mark.parametrize("substitute", SUBSTITUTES, ids=lambda s: s.label)
+@pytest.mark.parametrize("family", DECODERS)
+def test_substitutes_never_see_the_future(family, substitute):
+    """SDPA's mask function hands None for a plain causal mask; the substitute must still apply the causal rule."""
+    model, ids = build(family), _ids(12)
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 5) % 97
+    with torch.no_grad(), substituting(taylor.attention_function(substitute)):
+        before, after = model(input_ids=ids).logits, model(input_ids=changed).logits
+    torch.testing.assert_close(before[0, :8], after[0, :8], rtol=0, atol=0)
+    assert not torch.allclose(before[0, 8:], after[0, 8:])
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_exact_softmax_substitute_reproduces_the_model(family):
+    model, ids = build(family), _ids(20)
+    own = taylor.substitution_loss(model, ids, taylor.Substitute("model"))
+    control = taylor.substitution_loss(model, ids, taylor.Substitute("softmax"))
+    assert abs(own - control) < 1e-5
+    replaced = taylor.substitution_loss(model, ids, taylor.Substitute("taylor", order=1))
+    assert replaced != own, "the replacement must actually run"
+
+
+def test_taylor_substitute_is_taylor_attention_in_every_layer():
+    """With the substitute active, each layer's output is kernels.taylor_attention of what it received."""
+    model, ids = build("llama"), _ids(10)
+    substitute = taylor.Substitute("taylor", order=2, denominator="softmax")
+    seen = []
+    function = taylor.attention_function(substitute)
+
+    def recording(layer):
+        out = function(layer)
+        reference = naive.taylor_attention(layer.q, layer.k, layer.v, order=2, denominator="softmax",
+                                           causal=layer.causal, scale=layer.scale)
+        seen.append(float((out.double() - reference).abs().max()))
+        return out
+
+    with torch.no_grad(), substituting(recording):
+        model(input_ids=ids)
+    assert len(seen) == 3 and max(seen) < 1e-5
+
+
+def test_substitution_is_per_thread():
+    """Another thread's forward pass keeps exact attention while this thread substitutes."""
+    model, ids = build("llama"), _ids(9)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    result = {}
+    with torch.no_grad(), substituting(taylor.attention_function(taylor.Substitute("elu+1"))):
+        worker = threading.Thread(target=lambda: result.setdefault("logits", model(input_ids=ids).logits))
+        worker.start()
+        worker.join()
+    torch.testing.assert_close(result["logits"], expected, rtol=0, atol=0)
+
+
+def test_loss_needs_two_tokens():
+    with pytest.raises(ValueError, match="two tokens"):
+        taylor.substitution_loss(build("llama"), _ids(1), taylor.Substitute("model"))
+
+
+def test_sweep_layer_matches_fp64_reference_per_head():
+    """A head's error is ||O_n - O||_F / ||O||_F over its rows; recomputed here from q/k/v in fp64."""
+    capture = run_with_capture(build("llama"), _ids(30))
+    layer = capture.layer(1)
+    sweep = taylor.sweep_layer(layer, max_order=5)
+    target = naive.softmax_attention(layer.q, layer.k, layer.v, scale=layer.scale)[0]  # (H, T, D)
+    for name in ("taylor", "softmax", "l2", "none"):
+        for n in range(6):
+            out = naive.taylor_attention(layer.q, layer.k, layer.v, order=n, denominator=name, scale=layer.scale)[0]
+            goal = target / target.norm(dim=-1, keepdim=True) if name == "l2" else target
+            expected = (out - goal).flatten(1).norm(dim=-1) / goal.flatten(1).norm(dim=-1)
+            np.testing.assert_allclose(sweep.error[name][:, n], expected.numpy(), rtol=1e-6, atol=1e-10)
+
+
+def test_order_needed_and_spread():
+    error = np.array([[[1.0, 0.5, 0.005, 0.001], [2.0, 3.0, 4.0, 5.0]]])  # (L=1, H=2, O=4)
+    assert taylor.order_needed(error, 1e-2).tolist() == [[2, -1]]
+    assert taylor.order_needed(error, 10.0).tolist() == [[0, 0]]
+    spread = taylor.spread_over_heads(error)
+    np.testing.assert_allclose(spread["median"], [1.5, 1.75, 2.0025, 2.5005])
+
+
+def test_exp_truncation_error_matches_the_theory_table():
+    """../shared/THEORY.md: at x = 1 order 4 errs 3.7e-3 and order 10 1e-8; at 3: 0.18, 2.9e-4; at 5: 0.56, 1.4e-2."""
+    table = {(1, 4): 3.7e-3, (1, 10): 1e-8, (3, 4): 0.18, (3, 10): 2.9e-4, (5, 4): 0.56, (5, 10): 1.4e-2}
+    for (x, n), expected in table.items():
+        assert taylor.exp_truncation_error(np.array([x]), n)[0] == pytest.approx(expected, rel=0.1)
+    assert taylor.exp_truncation_error(np.array([-20.0]), 10)[0] > 1e14  # P_10(-20) ~ 2e6 against e^-20 ~ 2e-9
+
+
+def test_logit_quantiles_from_histograms():
+    edges = naive.logit_bin_edges().numpy()
+    hist = np.zeros((1, naive.LOGIT_BINS))
+    hist[0, np.searchsorted(edges, -10.0, side="right") - 1] = 3
+    hist[0, np.searchsorted(edges, 2.0, side="right") - 1] = 1
+    low, median, high = taylor.logit_quantiles(hist, [0.1, 0.5, 0.9])[0]
+    assert -10.25 < low < -9.75 and -10.25 < median < -9.75 and 1.75 < high < 2.25
+
+
+def test_row_weights_and_recurrent_check():
+    capture = run_with_capture(build("llama"), _ids(16))
+    layer = capture.layer(2)
+    row = taylor.row_weights(layer, head=4, query=9, order=3, denominator="taylor")
+    assert np.isnan(row.softmax[10:]).all() and np.isnan(row.truncated[10:]).all()
+    np.testing.assert_allclose(np.nansum(row.truncated), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(np.nansum(row.softmax), 1.0, rtol=1e-6)
+    expected = naive.taylor_weights(torch.tensor(row.logits[:10]), 3) / row.denominator
+    np.testing.assert_allclose(row.truncated[:10], expected.numpy(), rtol=1e-9)
+    check = taylor.recurrent_check(layer, head=4, n_tokens=12)
+    assert check.n_tokens == 12 and check.state_entries == [8, 64, 512]  # d = d_v = 8
+    assert max(check.max_difference) <= 1e-12 * max(check.output_scale)
+    assert check.linear_difference < 1e-12
+
+
+def test_unsupported_layers_say_why():
+    ids = _ids(10)
+    attention_mask = torch.ones_like(ids)
+    attention_mask[0, 7:] = 0
+    from core.capture import capturing
+
+    with torch.no_grad(), capturing() as captured:
+        build("bert")(input_ids=ids, attention_mask=attention_mask)
+    with pytest.raises(ValueError, match="explicit mask"):
+        taylor.sweep_layer(captured[0], max_order=2)
+    encoder = run_with_capture(build("bert"), ids)
+    with pytest.raises(ValueError, match="causal"):
+        taylor.recurrent_check(encoder.layer(0), head=0, n_tokens=5)
+    assert math.isfinite(taylor.sweep_layer(encoder.layer(0), max_order=2).error["softmax"].max())
+
+
+def test_prefix_is_what_the_model_computes_on_the_prefix_alone():
+    model, ids = build("llama"), _ids(20)
+    whole, short = run_with_capture(model, ids), run_with_capture(model, ids[:, :12])
+    cut = taylor.prefix(whole.layer(1), 12)
+    for name in ("q", "k", "v"):
+        torch.testing.assert_close(getattr(cut, name), getattr(short.layer(1), name), rtol=1e-5, atol=1e-6)
+    assert taylor.prefix(whole.layer(1), 50) is whole.layer(1)
+    with pytest.raises(ValueError, match="causal"):
+        taylor.prefix(run_with_capture(build("bert"), ids).layer(0), 5)
