@@ -69,7 +69,7 @@ def query_row(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int
 @st.cache_data(show_spinner=False, max_entries=512)
 def taylor_layer(spec: ModelSpec, text: str, max_tokens: int, layer: int, n_tokens: int, max_order: int,
                  clamp: taylor.Clamp) -> taylor.LayerSweep:
-    captured = taylor.prefix(get_capture(spec, text, max_tokens).layer(layer), n_tokens)
+    captured = get_capture(spec, text, max_tokens).layer(layer).prefix(n_tokens)
     return taylor.sweep_layer(captured, max_order=max_order, clamp=clamp)
 
 

@@ -105,6 +105,14 @@ DEFAULTS = {
 }
 
 
+# Sidebar widgets shared by every page. Re-assigning their values at the start of each run makes Streamlit send them
+# to the browser with the widgets: a page switch requested before the previous run drew the sidebar otherwise leaves
+# the browser's copies at the widgets' built-in defaults (an empty text), which the next interaction sends back.
+SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, TEXT, EXAMPLE, MAX_TOKENS)
+
+
 def init_state() -> None:
     for key, value in DEFAULTS.items():
         st.session_state.setdefault(key, list(value) if isinstance(value, list) else value)  # no shared lists
+    for key in SHARED_WIDGETS:
+        st.session_state[key] = st.session_state[key]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -72,6 +73,16 @@ class LayerCapture:
         if self.mask is not None:
             return self.mask[:, :, rows]
         return key_positions_visible(n_queries, n_keys, rows, self.causal, self.q.device)[None, None]
+
+    def prefix(self, n_tokens: int) -> LayerCapture:
+        """The layer as the model computes it on its first `n_tokens` tokens alone (exact under the causal mask)."""
+        if n_tokens >= self.q.shape[2]:
+            return self
+        if not self.causal or self.mask is not None or self.q.shape[2] != self.k.shape[2]:
+            raise ValueError("Only causal attention over the whole text can be cut to a prefix; bidirectional "
+                             "attention lets early tokens see the ones that would be cut.")
+        return dataclasses.replace(self, q=self.q[:, :, :n_tokens], k=self.k[:, :, :n_tokens],
+                                   v=self.v[:, :, :n_tokens])
 
     def logits(self, heads: Iterable[int] | None = None, rows: slice | None = None) -> torch.Tensor:
         """Scaled logits (B, h, t, S) in fp32 for query heads `heads` and rows `rows`; masked cells are -inf."""
@@ -262,6 +273,7 @@ class Capture:
 
     layers: dict[int, LayerCapture]  # layer index -> what it saw
     token_logprobs: torch.Tensor | None  # (T-1,) log p(token t+1 | tokens <= t) for decoders, None for encoders
+    hidden_states: dict[int, torch.Tensor] | None = None  # layer index -> (B, T, d_model) residual stream entering it
 
     @property
     def n_layers(self) -> int:
@@ -278,14 +290,16 @@ class Capture:
 
 
 @torch.no_grad()
-def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: Iterable[int] | None = None) -> Capture:
-    """Run `model` on `input_ids` (B, T) with capture on.
+def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: Iterable[int] | None = None,
+                     hidden_states: bool = False) -> Capture:
+    """Run `model` on `input_ids` (B, T) with capture on; with hidden_states=True also keep each captured layer's
+    input residual stream (transformers' output_hidden_states[layer]).
 
     The model must have been loaded with ``attn_implementation="attnscope"`` (core.models does this); otherwise no
     layer is recorded and a ValueError says so.
     """
     with capturing(layers) as captured:
-        output = model(input_ids=input_ids)
+        output = model(input_ids=input_ids, output_hidden_states=hidden_states)
     if not captured:
         raise ValueError(
             f"No attention layer was captured: load the model with attn_implementation='{ATTENTION_NAME}' "
@@ -296,4 +310,7 @@ def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers:
     if logits is not None and input_ids.shape[1] > 1:
         logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (T-1, V)
         token_logprobs = logprobs.gather(-1, input_ids[0, 1:, None]).squeeze(-1)
-    return Capture(layers=dict(sorted(captured.items())), token_logprobs=token_logprobs)
+    states = None
+    if hidden_states:
+        states = {index: output.hidden_states[index].detach() for index in captured}
+    return Capture(layers=dict(sorted(captured.items())), token_logprobs=token_logprobs, hidden_states=states)

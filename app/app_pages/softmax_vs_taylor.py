@@ -247,7 +247,7 @@ with tabs[3]:
     query, order = st.session_state[state.TAYLOR_QUERY], st.session_state[state.TAYLOR_ORDER]
     denominator = st.session_state[state.TAYLOR_WEIGHT_DENOMINATOR]
     st.caption(HELP["weights"])
-    row = taylor.row_weights(taylor.prefix(capture.layer(layer), n_tokens), head=head, query=query, order=order,
+    row = taylor.row_weights(capture.layer(layer).prefix(n_tokens), head=head, query=query, order=order,
                              denominator=denominator, clamp=clamp)
     shown_denominator = "exact softmax (an L2 denominator normalises outputs, not weights)" \
         if denominator == "l2" else DENOMINATOR_LABELS[denominator]

@@ -4,8 +4,6 @@ exp(s) = sum_n s^n / n!, and each order is a linear RNN over Kronecker powers of
 module measures, head by head on the captured q/k/v, how far the order-n truncation O_n is from the model's softmax
 output O for each denominator, and why:
 
-- `prefix`: a causal layer cut to its first n tokens, which is exactly what the model computes on them alone; the
-  page analyses a prefix of long texts, because every quantity here costs O(T^2).
 - `sweep_layer`: one pass per layer through kernels.taylor_sweep (CPU: chunked fp64 torch; CUDA: the Triton
   kernel). A head's error at order n is the Frobenius ratio ||O_n - O||_F / ||O||_F over its query rows (for "l2"
   against the L2-normalised rows of O). The pass also returns the logit histogram, the fraction of negative weights
@@ -27,7 +25,6 @@ window shorter than the text) or softcapped logits are outside what the kernels 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,17 +89,6 @@ def _check_supported(layer: LayerCapture) -> None:
                          "the Taylor analysis takes causal or bidirectional attention only.")
     if layer.softcap is not None:
         raise ValueError("This layer soft-caps its logits; the Taylor analysis expands exp of plain logits only.")
-
-
-def prefix(layer: LayerCapture, n_tokens: int) -> LayerCapture:
-    """The layer as the model computes it on the first `n_tokens` tokens alone (exact under the causal mask)."""
-    if n_tokens >= layer.q.shape[2]:
-        return layer
-    if not layer.causal or layer.mask is not None or layer.q.shape[2] != layer.k.shape[2]:
-        raise ValueError("Only causal attention over the whole text can be cut to a prefix; bidirectional "
-                         "attention lets early tokens see the ones that would be cut.")
-    return dataclasses.replace(layer, q=layer.q[:, :, :n_tokens], k=layer.k[:, :, :n_tokens],
-                               v=layer.v[:, :, :n_tokens])
 
 
 def sweep_layer(layer: LayerCapture, *, max_order: int, clamp: Clamp = None, backend: str = "auto") -> LayerSweep:

@@ -117,8 +117,11 @@ def test_softmax_vs_taylor_page_in_a_browser(server, browser, output_dir):
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(server)
     page.get_by_role("heading", name="Attention maps").wait_for(timeout=120_000)
-    page.get_by_role("link", name="Softmax vs Taylor").click()
+    page.get_by_role("link", name="Softmax vs Taylor").click()  # before the first page has finished: a real race
     page.get_by_role("heading", name="Softmax vs Taylor").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    text = page.get_by_role("textbox", name="Text to analyse").input_value()
+    assert text.startswith("The capital of France"), f"the page switch lost the sidebar text: {text!r}"
     page.locator(".js-plotly-plot .gtitle", has_text="Error vs order, all heads").wait_for(timeout=120_000)
     lines = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => (p.data || [])"
                           ".map(t => t.name)).filter(n => n && n.endsWith(': median'))")

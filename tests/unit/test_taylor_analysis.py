@@ -155,9 +155,9 @@ def test_unsupported_layers_say_why():
 def test_prefix_is_what_the_model_computes_on_the_prefix_alone():
     model, ids = build("llama"), _ids(20)
     whole, short = run_with_capture(model, ids), run_with_capture(model, ids[:, :12])
-    cut = taylor.prefix(whole.layer(1), 12)
+    cut = whole.layer(1).prefix(12)
     for name in ("q", "k", "v"):
         torch.testing.assert_close(getattr(cut, name), getattr(short.layer(1), name), rtol=1e-5, atol=1e-6)
-    assert taylor.prefix(whole.layer(1), 50) is whole.layer(1)
+    assert whole.layer(1).prefix(50) is whole.layer(1)
     with pytest.raises(ValueError, match="causal"):
-        taylor.prefix(run_with_capture(build("bert"), ids).layer(0), 5)
+        run_with_capture(build("bert"), ids).layer(0).prefix(5)

@@ -1,0 +1,138 @@
+"""core.analyses.collapse against brute-force numpy references with explicit loops, on synthetic q/k/v."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.analyses import collapse
+from core.capture import LayerCapture
+
+
+def _layer(length=40, heads=4, kv=2, dim=8, causal=True, seed=0, logit_scale=1.0) -> LayerCapture:
+    g = torch.Generator().manual_seed(seed)
+    return LayerCapture(q=torch.randn(1, heads, length, dim, generator=g) * logit_scale,
+                        k=torch.randn(1, kv, length, dim, generator=g), v=torch.randn(1, kv, length, dim, generator=g),
+                        scale=dim**-0.5, causal=causal, mask=None)
+
+
+def _reference_row(alpha: np.ndarray, x: np.ndarray, n: int) -> dict:
+    """Paper B's quantities for one query row, written as loops over tokens."""
+    length = len(alpha)
+    order = np.argsort(-alpha, kind="stable")
+    selected, rest = list(order[:n]), [i for i in range(length) if i not in order[:n]]
+    s = sum(alpha[j] * x[j] for j in selected)
+    d_sum = sum(np.linalg.norm(alpha[i] * x[i] - s) for i in rest)
+    d_norm = np.linalg.norm(sum(alpha[i] * x[i] for i in rest) - s)
+    o = sum(alpha[i] * x[i] for i in range(length))
+    expected = (length - n) / length * sum(np.linalg.norm(alpha[i] * x[i] - n / length * o) for i in range(length))
+    radius = min(np.linalg.norm(s - alpha[j] * x[j]) for j in rest)
+    n_s = sum(np.linalg.norm(alpha[i] * x[i] - s) <= radius for i in selected)
+    a_n = sum(alpha[j] for j in selected)
+    d1 = max(np.linalg.norm(x[i] - x[j]) for i in rest for j in selected)
+    max_norm = max(np.linalg.norm(x[j]) for j in selected)
+    bound = (1 - a_n) * d1 + ((length - n) * a_n - (1 - a_n)) * max_norm
+    m = np.mean([np.linalg.norm(x[j]) for j in selected])
+    delta = min((np.linalg.norm(x[j] - x[k]) for j in selected for k in selected if j != k), default=0.0)
+    xi = []
+    for i in selected:
+        same = sum(alpha[j] ** 2 for j in selected if j != i)
+        cross = sum(alpha[j] * alpha[k] for j in selected for k in selected if j != k and i not in (j, k))
+        xi.append(math.sqrt(max(m**2 * same + (m**2 - delta**2 / 2) * cross, 0.0)))
+    low = 1 - sum(xi) / (n * radius)
+    high = np.mean([math.exp(-max(v - radius, 0.0) ** 2 / (2 * m**2)) for v in xi])
+    return {"d_sum": d_sum, "d_norm": d_norm, "expected": expected, "ratio": n_s / n, "bound": bound,
+            "theorem2_low": low, "theorem2_high": high}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_every_quantity_matches_the_loop_reference(causal):
+    layer = _layer(causal=causal, logit_scale=2.0)
+    rows = collapse.analyse_layer(layer, rows=3, temperature=True, seed=3)
+    n_rows = rows.max_weight.shape[1]
+    first_row = layer.q.shape[2] - n_rows
+    for h in range(layer.n_heads):
+        kv = layer.kv_head(h)
+        for r in range(n_rows):
+            position = first_row + r
+            seen = position + 1 if causal else layer.k.shape[2]
+            logits = (layer.k[0, kv, :seen].double() @ layer.q[0, h, position].double()).numpy() * layer.scale
+            alpha = np.exp(logits - logits.max())
+            alpha /= alpha.sum()
+            x = layer.v[0, kv, :seen].double().numpy()
+            assert rows.visible[r] == seen
+            assert rows.max_weight[h, r] == pytest.approx(alpha.max(), rel=1e-5)
+            assert rows.min_weight[h, r] == pytest.approx(alpha.min(), rel=1e-9)
+            assert rows.sink_mass[h, r] == pytest.approx(alpha[0], rel=1e-5)
+            assert rows.entropy[h, r] == pytest.approx(-(alpha * np.log(alpha)).sum(), rel=1e-5)
+            delta = np.linalg.norm(layer.q[0, h, position].double()) * layer.scale * max(
+                np.linalg.norm(layer.k[0, kv, i].double()) for i in range(seen))
+            assert rows.band_high[h, r] == pytest.approx(math.exp(2 * delta) / seen, rel=1e-9)
+            for column, n in enumerate(rows.n_values):
+                expected = _reference_row(alpha, x, n)
+                for name in ("d_sum", "d_norm", "expected", "ratio", "theorem2_low", "theorem2_high"):
+                    got = getattr(rows, name)[h, r, column]
+                    assert got == pytest.approx(expected[name], rel=1e-6, abs=1e-9), (name, n, h, r)
+                if n in rows.bound_ns:
+                    got = rows.bound[h, r, rows.bound_ns.index(n)]
+                    assert got == pytest.approx(expected["bound"], rel=1e-9), ("bound", n)
+            # temperature: the exact Jacobian norm from a dense eigendecomposition, the probe by hand
+            for t_index, temperature in enumerate(collapse.TEMPERATURES):
+                p = np.exp((logits - logits.max()) / temperature)
+                p /= p.sum()
+                jacobian = (np.diag(p) - np.outer(p, p)) / temperature
+                assert rows.jacobian_norm[h, r, t_index] == pytest.approx(
+                    np.linalg.eigvalsh(jacobian).max(), rel=1e-7, abs=1e-12)
+
+
+def test_random_direction_probe_by_hand():
+    layer = _layer(length=24)
+    rows = collapse.analyse_layer(layer, rows=2, temperature=True, seed=5)
+    keys = layer.k[0].double().repeat_interleave(layer.groups, 0)  # (H, L, D)
+    logits = torch.matmul(layer.q[0, :, 22:24].double(), keys.transpose(-1, -2)) * layer.scale
+    logits = logits.masked_fill(~layer.visible(slice(22, 24))[0], -math.inf)
+    generator = torch.Generator().manual_seed(5)
+    direction = torch.randn(logits.shape, generator=generator, dtype=torch.float64) * torch.isfinite(logits)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    for e_index, eps in enumerate(collapse.EPSILONS):
+        for t_index, temperature in enumerate(collapse.TEMPERATURES):
+            before = torch.softmax(logits / temperature, -1)
+            after = torch.softmax((logits + eps * direction) / temperature, -1)
+            expected = ((after - before).norm(dim=-1) / eps).numpy()
+            np.testing.assert_allclose(rows.sensitivity[:, :, e_index, t_index], expected, rtol=1e-9, atol=1e-15)
+
+
+def test_jacobian_norm_is_at_most_one_half_and_reaches_it_on_a_tie():
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.7, 0.2, 0.1]], dtype=torch.float64)
+    norms = collapse.softmax_jacobian_norm(p)
+    dense = [np.linalg.eigvalsh(np.diag(row) - np.outer(row, row)).max() for row in p.numpy()]
+    np.testing.assert_allclose(norms.numpy(), dense, atol=1e-12)
+    assert norms[0] == pytest.approx(0.5) and norms.max() <= 0.5
+
+
+def test_length_grid_and_critical_n():
+    assert collapse.length_grid(2048) == [32, 64, 128, 256, 512, 1024, 2048]
+    assert collapse.length_grid(700) == [32, 64, 128, 256, 512, 700]
+    assert collapse.length_grid(20) == [20]
+    rng = np.random.default_rng(0)
+    true = np.stack([rng.normal(10, 1, 50), rng.normal(0, 1, 50), rng.normal(0, 1, 50)], 1)
+    expected = np.stack([rng.normal(0, 1, 50), rng.normal(0, 1, 50), rng.normal(5, 1, 50)], 1)
+    first, p_values = collapse.critical_n(true, expected, [1, 5, 10])
+    assert first == 5 and p_values[0] < 0.05 < p_values[1]
+    from scipy.stats import ks_2samp
+
+    assert p_values[2] == ks_2samp(true[:, 2], expected[:, 2]).pvalue
+
+
+def test_hidden_states_as_token_vectors():
+    layer = _layer(length=30)
+    hidden = torch.randn(1, 30, 12, generator=torch.Generator().manual_seed(1))
+    rows = collapse.analyse_layer(layer, rows=2, hidden=hidden)
+    position = 29
+    for h in range(layer.n_heads):
+        logits = (layer.k[0, layer.kv_head(h)].double() @ layer.q[0, h, position].double()).numpy() * layer.scale
+        alpha = np.exp(logits - logits.max())
+        alpha /= alpha.sum()
+        expected = _reference_row(alpha, hidden[0].double().numpy(), 5)
+        assert rows.d_sum[h, 1, rows.n_values.index(5)] == pytest.approx(expected["d_sum"], rel=1e-6)
