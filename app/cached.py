@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core.analyses import maps, taylor
+from core.analyses import collapse, maps, taylor
 from core.capture import Capture, run_with_capture
 from core.figures.maps import Thumbnail
 from core.models import LoadedModel, ModelSpec, load_model
@@ -84,3 +84,29 @@ def substitution_loss(spec: ModelSpec, text: str, max_tokens: int, n_tokens: int
                       substitute: taylor.Substitute) -> float:
     tokens = get_tokens(spec, text, max_tokens)
     return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def collapse_tokens(spec: ModelSpec, text: str, max_tokens: int) -> Tokens:
+    return tokenize(get_model(spec).tokenizer, text, max_tokens=max_tokens)
+
+
+@st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
+def collapse_capture(spec: ModelSpec, text: str, settings: collapse.Settings, window: int,
+                     length: int | None) -> Capture:
+    """One window's capture: the whole window (decoders, length None) or its first `length` tokens (encoders).
+
+    One at a time: a 2048-token capture holds a few hundred MB, and the units below are cached on their own."""
+    tokens = collapse_tokens(spec, text, settings.windows * settings.max_length)
+    ids = collapse.text_windows(tokens.as_tensor(), settings)[window]
+    if length is not None:
+        ids = ids[:, :length]
+    return run_with_capture(get_model(spec).model, ids, hidden_states=settings.vectors == "hidden")
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def collapse_unit(spec: ModelSpec, text: str, settings: collapse.Settings, window: int, length: int,
+                  temperature: bool) -> collapse.LengthSummary:
+    causal = get_model(spec).kind == "decoder"
+    capture = collapse_capture(spec, text, settings, window, None if causal else length)
+    return collapse.analyse_capture(capture, length, settings, temperature=temperature)

@@ -49,6 +49,19 @@ TAYLOR_HIST_LAYER = "taylor_hist_layer"
 TAYLOR_RNN_TOKENS = "taylor_rnn_tokens"
 TAYLOR_LOSS_REQUESTS = "taylor_loss_requests"  # loss sweeps the user asked for in this session
 
+# Context collapse page
+COLLAPSE_SOURCE = "collapse_source"
+COLLAPSE_MAX_LENGTH = "collapse_max_length"
+COLLAPSE_WINDOWS = "collapse_windows"
+COLLAPSE_ROWS = "collapse_rows"
+COLLAPSE_VECTORS = "collapse_vectors"
+COLLAPSE_FIXED_LENGTH = "collapse_fixed_length"  # L of the distance-vs-N and distinguishability figures
+COLLAPSE_LAYER = "collapse_layer"  # ALL_LAYERS or a layer: which heads the per-head figures follow
+COLLAPSE_HEAD = "collapse_head"
+COLLAPSE_IMAGE_FORMAT = "collapse_image_format"
+SOURCE_BUILTIN = "Built-in long document"
+SOURCE_SIDEBAR = "The sidebar text"
+
 CLAMP_NONE = "no clamp"
 CLAMP_UPPER = "clamp above (paper)"
 CLAMP_BOTH = "clamp both sides"
@@ -102,6 +115,15 @@ DEFAULTS = {
     TAYLOR_HIST_LAYER: ALL_LAYERS,
     TAYLOR_RNN_TOKENS: 64,
     TAYLOR_LOSS_REQUESTS: [],
+    COLLAPSE_SOURCE: SOURCE_BUILTIN,
+    COLLAPSE_MAX_LENGTH: 2048,
+    COLLAPSE_WINDOWS: 3,
+    COLLAPSE_ROWS: 8,
+    COLLAPSE_VECTORS: "values",
+    COLLAPSE_FIXED_LENGTH: 2048,
+    COLLAPSE_LAYER: ALL_LAYERS,
+    COLLAPSE_HEAD: 0,
+    COLLAPSE_IMAGE_FORMAT: "png",
 }
 
 

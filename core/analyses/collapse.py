@@ -12,7 +12,8 @@ the layer's input hidden states):
 - selection I_N = the N largest weights (kernels.attention_stats top-k), s = sum_{i in I_N} alpha_i x_i, and the two
   readings of the paper's distance (eq. 7): d_sum = sum_{i not in I_N} ||alpha_i x_i - s|| and
   d_norm = ||sum_{i not in I_N} alpha_i x_i - s||; the random-subset expectation (reconstructed)
-  ((L - N) / L) sum_i ||alpha_i x_i - (N / L) o|| with o = sum_i alpha_i x_i; and the Theorem 1 bound
+  ((L - N) / L) sum_i ||alpha_i x_i - (N / L) o|| with o = sum_i alpha_i x_i (for the norm reading, that reading
+  at the expected random s = (N / L) o: |1 - 2N/L| ||o||, also reconstructed); and the Theorem 1 bound
   (1 - a_N) d1 + [(L - N) a_N - (1 - a_N)] max_{j in I_N} ||x_j||, a_N = sum_{I_N} alpha, d1 = max_{i not in I_N,
   j in I_N} ||x_i - x_j||, which provably bounds d_sum (not d_norm);
 - distinguishability: N_s = #{i in I_N : ||alpha_i x_i - s|| <= r}, r = min_{j not in I_N} ||s - alpha_j x_j||, and
@@ -39,7 +40,7 @@ import torch
 import kernels
 from core.capture import LayerCapture
 
-N_GRID = (1, 2, 3, 5, 8, 10, 12, 16, 20, 24, 32, 48, 64, 100, 128, 192, 256)  # selected-set sizes measured
+N_GRID = (1, 2, 3, 5, 8, 10, 16, 20, 32, 64, 100, 128, 256)  # selected-set sizes measured
 BOUND_NS = (1, 5, 10, 20, 100)  # sizes whose Theorem 1 bound is computed (fig. 2a uses N = 5, fig. 2b all five)
 TEMPERATURES = tuple(float(t) for t in np.logspace(-3, 2, 11))  # two per decade
 EPSILONS = (1e-3, 1e-1, 10.0)
@@ -86,7 +87,8 @@ class LayerRows:
     n_values: tuple[int, ...]  # selected-set sizes measured (those of N_GRID below every row's visible count)
     d_sum: np.ndarray  # (H, R, n) summed reading of eq. 7
     d_norm: np.ndarray  # (H, R, n) norm reading of eq. 7
-    expected: np.ndarray  # (H, R, n) random-subset expectation (reconstructed)
+    expected: np.ndarray  # (H, R, n) random-subset expectation of d_sum (reconstructed)
+    expected_norm: np.ndarray  # (H, R, n) ... of d_norm: |1 - 2N/L| ||o||, the norm reading at E[s] = (N/L) o
     ratio: np.ndarray  # (H, R, n) N_s / N
     theorem2_low: np.ndarray  # (H, R, n)
     theorem2_high: np.ndarray  # (H, R, n)
@@ -99,8 +101,8 @@ class LayerRows:
 def token_vectors(layer: LayerCapture, hidden: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
     """(G, L, d) fp64 token vectors and, per query head, its index into G: the key/value heads' values, or the
     layer's input hidden states (G = 1) when `hidden` (B, L, d_model) is given."""
-    if hidden is not None:
-        return hidden[0].double()[None], [0] * layer.n_heads
+    if hidden is not None:  # the states of the layer's keys: a causal prefix keeps the first L
+        return hidden[0, :layer.k.shape[2]].double()[None], [0] * layer.n_heads
     return layer.v[0].double(), [layer.kv_head(h) for h in range(layer.n_heads)]
 
 
@@ -230,6 +232,7 @@ def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None
     centre = output[:, :, None] * (sizes / visible_f[:, None])[None, :, :, None]  # (N / L) o
     expected = ((visible_f[:, None] - sizes) / visible_f[:, None]) * (distance_to(centre) * visible_mask[None, :, None]
                                                                        ).sum(-1)
+    expected_norm = (1 - 2 * sizes / visible_f[:, None]).abs() * output.norm(dim=-1)[..., None]
     radius = distances.masked_fill(~others, math.inf).amin(-1)  # (H, R, P)
     ratio = ((distances <= radius[..., None]) & chosen).sum(-1) / sizes
     distances_between = SelectedDistances(x, group, indices)
@@ -244,7 +247,7 @@ def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None
         min_weight=alpha.masked_fill(~visible_mask[None], math.inf).amin(-1).numpy(),
         entropy=stats.entropy[0].double().numpy(), sink_mass=stats.sink_mass[0].double().numpy(),
         band_low=band_low.numpy(), band_high=band_high.numpy(), n_values=n_values, d_sum=d_sum.numpy(),
-        d_norm=d_norm.numpy(), expected=expected.numpy(), ratio=ratio.numpy(), theorem2_low=theorem2_low.numpy(),
+        d_norm=d_norm.numpy(), expected=expected.numpy(), expected_norm=expected_norm.numpy(), ratio=ratio.numpy(), theorem2_low=theorem2_low.numpy(),
         theorem2_high=theorem2_high.numpy(), bound_ns=bound_ns, bound=bound.numpy(),
     )
     if temperature:
@@ -340,6 +343,7 @@ class LengthSummary:
     d_sum: np.ndarray  # (Ly, H, n)
     d_norm: np.ndarray
     expected: np.ndarray
+    expected_norm: np.ndarray
     ratio: np.ndarray
     theorem2_low: np.ndarray
     theorem2_high: np.ndarray
@@ -368,6 +372,7 @@ def summarise(layers: Sequence[LayerRows]) -> LengthSummary:
         band_low=np.stack([np.median(layer.band_low, 1) for layer in layers]),
         band_high=np.stack([np.median(layer.band_high, 1) for layer in layers]),
         d_sum=mean("d_sum", True), d_norm=mean("d_norm", True), expected=mean("expected", True),
+        expected_norm=mean("expected_norm", True),
         ratio=mean("ratio", True), theorem2_low=mean("theorem2_low", True), theorem2_high=mean("theorem2_high", True),
         bound=mean("bound"),
     )
@@ -402,15 +407,106 @@ def average_windows(summaries: Sequence[LengthSummary]) -> LengthSummary:
     return out
 
 
-_PER_N = ("d_sum", "d_norm", "expected", "ratio", "theorem2_low", "theorem2_high")
+_PER_N = ("d_sum", "d_norm", "expected", "expected_norm", "ratio", "theorem2_low", "theorem2_high")
 _AVERAGED = ("max_weight", "entropy", "sink_mass", "band_low", "band_high", "bound") + _PER_N
 
 
-def critical_n(true: np.ndarray, expected: np.ndarray, n_values: Sequence[int]) -> tuple[int | None, np.ndarray]:
-    """First N at which a two-sample Kolmogorov-Smirnov test cannot separate the per-head true and expected
-    distances (p > KS_ALPHA), and the p-value per N. true, expected: (heads, len(n_values))."""
+def critical_n(true: np.ndarray, expected: np.ndarray, n_values: Sequence[int]
+               ) -> tuple[int | None, int | None, np.ndarray]:
+    """Critical N under the two readings of the paper's definition, and the KS p-value per N.
+
+    A two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) compares the per-head true and expected distances
+    at each N (true, expected: (heads, len(n_values))); "cannot separate" means p > KS_ALPHA. Returns the first N at
+    which it cannot separate them, and the first N from which it never separates them again within the N measured
+    (None when there is none).
+    """
     from scipy.stats import ks_2samp
 
     p_values = np.array([ks_2samp(true[:, i], expected[:, i]).pvalue for i in range(len(n_values))])
-    above = np.flatnonzero(p_values > KS_ALPHA)
-    return (int(n_values[above[0]]) if above.size else None), p_values
+    together = p_values > KS_ALPHA
+    first = int(n_values[int(np.argmax(together))]) if together.any() else None
+    apart = np.flatnonzero(~together)
+    start = 0 if apart.size == 0 else int(apart[-1]) + 1
+    stable = int(n_values[start]) if start < len(n_values) else None
+    return first, stable, p_values
+
+
+# ---- the whole sweep: windows of the text, context lengths, every layer ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a context-collapse sweep measures (everything that changes the numbers)."""
+
+    max_length: int = 2048  # longest context L; lengths double from 32 up to it
+    windows: int = 3  # consecutive slices of the text per length, averaged
+    rows: int = 8  # analysed query positions per window: the last ones, which see about L keys
+    vectors: str = "values"  # token vectors x_i: "values" (the head's value vectors) or "hidden" (layer input)
+
+
+def text_windows(ids: torch.Tensor, settings: Settings) -> list[torch.Tensor]:
+    """Consecutive, non-overlapping slices (1, L_max) of the token ids (1, n); one shorter window if the text is
+    shorter than max_length."""
+    length = min(settings.max_length, ids.shape[1])
+    count = max(1, min(settings.windows, ids.shape[1] // length))
+    return [ids[:, w * length:(w + 1) * length] for w in range(count)]
+
+
+def analyse_capture(capture, length: int, settings: Settings, *, temperature: bool) -> LengthSummary:
+    """Every captured layer at context length `length`: a prefix of a causal capture, or the whole of a
+    bidirectional one (which must then have been run on exactly `length` tokens)."""
+    layers = []
+    for index in sorted(capture.layers):
+        layer = capture.layer(index)
+        if layer.causal:
+            layer = layer.prefix(length)
+        elif layer.q.shape[2] != length:
+            raise ValueError(f"A bidirectional capture of {layer.q.shape[2]} tokens cannot stand for {length}.")
+        hidden = None
+        if settings.vectors == "hidden":
+            if capture.hidden_states is None:
+                raise ValueError("Hidden-state vectors need a capture run with hidden_states=True.")
+            hidden = capture.hidden_states[index][:, :length]
+        layers.append(analyse_layer(layer, rows=settings.rows, hidden=hidden, temperature=temperature,
+                                    seed=index))
+    return summarise(layers)
+
+
+@dataclass
+class Sweep:
+    lengths: list[int]
+    summaries: list[LengthSummary]  # per length, averaged over windows
+
+    def critical(self, reading: str, definition: str = "first") -> list[int | None]:
+        """Per length, the critical N for reading "d_sum" or "d_norm" and definition "first" or "stable"
+        (see critical_n; None: not within the N measured)."""
+        which = {"first": 0, "stable": 1}[definition]
+        return [critical_for(summary, reading)[which] for summary in self.summaries]
+
+
+def critical_for(summary: LengthSummary, reading: str) -> tuple[int | None, int | None, np.ndarray]:
+    """Critical N and KS p-values at one length, each reading against its own random-subset expectation."""
+    n = len(summary.n_values)
+    expected = summary.expected if reading == "d_sum" else summary.expected_norm
+    return critical_n(getattr(summary, reading).reshape(-1, n), expected.reshape(-1, n), summary.n_values)
+
+
+def run_sweep(model: torch.nn.Module, ids: torch.Tensor, settings: Settings, *, causal: bool,
+              progress=None) -> Sweep:
+    """The whole sweep without a UI: progress(done, total, message) after each (window, length)."""
+    from core.capture import run_with_capture
+
+    windows = text_windows(ids, settings)
+    lengths = length_grid(windows[0].shape[1])
+    per_length: dict[int, list[LengthSummary]] = {length: [] for length in lengths}
+    total, done = len(windows) * len(lengths), 0
+    hidden = settings.vectors == "hidden"
+    for window in windows:
+        capture = run_with_capture(model, window, hidden_states=hidden) if causal else None
+        for length in lengths:
+            run = capture if causal else run_with_capture(model, window[:, :length], hidden_states=hidden)
+            per_length[length].append(analyse_capture(run, length, settings, temperature=length == lengths[-1]))
+            done += 1
+            if progress is not None:
+                progress(done, total, f"window {len(per_length[length])}/{len(windows)}, L = {length}")
+    return Sweep(lengths=lengths, summaries=[average_windows(per_length[length]) for length in lengths])

@@ -202,3 +202,53 @@ def test_softmax_vs_taylor_analyses_a_prefix_of_long_texts():
     at.number_input(key=state.TAYLOR_PREFIX).set_value(100).run()
     assert not at.exception
     assert any(c.value.startswith("100 tokens · 30 layers") for c in at.caption)
+
+
+def _collapse_page(at: AppTest) -> AppTest:
+    return at.switch_page("app_pages/context_collapse.py").run()
+
+
+def test_context_collapse_page_every_section():
+    at = _app()
+    at.session_state[state.COLLAPSE_MAX_LENGTH] = 256
+    at.session_state[state.COLLAPSE_WINDOWS] = 2
+    at = _collapse_page(at.run())
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Context collapse"]
+    assert [h.value.split(".")[0] for h in at.header] == ["1", "2", "3", "4", "5", "6"]
+    assert any("pydoc_data.topics" in c.value for c in at.caption)
+    claims = [m.value for m in at.markdown if m.value.startswith("**Measured here:**")]
+    assert len(claims) == 5
+    assert any("Theorem 1 bound held in" in c and "of" in c for c in claims)
+    assert len(at.get("download_button")) == 5
+    vanishing = _chart(at, "collapse_vanishing")
+    assert any("1/L" in (t.get("name") or "") for t in vanishing["data"])
+    temperature = _chart(at, "collapse_temperature")
+    assert {"1/(4T) (paper)", "1/(2T) (true maximum)"} <= {t.get("name") for t in temperature["data"]}
+
+    at.selectbox(key=state.COLLAPSE_LAYER).set_value(5).run()
+    at.selectbox(key=state.COLLAPSE_HEAD).set_value(2).run()
+    at.selectbox(key=state.COLLAPSE_FIXED_LENGTH).set_value(128).run()
+    assert not at.exception
+    assert "L = 128, layer 5, head 2" in _chart(at, "collapse_distinguish")["layout"]["title"]["text"]
+    at.radio(key=state.COLLAPSE_IMAGE_FORMAT).set_value("svg").run()
+    assert not at.exception
+
+
+def test_context_collapse_on_short_user_text_and_on_an_encoder():
+    at = _app()
+    at.session_state[state.COLLAPSE_SOURCE] = state.SOURCE_SIDEBAR
+    at = _collapse_page(at.run())
+    assert not at.exception
+    assert any("needs at least 32" in w.value for w in at.warning)
+    assert at.session_state[state.TEXT] == state.EXAMPLES["Capital cities"]
+
+    at = _app()
+    at.session_state[state.MODEL_CHOICE] = "minilm-l6"
+    at.session_state[state.COLLAPSE_MAX_LENGTH] = 128
+    at.session_state[state.COLLAPSE_WINDOWS] = 1
+    at.session_state[state.COLLAPSE_VECTORS] = "hidden"
+    at = _collapse_page(at.run())
+    assert not at.exception
+    assert any("hidden states" in c.value and "6 layers × 12 heads" in c.value for c in at.caption)
+    assert len([m for m in at.markdown if m.value.startswith("**Measured here:**")]) == 5

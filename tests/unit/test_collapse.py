@@ -42,7 +42,9 @@ def _reference_row(alpha: np.ndarray, x: np.ndarray, n: int) -> dict:
         xi.append(math.sqrt(max(m**2 * same + (m**2 - delta**2 / 2) * cross, 0.0)))
     low = 1 - sum(xi) / (n * radius)
     high = np.mean([math.exp(-max(v - radius, 0.0) ** 2 / (2 * m**2)) for v in xi])
-    return {"d_sum": d_sum, "d_norm": d_norm, "expected": expected, "ratio": n_s / n, "bound": bound,
+    expected_norm = abs(1 - 2 * n / length) * np.linalg.norm(o)
+    return {"d_sum": d_sum, "d_norm": d_norm, "expected": expected, "expected_norm": expected_norm,
+            "ratio": n_s / n, "bound": bound,
             "theorem2_low": low, "theorem2_high": high}
 
 
@@ -71,7 +73,8 @@ def test_every_quantity_matches_the_loop_reference(causal):
             assert rows.band_high[h, r] == pytest.approx(math.exp(2 * delta) / seen, rel=1e-9)
             for column, n in enumerate(rows.n_values):
                 expected = _reference_row(alpha, x, n)
-                for name in ("d_sum", "d_norm", "expected", "ratio", "theorem2_low", "theorem2_high"):
+                for name in ("d_sum", "d_norm", "expected", "expected_norm", "ratio", "theorem2_low",
+                             "theorem2_high"):
                     got = getattr(rows, name)[h, r, column]
                     assert got == pytest.approx(expected[name], rel=1e-6, abs=1e-9), (name, n, h, r)
                 if n in rows.bound_ns:
@@ -118,8 +121,9 @@ def test_length_grid_and_critical_n():
     rng = np.random.default_rng(0)
     true = np.stack([rng.normal(10, 1, 50), rng.normal(0, 1, 50), rng.normal(0, 1, 50)], 1)
     expected = np.stack([rng.normal(0, 1, 50), rng.normal(0, 1, 50), rng.normal(5, 1, 50)], 1)
-    first, p_values = collapse.critical_n(true, expected, [1, 5, 10])
-    assert first == 5 and p_values[0] < 0.05 < p_values[1]
+    first, stable, p_values = collapse.critical_n(true, expected, [1, 5, 10])
+    assert first == 5 and stable is None and p_values[0] < 0.05 < p_values[1]
+    assert collapse.critical_n(true[:, :2], expected[:, :2], [1, 5])[:2] == (5, 5)
     from scipy.stats import ks_2samp
 
     assert p_values[2] == ks_2samp(true[:, 2], expected[:, 2]).pvalue
