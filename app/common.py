@@ -36,6 +36,18 @@ def _fill_example() -> None:
     st.session_state[state.TEXT] = state.EXAMPLES[st.session_state[state.EXAMPLE]]
 
 
+def _use_library_prompt() -> None:
+    pick = st.session_state[state.LIBRARY_PICK]
+    if pick is not None and pick < len(st.session_state[state.LIBRARY]):
+        st.session_state[state.TEXT] = st.session_state[state.LIBRARY][pick].text
+
+
+def use_prompt(index: int) -> None:
+    """Make library prompt `index` the text every page analyses."""
+    st.session_state[state.LIBRARY_PICK] = index
+    _use_library_prompt()
+
+
 def sidebar() -> None:
     """Model choice and text, shared by every page."""
     with st.sidebar:
@@ -50,6 +62,12 @@ def sidebar() -> None:
                         help="Runs Python code shipped with the model. Only for authors you trust.")
         st.subheader("Text")
         st.selectbox("Example prompts", list(state.EXAMPLES), key=state.EXAMPLE, on_change=_fill_example)
+        library = st.session_state[state.LIBRARY]
+        if library:
+            st.selectbox("Your prompts", range(len(library)), key=state.LIBRARY_PICK, index=None,
+                         placeholder=f"{len(library)} in the library: pick one",
+                         format_func=lambda i: library[i].name, on_change=_use_library_prompt,
+                         help="Prompts you uploaded or pasted on the Prompts page (this session only).")
         st.text_area("Text to analyse", key=state.TEXT, height=180,
                      help="Press Ctrl+Enter (or click outside the box) to run the model on the text.")
         st.number_input("Max tokens", min_value=8, max_value=32768, step=256, key=state.MAX_TOKENS,

@@ -30,6 +30,15 @@ VIEW_QUERY = "One query token"
 VIEW_STATS = "Head statistics"
 STAT_SHOWN = "stat_shown"
 
+# Prompts page and library
+LIBRARY = "prompt_library"  # list of core.prompts.Prompt, this session only
+LIBRARY_PICK = "prompt_library_pick"  # index into LIBRARY chosen in the sidebar
+PROCESSED_UPLOADS = "processed_uploads"  # file ids already added, so a rerun does not add them twice
+UPLOADER = "prompt_uploader"
+PASTE_TEXT = "paste_text"
+PASTE_NAME = "paste_name"
+UPLOAD_MESSAGES = "upload_messages"  # (kind, sentence) pairs from the last uploads, shown until the next
+
 # Softmax vs Taylor page
 TAYLOR_MAX_ORDER = "taylor_max_order"
 TAYLOR_PREFIX = "taylor_prefix"  # decoders: analyse the first n tokens (exact under the causal mask)
@@ -115,6 +124,12 @@ DEFAULTS = {
     TAYLOR_HIST_LAYER: ALL_LAYERS,
     TAYLOR_RNN_TOKENS: 64,
     TAYLOR_LOSS_REQUESTS: [],
+    LIBRARY: [],
+    LIBRARY_PICK: None,
+    PROCESSED_UPLOADS: [],
+    PASTE_TEXT: "",
+    PASTE_NAME: "",
+    UPLOAD_MESSAGES: [],
     COLLAPSE_SOURCE: SOURCE_BUILTIN,
     COLLAPSE_MAX_LENGTH: 2048,
     COLLAPSE_WINDOWS: 3,
@@ -130,7 +145,8 @@ DEFAULTS = {
 # Sidebar widgets shared by every page. Re-assigning their values at the start of each run makes Streamlit send them
 # to the browser with the widgets: a page switch requested before the previous run drew the sidebar otherwise leaves
 # the browser's copies at the widgets' built-in defaults (an empty text), which the next interaction sends back.
-SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, TEXT, EXAMPLE, MAX_TOKENS)
+SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, TEXT, EXAMPLE, MAX_TOKENS,
+                  LIBRARY_PICK)
 
 
 def init_state() -> None:

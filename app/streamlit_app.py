@@ -17,6 +17,7 @@ pages = [
     st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
     st.Page(ROOT / "app" / "app_pages" / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),
     st.Page(ROOT / "app" / "app_pages" / "context_collapse.py", title="Context collapse", icon=":material/compress:"),
+    st.Page(ROOT / "app" / "app_pages" / "prompts.py", title="Prompts", icon=":material/library_books:"),
 ]
 navigation = st.navigation(pages)
 common.sidebar()

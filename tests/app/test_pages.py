@@ -252,3 +252,33 @@ def test_context_collapse_on_short_user_text_and_on_an_encoder():
     assert not at.exception
     assert any("hidden states" in c.value and "6 layers × 12 heads" in c.value for c in at.caption)
     assert len([m for m in at.markdown if m.value.startswith("**Measured here:**")]) == 5
+
+
+def test_prompts_page_paste_use_and_remove():
+    at = _app().run().switch_page("app_pages/prompts.py").run()
+    assert not at.exception
+    assert any("library is empty" in i.value for i in at.info)
+    at.button[0].click().run()  # nothing pasted yet
+    assert any("pasted text is empty" in e.value for e in at.error)
+    markup = "<b>bold</b> and **stars** <script>x</script>"
+    at.text_area(key=state.PASTE_TEXT).input(markup).run()
+    at.text_input(key=state.PASTE_NAME).input("markup").run()
+    at.button[0].click().run()
+    assert not at.exception and [p.name for p in at.session_state[state.LIBRARY]] == ["markup"]
+    assert at.text[-1].value == markup  # shown literally
+    at.text_area(key=state.PASTE_TEXT).input(markup).run()
+    at.button[0].click().run()
+    assert any("already in the library" in s.value for s in at.success)
+    assert len(at.session_state[state.LIBRARY]) == 1
+
+    at.button[1].click().run()  # use this prompt
+    assert at.session_state[state.TEXT] == markup
+    at.switch_page("app_pages/attention_maps.py").run()
+    assert not at.exception
+    assert at.text_area(key=state.TEXT).value == markup
+    assert "Your prompts" in [s.label for s in at.sidebar.selectbox]
+
+    at.switch_page("app_pages/prompts.py").run()
+    at.button[2].click().run()  # remove
+    assert not at.exception and at.session_state[state.LIBRARY] == []
+    assert at.session_state[state.TEXT] == markup, "removing a prompt keeps the text being analysed"

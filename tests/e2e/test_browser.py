@@ -133,3 +133,28 @@ def test_softmax_vs_taylor_page_in_a_browser(server, browser, output_dir):
     page.locator(".js-plotly-plot .gtitle", has_text="zero-shot").wait_for(timeout=180_000)
     page.screenshot(path=str(output_dir / "e2e-taylor-loss.png"), full_page=True)
     page.close()
+
+
+UPLOADS = [  # (file name, bytes, text the page must show)
+    ("story.md", "# A story\n\nThe fox jumped.".encode(), "'story.md': 1 prompt(s) added."),
+    ("batch.jsonl", b'{"text": "first line"}\n{broken\n{"text": "second line"}\n', "line 2: not JSON"),
+    ("table.csv", b"name,text\na,hello world\n", "'table.csv': 1 prompt(s) added."),
+    ("columns.csv", b"title,body\nx,y\n", "has no 'text' column; columns found: 'title', 'body'."),
+    ("empty.txt", b"", "'empty.txt' is empty."),
+    ("binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks like a binary file"),
+    ("latin.txt", "café".encode("latin-1"), "is not valid UTF-8 text"),
+]
+
+
+def test_upload_every_format_and_every_bad_file(server, browser, output_dir, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server}/prompts")
+    page.get_by_role("heading", name="Prompts").wait_for(timeout=120_000)
+    for name, data, expected in UPLOADS:
+        path = tmp_path / name
+        path.write_bytes(data)
+        page.locator("input[type=file]").set_input_files(str(path))
+        page.get_by_text(expected, exact=False).first.wait_for(timeout=60_000)
+    page.get_by_text("Library (4)").wait_for(timeout=30_000)  # story, two JSONL lines, one CSV row
+    page.screenshot(path=str(output_dir / "e2e-prompts.png"), full_page=True)
+    page.close()
