@@ -6,6 +6,8 @@ are data keyed by everything that determines them, so revisiting a view is insta
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import streamlit as st
 
@@ -19,6 +21,12 @@ from core.tokens import Tokens, tokenize
 @st.cache_resource(show_spinner=False, max_entries=3)
 def get_model(spec: ModelSpec) -> LoadedModel:
     return load_model(spec)
+
+
+@st.cache_resource(show_spinner=False)
+def model_lock(spec: ModelSpec) -> threading.Lock:
+    """One lock per model, shared by every session: model work runs one session at a time."""
+    return threading.Lock()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import streamlit as st
 
 from app import cached, state
 from core.capture import Capture
+from core.hosting import Policy, policy_from_env
 from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec, needs_preparation, prepare_packaged_model
 from core.tokens import Tokens
 
@@ -48,18 +51,51 @@ def use_prompt(index: int) -> None:
     _use_library_prompt()
 
 
+def policy() -> Policy:
+    """This deployment's limits (hosted mode or not), from the environment."""
+    return policy_from_env()
+
+
+@contextlib.contextmanager
+def model_turn(spec: ModelSpec) -> Iterator[None]:
+    """Hold the model's lock while a forward pass (or cached work that may run one) happens; say so while waiting."""
+    lock = cached.model_lock(spec)
+    if not lock.acquire(blocking=False):
+        note = st.empty()
+        note.info(f"Waiting for the model: another session is running {spec.name}.", icon="⏳")
+        lock.acquire()
+        note.empty()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def sidebar() -> None:
     """Model choice and text, shared by every page."""
+    limits = policy()
     with st.sidebar:
         st.subheader("Model")
-        choices = [*PACKAGED_MODELS, state.CUSTOM_MODEL]
+        extra = list(limits.allowed_models) if limits.hosted else []
+        if limits.hosted and not extra and st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
+            st.session_state[state.MODEL_CHOICE] = next(iter(PACKAGED_MODELS))
+        choices = [*PACKAGED_MODELS, *([state.CUSTOM_MODEL] if not limits.hosted or extra else [])]
         st.selectbox("Model", choices, key=state.MODEL_CHOICE, label_visibility="collapsed",
                      format_func=lambda c: PACKAGED_MODELS[c].title if c in PACKAGED_MODELS else c)
         if st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
-            st.text_input("Hub id or local folder", key=state.CUSTOM_NAME, placeholder="gpt2 or /path/to/model")
-            st.text_input("Revision (optional)", key=state.CUSTOM_REVISION, placeholder="main")
-            st.checkbox("Trust remote code", key=state.TRUST_REMOTE_CODE,
-                        help="Runs Python code shipped with the model. Only for authors you trust.")
+            if limits.hosted:
+                if st.session_state[state.CUSTOM_NAME] not in extra:
+                    st.session_state[state.CUSTOM_NAME] = extra[0]
+                st.selectbox("Hub id", extra, key=state.CUSTOM_NAME)
+                st.session_state[state.TRUST_REMOTE_CODE] = False
+            else:
+                st.text_input("Hub id or local folder", key=state.CUSTOM_NAME, placeholder="gpt2 or /path/to/model")
+                st.text_input("Revision (optional)", key=state.CUSTOM_REVISION, placeholder="main")
+                st.checkbox("Trust remote code", key=state.TRUST_REMOTE_CODE,
+                            help="Runs Python code shipped with the model. Only for authors you trust.")
+        if limits.hosted:
+            st.caption(f"Hosted demo: texts are cut at {limits.max_tokens} tokens, uploads at "
+                       f"{limits.max_upload_bytes / 2**20:.0f} MB; no remote code, no local folders.")
         st.subheader("Text")
         st.selectbox("Example prompts", list(state.EXAMPLES), key=state.EXAMPLE, on_change=_fill_example)
         library = st.session_state[state.LIBRARY]
@@ -70,7 +106,9 @@ def sidebar() -> None:
                          help="Prompts you uploaded or pasted on the Prompts page (this session only).")
         st.text_area("Text to analyse", key=state.TEXT, height=180,
                      help="Press Ctrl+Enter (or click outside the box) to run the model on the text.")
-        st.number_input("Max tokens", min_value=8, max_value=32768, step=256, key=state.MAX_TOKENS,
+        ceiling = limits.max_tokens or 32768
+        st.session_state[state.MAX_TOKENS] = min(int(st.session_state[state.MAX_TOKENS]), ceiling)
+        st.number_input("Max tokens", min_value=8, max_value=ceiling, step=256, key=state.MAX_TOKENS,
                         help="Longer texts are cut here; capture memory grows linearly with it.")
 
 
@@ -96,6 +134,7 @@ def current_run() -> CurrentRun | None:
         st.info("Type or paste some text in the sidebar to see its attention.")
         return None
     try:
+        policy().check(spec)
         if needs_preparation(spec):
             with st.status("Preparing the packaged model (once per machine)", expanded=True) as status:
                 bar = st.progress(0.0)
@@ -118,7 +157,7 @@ def current_run() -> CurrentRun | None:
     except ValueError as error:
         st.error(str(error))
         return None
-    with st.spinner(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer"):
+    with model_turn(spec), st.spinner(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer"):
         capture = cached.get_capture(*key.args())
     st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}")
     if tokens.truncated:

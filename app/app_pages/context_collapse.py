@@ -87,6 +87,8 @@ if run is None:
     st.stop()
 loaded = cached.get_model(run.key.spec)
 model_limit = int(loaded.info.get("max_positions") or 2048)
+if common.policy().max_tokens:
+    model_limit = min(model_limit, common.policy().max_tokens)
 
 controls = st.columns([1.6, 1, 0.8, 0.8, 1.2])
 controls[0].radio("Text", [state.SOURCE_BUILTIN, state.SOURCE_SIDEBAR], key=state.COLLAPSE_SOURCE,
@@ -140,8 +142,9 @@ try:
         for length in lengths:
             done = w * len(lengths) + lengths.index(length)
             progress.progress(done / total, f"Window {w + 1}/{len(windows)}, context length {length}")
-            per_length[length].append(cached.collapse_unit(run.key.spec, text, settings, w, length,
-                                                           length == lengths[-1]))
+            with common.model_turn(run.key.spec):
+                per_length[length].append(cached.collapse_unit(run.key.spec, text, settings, w, length,
+                                                               length == lengths[-1]))
 except ValueError as error:
     progress.empty()
     st.warning(str(error))

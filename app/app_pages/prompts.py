@@ -28,7 +28,7 @@ def _take_uploads() -> None:
         if upload.file_id in processed:
             continue
         processed.append(upload.file_id)
-        parsed = prompts.parse_upload(upload.name, upload.getvalue())
+        parsed = prompts.parse_upload(upload.name, upload.getvalue(), max_bytes=common.policy().max_upload_bytes)
         for problem in parsed.problems:
             messages.append(("error" if parsed.refused else "warning", problem))
         if parsed.prompts:
@@ -55,7 +55,7 @@ left, right = st.columns(2)
 with left:
     st.file_uploader("Upload prompt files", type=[suffix.lstrip(".") for suffix in prompts.FORMATS],
                      accept_multiple_files=True, key=state.UPLOADER, on_change=_take_uploads,
-                     help=f"UTF-8 text, at most {prompts.MAX_BYTES // 2**20} MB per file.")
+                     help=f"UTF-8 text, at most {common.policy().max_upload_bytes / 2**20:.0f} MB per file.")
 with right:
     st.text_area("Paste a text", key=state.PASTE_TEXT, height=120)
     st.text_input("Name (optional)", key=state.PASTE_NAME)

@@ -310,7 +310,8 @@ with tabs[5]:
             for index, substitute in enumerate(everything):
                 progress.progress(index / len(everything), f"Forward pass {index + 1}/{len(everything)}: "
                                                            f"{substitute.label}")
-                losses[substitute] = cached.substitution_loss(*run.key.args(), n_tokens, substitute)
+                with common.model_turn(run.key.spec):
+                    losses[substitute] = cached.substitution_loss(*run.key.args(), n_tokens, substitute)
             progress.empty()
             reference_losses = {s.label: losses[s] for s in references}
             vocabulary = getattr(cached.get_model(run.key.spec).model.config, "vocab_size", None)

@@ -282,3 +282,25 @@ def test_prompts_page_paste_use_and_remove():
     at.button[2].click().run()  # remove
     assert not at.exception and at.session_state[state.LIBRARY] == []
     assert at.session_state[state.TEXT] == markup, "removing a prompt keeps the text being analysed"
+
+
+def test_hosted_mode_limits_models_tokens_and_uploads(monkeypatch):
+    monkeypatch.setenv("ATTNSCOPE_HOSTED", "1")
+    monkeypatch.setenv("ATTNSCOPE_MAX_TOKENS", "64")
+    at = _app()
+    at.session_state[state.TEXT] = " ".join(f"w{i}" for i in range(300))
+    at.run()
+    assert not at.exception
+    assert state.CUSTOM_MODEL not in at.selectbox(key=state.MODEL_CHOICE).options
+    assert at.number_input(key=state.MAX_TOKENS).value == 64
+    assert any("only the first 64" in w.value for w in at.warning)
+    assert any("Hosted demo" in c.value for c in at.sidebar.caption)
+    at.switch_page("app_pages/prompts.py").run()
+    assert not at.exception
+
+    monkeypatch.setenv("ATTNSCOPE_ALLOWED_MODELS", "someone/allowed-model")
+    at = _app().run()
+    at.selectbox(key=state.MODEL_CHOICE).set_value(state.CUSTOM_MODEL).run()
+    assert not at.exception
+    assert at.selectbox(key=state.CUSTOM_NAME).options == ["someone/allowed-model"]
+    assert not any(c.label == "Trust remote code" for c in at.checkbox)
