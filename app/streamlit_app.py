@@ -9,10 +9,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
     sys.path.insert(0, str(ROOT))
 
-from app import common, state  # noqa: E402
+from app import common, permalink, state  # noqa: E402
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
 state.init_state()
+permalink.restore()
 pages = [
     st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
     st.Page(ROOT / "app" / "app_pages" / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),
@@ -21,4 +22,6 @@ pages = [
 ]
 navigation = st.navigation(pages)
 common.sidebar()
+permalink.publish()
+permalink.show_messages()
 navigation.run()

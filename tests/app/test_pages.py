@@ -304,3 +304,32 @@ def test_hosted_mode_limits_models_tokens_and_uploads(monkeypatch):
     assert not at.exception
     assert at.selectbox(key=state.CUSTOM_NAME).options == ["someone/allowed-model"]
     assert not any(c.label == "Trust remote code" for c in at.checkbox)
+
+
+def test_permalink_restores_the_view_and_reports_what_it_cannot():
+    at = _app()
+    at.query_params["layer"] = "3"
+    at.query_params["head"] = "5"
+    at.query_params["text"] = "Hello <b>world</b> again"
+    at.query_params["view"] = "Nope"
+    at.query_params["tokens"] = "-4"
+    at.run()
+    assert not at.exception
+    assert "Layer 3, head 5" in _figure(at)["layout"]["title"]["text"]
+    assert at.text_area(key=state.TEXT).value == "Hello <b>world</b> again"
+    warnings = [w.value for w in at.warning]
+    assert any("'view=Nope' was ignored" in w for w in warnings)
+    assert any("'tokens=-4' was ignored: must be between 8 and 32768" in w for w in warnings)
+    assert dict(at.query_params) == {"layer": "3", "head": "5", "text": "Hello <b>world</b> again"}
+    at.selectbox(key=state.HEAD).set_value(6).run()
+    assert at.query_params["head"] == "6"
+
+    long_text = "word " * 400
+    at.text_area(key=state.TEXT).input(long_text).run()
+    digest = at.query_params["text_sha"]
+    assert "text" not in at.query_params and len(digest) == 16
+    fresh = _app()
+    fresh.query_params["text_sha"] = digest
+    fresh.run()
+    assert not fresh.exception
+    assert any(f"content hash {digest}" in w.value and "not available here" in w.value for w in fresh.warning)

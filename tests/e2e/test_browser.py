@@ -158,3 +158,20 @@ def test_upload_every_format_and_every_bad_file(server, browser, output_dir, tmp
     page.get_by_text("Library (4)").wait_for(timeout=30_000)  # story, two JSONL lines, one CSV row
     page.screenshot(path=str(output_dir / "e2e-prompts.png"), full_page=True)
     page.close()
+
+
+def test_permalink_opens_the_same_view_in_a_fresh_browser(server, browser):
+    first = browser.new_page(viewport={"width": 1400, "height": 1100})
+    first.goto(f"{server}/?layer=2&head=7&text=Links%20carry%20%3Cb%3Eshort%3C/b%3E%20texts")
+    first.locator(".js-plotly-plot .gtitle", has_text="Layer 2, head 7").wait_for(timeout=120_000)
+    first.wait_for_function("() => window.location.search.includes('head=7')", timeout=30_000)
+    link = first.url
+    first.close()
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})  # no shared session or storage
+    second = context.new_page()
+    second.goto(link)
+    second.locator(".js-plotly-plot .gtitle", has_text="Layer 2, head 7").wait_for(timeout=120_000)
+    assert second.get_by_role("textbox", name="Text to analyse").input_value() == "Links carry <b>short</b> texts"
+    ticks = second.locator(".js-plotly-plot .xtick text").all_text_contents()
+    assert any("<" in t for t in ticks), f"token strings with markup are shown literally: {ticks}"
+    context.close()

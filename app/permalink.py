@@ -1,0 +1,137 @@
+"""Permalinks: the view's settings live in the URL (st.query_params), so a copied link reopens the same view.
+
+Each run writes the settings that differ from their defaults into the URL. When a session opens with parameters,
+they are read once into st.session_state, each checked; a value that cannot be used is dropped with a warning. Short
+texts (up to TEXT_IN_URL characters) travel in the link; longer or uploaded ones only as their content hash, and the
+page says when the recipient does not have that text. Remote code is never switched on by a link.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import state
+from core.analyses.collapse import VECTORS
+from core.models import PACKAGED_MODELS
+from core.prompts import pasted
+
+TEXT_IN_URL = 1000  # characters
+RESTORED = "permalink_restored"
+MESSAGES = "permalink_messages"
+VIEWS = (state.VIEW_ONE_HEAD, state.VIEW_ALL_HEADS, state.VIEW_QUERY, state.VIEW_STATS)
+TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)
+
+
+def _choice(options):
+    def check(value: str):
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(map(str, options))}")
+        return value
+    return check
+
+
+def _int(low: int, high: int):
+    def check(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+    return check
+
+
+def _float_in(options):
+    def check(value: str) -> float:
+        number = float(value)
+        match = [o for o in options if abs(o - number) <= 1e-12 * max(abs(o), 1)]
+        if not match:
+            raise ValueError(f"must be one of {', '.join(f'{o:g}' for o in options)}")
+        return match[0]
+    return check
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 100:
+        raise ValueError("must be in (0, 100]")
+    return number
+
+
+# URL name -> (session_state key, parser that raises ValueError on a bad value)
+PARAMS = {
+    "model": (state.MODEL_CHOICE, _choice([*PACKAGED_MODELS, state.CUSTOM_MODEL])),
+    "hub": (state.CUSTOM_NAME, str),
+    "revision": (state.CUSTOM_REVISION, str),
+    "tokens": (state.MAX_TOKENS, _int(8, 32768)),
+    "layer": (state.LAYER, _int(0, 1000)),
+    "head": (state.HEAD, _int(0, 1000)),
+    "view": (state.VIEW, _choice(VIEWS)),
+    "query": (state.QUERY, _int(0, 10**6)),
+    "sink": (state.HIDE_SINK, lambda v: {"1": True, "0": False}[v]),
+    "order": (state.TAYLOR_MAX_ORDER, _int(1, 20)),
+    "clamp": (state.TAYLOR_CLAMP_MODE, _choice([state.CLAMP_NONE, state.CLAMP_UPPER, state.CLAMP_BOTH])),
+    "c": (state.TAYLOR_CLAMP_VALUE, _positive_float),
+    "tolerance": (state.TAYLOR_TOLERANCE, _float_in(TOLERANCES)),
+    "t_layer": (state.TAYLOR_LAYER, _int(0, 1000)),
+    "t_head": (state.TAYLOR_HEAD, _int(0, 1000)),
+    "t_order": (state.TAYLOR_ORDER, _int(0, 20)),
+    "source": (state.COLLAPSE_SOURCE, _choice([state.SOURCE_BUILTIN, state.SOURCE_SIDEBAR])),
+    "L": (state.COLLAPSE_MAX_LENGTH, _int(32, 32768)),
+    "windows": (state.COLLAPSE_WINDOWS, _int(1, 8)),
+    "rows": (state.COLLAPSE_ROWS, _int(1, 64)),
+    "vectors": (state.COLLAPSE_VECTORS, _choice(VECTORS)),
+    "fixed_L": (state.COLLAPSE_FIXED_LENGTH, _int(32, 32768)),
+}
+
+
+def restore() -> None:
+    """Once per session: read the URL's parameters into session_state."""
+    if st.session_state.get(RESTORED):
+        return
+    st.session_state[RESTORED] = True
+    messages = []
+    params = st.query_params
+    for name, (key, parse) in PARAMS.items():
+        if name not in params:
+            continue
+        try:
+            st.session_state[key] = parse(params[name])
+        except (ValueError, KeyError) as error:
+            messages.append(f"The link's '{name}={params[name]}' was ignored: {error}.")
+    if "text" in params:
+        st.session_state[state.TEXT] = params["text"]
+    elif "text_sha" in params:
+        digest = params["text_sha"]
+        known = [p for p in st.session_state.get(state.LIBRARY, []) if p.digest == digest]
+        if known:
+            st.session_state[state.TEXT] = known[0].text
+        else:
+            messages.append(f"This link refers to a text (content hash {digest}) that is not available here: it was "
+                            "uploaded or too long to travel in a link. The default text is shown instead; upload "
+                            "the same text on the Prompts page to see the shared view.")
+    st.session_state[MESSAGES] = messages
+
+
+def publish() -> None:
+    """Write the current settings (those that differ from the defaults) into the URL."""
+    values = {}
+    for name, (key, _) in PARAMS.items():
+        value = st.session_state.get(key)
+        if value != state.DEFAULTS.get(key):
+            values[name] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    if st.session_state[state.MODEL_CHOICE] != state.CUSTOM_MODEL:
+        values.pop("hub", None)
+        values.pop("revision", None)
+    text = st.session_state[state.TEXT]
+    if text != state.DEFAULTS[state.TEXT]:
+        if len(text) <= TEXT_IN_URL:
+            values["text"] = text
+        else:
+            values["text_sha"] = pasted(text).digest
+    if dict(st.query_params) != values:
+        st.query_params.from_dict(values)
+
+
+def show_messages() -> None:
+    """The link's problems, shown on the first page the link opens (until the next interaction)."""
+    for message in st.session_state.pop(MESSAGES, []):
+        st.warning(message)
