@@ -11,6 +11,8 @@ import streamlit as st
 from app import cached, state
 from core.capture import Capture
 from core.hosting import Policy, policy_from_env
+from core.prompts import pasted
+from core.report import build_report, figure_table
 from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec, needs_preparation, prepare_packaged_model
 from core.tokens import Tokens
 
@@ -110,6 +112,9 @@ def sidebar() -> None:
         st.session_state[state.MAX_TOKENS] = min(int(st.session_state[state.MAX_TOKENS]), ceiling)
         st.number_input("Max tokens", min_value=8, max_value=ceiling, step=256, key=state.MAX_TOKENS,
                         help="Longer texts are cut here; capture memory grows linearly with it.")
+        st.radio("Chart downloads", ["png", "svg"], key=state.IMAGE_FORMAT, horizontal=True,
+                 help="What the camera button in each chart's toolbar saves. Each chart also offers its data as CSV, "
+                      "and each page a self-contained HTML report.")
 
 
 def current_spec() -> ModelSpec | None:
@@ -165,3 +170,42 @@ def current_run() -> CurrentRun | None:
                   else "Raise 'Max tokens' in the sidebar to see more.")
         st.warning(f"The text has {tokens.n_text_tokens} tokens; only the first {len(tokens)} are analysed. {remedy}")
     return CurrentRun(key=key, tokens=tokens, capture=capture, kind=loaded.kind)
+
+
+def start_report() -> None:
+    """Called at the start of each run: the report collects the figures this run draws."""
+    st.session_state[state.REPORT_FIGURES] = []
+
+
+def chart(figure, *, key: str, name: str, data=None, **kwargs):
+    """st.plotly_chart with the chosen image format, a CSV of its data (the given DataFrame, or every trace's
+    points), and a place in the page's HTML report."""
+    st.session_state[state.REPORT_FIGURES].append((name, figure))
+    config = {"toImageButtonOptions": {"format": st.session_state[state.IMAGE_FORMAT], "filename": name},
+              "displaylogo": False, **kwargs.pop("config", {})}
+    shown = st.plotly_chart(figure, key=key, config=config, **kwargs)
+    st.download_button("Data as CSV", lambda: (figure_table(figure) if data is None else data).to_csv(index=False),
+                       file_name=f"{name}.csv", mime="text/csv", key=f"csv_{key}", on_click="ignore",
+                       help=f"{name}.csv")
+    return shown
+
+
+def report_button(title: str, settings: dict | None = None) -> None:
+    """'Download report': one HTML file with every figure this run drew and the settings behind them."""
+    figures = list(st.session_state[state.REPORT_FIGURES])
+    if not figures:
+        return
+    text = st.session_state[state.TEXT]
+    spec = current_spec()
+    everything = {
+        "model": spec.name if spec else "(none)",
+        "text": text if len(text) <= 2000 else text[:2000] + f"… ({len(text)} characters in all)",
+        "text content hash": pasted(text).digest,
+        "max tokens": st.session_state[state.MAX_TOKENS],
+        **(settings or {}),
+    }
+    st.divider()
+    st.download_button("Download report (HTML)", lambda: build_report(f"attnscope: {title}", everything, figures),
+                       file_name=f"attnscope-{title.lower().replace(' ', '-')}.html", mime="text/html",
+                       key="report", on_click="ignore", type="primary",
+                       help="One self-contained file with every figure on this page and the settings behind them.")

@@ -67,7 +67,8 @@ COLLAPSE_VECTORS = "collapse_vectors"
 COLLAPSE_FIXED_LENGTH = "collapse_fixed_length"  # L of the distance-vs-N and distinguishability figures
 COLLAPSE_LAYER = "collapse_layer"  # ALL_LAYERS or a layer: which heads the per-head figures follow
 COLLAPSE_HEAD = "collapse_head"
-COLLAPSE_IMAGE_FORMAT = "collapse_image_format"
+IMAGE_FORMAT = "image_format"  # what each chart's camera button saves: png or svg
+REPORT_FIGURES = "report_figures"  # (name, figure) pairs drawn in this run, for the HTML report
 SOURCE_BUILTIN = "Built-in long document"
 SOURCE_SIDEBAR = "The sidebar text"
 
@@ -138,7 +139,7 @@ DEFAULTS = {
     COLLAPSE_FIXED_LENGTH: 2048,
     COLLAPSE_LAYER: ALL_LAYERS,
     COLLAPSE_HEAD: 0,
-    COLLAPSE_IMAGE_FORMAT: "png",
+    IMAGE_FORMAT: "png",
 }
 
 
@@ -146,7 +147,7 @@ DEFAULTS = {
 # to the browser with the widgets: a page switch requested before the previous run drew the sidebar otherwise leaves
 # the browser's copies at the widgets' built-in defaults (an empty text), which the next interaction sends back.
 SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, TEXT, EXAMPLE, MAX_TOKENS,
-                  LIBRARY_PICK)
+                  LIBRARY_PICK, IMAGE_FORMAT)
 
 
 def init_state() -> None:

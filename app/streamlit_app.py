@@ -14,6 +14,7 @@ from app import common, permalink, state  # noqa: E402
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
 state.init_state()
 permalink.restore()
+common.start_report()
 pages = [
     st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
     st.Page(ROOT / "app" / "app_pages" / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),

@@ -70,7 +70,7 @@ if view == state.VIEW_ONE_HEAD:
                 f"{block}×{block}-token tiles ({values.shape[0]}×{values.shape[1]} tiles).")
     figure = figures.head_heatmap(values, tokens=tokens.strings, block=block, reduce=reduce,
                                   title=f"Layer {layer}, head {head}" + (" (sink hidden)" if hide_sink else ""))
-    st.plotly_chart(figure, key="head_map")
+    common.chart(figure, key="head_map", name=f"attention-map-layer{layer}-head{head}")
 
 elif view == state.VIEW_ALL_HEADS:
     options = st.columns([1.2, 1, 3])
@@ -92,8 +92,8 @@ elif view == state.VIEW_ALL_HEADS:
                                sort_by_entropy=st.session_state[state.GRID_SORT], title=title)
     st.caption("Each tile is scaled to its own maximum; its frame is coloured by the head's mean attention entropy "
                "(nats, averaged over query tokens).")
-    st.plotly_chart(figure, key=state.GRID_CHART, on_select=_open_clicked_head, selection_mode="points",
-                    config={"displayModeBar": True})
+    common.chart(figure, key=state.GRID_CHART, name="head-grid", on_select=_open_clicked_head,
+                 selection_mode="points", config={"displayModeBar": True})
 
 elif view == state.VIEW_QUERY:
     st.selectbox("Query token", range(n_tokens), key=state.QUERY,
@@ -105,7 +105,7 @@ elif view == state.VIEW_QUERY:
         weights[0] = 0.0
     figure = figures.query_bars(weights, tokens=tokens.strings, query=query, top_k=TOP_KEYS,
                                 title=f"Layer {layer}, head {head}" + (" (sink hidden)" if hide_sink else ""))
-    st.plotly_chart(figure, key="query_bars")
+    common.chart(figure, key="query_bars", name=f"query-{query}-layer{layer}-head{head}")
 
 else:
     progress = st.progress(0.0, "Computing per-head statistics")
@@ -119,10 +119,12 @@ else:
     grid = np.stack([getattr(stats, shown).numpy() for stats in per_layer])  # (layers, heads)
     st.caption(f"{STATISTICS[shown][0]}: {STATISTICS[shown][1]}. Averaged over the {n_tokens} query tokens; the "
                "sink is never hidden here.")
-    st.plotly_chart(figures.stat_heatmap(grid, title=f"{STATISTICS[shown][0]} per head", label=STATISTICS[shown][0]),
-                    key="stat_heatmap")
+    common.chart(figures.stat_heatmap(grid, title=f"{STATISTICS[shown][0]} per head", label=STATISTICS[shown][0]),
+                 key="stat_heatmap", name=f"{shown}-per-head")
     table = pd.DataFrame([
         {"layer": index, "head": h, **{STATISTICS[name][0]: float(getattr(stats, name)[h]) for name in STATISTICS}}
         for index, stats in enumerate(per_layer) for h in range(n_heads)
     ])
     st.dataframe(table, hide_index=True, width="stretch")
+common.report_button("Attention maps", {"view": view, "layer": layer, "head": head, "hide the sink": hide_sink,
+                                        "pooling": reduce, "cell limit": st.session_state[state.CELL_LIMIT]})

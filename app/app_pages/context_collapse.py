@@ -53,16 +53,6 @@ def _median(values) -> float:
     return float(np.nanmedian(values))
 
 
-def _config(name: str) -> dict:
-    return {"toImageButtonOptions": {"format": st.session_state[state.COLLAPSE_IMAGE_FORMAT], "filename": name},
-            "displaylogo": False}
-
-
-def _export(frame: pd.DataFrame, name: str) -> None:
-    st.download_button(f"Data as CSV ({name}.csv)", frame.to_csv(index=False).encode(), file_name=f"{name}.csv",
-                       mime="text/csv", key=f"csv_{name}")
-
-
 def _claim(paper: str, measured: str) -> None:
     left, right = st.columns(2)
     left.markdown(f"**Paper (GPT-2):** {paper}")
@@ -154,7 +144,7 @@ sweep = collapse.Sweep(lengths=lengths,
                        summaries=[collapse.average_windows(per_length[length]) for length in lengths])
 summaries = sweep.summaries
 
-focus = st.columns([1, 1, 1, 1])
+focus = st.columns([1, 1, 1])
 focus[0].selectbox("Heads in the figures", [state.ALL_LAYERS, *range(run.capture.n_layers)], key=state.COLLAPSE_LAYER,
                    format_func=lambda i: "all heads (median, quartiles)" if i == state.ALL_LAYERS else f"layer {i}")
 layer = st.session_state[state.COLLAPSE_LAYER]
@@ -165,8 +155,6 @@ head = st.session_state[state.COLLAPSE_HEAD]
 if st.session_state[state.COLLAPSE_FIXED_LENGTH] not in lengths:
     st.session_state[state.COLLAPSE_FIXED_LENGTH] = lengths[-1]
 focus[2].selectbox("Fixed L (distance vs N, N_s/N)", lengths, key=state.COLLAPSE_FIXED_LENGTH)
-focus[3].radio("Chart downloads", ["png", "svg"], key=state.COLLAPSE_IMAGE_FORMAT, horizontal=True,
-               help="Format of the camera button in each chart's toolbar.")
 who = "all heads" if layer == state.ALL_LAYERS else f"layer {layer}, head {head}"
 fixed = summaries[lengths.index(st.session_state[state.COLLAPSE_FIXED_LENGTH])]
 x = np.array(lengths, dtype=float)
@@ -187,14 +175,14 @@ _claim("every weight tends to 1/L and the entropy to log L as L grows (Lemma 1, 
        f"{last.sink_mass.mean():.2f}. Weights outside the Corollary 1 band: {violations}; its median half-width is "
        f"e^{{2Δ}} with Δ ≈ {np.log(_median(last.band_high) * lengths[-1]) / 2:.0f}, so it holds without "
        "constraining anything at these logit scales.")
-st.plotly_chart(figures.vanishing(lengths, stacked["max_weight"], stacked["entropy"], stacked["sink_mass"],
-                                  stacked["band_low"], stacked["band_high"], title=f"Vanishing attention, {who}"),
-                key="collapse_vanishing", config=_config("vanishing-attention"))
-_export(pd.DataFrame([{"L": length, "layer": ly, "head": h, "max_weight": s.max_weight[ly, h],
+table = pd.DataFrame([{"L": length, "layer": ly, "head": h, "max_weight": s.max_weight[ly, h],
                        "entropy": s.entropy[ly, h], "sink_mass": s.sink_mass[ly, h],
                        "corollary1_low": s.band_low[ly, h], "corollary1_high": s.band_high[ly, h]}
                       for length, s in zip(lengths, summaries) for ly in range(s.max_weight.shape[0])
-                      for h in range(s.max_weight.shape[1])]), "vanishing-attention")
+                      for h in range(s.max_weight.shape[1])])
+common.chart(figures.vanishing(lengths, stacked["max_weight"], stacked["entropy"], stacked["sink_mass"],
+                               stacked["band_low"], stacked["band_high"], title=f"Vanishing attention, {who}"),
+             key="collapse_vanishing", name="vanishing-attention", data=table)
 
 # 2. Distance vs L -------------------------------------------------------------------------------------------------
 st.header("2. Distance vs context length (fig. 2a)")
@@ -208,25 +196,24 @@ if usable:
     series["bound"] = np.stack([_heads(s.bound[..., bcol[id(s)]], layer, head) for s in usable])
     checked = sum(s.bound_rows for s in summaries)
     broken = sum(s.bound_violations for s in summaries)
-    growth = _median(usable[-1].d_sum[..., column[id(usable[-1])]]) / _median(usable[0].d_sum[..., column[id(usable[0])]])
+    growth = (_median(usable[-1].d_sum[..., column[id(usable[-1])]])
+              / _median(usable[0].d_sum[..., column[id(usable[0])]]))
     _claim("true and expected distance grow about linearly with L for N = 5; the Theorem 1 bound holds, loosely.",
            f"the median d_sum grows {growth:.1f}× while L grows {usable[-1].length / usable[0].length:.0f}×; the "
            f"Theorem 1 bound held in {checked - broken} of {checked} (query, head, N) cases in the summed reading "
            f"(proved there), with a median slack of "
            f"{_median(series['bound'][-1] / np.maximum(series['d_sum'][-1], 1e-300)):.1f}×. The norm reading is "
            "drawn, not asserted: the theorem does not cover it.")
-    st.plotly_chart(figures.distance_vs_length([s.length for s in usable], series["d_sum"], series["d_norm"],
-                                               series["expected"], series["expected_norm"], series["bound"],
-                                               n=FIG_2A_N,
-                                               title=f"Distance vs L at N = {FIG_2A_N}, {who}"),
-                    key="collapse_distance_l", config=_config("distance-vs-length"))
-    _export(pd.DataFrame([{"L": s.length, "layer": ly, "head": h, "N": FIG_2A_N,
+    table = pd.DataFrame([{"L": s.length, "layer": ly, "head": h, "N": FIG_2A_N,
                            "d_sum": s.d_sum[ly, h, column[id(s)]], "d_norm": s.d_norm[ly, h, column[id(s)]],
                            "expected_random_sum": s.expected[ly, h, column[id(s)]],
                            "expected_random_norm": s.expected_norm[ly, h, column[id(s)]],
                            "theorem1": s.bound[ly, h, bcol[id(s)]]}
-                          for s in usable for ly in range(s.d_sum.shape[0]) for h in range(s.d_sum.shape[1])]),
-            "distance-vs-length")
+                          for s in usable for ly in range(s.d_sum.shape[0]) for h in range(s.d_sum.shape[1])])
+    common.chart(figures.distance_vs_length([s.length for s in usable], series["d_sum"], series["d_norm"],
+                                            series["expected"], series["expected_norm"], series["bound"],
+                                            n=FIG_2A_N, title=f"Distance vs L at N = {FIG_2A_N}, {who}"),
+                 key="collapse_distance_l", name="distance-vs-length", data=table)
 else:
     st.info(f"Every context here is too short for N = {FIG_2A_N} selected tokens.")
 
@@ -244,21 +231,21 @@ _claim("at L = 1024 the distance plateaus past N ≈ 20, and the critical N is a
        f"{_said(critical[('d_norm', 'stable')][-1])}. The paper leaves both the reading and this definition open; "
        "all four are drawn.")
 left, right = st.columns(2)
-left.plotly_chart(figures.distance_vs_n(
-    fixed.n_values, _heads(fixed.d_sum, layer, head).T, _heads(fixed.d_norm, layer, head).T,
-    _heads(fixed.expected, layer, head).T, _heads(fixed.expected_norm, layer, head).T, fixed.bound_ns,
-    _heads(fixed.bound, layer, head).T,
-    title=f"Distance vs N at L = {fixed.length}, {who}"), key="collapse_distance_n",
-    config=_config("distance-vs-n"))
-right.plotly_chart(figures.critical_n(lengths, {f"{reading}, {definition} N": values
-                                                for (reading, definition), values in critical.items()},
-                                      largest_n=[s.n_values[-1] for s in summaries],
-                                      fraction=collapse.CRITICAL_FRACTION,
-                                      title="Critical N vs L (all heads)"), key="collapse_critical",
-                   config=_config("critical-n"))
-_export(pd.DataFrame([{"L": s.length, "N": n, "reading": reading, "ks_p_value": collapse.critical_for(s, reading)[2][i]}
-                      for s in summaries for reading in ("d_sum", "d_norm") for i, n in enumerate(s.n_values)]),
-        "critical-n")
+with left:
+    common.chart(figures.distance_vs_n(
+        fixed.n_values, _heads(fixed.d_sum, layer, head).T, _heads(fixed.d_norm, layer, head).T,
+        _heads(fixed.expected, layer, head).T, _heads(fixed.expected_norm, layer, head).T, fixed.bound_ns,
+        _heads(fixed.bound, layer, head).T, title=f"Distance vs N at L = {fixed.length}, {who}"),
+        key="collapse_distance_n", name="distance-vs-n")
+with right:
+    p_values = pd.DataFrame([{"L": s.length, "N": n, "reading": reading,
+                              "ks_p_value": collapse.critical_for(s, reading)[2][i]}
+                             for s in summaries for reading in ("d_sum", "d_norm") for i, n in enumerate(s.n_values)])
+    common.chart(figures.critical_n(lengths, {f"{reading}, {definition} N": values
+                                              for (reading, definition), values in critical.items()},
+                                    largest_n=[s.n_values[-1] for s in summaries],
+                                    fraction=collapse.CRITICAL_FRACTION, title="Critical N vs L (all heads)"),
+                 key="collapse_critical", name="critical-n", data=p_values)
 
 # 4. Distinguishability ----------------------------------------------------------------------------------------------
 st.header("4. Distinguishability (fig. 3)")
@@ -273,13 +260,13 @@ _claim("N_s/N falls until N ≈ 16 and then saturates at 0.70-0.85; the upper bo
        + ", ".join(f"{_median(fixed.ratio[..., i]):.2f} (N={n})" for i, n in enumerate(fixed.n_values)
                    if n in (1, 5, 16, 64, 256))
        + f"; {int(in_band.sum())} of {in_band.size} heads sit in the saturated band at N = {fixed.n_values[at]}.")
-st.plotly_chart(figures.distinguishability(fixed.n_values, ratio, low, high, band=band,
-                                           title=f"N_s / N at L = {fixed.length}, {who}"),
-                key="collapse_distinguish", config=_config("distinguishability"))
-_export(pd.DataFrame([{"L": fixed.length, "N": n, "layer": ly, "head": h, "ratio": fixed.ratio[ly, h, i],
+table = pd.DataFrame([{"L": fixed.length, "N": n, "layer": ly, "head": h, "ratio": fixed.ratio[ly, h, i],
                        "theorem2_low": fixed.theorem2_low[ly, h, i], "theorem2_high": fixed.theorem2_high[ly, h, i]}
                       for i, n in enumerate(fixed.n_values) for ly in range(fixed.ratio.shape[0])
-                      for h in range(fixed.ratio.shape[1])]), "distinguishability")
+                      for h in range(fixed.ratio.shape[1])])
+common.chart(figures.distinguishability(fixed.n_values, ratio, low, high, band=band,
+                                        title=f"N_s / N at L = {fixed.length}, {who}"),
+             key="collapse_distinguish", name="distinguishability", data=table)
 
 # 5. Temperature -----------------------------------------------------------------------------------------------------
 st.header("5. Temperature (fig. 4)")
@@ -297,14 +284,13 @@ _claim("sensitivity follows 1/T for T < 0.1 and drops about two orders of magnit
        f"(ratio T=0.01 / T=1: {probe[0, t001] / max(probe[0, t1], 1e-300):.0f}×; 1/T predicts 100×). The exact "
        f"Jacobian norm is {worst[t001]:.3g} at T = 0.01 and {worst[t1]:.3g} at T = 1 (1/(2T): "
        f"{1 / (2 * temps[t001]):.0f} and 0.5).")
-st.plotly_chart(figures.temperature(collapse.TEMPERATURES, probe, worst, collapse.EPSILONS,
-                                    title=f"Sensitivity vs temperature at L = {last.length}, {who} "
-                                          "(mean over tokens, max over heads)"),
-                key="collapse_temperature", config=_config("temperature"))
-_export(pd.DataFrame([{"T": t, "epsilon": eps, "sensitivity_max_over_heads": probe[e, i],
+table = pd.DataFrame([{"T": t, "epsilon": eps, "sensitivity_max_over_heads": probe[e, i],
                        "jacobian_norm_max_over_heads": worst[i]}
-                      for e, eps in enumerate(collapse.EPSILONS) for i, t in enumerate(collapse.TEMPERATURES)]),
-        "temperature")
+                      for e, eps in enumerate(collapse.EPSILONS) for i, t in enumerate(collapse.TEMPERATURES)])
+common.chart(figures.temperature(collapse.TEMPERATURES, probe, worst, collapse.EPSILONS,
+                                 title=f"Sensitivity vs temperature at L = {last.length}, {who} "
+                                       "(mean over tokens, max over heads)"),
+             key="collapse_temperature", name="temperature", data=table)
 
 # 6. Advice ----------------------------------------------------------------------------------------------------------
 st.header("6. What this means for your model")
@@ -327,3 +313,7 @@ lines = [
 st.markdown("\n".join(lines))
 st.caption("The paper's analysis is of GPT-2 small; where this model differs, the measured value stands and the "
            "claim is shown beside it, not adjusted to it.")
+common.report_button("Context collapse", {
+    "text source": source, "longest context": settings.max_length, "windows": len(windows),
+    "queries per window": settings.rows, "token vectors": settings.vectors, "lengths": lengths,
+    "fixed L": fixed.length, "heads": who})

@@ -187,11 +187,13 @@ with tabs[0]:
                                     high=spread["q75"], colour=figures.DENOMINATOR_COLOURS[name]))
     spread_note = "" if scope == state.SCOPE_HEAD else " (median over heads, band: 25th–75th percentile)"
     left, right = st.columns([3, 2])
-    left.plotly_chart(figures.error_vs_order(curves, title=f"Error vs order, {where}{spread_note}"),
-                      key="taylor_error_chart")
-    right.plotly_chart(figures.histogram(norms, title=f"‖softmax output row‖, {where}", x_title="‖Oₜ‖"),
-                       key="taylor_norm_chart")
-    right.caption(HELP["norms"])
+    with left:
+        common.chart(figures.error_vs_order(curves, title=f"Error vs order, {where}{spread_note}"),
+                     key="taylor_error_chart", name="error-vs-order")
+    with right:
+        common.chart(figures.histogram(norms, title=f"‖softmax output row‖, {where}", x_title="‖Oₜ‖"),
+                     key="taylor_norm_chart", name="softmax-output-row-norms")
+        st.caption(HELP["norms"])
     st.markdown("**Heads by their most negative logit**: each head's logit range beside its error at order "
                 f"{max_order}.")
     rows = []
@@ -211,10 +213,11 @@ with tabs[1]:
     denominator = st.selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_NEEDED_DENOMINATOR,
                                format_func=DENOMINATOR_LABELS.get)
     needed = taylor.order_needed(sweep.error[denominator], tolerance)
-    st.plotly_chart(figures.order_needed_heatmap(
+    common.chart(figures.order_needed_heatmap(
         needed, max_order=max_order, tolerance=tolerance, error_at_max=sweep.error[denominator][..., -1],
         logit_min=sweep.logit_min, logit_max=sweep.logit_max,
-        title=f"Order needed for error < {tolerance:g}, {DENOMINATOR_LABELS[denominator]}"), key="taylor_needed_chart")
+        title=f"Order needed for error < {tolerance:g}, {DENOMINATOR_LABELS[denominator]}"),
+        key="taylor_needed_chart", name="order-needed")
 
 with tabs[2]:
     st.caption(HELP["logits"])
@@ -227,15 +230,15 @@ with tabs[2]:
     hist_layer = st.session_state[state.TAYLOR_HIST_LAYER]
     counts = sweep.logit_hist.sum((0, 1)) if hist_layer == state.ALL_LAYERS else sweep.logit_hist[hist_layer].sum(0)
     where = "all layers" if hist_layer == state.ALL_LAYERS else f"layer {hist_layer}"
-    st.plotly_chart(figures.logit_histogram(
+    common.chart(figures.logit_histogram(
         counts, logit_bin_edges().numpy(), orders=sorted(st.session_state[state.TAYLOR_HIST_ORDERS]),
         clamp=None if clamp is None else (clamp if isinstance(clamp, tuple) else (None, clamp)),
-        title=f"Scaled logits, {where}, and where each order fails"), key="taylor_logit_chart")
+        title=f"Scaled logits, {where}, and where each order fails"), key="taylor_logit_chart", name="logit-histogram")
     st.caption(HELP["terms"])
     dominant = taylor.dominant_order(sweep.term_mean)
-    st.plotly_chart(figures.term_size_heatmap(sweep.term_mean.mean(1), dominant,
+    common.chart(figures.term_size_heatmap(sweep.term_mean.mean(1), dominant,
                                               title="Mean size of each term |sⁿ/n!| per layer"),
-                    key="taylor_terms_chart")
+                    key="taylor_terms_chart", name="term-sizes")
 
 with tabs[3]:
     pick = st.columns(3)
@@ -251,17 +254,17 @@ with tabs[3]:
                              denominator=denominator, clamp=clamp)
     shown_denominator = "exact softmax (an L2 denominator normalises outputs, not weights)" \
         if denominator == "l2" else DENOMINATOR_LABELS[denominator]
-    st.plotly_chart(figures.row_weights(row.logits, row.softmax, row.truncated, tokens=tokens.strings, order=order,
+    common.chart(figures.row_weights(row.logits, row.softmax, row.truncated, tokens=tokens.strings, order=order,
                                         denominator_label=f"÷ {shown_denominator}",
                                         title=f"Layer {layer}, head {head}, query {query}: weights at order {order}"),
-                    key="taylor_row_chart")
+                    key="taylor_row_chart", name="one-query-weights")
     st.caption(f"Denominator of this row: {row.denominator:.4g}. Negative weights in this row: "
                f"{int(np.nansum(row.truncated < 0))} of {int(np.isfinite(row.truncated).sum())}.")
     st.caption(HELP["health"])
-    st.plotly_chart(figures.denominator_health(
+    common.chart(figures.denominator_health(
         sweep.negative_weights[layer, head], sweep.nonpositive_denominator[layer, head],
         sweep.small_denominator[layer, head], title=f"Layer {layer}, head {head}: weights and sum denominators"),
-        key="taylor_health_chart")
+        key="taylor_health_chart", name="denominator-health")
 
 with tabs[4]:
     st.caption(HELP["rnn"])
@@ -317,10 +320,10 @@ with tabs[5]:
             vocabulary = getattr(cached.get_model(run.key.spec).model.config, "vocab_size", None)
             if vocabulary:
                 reference_losses["uniform guess, log V"] = float(np.log(vocabulary))
-            st.plotly_chart(figures.loss_vs_order(
+            common.chart(figures.loss_vs_order(
                 orders, [losses[s] for s in substitutes], references=reference_losses,
                 title=f"Next-token loss with every layer replaced, {DENOMINATOR_LABELS[denominator]}, "
-                      f"{_clamp_label(clamp)} (zero-shot)"), key="taylor_loss_chart")
+                      f"{_clamp_label(clamp)} (zero-shot)"), key="taylor_loss_chart", name="zero-shot-loss")
             table = pd.DataFrame([{"attention": s.label, "loss (nats)": losses[s],
                                    "perplexity": float(np.exp(losses[s])) if np.isfinite(losses[s]) else np.inf,
                                    "Δ loss vs the model": losses[s] - losses[references[0]]}
@@ -329,3 +332,6 @@ with tabs[5]:
                          column_config={c: st.column_config.NumberColumn(format="%.4g") for c in table.columns[1:]})
             st.caption("Zero-shot: the model was trained with softmax and is evaluated with the replacement in all "
                        f"{n_layers} layers at once; the paper's models were trained with the approximation in place.")
+common.report_button("Softmax vs Taylor", {"tokens analysed": n_tokens, "highest order": max_order,
+                                           "clamp": _clamp_label(clamp), "tolerance": tolerance, "layer": layer,
+                                           "head": head})

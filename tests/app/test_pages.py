@@ -220,7 +220,9 @@ def test_context_collapse_page_every_section():
     claims = [m.value for m in at.markdown if m.value.startswith("**Measured here:**")]
     assert len(claims) == 5
     assert any("Theorem 1 bound held in" in c and "of" in c for c in claims)
-    assert len(at.get("download_button")) == 5
+    downloads = at.get("download_button")
+    assert [d.label for d in downloads].count("Data as CSV") == 6  # one per chart
+    assert downloads[-1].label == "Download report (HTML)"
     vanishing = _chart(at, "collapse_vanishing")
     assert any("1/L" in (t.get("name") or "") for t in vanishing["data"])
     temperature = _chart(at, "collapse_temperature")
@@ -231,8 +233,10 @@ def test_context_collapse_page_every_section():
     at.selectbox(key=state.COLLAPSE_FIXED_LENGTH).set_value(128).run()
     assert not at.exception
     assert "L = 128, layer 5, head 2" in _chart(at, "collapse_distinguish")["layout"]["title"]["text"]
-    at.radio(key=state.COLLAPSE_IMAGE_FORMAT).set_value("svg").run()
+    at.radio(key=state.IMAGE_FORMAT).set_value("svg").run()
     assert not at.exception
+    spec = next(c for c in at.get("plotly_chart") if "collapse_temperature" in c.proto.id).proto
+    assert '"format": "svg"' in spec.config or '"format":"svg"' in spec.config
 
 
 def test_context_collapse_on_short_user_text_and_on_an_encoder():

@@ -175,3 +175,21 @@ def test_permalink_opens_the_same_view_in_a_fresh_browser(server, browser):
     ticks = second.locator(".js-plotly-plot .xtick text").all_text_contents()
     assert any("<" in t for t in ticks), f"token strings with markup are shown literally: {ticks}"
     context.close()
+
+
+def test_download_csv_and_html_report(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
+    page.goto(server)
+    page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0").wait_for(timeout=120_000)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Data as CSV").first.click()
+    csv_text = open(download.value.path(), encoding="utf-8").read()
+    assert download.value.suggested_filename == "attention-map-layer0-head0.csv"
+    assert csv_text.splitlines()[0] == "trace,x,y,value" and "0:The" in csv_text
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Download report (HTML)").click()
+    report = open(download.value.path(), encoding="utf-8").read()
+    assert "<h1>attnscope: Attention maps</h1>" in report
+    assert "The capital of France is Paris." in report and "smollm2-135m" in report
+    assert report.count('class="plotly-graph-div"') == 1 and "plotly.js v" in report
+    page.close()
