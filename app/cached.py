@@ -15,7 +15,7 @@ from core.analyses import collapse, maps, taylor
 from core.capture import Capture, run_with_capture
 from core.figures.maps import Thumbnail
 from core.models import LoadedModel, ModelSpec, load_model
-from core.tokens import Tokens, tokenize
+from core.tokens import Cut, Tokens, tokenize
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -30,37 +30,37 @@ def model_lock(spec: ModelSpec) -> threading.Lock:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def get_tokens(spec: ModelSpec, text: str, max_tokens: int) -> Tokens:
-    return tokenize(get_model(spec).tokenizer, text, max_tokens=max_tokens)
+def get_tokens(spec: ModelSpec, text: str, cut: Cut) -> Tokens:
+    return tokenize(get_model(spec).tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
-def get_capture(spec: ModelSpec, text: str, max_tokens: int) -> Capture:
-    tokens = get_tokens(spec, text, max_tokens)
+def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
+    tokens = get_tokens(spec, text, cut)
     return run_with_capture(get_model(spec).model, tokens.as_tensor())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def head_map(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int, block: int, reduce: str,
+def head_map(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int, block: int, reduce: str,
              hide_sink: bool) -> np.ndarray:
-    capture = get_capture(spec, text, max_tokens)
+    capture = get_capture(spec, text, cut)
     pooled = maps.pooled_map(capture.layer(layer), heads=[head], block=block, reduce=reduce, hide_sink=hide_sink)
     return pooled.values[0].numpy()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def layer_head_stats(spec: ModelSpec, text: str, max_tokens: int, layer: int) -> maps.HeadStats:
-    return maps.head_stats(get_capture(spec, text, max_tokens).layer(layer))
+def layer_head_stats(spec: ModelSpec, text: str, cut: Cut, layer: int) -> maps.HeadStats:
+    return maps.head_stats(get_capture(spec, text, cut).layer(layer))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def layer_thumbnails(spec: ModelSpec, text: str, max_tokens: int, layer: int, cells: int, reduce: str,
+def layer_thumbnails(spec: ModelSpec, text: str, cut: Cut, layer: int, cells: int, reduce: str,
                      hide_sink: bool) -> list[Thumbnail]:
-    captured = get_capture(spec, text, max_tokens).layer(layer)
+    captured = get_capture(spec, text, cut).layer(layer)
     heads = list(range(captured.n_heads))
     pooled = maps.pooled_map(captured, heads=heads, block=maps.block_for(captured.q.shape[2], cells), reduce=reduce,
                              hide_sink=hide_sink)
-    stats = layer_head_stats(spec, text, max_tokens, layer)
+    stats = layer_head_stats(spec, text, cut, layer)
     return [
         Thumbnail(layer=layer, head=h, values=pooled.values[h].numpy(), entropy=float(stats.entropy[h]),
                   max_weight=float(stats.max_weight[h]))
@@ -69,28 +69,28 @@ def layer_thumbnails(spec: ModelSpec, text: str, max_tokens: int, layer: int, ce
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def query_row(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int, query: int) -> np.ndarray:
-    captured = get_capture(spec, text, max_tokens).layer(layer)
+def query_row(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int, query: int) -> np.ndarray:
+    captured = get_capture(spec, text, cut).layer(layer)
     return maps.query_weights(captured, head=head, query=query).numpy()
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def taylor_layer(spec: ModelSpec, text: str, max_tokens: int, layer: int, n_tokens: int, max_order: int,
+def taylor_layer(spec: ModelSpec, text: str, cut: Cut, layer: int, n_tokens: int, max_order: int,
                  clamp: taylor.Clamp) -> taylor.LayerSweep:
-    captured = get_capture(spec, text, max_tokens).layer(layer).prefix(n_tokens)
+    captured = get_capture(spec, text, cut).layer(layer).prefix(n_tokens)
     return taylor.sweep_layer(captured, max_order=max_order, clamp=clamp)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def taylor_recurrent(spec: ModelSpec, text: str, max_tokens: int, layer: int, head: int,
+def taylor_recurrent(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int,
                      n_tokens: int) -> taylor.RecurrentCheck:
-    return taylor.recurrent_check(get_capture(spec, text, max_tokens).layer(layer), head=head, n_tokens=n_tokens)
+    return taylor.recurrent_check(get_capture(spec, text, cut).layer(layer), head=head, n_tokens=n_tokens)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def substitution_loss(spec: ModelSpec, text: str, max_tokens: int, n_tokens: int,
+def substitution_loss(spec: ModelSpec, text: str, cut: Cut, n_tokens: int,
                       substitute: taylor.Substitute) -> float:
-    tokens = get_tokens(spec, text, max_tokens)
+    tokens = get_tokens(spec, text, cut)
     return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)
 
 

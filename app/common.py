@@ -14,7 +14,7 @@ from core.hosting import Policy, policy_from_env
 from core.prompts import pasted
 from core.report import build_report, figure_table
 from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec, needs_preparation, prepare_packaged_model
-from core.tokens import Tokens
+from core.tokens import Cut, Tokens
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,10 @@ class RunKey:
 
     spec: ModelSpec
     text: str
-    max_tokens: int
+    cut: Cut
 
     def args(self) -> tuple:
-        return self.spec, self.text, self.max_tokens
+        return self.spec, self.text, self.cut
 
 
 @dataclass
@@ -156,7 +156,7 @@ def current_run() -> CurrentRun | None:
     max_tokens = int(st.session_state[state.MAX_TOKENS])
     model_limit = loaded.info.get("max_positions") or max_tokens
     max_tokens = min(max_tokens, model_limit)
-    key = RunKey(spec=spec, text=text, max_tokens=max_tokens)
+    key = RunKey(spec=spec, text=text, cut=Cut(max_tokens=max_tokens, keep=st.session_state[state.KEEP]))
     try:
         tokens = cached.get_tokens(*key.args())
     except ValueError as error:
@@ -168,7 +168,13 @@ def current_run() -> CurrentRun | None:
     if tokens.truncated:
         remedy = (f"{spec.name} reads at most {model_limit} positions." if max_tokens == model_limit
                   else "Raise 'Max tokens' in the sidebar to see more.")
-        st.warning(f"The text has {tokens.n_text_tokens} tokens; only the first {len(tokens)} are analysed. {remedy}")
+        which = "first" if key.cut.keep == "start" else "last"
+        st.warning(f"The text has {tokens.n_text_tokens} tokens; only the {which} {len(tokens)} are analysed. "
+                   f"{remedy}")
+        st.radio("Analyse", ["start", "end"], key=state.KEEP, horizontal=True,
+                 format_func={"start": f"the first {len(tokens)} tokens", "end": f"the last {len(tokens)} tokens"}.get,
+                 help="Which part of a text that is too long is analysed. The end of a text is run without the "
+                      "model's start-of-text token.")
     return CurrentRun(key=key, tokens=tokens, capture=capture, kind=loaded.kind)
 
 

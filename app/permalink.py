@@ -62,6 +62,7 @@ PARAMS = {
     "hub": (state.CUSTOM_NAME, str),
     "revision": (state.CUSTOM_REVISION, str),
     "tokens": (state.MAX_TOKENS, _int(8, 32768)),
+    "keep": (state.KEEP, _choice(["start", "end"])),
     "layer": (state.LAYER, _int(0, 1000)),
     "head": (state.HEAD, _int(0, 1000)),
     "view": (state.VIEW, _choice(VIEWS)),

@@ -12,6 +12,7 @@ TRUST_REMOTE_CODE = "trust_remote_code"
 TEXT = "text"  # the text every page analyses
 EXAMPLE = "example_prompt"
 MAX_TOKENS = "max_tokens"
+KEEP = "keep_part"  # which part of a too-long text is analysed: "start" or "end"
 
 LAYER = "layer"
 HEAD = "head"
@@ -98,6 +99,7 @@ DEFAULTS = {
     TEXT: EXAMPLES["Capital cities"],
     EXAMPLE: "Capital cities",
     MAX_TOKENS: 2048,
+    KEEP: "start",
     LAYER: 0,
     HEAD: 0,
     QUERY: 0,

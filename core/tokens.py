@@ -20,7 +20,7 @@ class Tokens:
     ids: tuple[int, ...]  # token ids fed to the model, special tokens included
     strings: tuple[str, ...]  # one display string per id, whitespace made visible
     n_text_tokens: int  # tokens the whole text would take before truncation
-    truncated: bool  # True when `ids` holds only the first max_tokens of the text
+    truncated: bool  # True when `ids` holds only max_tokens of the text (the first ones, or the last: see Cut)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -34,6 +34,14 @@ class Tokens:
         return [f"{position}:{text}" for position, text in enumerate(self.strings)]
 
 
+@dataclass(frozen=True)
+class Cut:
+    """How much of a text is analysed: at most max_tokens tokens, from its start or from its end."""
+
+    max_tokens: int
+    keep: str = "start"  # "start" or "end"
+
+
 def display_string(tokenizer, token_id: int) -> str:
     text = tokenizer.decode([token_id])
     if not text or "\ufffd" in text:
@@ -41,8 +49,9 @@ def display_string(tokenizer, token_id: int) -> str:
     return str(text).translate(_VISIBLE_WHITESPACE)
 
 
-def tokenize(tokenizer, text: str, *, max_tokens: int | None = None) -> Tokens:
-    """Tokenize `text` with the tokenizer's own special tokens, keeping at most `max_tokens`.
+def tokenize(tokenizer, text: str, *, max_tokens: int | None = None, keep: str = "start") -> Tokens:
+    """Tokenize `text` with the tokenizer's own special tokens, keeping at most `max_tokens`: the first ones, or with
+    keep="end" the last ones (then the model does not see the tokenizer's start token).
 
     Raises:
         ValueError: if the text yields no tokens at all.
@@ -53,7 +62,9 @@ def tokenize(tokenizer, text: str, *, max_tokens: int | None = None) -> Tokens:
     n_text_tokens = len(ids)
     truncated = max_tokens is not None and n_text_tokens > max_tokens
     if truncated:
-        ids = ids[:max_tokens]
+        if keep not in ("start", "end"):
+            raise ValueError(f"keep must be 'start' or 'end'; got {keep!r}.")
+        ids = ids[:max_tokens] if keep == "start" else ids[-max_tokens:]
     return Tokens(
         ids=tuple(int(i) for i in ids),
         strings=tuple(display_string(tokenizer, int(i)) for i in ids),

@@ -337,3 +337,17 @@ def test_permalink_restores_the_view_and_reports_what_it_cannot():
     fresh.run()
     assert not fresh.exception
     assert any(f"content hash {digest}" in w.value and "not available here" in w.value for w in fresh.warning)
+
+
+def test_too_long_text_offers_the_start_or_the_end():
+    at = _app()
+    at.session_state[state.TEXT] = " ".join(f"w{i}" for i in range(40)) + " FINALWORD"
+    at.session_state[state.MAX_TOKENS] = 8
+    at.run()
+    assert any("only the first 8 are analysed" in w.value for w in at.warning)
+    assert "NAL" not in "".join(_figure(at)["data"][0]["x"])
+    at.radio(key=state.KEEP).set_value("end").run()
+    assert not at.exception
+    assert any("only the last 8 are analysed" in w.value for w in at.warning)
+    assert _figure(at)["data"][0]["x"][-3:] == ["5:NAL", "6:W", "7:ORD"]
+    assert at.query_params["keep"] == "end"

@@ -68,3 +68,24 @@ def test_tokenize_makes_whitespace_visible_and_truncates_visibly():
     assert tokens.labels()[1] == "1:␣"
     with pytest.raises(ValueError, match="no tokens"):
         tokenize(_CharTokenizer(), "")
+
+
+def test_keep_the_end_of_a_long_text():
+    class Words:
+        """A whitespace tokenizer: enough to check which ids are kept."""
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [int(w[1:]) for w in text.split()]}
+
+        def decode(self, ids):
+            return f"w{ids[0]}"
+
+        def convert_ids_to_tokens(self, token_id):
+            return f"w{token_id}"
+
+    text = " ".join(f"w{i}" for i in range(10))
+    assert tokenize(Words(), text, max_tokens=3).ids == (0, 1, 2)
+    end = tokenize(Words(), text, max_tokens=3, keep="end")
+    assert end.ids == (7, 8, 9) and end.truncated and end.n_text_tokens == 10
+    with pytest.raises(ValueError, match="keep must be"):
+        tokenize(Words(), text, max_tokens=3, keep="middle")
