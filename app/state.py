@@ -39,6 +39,12 @@ UPLOADER = "prompt_uploader"
 PASTE_TEXT = "paste_text"
 PASTE_NAME = "paste_name"
 UPLOAD_MESSAGES = "upload_messages"  # (kind, sentence) pairs from the last uploads, shown until the next
+BATCH_KIND = "batch_kind"
+BATCH_STAT = "batch_stat"
+BATCH_REQUESTS = "batch_requests"  # batch runs the user asked for in this session
+BATCH_HEADS = "Head statistics (entropy, max weight, sink)"
+BATCH_TAYLOR = "Softmax vs Taylor: error vs order"
+BATCH_COLLAPSE = "Context collapse: max weight and entropy vs L"
 
 # Softmax vs Taylor page
 TAYLOR_MAX_ORDER = "taylor_max_order"
@@ -133,6 +139,9 @@ DEFAULTS = {
     PASTE_TEXT: "",
     PASTE_NAME: "",
     UPLOAD_MESSAGES: [],
+    BATCH_KIND: BATCH_HEADS,
+    BATCH_STAT: "entropy",
+    BATCH_REQUESTS: [],
     COLLAPSE_SOURCE: SOURCE_BUILTIN,
     COLLAPSE_MAX_LENGTH: 2048,
     COLLAPSE_WINDOWS: 3,

@@ -50,18 +50,19 @@ def _line(figure, x, y, *, name: str, colour: str = "black", dash: str = "dash",
 
 
 def vanishing(lengths: Sequence[int], max_weight: np.ndarray, entropy: np.ndarray, sink: np.ndarray,
-              band_low: np.ndarray, band_high: np.ndarray, *, title: str) -> go.Figure:
-    """Max weight (with 1/L and the Corollary 1 band), entropy (with log L) and sink mass against L.
+              band_low: np.ndarray | None, band_high: np.ndarray | None, *, title: str) -> go.Figure:
+    """Max weight (with 1/L and, when given, the Corollary 1 band), entropy (with log L) and sink mass against L.
 
-    Every array is (len(lengths), samples): samples are heads (or one head)."""
+    Every array is (len(lengths), samples): samples are heads, one head, or prompts."""
     x = np.asarray(lengths, dtype=np.float64)
     figure = make_subplots(rows=1, cols=3, subplot_titles=("max weight", "entropy (nats)", "weight on token 0"))
     _band(figure, x, max_weight, name="max weight", colour=MEASURED, row=1, col=1)
     _line(figure, x, 1 / x, name="1/L (uniform)", row=1, col=1)
-    band_low, band_high = (np.nanmedian(np.asarray(b).reshape(len(x), -1), 1) for b in (band_low, band_high))
-    _line(figure, x, np.minimum(band_high, 1.0), name="Corollary 1 upper e^{2Δ}/L (capped at 1)", colour=THEORY,
-          dash="dot", row=1, col=1)
-    _line(figure, x, band_low, name="Corollary 1 lower e^{-2Δ}/L", colour=THEORY, dash="dashdot", row=1, col=1)
+    if band_low is not None and band_high is not None:
+        band_low, band_high = (np.nanmedian(np.asarray(b).reshape(len(x), -1), 1) for b in (band_low, band_high))
+        _line(figure, x, np.minimum(band_high, 1.0), name="Corollary 1 upper e^{2Δ}/L (capped at 1)",
+              colour=THEORY, dash="dot", row=1, col=1)
+        _line(figure, x, band_low, name="Corollary 1 lower e^{-2Δ}/L", colour=THEORY, dash="dashdot", row=1, col=1)
     _band(figure, x, entropy, name="entropy", colour=SECOND, row=1, col=2)
     _line(figure, x, np.log(x), name="log L (uniform)", row=1, col=2)
     _band(figure, x, sink, name="sink mass", colour=RANDOM, row=1, col=3)

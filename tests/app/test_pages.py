@@ -351,3 +351,39 @@ def test_too_long_text_offers_the_start_or_the_end():
     assert any("only the last 8 are analysed" in w.value for w in at.warning)
     assert _figure(at)["data"][0]["x"][-3:] == ["5:NAL", "6:W", "7:ORD"]
     assert at.query_params["keep"] == "end"
+
+
+def test_batch_over_the_library_matches_each_prompt():
+    from core.analyses.maps import head_stats
+    from core.capture import run_with_capture
+    from core.models import ModelSpec, load_model
+    from core.tokens import tokenize
+
+    texts = ["The cat sat on the mat because it was warm there.",
+             "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"]
+    at = _app().run().switch_page("app_pages/prompts.py").run()
+    for text in texts:
+        at.text_area(key=state.PASTE_TEXT).input(text).run()
+        at.button[0].click().run()
+    assert len(at.session_state[state.LIBRARY]) == 2
+    run = next(b for b in at.button if b.label.startswith("Run over the 2 prompt"))
+    run.click().run()
+    assert not at.exception
+    mean = _chart(at, "batch_mean")
+    z = mean["data"][0]["z"]
+    shown = np.frombuffer(__import__("base64").b64decode(z["bdata"]), dtype=z["dtype"]).reshape(30, 9) \
+        if isinstance(z, dict) else np.array(z)
+    model = load_model(ModelSpec("smollm2-135m"))
+    per_prompt = []
+    for text in texts:
+        capture = run_with_capture(model.model, tokenize(model.tokenizer, text).as_tensor())
+        per_prompt.append(np.stack([head_stats(capture.layer(i)).entropy.numpy() for i in range(30)]))
+    np.testing.assert_allclose(shown, np.mean(per_prompt, 0), rtol=1e-5)
+
+    at.radio(key=state.BATCH_KIND).set_value(state.BATCH_TAYLOR).run()
+    next(b for b in at.button if b.label.startswith("Run over")).click().run()
+    assert not at.exception and "2 prompt(s)" in _chart(at, "batch_taylor")["layout"]["title"]["text"]
+    at.radio(key=state.BATCH_KIND).set_value(state.BATCH_COLLAPSE).run()
+    next(b for b in at.button if b.label.startswith("Run over")).click().run()
+    assert not at.exception
+    assert any("at least 32 tokens" in w.value for w in at.warning)
