@@ -30,3 +30,13 @@ def test_hosted_reads_limits_and_allowlist():
 def test_hosted_refuses_with_one_sentence(spec, message):
     with pytest.raises(ModelLoadError, match=message):
         policy_from_env({"ATTNSCOPE_HOSTED": "true"}).check(spec)
+
+
+def test_model_packages_are_pinned_for_self_install():
+    from core.models import PACKAGED_MODELS, pinned_requirement
+
+    for packaged in PACKAGED_MODELS.values():
+        line = pinned_requirement(packaged.pip_name)
+        assert line.startswith(packaged.pip_name + "==")
+    with pytest.raises(ModelLoadError, match="not pinned"):
+        pinned_requirement("no-such-package")
