@@ -78,6 +78,7 @@ def test_softmax_vs_taylor_page_in_a_browser(server, browser, output_dir):
 
 
 UPLOADS = [  # (file name, bytes, text the page must show)
+    ("notes.txt", b"Plain notes about attention.", "'notes.txt': 1 prompt(s) added."),
     ("story.md", "# A story\n\nThe fox jumped.".encode(), "'story.md': 1 prompt(s) added."),
     ("batch.jsonl", b'{"text": "first line"}\n{broken\n{"text": "second line"}\n', "line 2: not JSON"),
     ("table.csv", b"name,text\na,hello world\n", "'table.csv': 1 prompt(s) added."),
@@ -85,6 +86,7 @@ UPLOADS = [  # (file name, bytes, text the page must show)
     ("empty.txt", b"", "'empty.txt' is empty."),
     ("binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks like a binary file"),
     ("latin.txt", "café".encode("latin-1"), "is not valid UTF-8 text"),
+    ("huge.txt", b"a" * (21 * 2**20), "or smaller."),  # over .streamlit/config.toml's 20 MB: refused in the browser
 ]
 
 
@@ -97,7 +99,7 @@ def test_upload_every_format_and_every_bad_file(server, browser, output_dir, tmp
         path.write_bytes(data)
         page.locator("input[type=file]").set_input_files(str(path))
         page.get_by_text(expected, exact=False).first.wait_for(timeout=60_000)
-    page.get_by_text("Library (4)").wait_for(timeout=30_000)  # story, two JSONL lines, one CSV row
+    page.get_by_text("Library (5)").wait_for(timeout=30_000)  # notes, story, two JSONL lines, one CSV row
     page.screenshot(path=str(output_dir / "e2e-prompts.png"), full_page=True)
     page.close()
 
