@@ -21,11 +21,16 @@ st.caption("Upload .txt or .md files (one prompt each), .jsonl (one {\"text\": .
 
 def _add(found: list[prompts.Prompt]) -> int:
     """Add prompts not already in the library (same text); return how many were new."""
-    library = st.session_state[state.LIBRARY]
+    library = list(st.session_state[state.LIBRARY])
     known = {p.digest for p in library}
-    new = [p for p in found if p.digest not in known and not known.add(p.digest)]
-    st.session_state[state.LIBRARY] = [*library, *new]
-    return len(new)
+    added = 0
+    for prompt in found:
+        if prompt.digest not in known:
+            known.add(prompt.digest)
+            library.append(prompt)
+            added += 1
+    st.session_state[state.LIBRARY] = library
+    return added
 
 
 def _take_uploads() -> None:
