@@ -94,18 +94,13 @@ def substitution_loss(spec: ModelSpec, text: str, cut: Cut, n_tokens: int,
     return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def collapse_tokens(spec: ModelSpec, text: str, max_tokens: int) -> Tokens:
-    return tokenize(get_model(spec).tokenizer, text, max_tokens=max_tokens)
-
-
 @st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
 def collapse_capture(spec: ModelSpec, text: str, settings: collapse.Settings, window: int,
                      length: int | None) -> Capture:
     """One window's capture: the whole window (decoders, length None) or its first `length` tokens (encoders).
 
     One at a time: a 2048-token capture holds a few hundred MB, and the units below are cached on their own."""
-    tokens = collapse_tokens(spec, text, settings.windows * settings.max_length)
+    tokens = get_tokens(spec, text, Cut(settings.windows * settings.max_length))
     ids = collapse.text_windows(tokens.as_tensor(), settings)[window]
     if length is not None:
         ids = ids[:, :length]

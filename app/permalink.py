@@ -18,8 +18,6 @@ from core.prompts import pasted
 TEXT_IN_URL = 1000  # characters
 RESTORED = "permalink_restored"
 MESSAGES = "permalink_messages"
-VIEWS = (state.VIEW_ONE_HEAD, state.VIEW_ALL_HEADS, state.VIEW_QUERY, state.VIEW_STATS)
-TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)
 
 
 def _choice(options):
@@ -65,17 +63,17 @@ PARAMS = {
     "keep": (state.KEEP, _choice(["start", "end"])),
     "layer": (state.LAYER, _int(0, 1000)),
     "head": (state.HEAD, _int(0, 1000)),
-    "view": (state.VIEW, _choice(VIEWS)),
+    "view": (state.VIEW, _choice(state.VIEWS)),
     "query": (state.QUERY, _int(0, 10**6)),
     "sink": (state.HIDE_SINK, lambda v: {"1": True, "0": False}[v]),
     "order": (state.TAYLOR_MAX_ORDER, _int(1, 20)),
-    "clamp": (state.TAYLOR_CLAMP_MODE, _choice([state.CLAMP_NONE, state.CLAMP_UPPER, state.CLAMP_BOTH])),
+    "clamp": (state.TAYLOR_CLAMP_MODE, _choice(state.CLAMP_MODES)),
     "c": (state.TAYLOR_CLAMP_VALUE, _positive_float),
-    "tolerance": (state.TAYLOR_TOLERANCE, _float_in(TOLERANCES)),
+    "tolerance": (state.TAYLOR_TOLERANCE, _float_in(state.TOLERANCES)),
     "t_layer": (state.TAYLOR_LAYER, _int(0, 1000)),
     "t_head": (state.TAYLOR_HEAD, _int(0, 1000)),
     "t_order": (state.TAYLOR_ORDER, _int(0, 20)),
-    "source": (state.COLLAPSE_SOURCE, _choice([state.SOURCE_BUILTIN, state.SOURCE_SIDEBAR])),
+    "source": (state.COLLAPSE_SOURCE, _choice(state.SOURCES)),
     "L": (state.COLLAPSE_MAX_LENGTH, _int(32, 32768)),
     "windows": (state.COLLAPSE_WINDOWS, _int(1, 8)),
     "rows": (state.COLLAPSE_ROWS, _int(1, 64)),

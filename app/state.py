@@ -29,6 +29,7 @@ VIEW_ONE_HEAD = "One head"
 VIEW_ALL_HEADS = "All heads"
 VIEW_QUERY = "One query token"
 VIEW_STATS = "Head statistics"
+VIEWS = (VIEW_ONE_HEAD, VIEW_ALL_HEADS, VIEW_QUERY, VIEW_STATS)
 STAT_SHOWN = "stat_shown"
 
 # Prompts page and library
@@ -78,10 +79,13 @@ IMAGE_FORMAT = "image_format"  # what each chart's camera button saves: png or s
 REPORT_FIGURES = "report_figures"  # (name, figure) pairs drawn in this run, for the HTML report
 SOURCE_BUILTIN = "Built-in long document"
 SOURCE_SIDEBAR = "The sidebar text"
+SOURCES = (SOURCE_BUILTIN, SOURCE_SIDEBAR)
 
 CLAMP_NONE = "no clamp"
 CLAMP_UPPER = "clamp above (paper)"
 CLAMP_BOTH = "clamp both sides"
+CLAMP_MODES = (CLAMP_NONE, CLAMP_UPPER, CLAMP_BOTH)
+TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)  # offered for the "order needed" map
 SCOPE_MODEL = "Whole model"
 SCOPE_LAYER = "One layer"
 SCOPE_HEAD = "One head"

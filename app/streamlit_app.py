@@ -15,11 +15,12 @@ st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
 state.init_state()
 permalink.restore()
 common.start_report()
+PAGES = ROOT / "app" / "app_pages"
 pages = [
-    st.Page(ROOT / "app" / "app_pages" / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
-    st.Page(ROOT / "app" / "app_pages" / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),
-    st.Page(ROOT / "app" / "app_pages" / "context_collapse.py", title="Context collapse", icon=":material/compress:"),
-    st.Page(ROOT / "app" / "app_pages" / "prompts.py", title="Prompts", icon=":material/library_books:"),
+    st.Page(PAGES / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
+    st.Page(PAGES / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),
+    st.Page(PAGES / "context_collapse.py", title="Context collapse", icon=":material/compress:"),
+    st.Page(PAGES / "prompts.py", title="Prompts", icon=":material/library_books:"),
 ]
 navigation = st.navigation(pages)
 common.sidebar()

@@ -84,12 +84,13 @@ class LayerCapture:
         return dataclasses.replace(self, q=self.q[:, :, :n_tokens], k=self.k[:, :, :n_tokens],
                                    v=self.v[:, :, :n_tokens])
 
-    def logits(self, heads: Iterable[int] | None = None, rows: slice | None = None) -> torch.Tensor:
-        """Scaled logits (B, h, t, S) in fp32 for query heads `heads` and rows `rows`; masked cells are -inf."""
+    def logits(self, heads: Iterable[int] | None = None, rows: slice | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Scaled logits (B, h, t, S) in `dtype` for query heads `heads` and rows `rows`; masked cells are -inf."""
         heads = list(range(self.n_heads)) if heads is None else list(heads)
         rows = rows or slice(0, self.q.shape[2])
-        q = self.q[:, heads, rows].float()  # (B, h, t, D)
-        k = self.k[:, [self.kv_head(h) for h in heads]].float()  # (B, h, S, D)
+        q = self.q[:, heads, rows].to(dtype)  # (B, h, t, D)
+        k = self.k[:, [self.kv_head(h) for h in heads]].to(dtype)  # (B, h, S, D)
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)

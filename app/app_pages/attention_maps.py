@@ -41,9 +41,7 @@ st.session_state[state.LAYER] = min(st.session_state[state.LAYER], n_layers - 1)
 st.session_state[state.HEAD] = min(st.session_state[state.HEAD], n_heads - 1)
 st.session_state[state.QUERY] = min(st.session_state[state.QUERY], n_tokens - 1)
 
-view = st.segmented_control("View", [state.VIEW_ONE_HEAD, state.VIEW_ALL_HEADS, state.VIEW_QUERY, state.VIEW_STATS],
-                            key=state.VIEW,
-                            label_visibility="collapsed") or state.VIEW_ONE_HEAD
+view = st.segmented_control("View", state.VIEWS, key=state.VIEW, label_visibility="collapsed") or state.VIEW_ONE_HEAD
 controls = st.columns([1, 1, 1.3, 1.3, 1.6])
 controls[0].selectbox("Layer", range(n_layers), key=state.LAYER)
 controls[1].selectbox("Head", range(n_heads), key=state.HEAD)

@@ -7,6 +7,7 @@ import streamlit as st
 from app import cached, common, state
 from core.analyses import collapse
 from core.figures import collapse as figures
+from core.tokens import Cut
 
 PAPER = "[Mudarisov et al., arXiv 2508.17821](https://arxiv.org/abs/2508.17821)"
 LENGTH_CHOICES = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
@@ -81,7 +82,7 @@ if common.policy().max_tokens:
     model_limit = min(model_limit, common.policy().max_tokens)
 
 controls = st.columns([1.6, 1, 0.8, 0.8, 1.2])
-controls[0].radio("Text", [state.SOURCE_BUILTIN, state.SOURCE_SIDEBAR], key=state.COLLAPSE_SOURCE,
+controls[0].radio("Text", state.SOURCES, key=state.COLLAPSE_SOURCE,
                   help=f"The built-in document is {collapse.BUILTIN_SOURCE}, which ships with every Python install.")
 choices = [n for n in LENGTH_CHOICES if n <= model_limit] or [model_limit]
 if st.session_state[state.COLLAPSE_MAX_LENGTH] not in choices:
@@ -104,7 +105,7 @@ settings = collapse.Settings(max_length=int(st.session_state[state.COLLAPSE_MAX_
                              rows=int(st.session_state[state.COLLAPSE_ROWS]),
                              vectors=st.session_state[state.COLLAPSE_VECTORS])
 try:
-    tokens = cached.collapse_tokens(run.key.spec, text, settings.windows * settings.max_length)
+    tokens = cached.get_tokens(run.key.spec, text, Cut(settings.windows * settings.max_length))
 except ValueError as error:
     st.error(str(error))
     st.stop()

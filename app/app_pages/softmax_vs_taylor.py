@@ -17,7 +17,6 @@ DENOMINATOR_LABELS = {
     "l2": "L2 norm of the numerator",
     "none": "visible-key count",
 }
-TOLERANCES = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6]
 RNN_TOKENS = [16, 32, 64, 128, 256]
 PREFIX_DEFAULT = 512  # tokens analysed by default on long texts (the benchmark's size: about 10 s on 2 CPU cores)
 HELP = {
@@ -137,15 +136,14 @@ for key, upper in ((state.TAYLOR_LAYER, n_layers - 1), (state.TAYLOR_HEAD, n_hea
 controls = st.columns([1.3, 1.6, 0.8, 1.3, 0.8, 0.8])
 controls[0].slider("Highest order N", 1, MAX_ORDER, key=state.TAYLOR_MAX_ORDER,
                    help="Orders 0..N are computed for every head. Cost grows linearly with N.")
-controls[1].radio("Logit clamp", [state.CLAMP_NONE, state.CLAMP_UPPER, state.CLAMP_BOTH], key=state.TAYLOR_CLAMP_MODE,
-                  horizontal=True,
+controls[1].radio("Logit clamp", state.CLAMP_MODES, key=state.TAYLOR_CLAMP_MODE, horizontal=True,
                   help="The paper's code clamps scaled logits at 5 from above before exp, which does nothing for the "
                        "very negative logits of real models; 'both sides' clamps to [−c, c]. The target is always "
                        "the model's unclamped softmax.")
 controls[2].number_input("c", min_value=0.1, max_value=100.0, step=0.5, key=state.TAYLOR_CLAMP_VALUE,
                          disabled=st.session_state[state.TAYLOR_CLAMP_MODE] == state.CLAMP_NONE)
-controls[3].select_slider("Tolerance", TOLERANCES, key=state.TAYLOR_TOLERANCE, format_func=lambda t: f"{t:g}",
-                          help="Error a head must get below for the 'order needed' map.")
+controls[3].select_slider("Tolerance", state.TOLERANCES, key=state.TAYLOR_TOLERANCE,
+                          format_func=lambda t: f"{t:g}", help="Error a head must get below for the 'order needed' map.")
 controls[4].selectbox("Layer", range(n_layers), key=state.TAYLOR_LAYER,
                       help="The layer of the one-layer and one-head views.")
 controls[5].selectbox("Head", range(n_heads), key=state.TAYLOR_HEAD, help="The head of the one-head views.")

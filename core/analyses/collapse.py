@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -183,14 +183,11 @@ def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None
     n_queries, length = layer.q.shape[2], layer.k.shape[2]
     rows = max(1, min(rows, n_queries // 4 if layer.causal else n_queries))  # causal rows see >= 3/4 of the keys
     picked = slice(n_queries - rows, n_queries)
-    n_max = max(N_GRID)
     stats = kernels.attention_stats(layer.q[:1, :, picked], layer.k[:1], None, causal=layer.causal,
-                                    scale=layer.scale, topk=min(n_max, length))
+                                    scale=layer.scale, topk=min(max(N_GRID), length))
     visible_mask = layer.visible(picked)[0, 0]  # (R, L)
     visible = visible_mask.sum(-1)  # (R,)
-    keys = layer.k[0].double()[[layer.kv_head(h) for h in range(layer.n_heads)]]  # (H, L, D)
-    logits = torch.matmul(layer.q[0, :, picked].double(), keys.transpose(-1, -2)) * layer.scale  # (H, R, L) fp64
-    logits = logits.masked_fill(~visible_mask[None], -math.inf)
+    logits = layer.logits(rows=picked, dtype=torch.float64)[0]  # (H, R, L), -inf where hidden
     alpha = torch.softmax(logits, -1)
     x, group = token_vectors(layer, hidden)
     group_index = torch.tensor(group)
@@ -200,7 +197,7 @@ def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None
 
     # Corollary 1 band, Delta = ||q_t|| max_i ||k_i|| * scale.
     q_norm = layer.q[0, :, picked].double().norm(dim=-1)  # (H, R)
-    k_norm = keys.norm(dim=-1)  # (H, L)
+    k_norm = layer.k[0].double().norm(dim=-1)[[layer.kv_head(h) for h in range(layer.n_heads)]]  # (H, L)
     k_max = k_norm[:, None, :].masked_fill(~visible_mask[None], -math.inf).amax(-1)  # (H, R)
     delta = q_norm * k_max * layer.scale
     band_low = torch.exp(-2 * delta) / visible
@@ -247,8 +244,9 @@ def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None
         min_weight=alpha.masked_fill(~visible_mask[None], math.inf).amin(-1).numpy(),
         entropy=stats.entropy[0].double().numpy(), sink_mass=stats.sink_mass[0].double().numpy(),
         band_low=band_low.numpy(), band_high=band_high.numpy(), n_values=n_values, d_sum=d_sum.numpy(),
-        d_norm=d_norm.numpy(), expected=expected.numpy(), expected_norm=expected_norm.numpy(), ratio=ratio.numpy(), theorem2_low=theorem2_low.numpy(),
-        theorem2_high=theorem2_high.numpy(), bound_ns=bound_ns, bound=bound.numpy(),
+        d_norm=d_norm.numpy(), expected=expected.numpy(), expected_norm=expected_norm.numpy(), ratio=ratio.numpy(),
+        theorem2_low=theorem2_low.numpy(), theorem2_high=theorem2_high.numpy(), bound_ns=bound_ns,
+        bound=bound.numpy(),
     )
     if temperature:
         result.sensitivity, result.jacobian_norm = _temperature(logits, visible_mask, seed)
@@ -354,7 +352,6 @@ class LengthSummary:
     sensitivity: np.ndarray | None = None  # (Ly, H, eps, T) mean over rows
     jacobian_norm: np.ndarray | None = None  # (Ly, H, T) mean over rows
     windows: int = 1
-    extras: dict = field(default_factory=dict)
 
 
 def summarise(layers: Sequence[LayerRows]) -> LengthSummary:
@@ -466,7 +463,7 @@ def analyse_capture(capture, length: int, settings: Settings, *, temperature: bo
         if settings.vectors == "hidden":
             if capture.hidden_states is None:
                 raise ValueError("Hidden-state vectors need a capture run with hidden_states=True.")
-            hidden = capture.hidden_states[index][:, :length]
+            hidden = capture.hidden_states[index]  # token_vectors keeps the layer's first `length` keys
         layers.append(analyse_layer(layer, rows=settings.rows, hidden=hidden, temperature=temperature,
                                     seed=index))
     return summarise(layers)

@@ -177,10 +177,9 @@ def row_weights(layer: LayerCapture, *, head: int, query: int, order: int, denom
     the output, not the weights, so its weights are shown over sum exp(s) like "softmax".
     """
     _check_supported(layer)
-    q = layer.q[0, head, query].double()
-    k = layer.k[0, layer.kv_head(head)].double()
-    scores = (k @ q) * layer.scale  # (S,)
-    visible = layer.visible(slice(query, query + 1))[0, 0, 0]
+    scores = layer.logits(heads=[head], rows=slice(query, query + 1), dtype=torch.float64)[0, 0, 0]  # (S,)
+    visible = torch.isfinite(scores)
+    scores = scores.masked_fill(~visible, 0.0)  # hidden keys get no weight below; a finite stand-in keeps sums clean
     clamped = taylor_naive.clamp_logits(scores, clamp)
     weights = torch.where(visible, taylor_naive.taylor_weights(clamped, order), torch.zeros_like(scores))
     if denominator == "taylor":
@@ -255,10 +254,6 @@ class Substitute:
                 "elu+1": "linear attention, elu(x)+1"}[self.kind]
 
 
-def _visible_matrix(layer: LayerCapture) -> torch.Tensor:
-    return layer.visible()  # (1, 1, T, S) for a rule; the explicit mask otherwise
-
-
 def _softmax_attention(layer: LayerCapture) -> torch.Tensor:
     """Exact softmax attention in fp32 applying the layer's mask (the substitution's control)."""
     scores = layer.logits()  # (B, H, T, S), masked cells -inf
@@ -270,7 +265,7 @@ def _elu_linear_attention(layer: LayerCapture) -> torch.Tensor:
     """phi(x) = elu(x) + 1 on q and k, sum denominator, in the parallel (masked matrix) form, fp32."""
     phi_q = torch.nn.functional.elu(layer.q.float()) + 1
     phi_k = (torch.nn.functional.elu(layer.k.float()) + 1).repeat_interleave(layer.groups, 1)
-    weights = torch.matmul(phi_q, phi_k.transpose(-1, -2)) * _visible_matrix(layer)
+    weights = torch.matmul(phi_q, phi_k.transpose(-1, -2)) * layer.visible()  # rule or explicit mask
     values = layer.v.float().repeat_interleave(layer.groups, 1)
     return torch.matmul(weights, values) / weights.sum(-1, keepdim=True)
 

@@ -93,7 +93,9 @@ def distance_vs_length(lengths: Sequence[int], d_sum: np.ndarray, d_norm: np.nda
 
 def distance_vs_n(n_values: Sequence[int], d_sum: np.ndarray, d_norm: np.ndarray, expected: np.ndarray,
                   expected_norm: np.ndarray, bound_ns: Sequence[int], bound: np.ndarray, *, title: str) -> go.Figure:
-    """Fig. 2b: at fixed L, distance against the selected-set size N. Arrays (len(n_values) or len(bound_ns), samples)."""
+    """Fig. 2b: at fixed L, distance against the selected-set size N.
+
+    Arrays are (len(n_values), samples); bound is (len(bound_ns), samples)."""
     x = np.asarray(n_values, dtype=np.float64)
     figure = go.Figure()
     _band(figure, x, d_sum, name="d_sum", colour=MEASURED)

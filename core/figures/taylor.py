@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.analyses.taylor import exp_truncation_error
 from core.figures.maps import escape
 
 DENOMINATOR_COLOURS = {"taylor": "#d62728", "softmax": "#1f77b4", "l2": "#2ca02c", "none": "#9467bd"}
@@ -122,8 +123,6 @@ def logit_histogram(counts: np.ndarray, edges: np.ndarray, *, orders: Sequence[i
 
     The histogram is trimmed to the bins that hold logits; the truncation curves are drawn over the same range.
     """
-    from core.analyses.taylor import exp_truncation_error  # the curve is analysis, drawn here
-
     counts = np.asarray(counts, dtype=np.float64)
     held = np.nonzero(counts)[0]
     figure = make_subplots(specs=[[{"secondary_y": True}]])
