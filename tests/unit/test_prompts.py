@@ -56,3 +56,108 @@ def test_markup_is_kept_verbatim_and_digest_names_the_text():
     assert prompt.text == text
     assert prompt.digest == prompts.pasted(text).digest and len(prompt.digest) == 16
     assert prompts.pasted("  ", name="mine").name == "mine"
+
+
+def test_utf16_and_bom_only_files_are_refused():
+    assert "binary" in prompts.parse_upload("u16.txt", "hello".encode("utf-16")).problems[0]
+    assert prompts.parse_upload("bom.txt", b"\xef\xbb\xbf").problems == ["'bom.txt' is empty."]
+
+
+@pytest.mark.parametrize("deep", ["[" * 200_000, '{"text": ' + "[" * 200_000 + "]" * 200_000 + "}"],
+                         ids=["unclosed", "valid-json"])
+def test_jsonl_nested_too_deeply_is_a_line_message(deep):
+    data = "\n".join([deep, json.dumps({"text": "kept"})]).encode()
+    parsed = prompts.parse_upload("deep.jsonl", data)
+    assert [p.text for p in parsed.prompts] == ["kept"] and not parsed.refused
+    assert parsed.problems == ["'deep.jsonl': 1 line(s) skipped, 1 kept. line 1: nested too deeply to read."]
+
+
+def test_jsonl_integers_over_4300_digits_are_line_messages():
+    lines = ['{"text": "a", "n": ' + "1" * 5000 + "}", "7" * 5000, '{"text": "b", "n": -' + "9" * 4300 + "}"]
+    parsed = prompts.parse_upload("n.jsonl", "\n".join(lines).encode())
+    assert [p.text for p in parsed.prompts] == ["b"]  # 4,300 digits is still within the limit
+    assert parsed.problems == [("'n.jsonl': 2 line(s) skipped, 1 kept. line 1: an integer longer than 4,300 digits; "
+                               "line 2: an integer longer than 4,300 digits.")]
+
+
+def test_jsonl_lone_surrogates_reject_the_text_and_replace_the_name():
+    lines = [r'{"text": "ab\ud800"}', r'{"text": "fine text", "name": "x\udc00"}']
+    parsed = prompts.parse_upload("s.jsonl", "\n".join(lines).encode())
+    assert [(p.name, p.text) for p in parsed.prompts] == [("fine text", "fine text")]
+    assert parsed.prompts[0].digest
+    assert parsed.problems == [
+        ("'s.jsonl': 1 line(s) skipped, 1 kept. line 1: \"text\" cannot be encoded as UTF-8 (lone surrogate \\ud800 at "
+         "character 3)."),
+        ("'s.jsonl': the \"name\" on line(s) 2 cannot be encoded as UTF-8 (a lone surrogate), so those prompts are "
+         "named after their text.")]
+
+
+def test_jsonl_splits_at_newlines_only():
+    line = json.dumps({"text": "one\u2028two\x85three"}, ensure_ascii=False)
+    parsed = prompts.parse_upload("u.jsonl", f"{line}\r\n{line}".encode())
+    assert [p.text for p in parsed.prompts] == ["one\u2028two\x85three"] * 2 and not parsed.problems
+
+
+def test_names_are_one_line_and_capped():
+    long_name = "first line\n\n\tsecond " + "x" * 500
+    parsed = prompts.parse_upload("n.jsonl", json.dumps({"text": "t", "name": long_name}).encode())
+    name = parsed.prompts[0].name
+    assert len(name) == prompts.MAX_NAME_CHARS and name.startswith("first line second x") and name.endswith("…")
+    row = prompts.parse_upload("n.csv", f'name,text\n"{long_name}",t\n'.encode()).prompts[0]
+    assert row.name == name
+    assert prompts.pasted("t", name=long_name).name == name
+    assert prompts.pasted("a\x1b[31mred\x00b\r\n\u2028c").name == "a [31mred b c"  # control characters too
+    file_name = "f" * 251 + ".txt"
+    message = prompts.parse_upload(file_name, b"").problems[0]
+    assert message == f"'{'f' * 79}…' is empty."
+
+
+def test_max_prompts_stops_reading_and_counts_what_was_left_out():
+    lines = [json.dumps({"text": f"t{i}"}) for i in range(10)]
+    lines[6] = "{not json"  # left out unread, so not reported as malformed
+    lines.insert(8, "   ")  # blank lines are not counted
+    parsed = prompts.parse_upload("many.jsonl", "\n".join(lines).encode(), max_prompts=4)
+    assert [p.text for p in parsed.prompts] == ["t0", "t1", "t2", "t3"] and not parsed.refused
+    assert parsed.left_out == 6
+    assert parsed.problems == [("'many.jsonl': only the first 4 prompts were taken (the limit for this library); "
+                               "6 more lines were left out.")]
+    exact = prompts.parse_upload("many.jsonl", "\n".join(lines[:4]).encode() + b"\n\n", max_prompts=4)
+    assert len(exact.prompts) == 4 and exact.left_out == 0 and not exact.problems
+    one = prompts.parse_upload("p.csv", b"text\na\n\n,\nb\nc\n", max_prompts=1)
+    assert [p.text for p in one.prompts] == ["a"] and one.left_out == 2
+    assert one.problems == [("'p.csv': only the first prompt was taken (the limit for this library); 2 more rows were "
+                            "left out.")]
+
+
+def test_a_full_library_refuses_the_file_unread():
+    parsed = prompts.parse_upload("x.jsonl", b'{"text": "a"}', max_prompts=0)
+    assert parsed.refused and not parsed.prompts
+    assert parsed.problems == [("'x.jsonl' was not read: the library is full; remove some prompts from it, then upload "
+                               "the file again.")]
+
+
+def test_csv_cells_over_the_field_limit_cost_one_row_each():
+    big = "y" * (prompts.csv.field_size_limit() + 10)
+    data = f'name,text\na,"{big}\nstill the same cell"\nb,good\nc,{big}\nd,"also ""good"""\n'.encode()
+    parsed = prompts.parse_upload("big.csv", data)
+    assert [(p.name, p.text) for p in parsed.prompts] == [("b", "good"), ("d", 'also "good"')]
+    assert parsed.prompts[1].source == "big.csv, row 5"
+    assert parsed.problems == [("'big.csv': 2 unreadable row(s) skipped, 2 kept. row 2: field larger than field limit "
+                               "(131072); row 4: field larger than field limit (131072).")]
+    header = prompts.parse_upload("big.csv", f"{big},text\nx,y\n".encode())
+    assert header.refused and "in the header row" in header.problems[0]
+
+
+def test_csv_without_a_text_column_lists_at_most_20_columns():
+    header = ",".join(f"c{i}" for i in range(25))
+    parsed = prompts.parse_upload("wide.csv", f"{header}\n{header}\n".encode())
+    assert parsed.refused and parsed.problems[0].endswith("'c18', 'c19' and 5 more.")
+
+
+def test_an_unforeseen_exception_becomes_one_refusal(monkeypatch):
+    def broken(*args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(prompts, "_parse_jsonl", broken)
+    parsed = prompts.parse_upload("x.jsonl", b'{"text": "a"}')
+    assert parsed.refused and parsed.problems == ["'x.jsonl' could not be read (KeyError); nothing from it was added."]
