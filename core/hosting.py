@@ -1,26 +1,68 @@
-"""Hosted mode: what a public deployment allows, read from the environment.
+"""What a deployment allows, read from the environment: hosted mode and the limit on every input.
 
-ATTNSCOPE_HOSTED=1 turns it on. Then only the packaged models and the hub ids in ATTNSCOPE_ALLOWED_MODELS
-(comma-separated) load, never with remote code and never from a local path; texts are cut at ATTNSCOPE_MAX_TOKENS
-tokens (default 1024) and uploads at ATTNSCOPE_MAX_UPLOAD_MB (default 2). Off, nothing is restricted beyond the
-model's own context window and the upload limit of .streamlit/config.toml.
+ATTNSCOPE_HOSTED=1 turns hosted mode on. Then only the packaged models and the hub models in ATTNSCOPE_ALLOWED_MODELS
+load, never with remote code and never from a local path. An entry of the allowlist is `id` (the hub's default
+revision only) or `id@revision` (that revision only); any other revision is refused, so a link or a visitor cannot
+point an allowed id at a pull-request ref that carries other weights or code.
+
+Every input has a limit, applied before work is done on it (hosted default / local default):
+
+| variable | limit | hosted | local |
+|---|---|---|---|
+| ATTNSCOPE_MAX_TOKENS | tokens analysed per text (text boxes hold CHARS_PER_TOKEN times as many characters) | 1024 | 32768 |
+| ATTNSCOPE_MAX_UPLOAD_MB | megabytes per uploaded file (whole MB, as Streamlit's server.maxUploadSize) | 2 | 20 |
+| ATTNSCOPE_MAX_FILES | files taken from one upload | 10 | 100 |
+| ATTNSCOPE_MAX_PROMPTS | prompts in one session's library | 200 | 2000 |
+| ATTNSCOPE_MAX_BATCH | prompts one batch run analyses | 20 | 500 |
+
+The server must refuse larger uploads before reading them, which only Streamlit's own `server.maxUploadSize` can do:
+deploy/start.sh and the Dockerfile set it from ATTNSCOPE_MAX_UPLOAD_MB, and `upload_limit_mismatch` says when a
+deployment forgot to.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
-from core.prompts import MAX_BYTES
+from core.tokens import Cut, max_chars
+
+TOKEN_CEILING = 32768  # the most tokens any setting can ask for
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+_PATH = re.compile(r"(?<![\w.:/])(?:/|~/)[^\s'\"`,;:()]+")  # an absolute path inside a message
+
+
+class PolicyError(ValueError):
+    """An ATTNSCOPE_* variable holds a value that cannot be used; the message names it and what it must be."""
 
 
 @dataclass(frozen=True)
 class Policy:
     hosted: bool = False
-    allowed_models: tuple[str, ...] = ()  # hub ids allowed besides the packaged models (hosted only)
-    max_tokens: int | None = None  # longest text analysed; None: the model's window
-    max_upload_bytes: int = MAX_BYTES
+    allowed_models: tuple[str, ...] = ()  # hub entries "id" or "id@revision" allowed besides the packaged models
+    max_tokens: int = TOKEN_CEILING  # most tokens analysed from one text
+    max_upload_mb: int = 20  # largest uploaded file, in megabytes
+    max_files: int = 100  # files taken from one upload
+    max_prompts: int = 2000  # prompts in one session's library
+    max_batch: int = 500  # prompts one batch run analyses
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest file accepted: megabytes of 10^6 bytes, as Streamlit's uploader counts them in the browser
+        (its server, counting 2^20, refuses only larger requests)."""
+        return self.max_upload_mb * 10**6
+
+    @property
+    def max_chars(self) -> int:
+        """Characters a text box holds: enough for max_tokens tokens of any real text."""
+        return max_chars(self.max_tokens)
+
+    def hub_models(self) -> list[ModelSpec]:
+        """The allowlisted hub models, each pinned to its revision (None: the hub's default)."""
+        return [_entry_spec(entry) for entry in self.allowed_models]
 
     def check(self, spec: ModelSpec) -> None:
         """Raise ModelLoadError with one sentence if this deployment does not load `spec`."""
@@ -28,20 +70,79 @@ class Policy:
             return
         if spec.trust_remote_code:
             raise ModelLoadError("This hosted demo never runs remote code; untick 'Trust remote code'.")
-        if spec.name in PACKAGED_MODELS or spec.name in self.allowed_models:
+        offered = ", ".join([*PACKAGED_MODELS, *self.allowed_models])
+        if spec.name in PACKAGED_MODELS and spec.revision is None:
             return
-        allowed = ", ".join([*PACKAGED_MODELS, *self.allowed_models])
+        pinned = [allowed for allowed in self.hub_models() if allowed.name == spec.name]
+        if any(allowed.revision == spec.revision for allowed in pinned):
+            return
+        if pinned or spec.name in PACKAGED_MODELS:
+            raise ModelLoadError(f"This hosted demo offers '{spec.name}' only at the revision it pins, not at "
+                                 f"'{spec.revision}'; choose one of: {offered}.")
         if spec.name.startswith(("/", ".", "~")) or os.path.exists(spec.name):
-            raise ModelLoadError(f"This hosted demo does not open local folders; choose one of: {allowed}.")
-        raise ModelLoadError(f"'{spec.name}' is not offered by this hosted demo; choose one of: {allowed}.")
+            raise ModelLoadError(f"This hosted demo does not open local folders; choose one of: {offered}.")
+        raise ModelLoadError(f"'{spec.name}' is not offered by this hosted demo; choose one of: {offered}.")
+
+    def cut(self, requested: int, *, max_positions: int | None, keep: str = "start") -> Cut:
+        """The one rule for how many tokens a model run reads: what was asked for, at most this deployment's limit
+        and at most the model's positions."""
+        limits = [requested, self.max_tokens] + ([max_positions] if max_positions else [])
+        return Cut(max_tokens=max(1, min(int(n) for n in limits)), keep=keep)
+
+    def public(self, message: str) -> str:
+        """A message fit for whoever sees the page: in hosted mode, with server paths taken out."""
+        return _PATH.sub("(a server path)", message) if self.hosted else message
+
+
+def _entry_spec(entry: str) -> ModelSpec:
+    name, _, revision = entry.partition("@")
+    return ModelSpec(name=name, revision=revision or None)
+
+
+def _number(environ, name: str, default: int, *, low: int = 1) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PolicyError(f"{name} must be a whole number; got '{raw}'.") from None
+    if value < low:
+        raise PolicyError(f"{name} must be at least {low}; got {value}.")
+    return value
+
+
+def _allowlist(environ) -> tuple[str, ...]:
+    entries = tuple(m.strip() for m in environ.get("ATTNSCOPE_ALLOWED_MODELS", "").split(",") if m.strip())
+    for entry in entries:
+        name, at, revision = entry.partition("@")
+        if not HUB_ID.match(name) or (at and not REVISION.match(revision)):
+            raise PolicyError(f"ATTNSCOPE_ALLOWED_MODELS entries must be 'org/name' or 'org/name@revision'; "
+                              f"got '{entry}'.")
+    return entries
 
 
 def policy_from_env(environ=None) -> Policy:
+    """This deployment's policy. Raises PolicyError naming a variable that holds an unusable value."""
     environ = os.environ if environ is None else environ
-    if environ.get("ATTNSCOPE_HOSTED", "").strip().lower() not in ("1", "true", "yes", "on"):
-        return Policy()
-    allowed = tuple(m.strip() for m in environ.get("ATTNSCOPE_ALLOWED_MODELS", "").split(",") if m.strip())
-    max_tokens = int(environ.get("ATTNSCOPE_MAX_TOKENS", "1024"))
-    upload_mb = float(environ.get("ATTNSCOPE_MAX_UPLOAD_MB", "2"))
-    return Policy(hosted=True, allowed_models=allowed, max_tokens=max_tokens,
-                  max_upload_bytes=int(upload_mb * 2**20))
+    hosted = environ.get("ATTNSCOPE_HOSTED", "").strip().lower() in ("1", "true", "yes", "on")
+    defaults = Policy(max_tokens=1024, max_upload_mb=2, max_files=10, max_prompts=200, max_batch=20) if hosted \
+        else Policy()
+    return Policy(
+        hosted=hosted,
+        allowed_models=_allowlist(environ) if hosted else (),
+        max_tokens=min(_number(environ, "ATTNSCOPE_MAX_TOKENS", defaults.max_tokens, low=8), TOKEN_CEILING),
+        max_upload_mb=_number(environ, "ATTNSCOPE_MAX_UPLOAD_MB", defaults.max_upload_mb),
+        max_files=_number(environ, "ATTNSCOPE_MAX_FILES", defaults.max_files),
+        max_prompts=_number(environ, "ATTNSCOPE_MAX_PROMPTS", defaults.max_prompts),
+        max_batch=_number(environ, "ATTNSCOPE_MAX_BATCH", defaults.max_batch),
+    )
+
+
+def upload_limit_mismatch(policy: Policy, server_max_upload_mb: int) -> str | None:
+    """A sentence for the operator when the server reads larger uploads than the policy accepts, else None."""
+    if server_max_upload_mb <= policy.max_upload_mb:
+        return None
+    return (f"Streamlit's server.maxUploadSize is {server_max_upload_mb} MB but ATTNSCOPE_MAX_UPLOAD_MB is "
+            f"{policy.max_upload_mb}: the server reads uploads up to {server_max_upload_mb} MB before refusing them. "
+            "Start with deploy/start.sh, or pass --server.maxUploadSize.")

@@ -4,6 +4,11 @@ Display strings come from decoding each id alone, so byte-level BPE tokens show 
 "ĠParis"); whitespace is made visible (space -> "␣", newline -> "↵", tab -> "⇥") because an attention map labelled
 with blanks is unreadable, and a token that decodes to nothing or to a broken UTF-8 piece falls back to the
 tokenizer's own token string. Strings are never HTML-escaped here: escaping is the job of whatever renders them.
+
+A text longer than CHARS_PER_TOKEN characters per kept token is cut by characters before it is tokenized (its start
+or its end, whichever part is analysed), so a 10 MB paste costs no more than the part that can be analysed. No
+tokenizer in use averages that many characters per token on real text, so the cut only removes text the token cut
+would remove anyway; the one token the character cut may split in two is dropped.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ from dataclasses import dataclass
 import torch
 
 _VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "⏎"})
+CHARS_PER_TOKEN = 16  # characters kept per analysed token when a text is cut before tokenizing
 
 
 @dataclass(frozen=True)
 class Tokens:
     ids: tuple[int, ...]  # token ids fed to the model, special tokens included
     strings: tuple[str, ...]  # one display string per id, whitespace made visible
-    n_text_tokens: int  # tokens the whole text would take before truncation
-    truncated: bool  # True when `ids` holds only max_tokens of the text (the first ones, or the last: see Cut)
+    n_text_tokens: int  # tokens of the text before truncation (of its kept characters when chars_cut)
+    truncated: bool  # True when `ids` holds only part of the text (its first tokens, or its last: see Cut)
+    chars_cut: bool = False  # True when the text was first cut by characters: n_text_tokens is then a lower bound
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,25 +56,58 @@ def display_string(tokenizer, token_id: int) -> str:
     return str(text).translate(_VISIBLE_WHITESPACE)
 
 
+def max_chars(max_tokens: int) -> int:
+    """Characters of a text kept before tokenizing when at most `max_tokens` tokens are analysed."""
+    return max_tokens * CHARS_PER_TOKEN
+
+
+def cut_text(text: str, max_tokens: int, keep: str = "start") -> str:
+    """The part of `text` that tokenizing for `max_tokens` tokens reads: its first or last max_chars characters."""
+    limit = max_chars(max_tokens)
+    if len(text) <= limit:
+        return text
+    return text[:limit] if keep == "start" else text[-limit:]
+
+
 def tokenize(tokenizer, text: str, *, max_tokens: int | None = None, keep: str = "start") -> Tokens:
     """Tokenize `text` with the tokenizer's own special tokens, keeping at most `max_tokens`: the first ones, or with
-    keep="end" the last ones (then the model does not see the tokenizer's start token).
+    keep="end" the last ones (then the model does not see the tokenizer's start token). A text over
+    max_chars(max_tokens) characters is cut by characters first.
 
     Raises:
-        ValueError: if the text yields no tokens at all.
+        ValueError: if the text yields no tokens at all, or keep is neither "start" nor "end".
     """
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if keep not in ("start", "end"):
+        raise ValueError(f"keep must be 'start' or 'end'; got {keep!r}.")
+    chars_cut = max_tokens is not None and len(text) > max_chars(max_tokens)
+    if chars_cut:
+        text = cut_text(text, max_tokens, keep)
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     if not ids:
         raise ValueError("The text produced no tokens: type or paste some text.")
+    if chars_cut:
+        ids = _drop_split_token(ids, set(getattr(tokenizer, "all_special_ids", ())), max_tokens, keep)
     n_text_tokens = len(ids)
-    truncated = max_tokens is not None and n_text_tokens > max_tokens
-    if truncated:
-        if keep not in ("start", "end"):
-            raise ValueError(f"keep must be 'start' or 'end'; got {keep!r}.")
+    truncated = chars_cut or (max_tokens is not None and n_text_tokens > max_tokens)
+    if max_tokens is not None and n_text_tokens > max_tokens:
         ids = ids[:max_tokens] if keep == "start" else ids[-max_tokens:]
     return Tokens(
         ids=tuple(int(i) for i in ids),
         strings=tuple(display_string(tokenizer, int(i)) for i in ids),
         n_text_tokens=n_text_tokens,
         truncated=truncated,
+        chars_cut=chars_cut,
     )
+
+
+def _drop_split_token(ids: list[int], special: set[int], max_tokens: int, keep: str) -> list[int]:
+    """Ids of a text cut by characters, without the tokens at the cut that the whole text does not have: the
+    special tokens the tokenizer adds there (start of text when the end is kept, end of text when the start is), and,
+    when the cut lies within the tokens that are kept, the token the cut may have split."""
+    if keep == "end":
+        while ids and ids[0] in special:
+            ids = ids[1:]
+        return ids[1:] if len(ids) < max_tokens + 2 else ids
+    while ids and ids[-1] in special:
+        ids = ids[:-1]
+    return ids[:-1] if len(ids) < max_tokens + 2 else ids

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import cached, common, state
 from core.analyses import collapse
+from core.hosting import TOKEN_CEILING
 from core.figures import collapse as figures
 from core.tokens import Cut
 
@@ -77,9 +78,7 @@ run = common.current_run()
 if run is None:
     st.stop()
 loaded = cached.get_model(run.key.spec)
-model_limit = int(loaded.info.get("max_positions") or 2048)
-if common.policy().max_tokens:
-    model_limit = min(model_limit, common.policy().max_tokens)
+model_limit = common.cut_for(loaded, TOKEN_CEILING).max_tokens  # the model's positions and this deployment's limit
 
 controls = st.columns([1.6, 1, 0.8, 0.8, 1.2])
 controls[0].radio("Text", state.SOURCES, key=state.COLLAPSE_SOURCE,
@@ -89,7 +88,8 @@ if st.session_state[state.COLLAPSE_MAX_LENGTH] not in choices:
     st.session_state[state.COLLAPSE_MAX_LENGTH] = max(n for n in choices if n <= 2048) if min(choices) <= 2048 \
         else choices[0]
 controls[1].selectbox("Longest context L", choices, key=state.COLLAPSE_MAX_LENGTH,
-                      help=f"Lengths double from 32 up to this. {loaded.spec.name} reads at most {model_limit} "
+                      help=f"Lengths double from 32 up to this. {common.literal(loaded.spec.name)} reads at most "
+                           f"{model_limit} "
                            "positions. The default, 2048, takes a few minutes on 2 CPU cores; results are cached.")
 controls[2].number_input("Windows", min_value=1, max_value=8, key=state.COLLAPSE_WINDOWS,
                          help="Consecutive slices of the text per length; the figures average over them.")
@@ -107,7 +107,7 @@ settings = collapse.Settings(max_length=int(st.session_state[state.COLLAPSE_MAX_
 try:
     tokens = cached.get_tokens(run.key.spec, text, Cut(settings.windows * settings.max_length))
 except ValueError as error:
-    st.error(str(error))
+    common.say("error", str(error))
     st.stop()
 if len(tokens) < 32:
     st.warning(f"The sidebar text has {len(tokens)} tokens; context collapse needs at least 32. Paste a longer text "

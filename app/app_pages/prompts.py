@@ -10,7 +10,6 @@ from core.analyses import batch, collapse, taylor
 from core.figures import collapse as collapse_figures
 from core.figures import maps as map_figures
 from core.figures import taylor as taylor_figures
-from core.tokens import Cut
 from kernels import DENOMINATORS
 
 st.title("Prompts")
@@ -19,35 +18,65 @@ st.caption("Upload .txt or .md files (one prompt each), .jsonl (one {\"text\": .
            "browser session; the prompt you use drives every page.")
 
 
-def _add(found: list[prompts.Prompt]) -> int:
-    """Add prompts not already in the library (same text); return how many were new."""
+def _add(found: list[prompts.Prompt]) -> tuple[int, int]:
+    """Add prompts not already in the library (same text), up to the library's limit; return (added, left out for
+    want of room)."""
     library = list(st.session_state[state.LIBRARY])
     known = {p.digest for p in library}
-    added = 0
+    added = full = 0
     for prompt in found:
-        if prompt.digest not in known:
-            known.add(prompt.digest)
-            library.append(prompt)
-            added += 1
+        if prompt.digest in known:
+            continue
+        if len(library) >= common.policy().max_prompts:
+            full += 1
+            continue
+        known.add(prompt.digest)
+        library.append(prompt)
+        added += 1
     st.session_state[state.LIBRARY] = library
-    return added
+    return added, full
+
+
+def _forget(upload) -> None:
+    """Drop an upload's bytes from the server once its prompts are taken (Streamlit keeps them for the session)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    remove = getattr(getattr(context, "uploaded_file_mgr", None), "remove_file", None)
+    if remove is not None:
+        remove(session_id=context.session_id, file_id=upload.file_id)
+
+
+def _uploader_key() -> str:
+    return f"{state.UPLOADER}_{st.session_state[state.UPLOADER_GENERATION]}"
 
 
 def _take_uploads() -> None:
-    """Uploader callback: parse each new file once, keep what is good, say what is not."""
-    messages, processed = [], st.session_state[state.PROCESSED_UPLOADS]
-    for upload in st.session_state[state.UPLOADER] or []:
-        if upload.file_id in processed:
-            continue
-        processed.append(upload.file_id)
-        parsed = prompts.parse_upload(upload.name, upload.getvalue(), max_bytes=common.policy().max_upload_bytes)
+    """Uploader callback: parse each file once (at most the per-upload limit), keep what is good, say what is not;
+    then a fresh uploader replaces this one and the files' bytes are dropped."""
+    limits = common.policy()
+    uploads = list(st.session_state[_uploader_key()] or [])
+    messages = []
+    if len(uploads) > limits.max_files:
+        names = ", ".join(f"'{u.name}'" for u in uploads[limits.max_files:][:5])
+        messages.append(("warning", f"Only {limits.max_files} files are taken from one upload; "
+                                    f"{len(uploads) - limits.max_files} were left out ({names}"
+                                    f"{', …' if len(uploads) - limits.max_files > 5 else ''}). Upload them "
+                                    "separately."))
+    for upload in uploads[:limits.max_files]:
+        room = limits.max_prompts - len(st.session_state[state.LIBRARY])
+        parsed = prompts.parse_upload(upload.name, upload.getvalue(), max_bytes=limits.max_upload_bytes,
+                                      max_prompts=max(room, 0))
         for problem in parsed.problems:
             messages.append(("error" if parsed.refused else "warning", problem))
         if parsed.prompts:
-            added = _add(parsed.prompts)
+            added, _ = _add(parsed.prompts)
             messages.append(("success", f"'{upload.name}': {added} prompt(s) added"
                              + (f", {len(parsed.prompts) - added} already in the library." if added <
                                 len(parsed.prompts) else ".")))
+    for upload in uploads:
+        _forget(upload)
+    st.session_state[state.UPLOADER_GENERATION] += 1
     st.session_state[state.UPLOAD_MESSAGES] = messages
 
 
@@ -56,25 +85,33 @@ def _take_paste() -> None:
     if not text.strip():
         st.session_state[state.UPLOAD_MESSAGES] = [("error", "The pasted text is empty: nothing was added.")]
         return
-    added = _add([prompts.pasted(text, st.session_state[state.PASTE_NAME])])
+    added, full = _add([prompts.pasted(text, st.session_state[state.PASTE_NAME])])
+    if full:
+        st.session_state[state.UPLOAD_MESSAGES] = [("error", f"The library is full ({common.policy().max_prompts} "
+                                                             "prompts, this deployment's limit): remove a prompt "
+                                                             "first. The pasted text is still in the box.")]
+        return
     st.session_state[state.UPLOAD_MESSAGES] = [("success", "Pasted text added." if added else
                                                 "That text is already in the library.")]
     st.session_state[state.PASTE_TEXT] = ""
     st.session_state[state.PASTE_NAME] = ""
 
 
+limits = common.policy()
 left, right = st.columns(2)
 with left:
     st.file_uploader("Upload prompt files", type=[suffix.lstrip(".") for suffix in prompts.FORMATS],
-                     accept_multiple_files=True, key=state.UPLOADER, on_change=_take_uploads,
-                     help=f"UTF-8 text, at most {common.policy().max_upload_bytes / 2**20:.0f} MB per file.")
+                     accept_multiple_files=True, key=_uploader_key(), on_change=_take_uploads,
+                     max_upload_size=limits.max_upload_mb,
+                     help=f"UTF-8 text, at most {limits.max_upload_mb} MB per file and {limits.max_files} files at a "
+                          f"time; the library holds {limits.max_prompts} prompts.")
 with right:
-    st.text_area("Paste a text", key=state.PASTE_TEXT, height=120)
-    st.text_input("Name (optional)", key=state.PASTE_NAME)
+    st.text_area("Paste a text", key=state.PASTE_TEXT, height=120, max_chars=limits.max_chars)
+    st.text_input("Name (optional)", key=state.PASTE_NAME, max_chars=prompts.MAX_NAME_CHARS)
     st.button("Add to the library", on_click=_take_paste)
 
 for kind, message in st.session_state[state.UPLOAD_MESSAGES]:
-    {"error": st.error, "warning": st.warning, "success": st.success}[kind](message)
+    common.say(kind, message)
 
 library = st.session_state[state.LIBRARY]
 st.subheader(f"Library ({len(library)})")
@@ -100,7 +137,7 @@ def _remove(index: int) -> None:
 
 
 actions[1].button("Remove", on_click=_remove, args=(choice,))
-st.caption(f"{chosen.source} · {len(chosen.text)} characters · content hash {chosen.digest}")
+st.caption(f"{common.literal(chosen.source)} · {len(chosen.text):,} characters · content hash {chosen.digest}")
 st.text(chosen.text[:4000] + ("\n…" if len(chosen.text) > 4000 else ""))  # st.text never renders markup
 
 # Batch ----------------------------------------------------------------------------------------------------------------
@@ -112,23 +149,24 @@ if spec is None:
     st.info("Choose a model in the sidebar first.")
     st.stop()
 kind = st.radio("Statistic", [state.BATCH_HEADS, state.BATCH_TAYLOR, state.BATCH_COLLAPSE], key=state.BATCH_KIND)
-cut = Cut(max_tokens=int(st.session_state[state.MAX_TOKENS]), keep=st.session_state[state.KEEP])
-request = (spec, cut, kind, tuple(p.digest for p in library))
-if st.button(f"Run over the {len(library)} prompt(s)", type="primary"):
+batch_prompts = library[:limits.max_batch]
+if len(library) > limits.max_batch:
+    st.caption(f"A batch runs the first {limits.max_batch} prompts of the library, this deployment's limit.")
+request = (spec, st.session_state[state.MAX_TOKENS], st.session_state[state.KEEP], kind,
+           tuple(p.digest for p in batch_prompts))
+if st.button(f"Run over the {len(batch_prompts)} prompt(s)", type="primary"):
     st.session_state[state.BATCH_REQUESTS] = [*st.session_state[state.BATCH_REQUESTS], request]
 if request not in st.session_state[state.BATCH_REQUESTS]:
     st.stop()
-try:
-    with st.spinner(f"Loading {spec.name}"):
-        common.policy().check(spec)
-        loaded = cached.get_model(spec)
-except Exception as error:  # a model the user chose can fail anywhere inside transformers
-    st.error(f"Could not load '{spec.name}': {error}")
+loaded = common.load(spec)
+if loaded is None:
     st.stop()
+cut = common.cut_for(loaded)
 progress = st.progress(0.0, "Running the prompts")
 per_prompt, skipped = [], []
-for index, prompt in enumerate(library):
-    progress.progress(index / len(library), f"Prompt {index + 1}/{len(library)}: {prompt.name}")
+for index, prompt in enumerate(batch_prompts):
+    progress.progress(index / len(batch_prompts),
+                      f"Prompt {index + 1}/{len(batch_prompts)}: {common.literal(prompt.name, 60)}")
     tokens = cached.get_tokens(spec, prompt.text, cut)
     with common.model_turn(spec):
         capture = cached.get_capture(spec, prompt.text, cut)
@@ -154,7 +192,8 @@ for index, prompt in enumerate(library):
                                "sink_mass": np.array([u.sink_mass.mean() for u in units])})
 progress.empty()
 if skipped:
-    st.warning(f"Left out (context collapse needs a decoder and at least 32 tokens): {', '.join(skipped)}.")
+    common.say("warning", f"Left out (context collapse needs a decoder and at least 32 tokens): "
+                          f"{', '.join(skipped)}.")
 if not per_prompt:
     st.stop()
 count = len(per_prompt)

@@ -32,6 +32,13 @@ def wait_for_health(url: str, process: subprocess.Popen, log_name: str, seconds:
     pytest.fail(f"streamlit did not start within {seconds:.0f} s; see tests/output/{log_name}")
 
 
+def upload(page, paths) -> None:
+    """Choose files in the Prompts page's uploader once the previous upload's uploader has gone (each upload is
+    taken by a fresh, empty uploader; the old one stays on the page until that run ends)."""
+    page.wait_for_function("() => document.querySelectorAll('input[type=file]').length === 1", timeout=60_000)
+    page.locator("input[type=file]").set_input_files(paths)
+
+
 @pytest.fixture(scope="module")
 def server(output_dir):
     port = free_port()

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.e2e.conftest import upload
+
 pytestmark = pytest.mark.slow
 
 SENTENCE = "The giraffe ate leaves from the tallest acacia tree"
@@ -97,7 +99,7 @@ def test_upload_every_format_and_every_bad_file(server, browser, output_dir, tmp
     for name, data, expected in UPLOADS:
         path = tmp_path / name
         path.write_bytes(data)
-        page.locator("input[type=file]").set_input_files(str(path))
+        upload(page, str(path))
         page.get_by_text(expected, exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("Library (5)").wait_for(timeout=30_000)  # notes, story, two JSONL lines, one CSV row
     page.screenshot(path=str(output_dir / "e2e-prompts.png"), full_page=True)

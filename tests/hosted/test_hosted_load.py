@@ -1,0 +1,155 @@
+"""Load: 8 Chromium sessions at once against one hosted server (deploy/start.sh, hosted defaults), loopback only,
+bounded in count and time.
+
+Half the sessions paste the largest text the box takes (16,384 characters: 1,024 tokens analysed) and then upload
+the largest file the uploader takes (2 MB); the other half open permalinks with their own short texts and explore
+the maps (one head, all heads, head statistics). Every session must get its own numbers (its map's CSV equals the
+packaged model's map of its own text, computed here), and no session may see an exception. The server's peak
+resident memory is printed and must stay under PEAK_RSS_MB, the ceiling the README states.
+"""
+
+import asyncio
+import html
+import io
+import time
+import urllib.parse
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.analyses.maps import block_for, pooled_map
+from core.capture import run_with_capture
+from core.hosting import policy_from_env
+from core.models import ModelSpec, load_model
+from core.tokens import tokenize
+from tests.e2e.conftest import CHROMIUM
+
+pytestmark = pytest.mark.slow
+
+SESSIONS = 8
+BUDGET_S = 420
+PEAK_RSS_MB = 3500  # the README's ceiling for the hosted server under this load
+HOSTED = policy_from_env({"ATTNSCOPE_HOSTED": "1"})
+ANIMALS = ["zebra", "otter", "falcon", "badger", "lynx", "heron", "bison", "gecko"]
+
+
+def _long_text(i: int) -> str:
+    """Exactly as many characters as the hosted text box holds, different for every session."""
+    sentence = f"Session {i}: the {ANIMALS[i]} crossed the river {i + 2} times, then the {ANIMALS[i]} rested. "
+    return (sentence * (HOSTED.max_chars // len(sentence) + 1))[:HOSTED.max_chars]
+
+
+def _short_text(i: int) -> str:
+    return f"Session {i}: the {ANIMALS[i]} crossed the river {i + 2} times before the {ANIMALS[i]} rested."
+
+
+async def _map_csv(page) -> pd.DataFrame:
+    async with page.expect_download(timeout=BUDGET_S * 1000) as download:
+        await page.get_by_role("button", name="Data as CSV").first.click()
+    return pd.read_csv(io.BytesIO(open(await (await download.value).path(), "rb").read()))
+
+
+async def _no_exception(page, who: str) -> None:
+    assert await page.locator("[data-testid=stException]").count() == 0, f"{who} saw an exception"
+
+
+async def _see(locator) -> None:
+    await locator.first.wait_for(timeout=BUDGET_S * 1000)
+
+
+async def _paster(page, url: str, i: int, upload: str) -> dict:
+    """Paste the largest text the box takes, read its map, then upload the largest file the uploader takes."""
+    await page.goto(url)
+    await _see(page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0"))
+    box = page.get_by_role("textbox", name="Text to analyse")
+    await box.fill(_long_text(i))
+    await box.press("Control+Enter")
+    await _see(page.get_by_text("only the first 1024 are analysed"))
+    await _see(page.get_by_text("1024 tokens · 30 layers"))
+    await _see(page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0"))
+    result = {"map": await _map_csv(page), "box": await box.input_value()}
+    await _no_exception(page, f"session {i}")
+    await page.get_by_role("link", name="Prompts").click()
+    await _see(page.get_by_text("The library is empty"))
+    await page.locator("input[type=file]").set_input_files(upload)
+    await _see(page.get_by_text(f"'upload-{i}.txt': 1 prompt(s) added."))
+    await _see(page.get_by_text("Library (1)"))
+    await _no_exception(page, f"session {i}")
+    return result
+
+
+async def _explorer(page, url: str, i: int) -> dict:
+    """Open a permalink with a short text, read its map, then the grid of all heads and the statistics."""
+    await page.goto(f"{url}/?text={urllib.parse.quote(_short_text(i))}")
+    await _see(page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0"))
+    result = {"map": await _map_csv(page)}
+    await page.get_by_text("All heads", exact=True).click()
+    await _see(page.get_by_text("click a head to open it"))
+    await page.get_by_text("Head statistics", exact=True).click()
+    await _see(page.locator(".js-plotly-plot .gtitle", has_text="per head"))
+    await _no_exception(page, f"session {i}")
+    return result
+
+
+async def _sessions(url: str, uploads: dict[int, str], output_dir) -> list:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        contexts = [await browser.new_context(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
+                    for _ in range(SESSIONS)]
+        pages = [await context.new_page() for context in contexts]
+
+        async def one(i: int):
+            try:
+                if i % 2 == 0:
+                    return await _paster(pages[i], url, i, uploads[i])
+                return await _explorer(pages[i], url, i)
+            except Exception as error:  # every session's failure is reported, each with a screenshot
+                await pages[i].screenshot(path=str(output_dir / f"load-session-{i}.png"), full_page=True)
+                return error
+
+        results = await asyncio.gather(*(one(i) for i in range(SESSIONS)))  # all eight at once
+        await browser.close()
+        return results
+
+
+def test_eight_hosted_sessions_paste_upload_and_explore_at_once(hosted, output_dir, tmp_path):
+    start = time.monotonic()
+    uploads = {}
+    for i in range(0, SESSIONS, 2):
+        path = tmp_path / f"upload-{i}.txt"
+        line = f"Upload {i}: the {ANIMALS[i]} keeps a long diary of every river it crossed.\n"
+        path.write_text((line * (HOSTED.max_upload_bytes // len(line) + 1))[:HOSTED.max_upload_bytes])
+        uploads[i] = str(path)
+    results = asyncio.run(_sessions(hosted.url, uploads, output_dir))
+    peak = hosted.peak_rss_mb()
+    print(f"hosted server peak RSS under {SESSIONS} concurrent sessions: {peak:.0f} MB (ceiling {PEAK_RSS_MB} MB); "
+          f"{time.monotonic() - start:.0f} s")
+    failures = [f"session {i}: {r!r}" for i, r in enumerate(results) if isinstance(r, Exception)]
+    assert not failures, failures
+
+    model = load_model(ModelSpec("smollm2-135m"))
+    for i, result in enumerate(results):
+        text = _long_text(i) if i % 2 == 0 else _short_text(i)
+        if i % 2 == 0:
+            assert result["box"] == text, f"session {i}'s text box lost its text"
+        tokens = tokenize(model.tokenizer, text, max_tokens=HOSTED.max_tokens)
+        with torch.no_grad():
+            layer = run_with_capture(model.model, tokens.as_tensor(), layers=[0]).layer(0)
+        block = block_for(len(tokens), 256)
+        expected = pooled_map(layer, heads=[0], block=block, reduce="mean").values[0].numpy()
+        table = result["map"]
+        shown = table.pivot_table(index="y", columns="x", values="value", sort=False, dropna=False).to_numpy()
+        assert shown.shape == expected.shape, f"session {i} shows another text"
+        mask = np.isfinite(expected)
+        np.testing.assert_allclose(shown[mask], expected[mask], atol=1e-5, err_msg=f"session {i}")
+        if block == 1:
+            labels = [f"{j}:{html.escape(t, quote=False)}" for j, t in enumerate(tokens.strings)]
+            assert list(dict.fromkeys(table["x"])) == labels, f"session {i} shows another text's tokens"
+    assert peak < PEAK_RSS_MB, f"peak RSS {peak:.0f} MB over the {PEAK_RSS_MB} MB ceiling"
+    assert time.monotonic() - start < BUDGET_S + 180
