@@ -3,9 +3,10 @@
 Models and captures are resources (shared, unpicklable tensors, bounded in number); the small arrays the views draw
 are data keyed by everything that determines them, so revisiting a view is instant.
 
-Every function here that runs the model holds the model's lock (`model_lock`) for its forward passes: a cached view
-whose capture was evicted runs the model again from inside another cached function, and that pass must wait its turn
-like any other. The lock is re-entrant, so a page that already holds it (app.common.model_turn) calls these freely.
+Every function here that runs the model holds the model's lock (`model_lock`) for its forward passes, and only for
+them: a cached view whose capture was evicted runs the model again from inside another cached function, and that pass
+must wait its turn like any other. The model's lock is always the last lock taken (after Streamlit's per-key cache
+locks, and after get_model and get_tokens have returned), so no two sessions can each hold what the other waits for.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def get_model(spec: ModelSpec) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner=False)
-def model_lock(spec: ModelSpec) -> threading.RLock:
-    """One lock per model, shared by every session: model work runs one session at a time."""
-    return threading.RLock()
+def model_lock(spec: ModelSpec) -> threading.Lock:
+    """One lock per model, shared by every session: forward passes run one session at a time."""
+    return threading.Lock()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -51,9 +52,9 @@ def get_tokens(spec: ModelSpec, text: str, cut: Cut) -> Tokens:
 
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
 def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
-    tokens = get_tokens(spec, text, cut)
+    tokens, model = get_tokens(spec, text, cut), get_model(spec).model
     with model_lock(spec):
-        return run_with_capture(get_model(spec).model, tokens.as_tensor())
+        return run_with_capture(model, tokens.as_tensor())
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -106,9 +107,9 @@ def taylor_recurrent(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int
 @st.cache_data(show_spinner=False, max_entries=256)
 def substitution_loss(spec: ModelSpec, text: str, cut: Cut, n_tokens: int,
                       substitute: taylor.Substitute) -> float:
-    tokens = get_tokens(spec, text, cut)
+    tokens, model = get_tokens(spec, text, cut), get_model(spec).model
     with model_lock(spec):
-        return taylor.substitution_loss(get_model(spec).model, tokens.as_tensor()[:, :n_tokens], substitute)
+        return taylor.substitution_loss(model, tokens.as_tensor()[:, :n_tokens], substitute)
 
 
 @st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
@@ -121,8 +122,9 @@ def collapse_capture(spec: ModelSpec, text: str, settings: collapse.Settings, wi
     ids = collapse.text_windows(tokens.as_tensor(), settings)[window]
     if length is not None:
         ids = ids[:, :length]
+    model = get_model(spec).model
     with model_lock(spec):
-        return run_with_capture(get_model(spec).model, ids, hidden_states=settings.vectors == "hidden")
+        return run_with_capture(model, ids, hidden_states=settings.vectors == "hidden")
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

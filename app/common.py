@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,6 +81,10 @@ def _box_text(text: str) -> str:
     return cut_text(text, policy().max_tokens, st.session_state[state.KEEP])
 
 
+def _text_typed() -> None:
+    st.session_state[state.TEXT_NOTE] = None
+
+
 def _use_library_prompt() -> None:
     pick = st.session_state[state.LIBRARY_PICK]
     if pick is not None and pick < len(st.session_state[state.LIBRARY]):
@@ -123,19 +128,22 @@ def cut_for(loaded: LoadedModel, requested: int | None = None) -> Cut:
 
 @contextlib.contextmanager
 def model_turn(spec: ModelSpec) -> Iterator[None]:
-    """Hold the model's lock while a forward pass (or cached work that may run one) happens; say so while waiting.
-    The cached functions that run the model take the same (re-entrant) lock themselves, so a cache miss anywhere
-    also waits its turn; holding it here first is what lets the page say why it waits."""
+    """Around page code that may run the model: while another session's forward pass holds the model's lock, say
+    "Waiting for the model" until it ends.
+
+    The lock itself is taken only inside the cached functions that run the model (app.cached), innermost, after
+    Streamlit's own per-key cache locks. Holding it here, around cached calls, would take the two in the opposite
+    order: a session holding it and waiting for a capture's key could wait forever on a session that computes that
+    capture and waits for the model.
+    """
     lock = cached.model_lock(spec)
     if not lock.acquire(blocking=False):
         note = st.empty()
         note.info(f"Waiting for the model: another session is running {literal(spec.name)}.", icon="⏳")
         lock.acquire()
         note.empty()
-    try:
-        yield
-    finally:
-        lock.release()
+    lock.release()
+    yield
 
 
 def sidebar() -> None:
@@ -167,8 +175,8 @@ def sidebar() -> None:
         if limits.hosted:
             st.caption(f"Hosted demo: texts are cut at {limits.max_tokens} tokens ({limits.max_chars:,} characters), "
                        f"uploads at {limits.max_upload_mb} MB and {limits.max_files} files, the library at "
-                       f"{limits.max_prompts} prompts, a batch at {limits.max_batch}; no remote code, no local "
-                       "folders.")
+                       f"{limits.max_prompts} prompts and {limits.max_library_mb} MB, a batch at "
+                       f"{limits.max_batch}; no remote code, no local folders.")
         st.subheader("Text")
         st.selectbox("Example prompts", list(state.EXAMPLES), key=state.EXAMPLE, on_change=_fill_example)
         library = st.session_state[state.LIBRARY]
@@ -180,8 +188,10 @@ def sidebar() -> None:
         if len(st.session_state[state.TEXT]) > limits.max_chars:  # e.g. set before the limit was lowered
             st.session_state[state.TEXT] = _box_text(st.session_state[state.TEXT])
         st.text_area("Text to analyse", key=state.TEXT, height=180, max_chars=limits.max_chars,
-                     help=f"Press Ctrl+Enter (or click outside the box) to run the model on the text. At most "
-                          f"{limits.max_chars:,} characters; longer texts can be uploaded on the Prompts page.")
+                     on_change=_text_typed,
+                     help=f"Press Ctrl+Enter (or click outside the box) to run the model on the text. The box holds "
+                          f"{limits.max_chars:,} characters and keeps the start of a longer paste; to analyse the "
+                          "end of a longer text, upload it on the Prompts page.")
         if st.session_state[state.TEXT_NOTE]:
             st.caption(st.session_state[state.TEXT_NOTE])
         st.session_state[state.MAX_TOKENS] = min(int(st.session_state[state.MAX_TOKENS]), limits.max_tokens)
@@ -225,7 +235,11 @@ def load(spec: ModelSpec) -> LoadedModel | None:
         say("error", str(error))
         return None
     except Exception as error:  # an arbitrary user-chosen model can fail anywhere inside transformers
-        say("error", f"Could not load '{spec.name}': {type(error).__name__}: {error}")
+        if limits.hosted:  # its message may hold anything, server paths included: the log gets it, not the visitor
+            logging.getLogger("attnscope").exception("Loading %s failed", spec)
+            say("error", f"Could not load '{spec.name}' ({type(error).__name__}); the server log has the details.")
+        else:
+            say("error", f"Could not load '{spec.name}': {type(error).__name__}: {error}")
         return None
     shown = st.session_state[state.NOTES_SHOWN]
     for note in loaded.notes:

@@ -13,6 +13,7 @@ Every input has a limit, applied before work is done on it (hosted default / loc
 | ATTNSCOPE_MAX_UPLOAD_MB | megabytes per uploaded file (whole MB, as Streamlit's server.maxUploadSize) | 2 | 20 |
 | ATTNSCOPE_MAX_FILES | files taken from one upload | 10 | 100 |
 | ATTNSCOPE_MAX_PROMPTS | prompts in one session's library | 200 | 2000 |
+| ATTNSCOPE_MAX_LIBRARY_MB | megabytes of text in one session's library | 20 | 2000 |
 | ATTNSCOPE_MAX_BATCH | prompts one batch run analyses | 20 | 500 |
 
 The server must refuse larger uploads before reading them, which only Streamlit's own `server.maxUploadSize` can do:
@@ -30,9 +31,9 @@ from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
 from core.tokens import Cut, max_chars
 
 TOKEN_CEILING = 32768  # the most tokens any setting can ask for
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
-_PATH = re.compile(r"(?<![\w.:/])(?:/|~/)[^\s'\"`,;:()]+")  # an absolute path inside a message
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")  # use with fullmatch
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")  # use with fullmatch
+_PATH = re.compile(r"file://\S+|(?<![\w.:/])(?:/|~/)[^\s'\"`,;:()]+")  # an absolute path inside a message
 
 
 class PolicyError(ValueError):
@@ -47,6 +48,7 @@ class Policy:
     max_upload_mb: int = 20  # largest uploaded file, in megabytes
     max_files: int = 100  # files taken from one upload
     max_prompts: int = 2000  # prompts in one session's library
+    max_library_mb: int = 2000  # megabytes of text (UTF-8) in one session's library
     max_batch: int = 500  # prompts one batch run analyses
 
     @property
@@ -90,7 +92,8 @@ class Policy:
         return Cut(max_tokens=max(1, min(int(n) for n in limits)), keep=keep)
 
     def public(self, message: str) -> str:
-        """A message fit for whoever sees the page: in hosted mode, with server paths taken out."""
+        """A message fit for whoever sees the page: in hosted mode, with server paths taken out. Only for sentences
+        attnscope wrote, whose paths contain no spaces; an unforeseen error is not shown whole in hosted mode."""
         return _PATH.sub("(a server path)", message) if self.hosted else message
 
 
@@ -116,7 +119,7 @@ def _allowlist(environ) -> tuple[str, ...]:
     entries = tuple(m.strip() for m in environ.get("ATTNSCOPE_ALLOWED_MODELS", "").split(",") if m.strip())
     for entry in entries:
         name, at, revision = entry.partition("@")
-        if not HUB_ID.match(name) or (at and not REVISION.match(revision)):
+        if not HUB_ID.fullmatch(name) or (at and not REVISION.fullmatch(revision)):
             raise PolicyError(f"ATTNSCOPE_ALLOWED_MODELS entries must be 'org/name' or 'org/name@revision'; "
                               f"got '{entry}'.")
     return entries
@@ -126,8 +129,8 @@ def policy_from_env(environ=None) -> Policy:
     """This deployment's policy. Raises PolicyError naming a variable that holds an unusable value."""
     environ = os.environ if environ is None else environ
     hosted = environ.get("ATTNSCOPE_HOSTED", "").strip().lower() in ("1", "true", "yes", "on")
-    defaults = Policy(max_tokens=1024, max_upload_mb=2, max_files=10, max_prompts=200, max_batch=20) if hosted \
-        else Policy()
+    defaults = Policy(max_tokens=1024, max_upload_mb=2, max_files=10, max_prompts=200, max_library_mb=20,
+                      max_batch=20) if hosted else Policy()
     return Policy(
         hosted=hosted,
         allowed_models=_allowlist(environ) if hosted else (),
@@ -135,6 +138,7 @@ def policy_from_env(environ=None) -> Policy:
         max_upload_mb=_number(environ, "ATTNSCOPE_MAX_UPLOAD_MB", defaults.max_upload_mb),
         max_files=_number(environ, "ATTNSCOPE_MAX_FILES", defaults.max_files),
         max_prompts=_number(environ, "ATTNSCOPE_MAX_PROMPTS", defaults.max_prompts),
+        max_library_mb=_number(environ, "ATTNSCOPE_MAX_LIBRARY_MB", defaults.max_library_mb),
         max_batch=_number(environ, "ATTNSCOPE_MAX_BATCH", defaults.max_batch),
     )
 

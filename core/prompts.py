@@ -18,7 +18,8 @@ A "name" that cannot be encoded is replaced by one made from the text, and the l
 
 Names shown to users (prompt names and the file names inside messages) are put on one line (whitespace and control
 characters become single spaces) and cut to MAX_NAME_CHARS with "…". With `max_prompts`, parsing stops once that many
-prompts are kept; the rest is counted in `Parsed.left_out` (JSONL: non-blank lines; CSV: rows with a text), not parsed.
+prompts are kept and no further prompt is built; the rest is counted in `Parsed.left_out` (JSONL: non-blank lines,
+counted without parsing them; CSV: rows with a text, which the csv reader still reads to count).
 
 JSONL is split at "\\n" only, as JSON Lines specifies, so a raw U+2028 or U+0085 inside a JSON string does not cut its
 line; CSV follows the csv module's excel dialect, and a row is a record (a quoted cell may span lines), as in a
@@ -38,7 +39,7 @@ from pathlib import PurePath
 
 FORMATS = {".txt": "text", ".md": "text", ".jsonl": "jsonl", ".csv": "csv"}
 ENCODING = "utf-8"
-MAX_BYTES = 20 * 2**20  # the same limit as .streamlit/config.toml's server.maxUploadSize
+MAX_BYTES = 20 * 10**6  # 20 MB as Streamlit's uploader counts them: .streamlit/config.toml's server.maxUploadSize
 MAX_NAME_CHARS = 80  # prompt names and file names as users see them, "…" included
 _DEFAULT_NAME_CHARS = 48  # a name made from the start of a text
 _MAX_INT_DIGITS = 4300  # Python's default int/str conversion limit (sys.get_int_max_str_digits)
@@ -85,7 +86,8 @@ class _NumberTooLong(Exception):
 
 
 def _size(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 1024:.1f} KB"
+    """Megabytes and kilobytes of 10^6 and 10^3 bytes, as Streamlit's uploader shows sizes."""
+    return f"{n_bytes / 10**6:.1f} MB" if n_bytes >= 10**6 else f"{n_bytes / 10**3:.1f} KB"
 
 
 def _refuse(message: str) -> Parsed:
@@ -114,7 +116,7 @@ def _one_line(text: str, limit: int) -> str:
     return flat if length <= limit else flat[:limit - 1].rstrip() + "…"
 
 
-def _file_label(name: object, limit: int = MAX_NAME_CHARS) -> str:
+def file_label(name: object, limit: int = MAX_NAME_CHARS) -> str:
     """A file name as messages show it: one line, at most `limit` characters, and a lone surrogate (a file-system name
     that is not UTF-8) written as a \\udcxx escape so that the message itself can be encoded."""
     text = name if isinstance(name, str) else str(name)
@@ -164,7 +166,7 @@ def parse_upload(name: str, data: bytes, *, max_bytes: int = MAX_BYTES, max_prom
     """
     label = "(unnamed file)"
     try:
-        label = _file_label(name)
+        label = file_label(name)
         return _parse(name, label, data, max_bytes=max_bytes, max_prompts=max_prompts)
     except Exception as error:  # the promise to the page: a sentence, never a traceback, whatever the file holds
         return _refuse(f"'{label}' could not be read ({type(error).__name__}); nothing from it was added.")
@@ -176,7 +178,7 @@ def _parse(name: str, label: str, data: bytes, *, max_bytes: int, max_prompts: i
                        f"the file again.")
     suffix = PurePath(name).suffix.lower()
     if suffix not in FORMATS:
-        return _refuse(f"'{label}': unsupported file type '{_file_label(suffix, 20) if suffix else '(none)'}'; "
+        return _refuse(f"'{label}': unsupported file type '{file_label(suffix, 20) if suffix else '(none)'}'; "
                        f"use {', '.join(FORMATS)}.")
     if len(data) > max_bytes:
         return _refuse(f"'{label}' is {_size(len(data))}, over the {_size(max_bytes)} limit.")
@@ -194,7 +196,7 @@ def _parse(name: str, label: str, data: bytes, *, max_bytes: int, max_prompts: i
     kind = FORMATS[suffix]
     if kind == "text":
         return Parsed(prompts=[Prompt(name=_default_name(text, label), text=text, source=label)])
-    stem = _file_label(name, MAX_NAME_CHARS - _LINE_NUMBER_ROOM)  # fallback names are "<stem>:<line or row>"
+    stem = file_label(name, MAX_NAME_CHARS - _LINE_NUMBER_ROOM)  # fallback names are "<stem>:<line or row>"
     if kind == "jsonl":
         return _parse_jsonl(label, stem, text, max_prompts)
     return _parse_csv(label, stem, text, max_prompts)

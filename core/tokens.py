@@ -81,12 +81,15 @@ def tokenize(tokenizer, text: str, *, max_tokens: int | None = None, keep: str =
         raise ValueError(f"keep must be 'start' or 'end'; got {keep!r}.")
     chars_cut = max_tokens is not None and len(text) > max_chars(max_tokens)
     if chars_cut:
-        text = cut_text(text, max_tokens, keep)
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        ids = _ids_of_cut_text(tokenizer, cut_text(text, max_tokens, keep), max_tokens, keep)
+    else:
+        ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids and chars_cut:
+        raise ValueError(f"The {'first' if keep == 'start' else 'last'} {max_chars(max_tokens):,} characters of the "
+                         "text, the part analysed, hold no whole token: break the text into words or raise Max "
+                         "tokens.")
     if not ids:
         raise ValueError("The text produced no tokens: type or paste some text.")
-    if chars_cut:
-        ids = _drop_split_token(ids, set(getattr(tokenizer, "all_special_ids", ())), max_tokens, keep)
     n_text_tokens = len(ids)
     truncated = chars_cut or (max_tokens is not None and n_text_tokens > max_tokens)
     if max_tokens is not None and n_text_tokens > max_tokens:
@@ -100,14 +103,22 @@ def tokenize(tokenizer, text: str, *, max_tokens: int | None = None, keep: str =
     )
 
 
-def _drop_split_token(ids: list[int], special: set[int], max_tokens: int, keep: str) -> list[int]:
-    """Ids of a text cut by characters, without the tokens at the cut that the whole text does not have: the
-    special tokens the tokenizer adds there (start of text when the end is kept, end of text when the start is), and,
-    when the cut lies within the tokens that are kept, the token the cut may have split."""
-    if keep == "end":
-        while ids and ids[0] in special:
-            ids = ids[1:]
-        return ids[1:] if len(ids) < max_tokens + 2 else ids
-    while ids and ids[-1] in special:
-        ids = ids[:-1]
-    return ids[:-1] if len(ids) < max_tokens + 2 else ids
+def _added_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text (e.g. [CLS] and [SEP], or a start-of-text token)."""
+    bare = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    return [], []
+
+
+def _ids_of_cut_text(tokenizer, part: str, max_tokens: int, keep: str) -> list[int]:
+    """Ids of the first (keep="start") or last part of a longer text: the tokenizer's start tokens only where the text
+    really starts, its end tokens only where it really ends, and without the token at the cut, which may be split,
+    when the cut lies within the tokens that are kept."""
+    before, after = _added_tokens(tokenizer)
+    ids = list(tokenizer(part, add_special_tokens=False)["input_ids"])
+    if len(ids) < max_tokens + 2:
+        ids = ids[:-1] if keep == "start" else ids[1:]
+    return before + ids if keep == "start" else ids + after

@@ -19,22 +19,31 @@ st.caption("Upload .txt or .md files (one prompt each), .jsonl (one {\"text\": .
 
 
 def _add(found: list[prompts.Prompt]) -> tuple[int, int]:
-    """Add prompts not already in the library (same text), up to the library's limit; return (added, left out for
-    want of room)."""
+    """Add prompts not already in the library (same text), within the library's limits on prompts and on text;
+    return (added, left out for want of room)."""
+    limits = common.policy()
     library = list(st.session_state[state.LIBRARY])
     known = {p.digest for p in library}
+    size = sum(len(p.text.encode()) for p in library)
     added = full = 0
     for prompt in found:
         if prompt.digest in known:
             continue
-        if len(library) >= common.policy().max_prompts:
+        grown = size + len(prompt.text.encode())
+        if len(library) >= limits.max_prompts or grown > limits.max_library_mb * 10**6:
             full += 1
             continue
         known.add(prompt.digest)
         library.append(prompt)
-        added += 1
+        size, added = grown, added + 1
     st.session_state[state.LIBRARY] = library
     return added, full
+
+
+def _full_sentence(left_out: int) -> str:
+    limits = common.policy()
+    return (f"The library is full ({limits.max_prompts} prompts or {limits.max_library_mb} MB of text, this "
+            f"deployment's limits): {left_out} prompt(s) were not added. Remove some prompts first.")
 
 
 def _forget(upload) -> None:
@@ -58,7 +67,7 @@ def _take_uploads() -> None:
     uploads = list(st.session_state[_uploader_key()] or [])
     messages = []
     if len(uploads) > limits.max_files:
-        names = ", ".join(f"'{u.name}'" for u in uploads[limits.max_files:][:5])
+        names = ", ".join(f"'{prompts.file_label(u.name, 40)}'" for u in uploads[limits.max_files:][:5])
         messages.append(("warning", f"Only {limits.max_files} files are taken from one upload; "
                                     f"{len(uploads) - limits.max_files} were left out ({names}"
                                     f"{', …' if len(uploads) - limits.max_files > 5 else ''}). Upload them "
@@ -70,10 +79,12 @@ def _take_uploads() -> None:
         for problem in parsed.problems:
             messages.append(("error" if parsed.refused else "warning", problem))
         if parsed.prompts:
-            added, _ = _add(parsed.prompts)
-            messages.append(("success", f"'{upload.name}': {added} prompt(s) added"
-                             + (f", {len(parsed.prompts) - added} already in the library." if added <
-                                len(parsed.prompts) else ".")))
+            added, full = _add(parsed.prompts)
+            known = len(parsed.prompts) - added - full
+            messages.append(("success", f"'{prompts.file_label(upload.name)}': {added} prompt(s) added"
+                             + (f", {known} already in the library." if known else ".")))
+            if full:
+                messages.append(("error", _full_sentence(full)))
     for upload in uploads:
         _forget(upload)
     st.session_state[state.UPLOADER_GENERATION] += 1
@@ -87,9 +98,8 @@ def _take_paste() -> None:
         return
     added, full = _add([prompts.pasted(text, st.session_state[state.PASTE_NAME])])
     if full:
-        st.session_state[state.UPLOAD_MESSAGES] = [("error", f"The library is full ({common.policy().max_prompts} "
-                                                             "prompts, this deployment's limit): remove a prompt "
-                                                             "first. The pasted text is still in the box.")]
+        st.session_state[state.UPLOAD_MESSAGES] = [("error", _full_sentence(full) + " The pasted text is still in the "
+                                                                                  "box.")]
         return
     st.session_state[state.UPLOAD_MESSAGES] = [("success", "Pasted text added." if added else
                                                 "That text is already in the library.")]
@@ -104,7 +114,7 @@ with left:
                      accept_multiple_files=True, key=_uploader_key(), on_change=_take_uploads,
                      max_upload_size=limits.max_upload_mb,
                      help=f"UTF-8 text, at most {limits.max_upload_mb} MB per file and {limits.max_files} files at a "
-                          f"time; the library holds {limits.max_prompts} prompts.")
+                          f"time; the library holds {limits.max_prompts} prompts and {limits.max_library_mb} MB.")
 with right:
     st.text_area("Paste a text", key=state.PASTE_TEXT, height=120, max_chars=limits.max_chars)
     st.text_input("Name (optional)", key=state.PASTE_NAME, max_chars=prompts.MAX_NAME_CHARS)

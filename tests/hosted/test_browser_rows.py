@@ -118,8 +118,9 @@ def test_row4_link_parameters_are_never_rendered_as_markdown_or_html(browser, ho
 
 
 def test_row4_prompt_and_file_names_are_shown_literally(browser, hosted, tmp_path):
-    """The same rule for names a visitor controls: a prompt's "name" and a file's name, wherever they are shown
-    (upload messages, the library, the sidebar's picker, the batch's progress)."""
+    """The same rule for names a visitor controls: a prompt's "name" and a file's name, where they stay on the page
+    (upload messages, the library's caption, the sidebar's picker, the batch's figures); a remote image shown only
+    while the batch ran would still show up as a request to its host."""
     requests = []
     page = _open_prompts(browser, hosted, requests)
     name = f"[click](https://{EVIL}/login) ![x](https://{EVIL}/n.png) **bold** www.{EVIL}"

@@ -49,6 +49,16 @@ def test_row1_ten_megabytes_pasted_are_cut_to_the_box_before_any_work(monkeypatc
     assert "only the first 1024 are analysed" in warning and "This deployment analyses at most 1024" in warning
 
 
+@pytest.mark.parametrize("digest", ["0123456789abcdef\n", "0123456789ABCDEF", "**UPDATE** [click](https://x.example)"])
+def test_row4_a_link_text_sha_must_be_16_hexadecimal_digits(digest):
+    at = _app()
+    at.query_params["text_sha"] = digest
+    at.run()
+    assert not at.exception
+    assert any("was ignored: must be 16 hexadecimal characters" in w for w in _shown(at.warning))
+    assert at.session_state[state.TEXT] == state.EXAMPLES["Capital cities"]
+
+
 def test_row5_a_link_cannot_choose_the_revision_of_an_allowed_model(monkeypatch):
     monkeypatch.setenv("ATTNSCOPE_HOSTED", "1")
     monkeypatch.setenv("ATTNSCOPE_ALLOWED_MODELS", "someone/allowed-model@v1")
@@ -81,9 +91,15 @@ def test_row8_batch_applies_the_model_position_limit(monkeypatch):
     assert any("batch_mean" in c.proto.id for c in at.get("plotly_chart"))
 
 
+def _evict(cached) -> None:
+    """Drop every capture and every view computed from one, as a busy server's bounded caches do."""
+    for function in (cached.get_capture, cached.head_map, cached.layer_head_stats):
+        function.clear()
+
+
 def test_row9_every_forward_pass_holds_the_model_lock_even_after_eviction():
     """A cached view whose capture was evicted runs the model from inside another cached function; the pass must
-    hold the model's lock. The model itself reports who holds the lock at every forward pass."""
+    hold the model's lock. The model itself reports, at every forward pass, whether the lock is held."""
     from app import cached
     from core.analyses.taylor import Substitute
     from core.models import ModelSpec
@@ -93,23 +109,55 @@ def test_row9_every_forward_pass_holds_the_model_lock_even_after_eviction():
     model = cached.get_model(spec).model
     lock = cached.model_lock(spec)
     held = []
-    hook = model.register_forward_pre_hook(lambda module, args: held.append(lock._is_owned()))
+    hook = model.register_forward_pre_hook(lambda module, args: held.append(lock.locked()))
     try:
-        cached.get_capture.clear()
-        cached.head_map.clear()
+        _evict(cached)
         cached.head_map(spec, text, cut, 0, 0, 1, "mean", False)  # a view, its capture evicted
         cached.substitution_loss(spec, text, cut, 8, Substitute("softmax"))
         assert held == [True, True]
 
-        lock.acquire()  # another session's turn: the evicted capture must wait for it
-        cached.get_capture.clear()
-        cached.head_map.clear()
-        worker = threading.Thread(target=cached.head_map, args=(spec, text, cut, 0, 1, 1, "mean", False))
-        worker.start()
-        time.sleep(2.0)
-        assert worker.is_alive() and len(held) == 2, "the forward pass ran while another session held the model"
-        lock.release()
+        _evict(cached)
+        lock.acquire()  # another session's forward pass: the evicted capture must wait for it
+        try:
+            worker = threading.Thread(target=cached.head_map, args=(spec, text, cut, 0, 1, 1, "mean", False),
+                                      daemon=True)
+            worker.start()
+            time.sleep(2.0)
+            assert worker.is_alive() and len(held) == 2, "the forward pass ran while another session held the model"
+        finally:
+            lock.release()
         worker.join(timeout=60)
         assert not worker.is_alive() and held == [True, True, True]
     finally:
         hook.remove()
+
+
+def test_row9_a_page_in_its_turn_and_an_evicted_view_never_wait_for_each_other():
+    """Session A is in its turn (app.common.model_turn) and about to ask for a capture; meanwhile session B's view of
+    the same text finds that capture evicted and computes it, holding Streamlit's lock on that cache key. Both must
+    finish: nothing holds the model's lock while waiting for a cache key (when model_turn held it, A waited for B's
+    key and B for A's model lock, forever)."""
+    from app import cached, common
+    from core.models import ModelSpec
+    from core.tokens import Cut
+
+    spec, text, cut = ModelSpec("smollm2-135m"), "Two sessions, one text, one evicted capture.", Cut(64)
+    cached.get_model(spec)
+    a_in_turn, a_done, b_done = threading.Event(), threading.Event(), threading.Event()
+
+    def session_a():
+        with common.model_turn(spec):
+            a_in_turn.set()
+            time.sleep(1.5)  # B starts its view now
+            cached.get_capture(spec, text, cut)
+        a_done.set()
+
+    def session_b():
+        a_in_turn.wait(timeout=30)
+        cached.head_map(spec, text, cut, 0, 0, 1, "mean", False)
+        b_done.set()
+
+    _evict(cached)
+    for target in (session_a, session_b):
+        threading.Thread(target=target, daemon=True).start()
+    assert b_done.wait(timeout=60) and a_done.wait(timeout=60), "the two sessions wait for each other"

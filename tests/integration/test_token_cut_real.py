@@ -21,3 +21,15 @@ def test_real_tokenizers_keep_the_same_tokens(smollm2, minilm, keep, max_tokens)
         if keep == "end" and loaded is minilm:
             assert cut.ids[-1] == loaded.tokenizer.sep_token_id
         assert cut.ids == expected, loaded.spec.name
+
+
+def test_a_huge_word_is_cut_to_whole_tokens_or_refused_in_one_sentence(smollm2, minilm):
+    """16,384 characters without a space: BERT's word is one unknown token; a byte-level BPE splits it."""
+    text = "x" * 16_384 * 3
+    for keep in ("start", "end"):
+        bert = tokenize(minilm.tokenizer, text, max_tokens=512, keep=keep)
+        assert len(bert) >= 1 and bert.chars_cut
+        assert set(bert.ids) <= {minilm.tokenizer.cls_token_id, minilm.tokenizer.sep_token_id}
+        bpe = tokenize(smollm2.tokenizer, text, max_tokens=1024, keep=keep)
+        assert 0 < len(bpe) <= 1024 and bpe.chars_cut
+        assert set(bpe.ids) <= set(tokenize(smollm2.tokenizer, "x" * 5000).ids)

@@ -20,11 +20,13 @@ def test_hosted_defaults_and_overrides():
     assert (hosted.max_tokens, hosted.max_upload_mb, hosted.max_files, hosted.max_prompts, hosted.max_batch) == \
         (1024, 2, 10, 200, 20)
     assert hosted.max_chars == 1024 * 16 and hosted.max_upload_bytes == 2 * 10**6
+    assert hosted.max_library_mb == 20 and policy_from_env({}).max_library_mb == 2000
     policy = policy_from_env({"ATTNSCOPE_HOSTED": "1", "ATTNSCOPE_ALLOWED_MODELS": "gpt2, org/model@v1.0 ,",
                               "ATTNSCOPE_MAX_TOKENS": "512", "ATTNSCOPE_MAX_UPLOAD_MB": "1", "ATTNSCOPE_MAX_FILES": "3",
-                              "ATTNSCOPE_MAX_PROMPTS": "50", "ATTNSCOPE_MAX_BATCH": "5"})
+                              "ATTNSCOPE_MAX_PROMPTS": "50", "ATTNSCOPE_MAX_LIBRARY_MB": "4",
+                              "ATTNSCOPE_MAX_BATCH": "5"})
     assert policy == Policy(hosted=True, allowed_models=("gpt2", "org/model@v1.0"), max_tokens=512, max_upload_mb=1,
-                            max_files=3, max_prompts=50, max_batch=5)
+                            max_files=3, max_prompts=50, max_library_mb=4, max_batch=5)
     assert [(s.name, s.revision) for s in policy.hub_models()] == [("gpt2", None), ("org/model", "v1.0")]
     policy.check(ModelSpec("smollm2-135m"))
     policy.check(ModelSpec("gpt2"))
@@ -36,6 +38,7 @@ def test_hosted_defaults_and_overrides():
     ({"ATTNSCOPE_MAX_UPLOAD_MB": "0"}, "ATTNSCOPE_MAX_UPLOAD_MB must be at least 1"),
     ({"ATTNSCOPE_MAX_UPLOAD_MB": "1.5"}, "must be a whole number"),
     ({"ATTNSCOPE_HOSTED": "1", "ATTNSCOPE_ALLOWED_MODELS": "[x](https://evil.example)"}, "entries must be"),
+    ({"ATTNSCOPE_HOSTED": "1", "ATTNSCOPE_ALLOWED_MODELS": "gpt2@main\nx"}, "entries must be"),
 ])
 def test_unusable_variables_are_named(environ, message):
     with pytest.raises(PolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -69,7 +72,8 @@ def test_one_rule_for_the_tokens_a_run_reads():
 
 
 def test_hosted_messages_lose_server_paths():
-    message = "Could not read /root/.cache/attnscope/smollm2-135m/config.json: see https://huggingface.co/docs"
+    message = ("Could not read /root/.cache/attnscope/smollm2-135m/config.json (file:///root/.cache/x): see "
+               "https://huggingface.co/docs")
     public = Policy(hosted=True).public(message)
     assert "/root" not in public and "https://huggingface.co/docs" in public
     assert Policy().public(message) == message

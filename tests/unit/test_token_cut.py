@@ -6,16 +6,16 @@ from core.tokens import CHARS_PER_TOKEN, cut_text, max_chars, tokenize
 
 
 class Words:
-    """A whitespace tokenizer with BERT-like special tokens: 0 opens the text, 1 closes it, word wN is id N + 10."""
-
-    all_special_ids = [0, 1]
+    """A whitespace tokenizer with BERT-like special tokens: 0 opens the text, 1 closes it, word wN is id N + 10,
+    anything else is 2 (unknown)."""
 
     def __init__(self):
         self.seen = []  # the length of every text it was asked to tokenize
 
     def __call__(self, text, add_special_tokens=True):
         self.seen.append(len(text))
-        return {"input_ids": [0, *(int(w[1:]) + 10 for w in text.split()), 1]}
+        words = [int(w[1:]) + 10 if w[0] == "w" and w[1:].isdigit() else 2 for w in text.split()]
+        return {"input_ids": [0, *words, 1] if add_special_tokens else words}
 
     def decode(self, ids):
         return f"w{ids[0] - 10}"
@@ -32,10 +32,10 @@ def test_a_huge_text_is_cut_by_characters_before_tokenizing():
     tokenizer = Words()
     text = _text(2_000_000)  # about 15 MB
     tokens = tokenize(tokenizer, text, max_tokens=100)
-    assert tokenizer.seen == [100 * CHARS_PER_TOKEN]
+    assert max(tokenizer.seen) == 100 * CHARS_PER_TOKEN
     assert tokens.ids == tuple([0, *range(10, 109)]) and tokens.truncated and tokens.chars_cut
     end = tokenize(tokenizer, text, max_tokens=100, keep="end")
-    assert tokenizer.seen[-1] == 100 * CHARS_PER_TOKEN
+    assert max(tokenizer.seen) == 100 * CHARS_PER_TOKEN
     assert end.ids == tuple([*range(2_000_000 + 10 - 99, 2_000_000 + 10), 1]) and end.chars_cut
 
 
@@ -63,3 +63,11 @@ def test_short_texts_are_not_cut():
     assert cut_text("abc", 8) == "abc" and max_chars(8) == 8 * CHARS_PER_TOKEN
     tokens = tokenize(Words(), _text(5), max_tokens=64)
     assert not tokens.chars_cut and not tokens.truncated and len(tokens) == 7
+
+
+def test_a_cut_text_of_unknown_tokens_keeps_them():
+    """Tokens the model cannot name (a 16,384-character word is one [UNK] for BERT) are tokens like any other."""
+    tokens = tokenize(Words(), "x" * 50_000, max_tokens=16)
+    assert tokens.ids == (0,) and tokens.chars_cut  # the one (split) word dropped, the start token kept
+    spaced = tokenize(Words(), "x " * 50_000, max_tokens=16)
+    assert spaced.ids == (0, *[2] * 15) and spaced.chars_cut
