@@ -22,7 +22,6 @@ from core.analyses.collapse import VECTORS
 from core.hosting import HUB_ID, REVISION, TOKEN_CEILING
 from core.models import PACKAGED_MODELS
 from core.prompts import pasted
-from core.tokens import cut_text
 
 TEXT_IN_URL = 1000  # characters
 SHOWN_CHARS = 40  # of a refused value, quoted in the warning
@@ -115,17 +114,6 @@ def _quoted(name: str, value: str) -> str:
     return f"'{common.literal(name, SHOWN_CHARS)}={common.literal(value, SHOWN_CHARS)}'"
 
 
-def _library_texts() -> list[str]:
-    """What the text box can have held of each library prompt: the prompt, or its start or end when it is longer
-    than the box (links carry the digest of what the box held)."""
-    limits = common.policy()
-    texts = []
-    for prompt in st.session_state.get(state.LIBRARY, []):
-        texts += [prompt.text] if len(prompt.text) <= limits.max_chars else \
-            [cut_text(prompt.text, limits.max_tokens, keep) for keep in ("start", "end")]
-    return texts
-
-
 def restore() -> None:
     """Once per session: read the URL's parameters into session_state. Messages are Markdown-safe sentences."""
     if st.session_state.get(RESTORED):
@@ -154,12 +142,12 @@ def restore() -> None:
                             f"{TEXT_IN_URL}.")
     elif "text_sha" in params:
         digest = params["text_sha"]
-        known = [text for text in _library_texts() if pasted(text).digest == digest]
+        known = [p for p in st.session_state.get(state.LIBRARY, []) if p.digest == digest]
         if not DIGEST.fullmatch(digest):
             messages.append(f"The link's {_quoted('text_sha', digest)} was ignored: must be 16 hexadecimal "
                             "characters.")
         elif known:
-            st.session_state[state.TEXT] = known[0]
+            st.session_state[state.TEXT] = known[0].text
         else:
             messages.append(f"This link refers to a text (content hash {digest}) that is not available here: it was "
                             "uploaded or too long to travel in a link. The default text is shown instead; upload "

@@ -456,32 +456,30 @@ def _read_prepared(folder: Path) -> tuple[torch.nn.Module, object]:
 def _load_packaged_gguf(spec: ModelSpec, packaged: PackagedModel, progress: ProgressFn | None) -> LoadedModel:
     """Prepare if needed and load; a prepared copy that fails to load is prepared again once."""
     report = progress or _no_progress
-    folder = _prepare(packaged, report, failed_copy=None)
-    if folder is not None:
+    failed_copy = None  # the _marker_identity of a copy that failed to load
+    for attempt in range(2):
+        folder = _prepare(packaged, report, failed_copy=failed_copy)
+        if folder is None:  # kept in memory: the cache folder cannot be written
+            model, tokenizer = _IN_MEMORY[_memory_key(spec.name)]
+            source = "memory (the cache folder cannot be written)"
+            break
         report(0.95, f"Loading {spec.name}")
         try:
             model, tokenizer = _read_prepared(folder)
         except MemoryError:
             raise
         except Exception as error:  # the copy is ours, so whatever breaks reading it means it is damaged
+            if attempt == 1:
+                logger.exception("The prepared copy %s failed to load again", folder)
+                raise ModelLoadError(
+                    f"The packaged model {spec.name} failed to load even after preparing it again; the server "
+                    "log says why, so ask its operator (or pick another model meanwhile)."
+                ) from error
             logger.warning("The prepared copy %s failed to load (%s: %s)", folder, type(error).__name__, error)
-            folder = _prepare(packaged, report, failed_copy=_marker_identity(folder))
-            if folder is not None:
-                try:
-                    model, tokenizer = _read_prepared(folder)
-                except MemoryError:
-                    raise
-                except Exception as second_error:
-                    logger.exception("The prepared copy %s failed to load again", folder)
-                    raise ModelLoadError(
-                        f"The packaged model {spec.name} failed to load even after preparing it again; the server "
-                        "log says why, so ask its operator (or pick another model meanwhile)."
-                    ) from second_error
-    if folder is None:
-        model, tokenizer = _IN_MEMORY[_memory_key(spec.name)]
-        source = "memory (the cache folder cannot be written)"
-    else:
-        source = str(folder)
+            failed_copy = _marker_identity(folder)
+        else:
+            source = str(folder)
+            break
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, kind=packaged.kind, source=source,
                        info=describe(model.config), notes=_take_notes(spec.name))
 
