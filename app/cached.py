@@ -17,12 +17,12 @@ import threading
 import numpy as np
 import streamlit as st
 
-from core.analyses import collapse, maps, taylor
-from core.capture import Capture, run_with_capture
-from core.hosting import Policy, upload_limit_mismatch
-from core.figures.maps import Thumbnail
-from core.models import LoadedModel, ModelSpec, load_model
-from core.tokens import Cut, Tokens, tokenize
+from attnscope.analyses import collapse, maps, taylor
+from attnscope.capture import Capture, run_with_capture
+from attnscope.hosting import Policy, upload_limit_mismatch
+from attnscope.figures.maps import Thumbnail
+from attnscope.models import LoadedModel, ModelSpec, load_model
+from attnscope.tokens import Cut, Tokens, tokenize
 
 
 @st.cache_resource(show_spinner=False)

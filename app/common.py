@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from app import cached, state
-from core.capture import Capture
-from core.hosting import Policy, PolicyError, policy_from_env
-from core.prompts import pasted
-from core.report import build_report, figure_table
-from core.models import (PACKAGED_MODELS, LoadedModel, ModelLoadError, ModelSpec, needs_preparation,
+from attnscope.app import cached, state
+from attnscope.capture import Capture
+from attnscope.hosting import Policy, PolicyError, policy_from_env
+from attnscope.prompts import pasted
+from attnscope.report import build_report, figure_table
+from attnscope.models import (PACKAGED_MODELS, LoadedModel, ModelLoadError, ModelSpec, needs_preparation,
                          prepare_packaged_model)
-from core.tokens import Cut, Tokens, cut_text
+from attnscope.tokens import Cut, Tokens, cut_text
 
 _ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 # What GitHub-flavoured Markdown turns into a link even when every mark is escaped (it finds them in the parsed

@@ -17,11 +17,11 @@ import re
 
 import streamlit as st
 
-from app import common, state
-from core.analyses.collapse import VECTORS
-from core.hosting import HUB_ID, REVISION, TOKEN_CEILING
-from core.models import PACKAGED_MODELS
-from core.prompts import pasted
+from attnscope.app import common, state
+from attnscope.analyses.collapse import VECTORS
+from attnscope.hosting import HUB_ID, REVISION, TOKEN_CEILING
+from attnscope.models import PACKAGED_MODELS
+from attnscope.prompts import pasted
 
 TEXT_IN_URL = 1000  # characters
 SHOWN_CHARS = 40  # of a refused value, quoted in the warning

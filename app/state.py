@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.models import DEFAULT_MODEL
+from attnscope.models import DEFAULT_MODEL
 
 MODEL_CHOICE = "model_choice"  # packaged alias, or CUSTOM_MODEL
 CUSTOM_MODEL = "Other: hub id or local folder"

@@ -1,22 +1,17 @@
 """attnscope entry point: shared sidebar, then the page the user picked."""
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
-    sys.path.insert(0, str(ROOT))
-
-from app import cached, common, permalink, state  # noqa: E402
+from attnscope.app import cached, common, permalink, state
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
 cached.check_deployment(common.policy())  # an unusable ATTNSCOPE_* value stops here with the sentence naming it
 state.init_state()
 permalink.restore()
 common.start_report()
-PAGES = ROOT / "app" / "app_pages"
+PAGES = Path(__file__).resolve().parent / "app_pages"
 pages = [
     st.Page(PAGES / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
     st.Page(PAGES / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),

@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_kernels import peak_allocated_bytes  # noqa: E402
-from core.analyses import collapse  # noqa: E402
-from core.capture import run_with_capture  # noqa: E402
-from core.models import ModelSpec, load_model  # noqa: E402
+from attnscope.analyses import collapse  # noqa: E402
+from attnscope.capture import run_with_capture  # noqa: E402
+from attnscope.models import ModelSpec, load_model  # noqa: E402
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 OPS = ("sdpa", "eager_probs", "attention_stats", "attention_stats_topk8", "pooled_map_b64", "taylor_order10")
@@ -41,7 +40,7 @@ def make_inputs(n_tokens: int, dtype: torch.dtype, device: str):
 
 
 def op_function(name: str, q, k, v, backend: str):
-    import kernels
+    from attnscope import kernels
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     class _Module(torch.nn.Module):  # what eager_attention_forward reads from a Llama attention layer

@@ -23,14 +23,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_kernels import peak_allocated_bytes  # noqa: E402
-from core.analyses import taylor  # noqa: E402
-from core.capture import run_with_capture  # noqa: E402
-from core.models import ModelSpec, load_model  # noqa: E402
-from core.tokens import tokenize  # noqa: E402
-from kernels import DENOMINATORS, taylor_error  # noqa: E402
+from attnscope.analyses import taylor  # noqa: E402
+from attnscope.capture import run_with_capture  # noqa: E402
+from attnscope.models import ModelSpec, load_model  # noqa: E402
+from attnscope.tokens import tokenize  # noqa: E402
+from attnscope.kernels import DENOMINATORS, taylor_error  # noqa: E402
 
 MAX_ORDER = 10
 COMPARED_LAYERS = 3  # layers on which the separate-calls baseline runs (it is slow); the ratio is per layer

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.utils import key_positions_visible
+from attnscope.kernels.utils import key_positions_visible
 
 ATTENTION_NAME = "attnscope"
 
@@ -296,7 +296,7 @@ def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers:
     """Run `model` on `input_ids` (B, T) with capture on; with hidden_states=True also keep each captured layer's
     input residual stream (transformers' output_hidden_states[layer]).
 
-    The model must have been loaded with ``attn_implementation="attnscope"`` (core.models does this); otherwise no
+    The model must have been loaded with ``attn_implementation="attnscope"`` (attnscope.models does this); otherwise no
     layer is recorded and a ValueError says so.
     """
     with capturing(layers) as captured:
@@ -304,7 +304,7 @@ def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers:
     if not captured:
         raise ValueError(
             f"No attention layer was captured: load the model with attn_implementation='{ATTENTION_NAME}' "
-            "(core.models.load_model does)."
+            "(attnscope.load and attnscope.models.load_model do)."
         )
     logits = getattr(output, "logits", None)
     token_logprobs = None

@@ -27,8 +27,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from core.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
-from core.tokens import Cut, max_chars
+from attnscope.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
+from attnscope.tokens import Cut, max_chars
 
 TOKEN_CEILING = 32768  # the most tokens any setting can ask for
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")  # use with fullmatch

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from core.capture import ATTENTION_NAME, register_attention
+from attnscope.capture import ATTENTION_NAME, register_attention
 
 logger = logging.getLogger(__name__)
 
@@ -579,27 +579,3 @@ def describe(config) -> dict:
         "head_dim": head_dim,
         "max_positions": max_positions,
     }
-
-
-def main() -> None:
-    """`python -m core.models prepare [alias]`: dequantize a packaged model ahead of the first start."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("command", choices=["prepare"])
-    parser.add_argument("alias", nargs="?", default=DEFAULT_MODEL, choices=sorted(PACKAGED_MODELS))
-    args = parser.parse_args()
-    spec = ModelSpec(name=args.alias)
-    if not needs_preparation(spec):
-        print(f"{args.alias}: ready")
-        return
-    print(f"{args.alias}: preparing once into {prepared_folder(args.alias)}")
-    folder = prepare_packaged_model(args.alias,
-                                    progress=lambda fraction, message: print(f"  [{fraction:4.0%}] {message}"))
-    if folder is None:
-        raise SystemExit(f"{args.alias}: {cache_dir()} cannot be written, so nothing was saved; set ATTNSCOPE_CACHE "
-                         "to a writable folder.")
-
-
-if __name__ == "__main__":
-    main()

@@ -2,11 +2,12 @@
 
 Every public function takes q (B, Hq, T, D) and k, v (B, Hkv, S, D) with Hq a multiple of Hkv, and a backend:
 "auto" (Triton on CUDA, the chunked torch path elsewhere), "triton" (also under TRITON_INTERPRET=1) or "torch".
+Triton itself is imported only when a Triton kernel runs, so everything else works where triton has no wheel.
 """
 
-from kernels.attention_stats import AttentionStats, attention_stats
-from kernels.pooled_map import pooled_attention_map
-from kernels.taylor import DENOMINATORS, MAX_ORDER, TaylorSweep, taylor_attention, taylor_error, taylor_sweep
+from attnscope.kernels.attention_stats import AttentionStats, attention_stats
+from attnscope.kernels.pooled_map import pooled_attention_map
+from attnscope.kernels.taylor import DENOMINATORS, MAX_ORDER, TaylorSweep, taylor_attention, taylor_error, taylor_sweep
 
 __all__ = [
     "DENOMINATORS",

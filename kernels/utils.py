@@ -1,4 +1,5 @@
-"""Input checks and backend choice shared by every kernel. Imports only torch and triton.
+"""Input checks and backend choice shared by every kernel. Imports only torch: Triton is imported only when a Triton
+kernel runs (kernels/tiles.py and each op's fused.py).
 
 Layout everywhere: q (B, Hq, T, D); k and v (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query attention;
 query head h reads key/value head h // (Hq // Hkv), never a repeated copy). Query row i sits at key position
@@ -12,8 +13,6 @@ import math
 import os
 
 import torch
-import triton
-import triton.language as tl
 
 BACKENDS = ("auto", "triton", "torch")
 POISON_INT = -7777  # fill for integer outputs while poisoning
@@ -104,26 +103,3 @@ def poisoned_outputs():
         yield
     finally:
         _poison = previous
-
-
-@triton.jit
-def key_tile_scores(
-    b_q, k_tile_ptr, o_n, o_d, m_m, pos_m, key_end, head_dim, stride_ks, stride_kd, scale,
-    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
-):
-    """Scaled logits of a query tile against the keys o_n, and which of them each row may see.
-
-    b_q: [BLOCK_M, BLOCK_D] queries; k_tile_ptr points at this (batch, key/value head)'s keys; keys at or past
-    key_end, rows outside m_m and (with CAUSAL) keys after a row's position pos_m are not visible.
-    Returns ([BLOCK_M, BLOCK_N] fp32 scale * q.k, [BLOCK_M, BLOCK_N] visibility).
-    """
-    m_n = o_n < key_end
-    b_k = tl.load(k_tile_ptr + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd,
-                  mask=m_n[None, :] & (o_d[:, None] < head_dim), other=0.0)  # [BLOCK_D, BLOCK_N]
-    if DOT_UPCAST:
-        b_k = b_k.to(tl.float32)
-    b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # fp32 accumulation
-    visible = m_n[None, :] & m_m[:, None]
-    if CAUSAL:
-        visible = visible & (o_n[None, :] <= pos_m[:, None])
-    return b_s, visible

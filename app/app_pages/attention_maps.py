@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import cached, common, state
-from core.analyses.maps import REDUCTIONS, block_for
-from core.figures import maps as figures
+from attnscope.app import cached, common, state
+from attnscope.analyses.maps import REDUCTIONS, block_for
+from attnscope.figures import maps as figures
 
 GRID_CELLS_ONE_LAYER = 48  # thumbnail resolution when one layer's heads are shown
 GRID_CELLS_ALL_LAYERS = 24  # ... and when every layer's are

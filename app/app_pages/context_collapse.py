@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import cached, common, state
-from core.analyses import collapse
-from core.hosting import TOKEN_CEILING
-from core.figures import collapse as figures
-from core.tokens import Cut
+from attnscope.app import cached, common, state
+from attnscope.analyses import collapse
+from attnscope.hosting import TOKEN_CEILING
+from attnscope.figures import collapse as figures
+from attnscope.tokens import Cut
 
 PAPER = "[Mudarisov et al., arXiv 2508.17821](https://arxiv.org/abs/2508.17821)"
 LENGTH_CHOICES = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]

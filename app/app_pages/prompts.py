@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import cached, common, state
-from core import prompts
-from core.analyses import batch, collapse, taylor
-from core.figures import collapse as collapse_figures
-from core.figures import maps as map_figures
-from core.figures import taylor as taylor_figures
-from kernels import DENOMINATORS
+from attnscope.app import cached, common, state
+from attnscope import prompts
+from attnscope.analyses import batch, collapse, taylor
+from attnscope.figures import collapse as collapse_figures
+from attnscope.figures import maps as map_figures
+from attnscope.figures import taylor as taylor_figures
+from attnscope.kernels import DENOMINATORS
 
 st.title("Prompts")
 st.caption("Upload .txt or .md files (one prompt each), .jsonl (one {\"text\": ...} object per line, optional "

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import cached, common, state
-from core.analyses import taylor
-from core.figures import taylor as figures
-from kernels import DENOMINATORS, MAX_ORDER
-from kernels.taylor import logit_bin_edges
+from attnscope.app import cached, common, state
+from attnscope.analyses import taylor
+from attnscope.figures import taylor as figures
+from attnscope.kernels import DENOMINATORS, MAX_ORDER
+from attnscope.kernels.taylor import logit_bin_edges
 
 PAPER = "[Mongaras & Larson, arXiv 2507.23632](https://arxiv.org/abs/2507.23632)"
 DENOMINATOR_LABELS = {

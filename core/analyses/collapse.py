@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import kernels
-from core.capture import LayerCapture
+from attnscope import kernels
+from attnscope.capture import LayerCapture
 
 N_GRID = (1, 2, 3, 5, 8, 10, 16, 20, 32, 64, 100, 128, 256)  # selected-set sizes measured
 BOUND_NS = (1, 5, 10, 20, 100)  # sizes whose Theorem 1 bound is computed (fig. 2a uses N = 5, fig. 2b all five)
@@ -491,7 +491,7 @@ def critical_for(summary: LengthSummary, reading: str) -> tuple[int | None, int 
 def run_sweep(model: torch.nn.Module, ids: torch.Tensor, settings: Settings, *, causal: bool,
               progress=None) -> Sweep:
     """The whole sweep without a UI: progress(done, total, message) after each (window, length)."""
-    from core.capture import run_with_capture
+    from attnscope.capture import run_with_capture
 
     windows = text_windows(ids, settings)
     lengths = length_grid(windows[0].shape[1])

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
-from core.capture import LayerCapture
+from attnscope import kernels
+from attnscope.capture import LayerCapture
 
 REDUCTIONS = kernels.pooled_map.REDUCTIONS
 

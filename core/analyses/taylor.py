@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import kernels
-from core.capture import LayerCapture, substituting
-from kernels.taylor import naive as taylor_naive
+from attnscope import kernels
+from attnscope.capture import LayerCapture, substituting
+from attnscope.kernels.taylor import naive as taylor_naive
 
 Clamp = float | tuple[float, float] | None  # a number: clamp logits from above (the paper's code: 5); a pair: both
 

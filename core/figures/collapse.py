@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.figures.maps import escape
+from attnscope.figures.maps import escape
 
 MEASURED = "#1f77b4"
 SECOND = "#ff7f0e"

@@ -14,8 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.analyses.taylor import exp_truncation_error
-from core.figures.maps import escape
+from attnscope.analyses.taylor import exp_truncation_error
+from attnscope.figures.maps import escape
 
 DENOMINATOR_COLOURS = {"taylor": "#d62728", "softmax": "#1f77b4", "l2": "#2ca02c", "none": "#9467bd"}
 NEVER_COLOUR = "#444444"

@@ -1,4 +1,49 @@
-from kernels.attention_stats.fused import attention_stats
-from kernels.attention_stats.naive import AttentionStats
+"""attention_stats: per-query-row statistics of softmax attention (and its output) without the (T, S) matrix.
+
+fused.py is the Triton kernel (imported only when it runs), chunked.py the torch path for the CPU, naive.py the fp64
+reference the tests compare both with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnscope.kernels.attention_stats import chunked
+from attnscope.kernels.attention_stats.naive import AttentionStats
+from attnscope.kernels.utils import check_qkv, default_scale, resolve_backend
 
 __all__ = ["AttentionStats", "attention_stats"]
+
+
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None = None,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    topk: int = 0,
+    backend: str = "auto",
+) -> AttentionStats:
+    """Per-query-row attention statistics without building the (T, S) matrix.
+
+    Args:
+        q: (B, Hq, T, D) queries; k: (B, Hkv, S, D) keys; v: optional (B, Hkv, S, Dv) values. Hq % Hkv == 0.
+        causal: query row i sees keys 0 .. i + S - T.
+        scale: logits are scale * q.k; default 1/sqrt(D).
+        topk: also return the topk largest weights and their key indices per row.
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+
+    Returns:
+        AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax, sink_mass, mean_distance; with
+        topk > 0 topk_weights / topk_indices (B, Hq, T, topk); with v the attention output (B, Hq, T, Dv).
+    """
+    check_qkv(q, k, v, causal=causal)
+    if topk < 0 or topk > k.shape[2]:
+        raise ValueError(f"topk must be in 0..S={k.shape[2]}; got {topk}.")
+    scale = default_scale(scale, q.shape[-1])
+    if resolve_backend(backend, q.device) == "torch":
+        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk)
+    from attnscope.kernels.attention_stats import fused  # imports triton
+
+    return fused._launch(q, k, v, causal=causal, scale=scale, topk=topk)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.attention_stats.naive import AttentionStats
-from kernels.utils import key_positions_visible
+from attnscope.kernels.attention_stats.naive import AttentionStats
+from attnscope.kernels.utils import key_positions_visible
 
 # Bytes of fp32 scores per chunk; with the exp buffer and the mask about 2.3x this is alive at once.
 CHUNK_BYTES = 4 * 2**20

@@ -1,4 +1,4 @@
-"""Fused per-row attention statistics in one pass over key tiles (Triton), plus the public dispatching function.
+"""Fused per-row attention statistics in one pass over key tiles (Triton); the public function is in __init__.py.
 
 Online softmax as in FlashAttention: for each query tile the kernel walks the key tiles once, keeping a running
 max m, the running sum l = sum exp(s - m) and, rescaled alongside it, sum exp(s - m) * s (for the entropy
@@ -15,15 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_stats import chunked
-from kernels.attention_stats.naive import AttentionStats
-from kernels.utils import (
+from attnscope.kernels.attention_stats.naive import AttentionStats
+from attnscope.kernels.tiles import key_tile_scores
+from attnscope.kernels.utils import (
     check_qkv,
     default_scale,
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
-    key_tile_scores,
     resolve_backend,
 )
 
@@ -168,35 +167,3 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, block_m: int = 64
     if v is not None:
         out.output = output
     return out
-
-
-def attention_stats(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor | None = None,
-    *,
-    causal: bool = True,
-    scale: float | None = None,
-    topk: int = 0,
-    backend: str = "auto",
-) -> AttentionStats:
-    """Per-query-row attention statistics without building the (T, S) matrix.
-
-    Args:
-        q: (B, Hq, T, D) queries; k: (B, Hkv, S, D) keys; v: optional (B, Hkv, S, Dv) values. Hq % Hkv == 0.
-        causal: query row i sees keys 0 .. i + S - T.
-        scale: logits are scale * q.k; default 1/sqrt(D).
-        topk: also return the topk largest weights and their key indices per row.
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
-
-    Returns:
-        AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax, sink_mass, mean_distance; with
-        topk > 0 topk_weights / topk_indices (B, Hq, T, topk); with v the attention output (B, Hq, T, Dv).
-    """
-    check_qkv(q, k, v, causal=causal)
-    if topk < 0 or topk > k.shape[2]:
-        raise ValueError(f"topk must be in 0..S={k.shape[2]}; got {topk}.")
-    scale = default_scale(scale, q.shape[-1])
-    if resolve_backend(backend, q.device) == "torch":
-        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk)
-    return _launch(q, k, v, causal=causal, scale=scale, topk=topk)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.utils import default_scale, key_positions_visible
+from attnscope.kernels.utils import default_scale, key_positions_visible
 
 
 @dataclass

@@ -1,3 +1,55 @@
-from kernels.pooled_map.fused import REDUCTIONS, pooled_attention_map
+"""pooled_attention_map: attention probabilities pooled into block x block tiles without the (T, S) matrix.
+
+fused.py is the Triton kernel (imported only when it runs), chunked.py the torch path for the CPU, naive.py the fp64
+reference the tests compare both with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnscope.kernels.pooled_map import chunked
+from attnscope.kernels.utils import check_qkv, default_scale, resolve_backend
 
 __all__ = ["REDUCTIONS", "pooled_attention_map"]
+
+REDUCTIONS = ("mean", "max")
+
+
+def pooled_attention_map(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    block: int = 64,
+    reduce: str = "mean",
+    causal: bool = True,
+    scale: float | None = None,
+    hide_sink: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention probabilities pooled into block x block tiles without building the (T, S) matrix.
+
+    Args:
+        q: (B, Hq, T, D); k: (B, Hkv, S, D) with Hq % Hkv == 0.
+        block: tile side in tokens (1 = the exact map).
+        reduce: "mean" over the tile's visible cells, or "max".
+        causal: query row i sees keys 0 .. i + S - T.
+        scale: logits are scale * q.k; default 1/sqrt(D).
+        hide_sink: leave key 0 out of every tile (weights are not renormalised).
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+
+    Returns:
+        (B, Hq, ceil(T/block), ceil(S/block)) fp32; NaN for tiles with no visible cell.
+    """
+    check_qkv(q, k, causal=causal)
+    if block < 1:
+        raise ValueError(f"block must be >= 1; got {block}.")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
+    scale = default_scale(scale, q.shape[-1])
+    if resolve_backend(backend, q.device) == "torch":
+        return chunked.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, scale=scale,
+                                            hide_sink=hide_sink)
+    from attnscope.kernels.pooled_map import fused  # imports triton
+
+    return fused._launch(q, k, block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink)

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from kernels.attention_stats.chunked import rows_per_chunk
-from kernels.utils import key_positions_visible
+from attnscope.kernels.attention_stats.chunked import rows_per_chunk
+from attnscope.kernels.utils import key_positions_visible
 
 
 def pooled_attention_map(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_sink: bool) -> torch.Tensor:

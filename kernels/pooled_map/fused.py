@@ -19,19 +19,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_stats.fused import attention_stats
-from kernels.pooled_map import chunked
-from kernels.utils import (
+from attnscope.kernels.attention_stats import attention_stats
+from attnscope.kernels.tiles import key_tile_scores
+from attnscope.kernels.utils import (
     check_qkv,
     default_scale,
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
-    key_tile_scores,
     resolve_backend,
 )
-
-REDUCTIONS = ("mean", "max")
 
 
 @triton.jit
@@ -176,40 +173,3 @@ def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_s
         BLOCK_M=_PACKED_LANES, BLOCK_N=_PACKED_LANES, **common,
     )
     return out
-
-
-def pooled_attention_map(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    *,
-    block: int = 64,
-    reduce: str = "mean",
-    causal: bool = True,
-    scale: float | None = None,
-    hide_sink: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """Attention probabilities pooled into block x block tiles without building the (T, S) matrix.
-
-    Args:
-        q: (B, Hq, T, D); k: (B, Hkv, S, D) with Hq % Hkv == 0.
-        block: tile side in tokens (1 = the exact map).
-        reduce: "mean" over the tile's visible cells, or "max".
-        causal: query row i sees keys 0 .. i + S - T.
-        scale: logits are scale * q.k; default 1/sqrt(D).
-        hide_sink: leave key 0 out of every tile (weights are not renormalised).
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
-
-    Returns:
-        (B, Hq, ceil(T/block), ceil(S/block)) fp32; NaN for tiles with no visible cell.
-    """
-    check_qkv(q, k, causal=causal)
-    if block < 1:
-        raise ValueError(f"block must be >= 1; got {block}.")
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
-    scale = default_scale(scale, q.shape[-1])
-    if resolve_backend(backend, q.device) == "torch":
-        return chunked.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, scale=scale,
-                                            hide_sink=hide_sink)
-    return _launch(q, k, block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink)

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from kernels.attention_stats.naive import masked_scores
-from kernels.utils import key_positions_visible
+from attnscope.kernels.attention_stats.naive import masked_scores
+from attnscope.kernels.utils import key_positions_visible
 
 
 def attention_probs(q, k, *, causal: bool, scale: float | None, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from kernels.attention_stats.chunked import rows_per_chunk
-from kernels.taylor.naive import (DENOMINATORS, LOGIT_BINS, LOGIT_RANGE, SMALL_DENOMINATOR, TaylorSweep)
-from kernels.utils import key_positions_visible
+from attnscope.kernels.attention_stats.chunked import rows_per_chunk
+from attnscope.kernels.taylor.naive import (DENOMINATORS, LOGIT_BINS, LOGIT_RANGE, SMALL_DENOMINATOR, TaylorSweep)
+from attnscope.kernels.utils import key_positions_visible
 
 
 def horner(scores: torch.Tensor, order: int) -> torch.Tensor:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.attention_stats.naive import masked_scores
-from kernels.pooled_map.naive import attention_probs
-from kernels.utils import default_scale
+from attnscope.kernels.attention_stats.naive import masked_scores
+from attnscope.kernels.pooled_map.naive import attention_probs
+from attnscope.kernels.utils import default_scale
 
 DENOMINATORS = ("taylor", "softmax", "l2", "none")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import state
+from attnscope.app import state
 
 pytestmark = pytest.mark.slow
 
@@ -355,10 +355,10 @@ def test_too_long_text_offers_the_start_or_the_end():
 
 
 def test_batch_over_the_library_matches_each_prompt():
-    from core.analyses.maps import head_stats
-    from core.capture import run_with_capture
-    from core.models import ModelSpec, load_model
-    from core.tokens import tokenize
+    from attnscope.analyses.maps import head_stats
+    from attnscope.capture import run_with_capture
+    from attnscope.models import ModelSpec, load_model
+    from attnscope.tokens import tokenize
 
     texts = ["The cat sat on the mat because it was warm there.",
              "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"]

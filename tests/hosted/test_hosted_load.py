@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import torch
 
-from core.analyses.maps import block_for, pooled_map
-from core.capture import run_with_capture
-from core.hosting import policy_from_env
-from core.models import ModelSpec, load_model
-from core.tokens import tokenize
+from attnscope.analyses.maps import block_for, pooled_map
+from attnscope.capture import run_with_capture
+from attnscope.hosting import policy_from_env
+from attnscope.models import ModelSpec, load_model
+from attnscope.tokens import tokenize
 from tests.e2e.conftest import CHROMIUM
 
 pytestmark = pytest.mark.slow

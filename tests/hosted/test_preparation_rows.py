@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import models
-from core.capture import ATTENTION_NAME, run_with_capture
-from core.models import ModelSpec, load_model
+from attnscope import models
+from attnscope.capture import ATTENTION_NAME, run_with_capture
+from attnscope.models import ModelSpec, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ IN_MEMORY_NOTE = ("The model cache folder cannot be written, so the prepared mod
 # Prepares in a child process, printing each progress report and then the folder as JSON lines.
 PREPARE_SCRIPT = """
 import json
-from core.models import prepare_packaged_model
+from attnscope.models import prepare_packaged_model
 folder = prepare_packaged_model("smollm2-135m", progress=lambda f, m: print(json.dumps(m), flush=True))
 print(json.dumps(["folder", str(folder)]), flush=True)
 """
@@ -219,7 +219,7 @@ def test_row13_unwritable_cache_prepares_once_and_keeps_the_model_in_memory(unwr
         messages[name] = []
         loaded[name] = load_model(SPEC, progress=lambda f, message: messages[name].append(message))
 
-    with caplog.at_level("WARNING", logger="core.models"):
+    with caplog.at_level("WARNING", logger="attnscope.models"):
         threads = [threading.Thread(target=load, args=(name,)) for name in ("first", "second")]
         for thread in threads:
             thread.start()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import state
-from core.prompts import pasted
+from attnscope.app import state
+from attnscope.prompts import pasted
 
 pytestmark = pytest.mark.slow
 
@@ -100,10 +100,10 @@ def _evict(cached) -> None:
 def test_row9_every_forward_pass_holds_the_model_lock_even_after_eviction():
     """A cached view whose capture was evicted runs the model from inside another cached function; the pass must
     hold the model's lock. The model itself reports, at every forward pass, whether the lock is held."""
-    from app import cached
-    from core.analyses.taylor import Substitute
-    from core.models import ModelSpec
-    from core.tokens import Cut
+    from attnscope.app import cached
+    from attnscope.analyses.taylor import Substitute
+    from attnscope.models import ModelSpec
+    from attnscope.tokens import Cut
 
     spec, text, cut = ModelSpec("smollm2-135m"), "The lock must cover this pass.", Cut(64)
     model = cached.get_model(spec).model
@@ -137,9 +137,9 @@ def test_row9_a_page_in_its_turn_and_an_evicted_view_never_wait_for_each_other()
     the same text finds that capture evicted and computes it, holding Streamlit's lock on that cache key. Both must
     finish: nothing holds the model's lock while waiting for a cache key (when model_turn held it, A waited for B's
     key and B for A's model lock, forever)."""
-    from app import cached, common
-    from core.models import ModelSpec
-    from core.tokens import Cut
+    from attnscope.app import cached, common
+    from attnscope.models import ModelSpec
+    from attnscope.tokens import Cut
 
     spec, text, cut = ModelSpec("smollm2-135m"), "Two sessions, one text, one evicted capture.", Cut(64)
     cached.get_model(spec)

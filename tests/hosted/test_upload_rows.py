@@ -9,7 +9,7 @@ a visitor's upload reaches the parser (file name and bytes, as Streamlit's uploa
 
 import json
 
-from core.prompts import parse_upload
+from attnscope.prompts import parse_upload
 
 GOOD = json.dumps({"text": "The good line is kept.", "name": "good"})
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.models import ModelSpec, load_model
+from attnscope.models import ModelSpec, load_model
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from core.analyses import collapse
-from core.capture import run_with_capture
-from core.tokens import tokenize
+from attnscope.analyses import collapse
+from attnscope.capture import run_with_capture
+from attnscope.tokens import tokenize
 
 pytestmark = pytest.mark.slow
 

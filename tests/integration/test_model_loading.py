@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from core import models
-from core.models import ModelLoadError, ModelSpec, load_model
+from attnscope import models
+from attnscope.models import ModelLoadError, ModelSpec, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from core.capture import run_with_capture
-from core.tokens import tokenize
+from attnscope.capture import run_with_capture
+from attnscope.tokens import tokenize
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_minilm_runs_bidirectionally(minilm):
 
 
 def test_head_statistics_of_the_real_model_equal_a_direct_computation(smollm2):
-    from core.analyses import maps
+    from attnscope.analyses import maps
 
     capture = run_with_capture(smollm2.model, tokenize(smollm2.tokenizer, TEXT).as_tensor())
     for index in (0, 17, 29):

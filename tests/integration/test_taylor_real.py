@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.analyses import taylor
-from core.capture import run_with_capture
-from core.tokens import tokenize
-from kernels import DENOMINATORS
-from kernels.taylor import naive
+from attnscope.analyses import taylor
+from attnscope.capture import run_with_capture
+from attnscope.tokens import tokenize
+from attnscope.kernels import DENOMINATORS
+from attnscope.kernels.taylor import naive
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@ tokens that tokenizing the whole text and then cutting would keep."""
 
 import pytest
 
-from core.analyses.collapse import builtin_text
-from core.tokens import tokenize
+from attnscope.analyses.collapse import builtin_text
+from attnscope.tokens import tokenize
 
 pytestmark = pytest.mark.slow
 

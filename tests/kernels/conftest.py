@@ -1,6 +1,6 @@
 import pytest
 
-from kernels.utils import poisoned_outputs
+from attnscope.kernels.utils import poisoned_outputs
 
 
 @pytest.fixture(autouse=True)

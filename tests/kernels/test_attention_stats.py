@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import attention_stats
-from kernels.attention_stats import naive
+from attnscope.kernels import attention_stats
+from attnscope.kernels.attention_stats import naive
 from tests.kernels.helpers import DTYPES, assert_within_rule, cases, make_qkv
 
 FIELDS = ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "topk_weights", "output")
@@ -43,7 +43,7 @@ def test_torch_path_matches_reference(shape, dtype_name):
 
 @pytest.mark.parametrize("n_queries", [500, 1023])
 def test_torch_path_on_larger_shapes(n_queries, monkeypatch):
-    from kernels.attention_stats import chunked
+    from attnscope.kernels.attention_stats import chunked
 
     monkeypatch.setattr(chunked, "CHUNK_BYTES", 2**20)  # force several chunks
     q, k, v = make_qkv((1, 9, 3, n_queries, n_queries, 64, True), torch.float32)

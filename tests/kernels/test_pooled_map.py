@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import pooled_attention_map
-from kernels.pooled_map import naive
+from attnscope.kernels import pooled_attention_map
+from attnscope.kernels.pooled_map import naive
 from tests.kernels.helpers import DTYPES, assert_within_rule, cases, make_qkv
 
 CASES, IDS = cases()
@@ -27,7 +27,7 @@ def test_matches_reference(shape, dtype_name, block, reduce, hide_sink, backend)
 
 
 def test_torch_path_on_a_long_map(monkeypatch):
-    from kernels.attention_stats import chunked
+    from attnscope.kernels.attention_stats import chunked
 
     monkeypatch.setattr(chunked, "CHUNK_BYTES", 2**20)
     q, k, _ = make_qkv((1, 9, 3, 1023, 1023, 64, True), torch.float32)

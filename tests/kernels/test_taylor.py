@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from kernels import DENOMINATORS, taylor_attention, taylor_error
-from kernels.taylor import naive
+from attnscope.kernels import DENOMINATORS, taylor_attention, taylor_error
+from attnscope.kernels.taylor import naive
 from tests.kernels.helpers import DTYPES, assert_within_rule, cases, make_qkv
 
 CASES, IDS = cases()
@@ -107,7 +107,7 @@ def test_state_size_of_the_recurrent_form():
 
 
 def test_horner_equals_the_term_by_term_series():
-    from kernels.taylor.chunked import horner
+    from attnscope.kernels.taylor.chunked import horner
 
     s = torch.linspace(-20, 20, 101, dtype=torch.float64)
     for order in range(0, 21):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from kernels import DENOMINATORS, taylor_sweep
-from kernels.taylor import chunked, naive
+from attnscope.kernels import DENOMINATORS, taylor_sweep
+from attnscope.kernels.taylor import chunked, naive
 from tests.kernels.helpers import make_qkv, shape_id
 
 SHAPES = [

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core.analyses import batch
+from attnscope.analyses import batch
 
 
 def test_spread_by_hand():

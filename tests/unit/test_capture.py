@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AttentionInterface
 
-from core.capture import (
+from attnscope.capture import (
     ATTENTION_NAME,
     capturing,
     explicit_attention,

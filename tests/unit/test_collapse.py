@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.analyses import collapse
-from core.capture import LayerCapture
+from attnscope.analyses import collapse
+from attnscope.capture import LayerCapture
 
 
 def _layer(length=40, heads=4, kv=2, dim=8, causal=True, seed=0, logit_scale=1.0) -> LayerCapture:

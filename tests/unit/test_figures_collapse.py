@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from core.figures import collapse as figures
+from attnscope.figures import collapse as figures
 
 
 def test_vanishing_draws_reference_lines_and_caps_the_useless_band():

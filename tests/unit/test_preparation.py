@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock, Timeout
 
-from core import models
-from core.models import ModelSpec
+from attnscope import models
+from attnscope.models import ModelSpec
 
 ALIAS = "smollm2-135m"
 SPEC = ModelSpec(ALIAS)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core import prompts
+from attnscope import prompts
 
 
 def test_text_and_markdown_are_one_prompt_each():

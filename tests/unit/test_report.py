@@ -3,7 +3,7 @@
 import numpy as np
 import plotly.graph_objects as go
 
-from core.report import build_report, figure_table
+from attnscope.report import build_report, figure_table
 
 
 def test_figure_table_reads_lines_and_heatmaps():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.analyses import taylor
-from core.capture import run_with_capture, substituting
-from kernels.taylor import naive
+from attnscope.analyses import taylor
+from attnscope.capture import run_with_capture, substituting
+from attnscope.kernels.taylor import naive
 from tests.unit.tiny_models import DECODERS, build
 
 
@@ -140,7 +140,7 @@ def test_unsupported_layers_say_why():
     ids = _ids(10)
     attention_mask = torch.ones_like(ids)
     attention_mask[0, 7:] = 0
-    from core.capture import capturing
+    from attnscope.capture import capturing
 
     with torch.no_grad(), capturing() as captured:
         build("bert")(input_ids=ids, attention_mask=attention_mask)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.tokens import CHARS_PER_TOKEN, cut_text, max_chars, tokenize
+from attnscope.tokens import CHARS_PER_TOKEN, cut_text, max_chars, tokenize
 
 
 class Words:

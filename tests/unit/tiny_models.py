@@ -9,7 +9,7 @@ from transformers import (
     LlamaConfig,
 )
 
-from core.capture import ATTENTION_NAME, register_attention
+from attnscope.capture import ATTENTION_NAME, register_attention
 
 VOCAB = 97
 
