@@ -36,8 +36,10 @@ def figure_table(figure: go.Figure) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_report(title: str, settings: dict[str, object], figures: Sequence[tuple[str, go.Figure]]) -> str:
-    """One HTML file: the settings table, then every figure (interactive), plotly.js included once."""
+def build_report(title: str, settings: dict[str, object], figures: Sequence[tuple[str, go.Figure]],
+                 findings: Sequence = ()) -> str:
+    """One HTML file: the settings table, the findings (claim beside measurement), then every figure (interactive),
+    plotly.js included once."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -51,6 +53,11 @@ def build_report(title: str, settings: dict[str, object], figures: Sequence[tupl
     for key, value in settings.items():
         parts.append(f"<tr><th>{html.escape(str(key))}</th><td><pre>{html.escape(str(value))}</pre></td></tr>")
     parts.append("</table>")
+    if findings:
+        parts.append("<h2>Findings</h2><table><tr><th>topic</th><th>paper</th><th>measured here</th></tr>")
+        parts += [f"<tr><td>{html.escape(f.topic)}</td><td>{html.escape(f.paper or '')}</td>"
+                  f"<td>{html.escape(f.measured)}</td></tr>" for f in findings]
+        parts.append("</table>")
     for index, (name, figure) in enumerate(figures):
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0, default_width="100%"))

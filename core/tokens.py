@@ -122,3 +122,21 @@ def _ids_of_cut_text(tokenizer, part: str, max_tokens: int, keep: str) -> list[i
     if len(ids) < max_tokens + 2:
         ids = ids[:-1] if keep == "start" else ids[1:]
     return before + ids if keep == "start" else ids + after
+
+
+def from_ids(tokenizer, ids, *, max_tokens: int | None = None, keep: str = "start") -> Tokens:
+    """Tokens for ids the caller already has (e.g. from their own tokenization), kept as given but for the cut."""
+    if keep not in ("start", "end"):
+        raise ValueError(f"keep must be 'start' or 'end'; got {keep!r}.")
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise ValueError("No token ids were given.")
+    vocab = getattr(tokenizer, "vocab_size", None)
+    bad = [i for i in ids if i < 0 or (vocab is not None and i >= len(tokenizer))]
+    if bad:
+        raise ValueError(f"Token ids {bad[:5]} are outside this tokenizer's vocabulary of {len(tokenizer)}.")
+    n_text_tokens = len(ids)
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids = ids[:max_tokens] if keep == "start" else ids[-max_tokens:]
+    return Tokens(ids=tuple(ids), strings=tuple(display_string(tokenizer, i) for i in ids),
+                  n_text_tokens=n_text_tokens, truncated=len(ids) < n_text_tokens)

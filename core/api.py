@@ -1,0 +1,166 @@
+"""The Python API: load a model, run a study on a text, get a result object.
+
+    import attnscope
+    model = attnscope.load("smollm2-135m")
+    result = attnscope.stats(model, "The capital of France is Paris.")
+    result.findings(); result.figures(); result.to_frame(); result.save("stats.parquet")
+    attnscope.open("stats.parquet")
+
+Every entry point takes the handle from `load`, a text (or a sequence of token ids), the study's settings (defaults
+from attnscope.settings, the table the dashboard and the CLI read too) and an optional progress(fraction, message)
+callback; `cache=True` keeps results in the disk cache under the attnscope cache folder, so a second call with the
+same model, text and settings (in this process or after a restart) is read back instead of computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from attnscope.models import LoadedModel, ModelSpec, load_model
+from attnscope.studies.base import ProgressFn, Result, Source, open_result
+from attnscope.tokens import Cut, Tokens, from_ids, tokenize
+
+DEVICES = ("auto", "cpu")  # "cuda" arrives with GPU support
+DTYPES = ("auto", "float32")
+
+Text = str | Sequence[int]
+
+
+@dataclass
+class Model:
+    """A loaded model, ready for the studies. `module` is the transformers model, `tokenizer` its tokenizer."""
+
+    loaded: LoadedModel
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    @property
+    def module(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def kind(self) -> str:
+        """"decoder" (causal) or "encoder" (bidirectional)."""
+        return self.loaded.kind
+
+    @property
+    def info(self) -> dict:
+        return self.loaded.info
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.loaded.info.get("max_positions")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Model id, revision and a digest of every weight's name and shape and a sample of its values: what a
+        cached result must match (a fine-tuned copy under the same folder name gets a new fingerprint)."""
+        digest = hashlib.sha256(f"{self.spec.name}@{self.spec.revision}".encode())
+        for name, tensor in self.module.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes()
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode() + sample)
+        return digest.hexdigest()[:32]
+
+    def cut(self, max_tokens: int | None = None, keep: str = "start") -> Cut:
+        """At most max_tokens tokens (default: the model's positions), from the text's start or end."""
+        limits = [n for n in (max_tokens, self.max_positions) if n]
+        return Cut(max_tokens=min(limits) if limits else 10**9, keep=keep)
+
+    def tokenize(self, text: Text, *, max_tokens: int | None = None, keep: str = "start") -> Tokens:
+        """Tokens of a text (or of token ids), cut to max_tokens and to the model's positions."""
+        cut = self.cut(max_tokens, keep)
+        if isinstance(text, str):
+            return tokenize(self.tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
+        return from_ids(self.tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
+
+    def __repr__(self) -> str:
+        info = self.info
+        return (f"attnscope.Model({self.spec.name!r}, {self.kind}, {info.get('n_layers')} layers x "
+                f"{info.get('n_heads')} heads, {info.get('max_positions')} positions)")
+
+
+def load(model: str = "smollm2-135m", *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+         trust_remote_code: bool = False, progress: ProgressFn | None = None) -> Model:
+    """Load a packaged alias ("smollm2-135m", "minilm-l6"), a Hugging Face hub id or a local folder.
+
+    Args:
+        model: alias, hub id ("org/name") or local folder.
+        revision: hub branch, tag or commit (hub ids only).
+        device, dtype: "auto" or "cpu" / "float32" today (the model runs on the CPU in fp32).
+        trust_remote_code: run code shipped with a hub model.
+        progress: progress(fraction, message) while a packaged model is prepared the first time.
+
+    Raises:
+        attnscope.models.ModelLoadError: one sentence saying what went wrong and what to do.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} in this version; got {device!r}.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} in this version; got {dtype!r}.")
+    spec = ModelSpec(name=model, revision=revision or None, trust_remote_code=trust_remote_code)
+    return Model(load_model(spec, progress=progress))
+
+
+def source(model: Model, cache: bool | object = False) -> Source:
+    """The Source the entry points run their units against (with the disk cache when cache is True)."""
+    if cache is True:
+        from attnscope.cache import ResultCache
+
+        cache = ResultCache.default()
+    return Source(model, cache=cache or None)
+
+
+def stats(model: Model, text: Text, *, max_tokens: int | None = None, keep: str = "start",
+          progress: ProgressFn | None = None, cache: bool = False):
+    """Every head's attention statistics over the text: entropy (and normalised), max weight, sink mass, mean distance.
+
+    Returns an attnscope.studies.maps.StatsResult (arrays (layers, heads)).
+    """
+    from attnscope.studies import maps as study
+
+    return study.stats(source(model, cache), text, cut=model.cut(max_tokens, keep), progress=progress)
+
+
+def maps(model: Model, text: Text, *, layer: int = 0, heads: Sequence[int] | None = None,
+         max_tokens: int | None = None, keep: str = "start", cell_limit: int | None = None, reduce: str = "mean",
+         hide_sink: bool = False, progress: ProgressFn | None = None, cache: bool = False):
+    """Attention maps of one layer's heads (all by default), pooled into tiles when longer than cell_limit.
+
+    Returns an attnscope.studies.maps.MapsResult.
+    """
+    from attnscope.studies import maps as study
+
+    return study.maps(source(model, cache), text, cut=model.cut(max_tokens, keep), layer=layer, heads=heads,
+                      cell_limit=cell_limit, reduce=reduce, hide_sink=hide_sink, progress=progress)
+
+
+def taylor(model: Model, text: Text, **settings):
+    """Softmax vs its order-n Taylor expansion, every head; see attnscope.studies.taylor.run for the settings."""
+    from attnscope.studies import taylor as study
+
+    cache = settings.pop("cache", False)
+    return study.run(source(model, cache), text, **settings)
+
+
+def collapse(model: Model, text: Text | None = None, **settings):
+    """Context collapse over context lengths (None: the built-in long document); see attnscope.studies.collapse.run
+    for the settings."""
+    from attnscope.studies import collapse as study
+
+    cache = settings.pop("cache", False)
+    return study.run(source(model, cache), text, **settings)
+
+
+def open(path) -> Result:  # noqa: A001 - attnscope.open(path) reads what result.save(path) wrote
+    """Read a result saved as .json or .parquet."""
+    return open_result(path)

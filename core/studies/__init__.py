@@ -1,0 +1,1 @@
+"""Studies: the units each analysis is made of, combined into result objects (see base.py)."""
