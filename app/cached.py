@@ -11,6 +11,8 @@ locks, and after get_model and get_tokens have returned), so no two sessions can
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import threading
 
@@ -22,6 +24,7 @@ from attnscope.capture import Capture, run_with_capture
 from attnscope.hosting import Policy, upload_limit_mismatch
 from attnscope.figures.maps import Thumbnail
 from attnscope.models import LoadedModel, ModelSpec, load_model
+from attnscope.studies.base import Source
 from attnscope.tokens import Cut, Tokens, tokenize
 
 
@@ -133,3 +136,50 @@ def collapse_unit(spec: ModelSpec, text: str, settings: collapse.Settings, windo
     causal = get_model(spec).kind == "decoder"
     capture = collapse_capture(spec, text, settings, window, None if causal else length)
     return collapse.analyse_capture(capture, length, settings, temperature=temperature)
+
+
+# ---- the studies' units, through Streamlit's caches ----------------------------------------------------------------
+
+
+class AppSource(Source):
+    """The Source the pages hand to attnscope.studies: the same units as the API, cached per unit, and every forward
+    pass under the model's lock."""
+
+    def __init__(self, spec: ModelSpec):
+        from attnscope.api import Model
+
+        super().__init__(Model(get_model(spec)))
+        self.spec = spec
+
+    def tokens(self, text, cut: Cut) -> Tokens:
+        return get_tokens(self.spec, text, cut)
+
+    def capture(self, text, cut: Cut) -> Capture:
+        return get_capture(self.spec, text, cut)
+
+    def run_ids(self, ids: tuple[int, ...], *, hidden_states: bool = False) -> Capture:
+        return capture_ids(self.spec, tuple(ids), hidden_states)
+
+    @contextlib.contextmanager
+    def turn(self):
+        with model_lock(self.spec):
+            yield
+
+    def unit(self, fn, *args):
+        return study_unit(self.spec, f"{fn.__module__}:{fn.__qualname__}", args)
+
+
+@st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
+def capture_ids(spec: ModelSpec, ids: tuple[int, ...], hidden_states: bool) -> Capture:
+    """One capture on explicit ids at a time: a 2048-token capture holds a few hundred MB, and the units computed
+    from it are cached on their own."""
+    return Source.run_ids(AppSource(spec), ids, hidden_states=hidden_states)
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def study_unit(spec: ModelSpec, name: str, args: tuple):
+    """One unit of a study (attnscope.studies.<study>:<function>) with its arguments, cached by all of them."""
+    module, _, function = name.partition(":")
+    if not module.startswith("attnscope.studies."):
+        raise ValueError(f"{name} is not a study unit.")
+    return getattr(importlib.import_module(module), function)(AppSource(spec), *args)

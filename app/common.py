@@ -309,7 +309,18 @@ def chart(figure, *, key: str, name: str, data=None, **kwargs):
     return shown
 
 
-def report_button(title: str, settings: dict | None = None) -> None:
+def finding(item) -> None:
+    """One attnscope.studies.base.Finding: the paper's claim beside what was measured (core writes both sentences,
+    which may hold Markdown links and math from attnscope itself, never from a visitor)."""
+    if item.paper is None:
+        st.markdown(item.measured)
+        return
+    left, right = st.columns(2)
+    left.markdown(f"**Paper:** {item.paper}")
+    right.markdown(f"**Measured here:** {item.measured}")
+
+
+def report_button(title: str, settings: dict | None = None, findings=()) -> None:
     """'Download report': one HTML file with every figure this run drew and the settings behind them."""
     figures = list(st.session_state[state.REPORT_FIGURES])
     if not figures:
@@ -324,7 +335,8 @@ def report_button(title: str, settings: dict | None = None) -> None:
         **(settings or {}),
     }
     st.divider()
-    st.download_button("Download report (HTML)", lambda: build_report(f"attnscope: {title}", everything, figures),
+    st.download_button("Download report (HTML)",
+                       lambda: build_report(f"attnscope: {title}", everything, figures, findings=findings),
                        file_name=f"attnscope-{title.lower().replace(' ', '-')}.html", mime="text/html",
                        key="report", on_click="ignore", type="primary",
                        help="One self-contained file with every figure on this page and the settings behind them.")

@@ -73,6 +73,16 @@ class Source:
         with self.turn():
             return run_with_capture(self.model.module, tokens.as_tensor())
 
+    def run_ids(self, ids: tuple[int, ...], *, hidden_states: bool = False):
+        """A capture of the model on exactly these token ids (a window or a prefix of a text)."""
+        import torch
+
+        from attnscope.capture import run_with_capture
+
+        with self.turn():
+            return run_with_capture(self.model.module, torch.tensor([ids], dtype=torch.long),
+                                    hidden_states=hidden_states)
+
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
         """Held around every forward pass (the dashboard's takes the model's lock)."""
