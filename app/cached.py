@@ -24,6 +24,8 @@ from attnscope.capture import Capture, run_with_capture
 from attnscope.hosting import Policy, upload_limit_mismatch
 from attnscope.figures.maps import Thumbnail
 from attnscope.models import LoadedModel, ModelSpec, load_model
+from attnscope.api import Model
+from attnscope.cache import ResultCache
 from attnscope.studies.base import Source
 from attnscope.tokens import Cut, Tokens, tokenize
 
@@ -146,9 +148,7 @@ class AppSource(Source):
     pass under the model's lock."""
 
     def __init__(self, spec: ModelSpec):
-        from attnscope.api import Model
-
-        super().__init__(Model(get_model(spec)))
+        super().__init__(get_handle(spec), cache=ResultCache.default())
         self.spec = spec
 
     def tokens(self, text, cut: Cut) -> Tokens:
@@ -169,6 +169,14 @@ class AppSource(Source):
         return study_unit(self.spec, f"{fn.__module__}:{fn.__qualname__}", args)
 
 
+@st.cache_resource(show_spinner=False, max_entries=3)
+def get_handle(spec: ModelSpec) -> Model:
+    """The API's handle on the loaded model; its weights' fingerprint (the disk cache's key) is computed once."""
+    handle = Model(get_model(spec))
+    _ = handle.fingerprint
+    return handle
+
+
 @st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
 def capture_ids(spec: ModelSpec, ids: tuple[int, ...], hidden_states: bool) -> Capture:
     """One capture on explicit ids at a time: a 2048-token capture holds a few hundred MB, and the units computed
@@ -178,8 +186,9 @@ def capture_ids(spec: ModelSpec, ids: tuple[int, ...], hidden_states: bool) -> C
 
 @st.cache_data(show_spinner=False, max_entries=2048)
 def study_unit(spec: ModelSpec, name: str, args: tuple):
-    """One unit of a study (attnscope.studies.<study>:<function>) with its arguments, cached by all of them."""
+    """One unit of a study (attnscope.studies.<study>:<function>) with its arguments, cached by all of them: in
+    memory here, and on disk (attnscope.cache) so a restart or another server does not compute it again."""
     module, _, function = name.partition(":")
     if not module.startswith("attnscope.studies."):
         raise ValueError(f"{name} is not a study unit.")
-    return getattr(importlib.import_module(module), function)(AppSource(spec), *args)
+    return Source.unit(AppSource(spec), getattr(importlib.import_module(module), function), *args)

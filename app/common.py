@@ -156,7 +156,7 @@ def sidebar() -> None:
             st.session_state[state.MODEL_CHOICE] = next(iter(PACKAGED_MODELS))
         choices = [*PACKAGED_MODELS, *([state.CUSTOM_MODEL] if not limits.hosted or hub_entries else [])]
         st.selectbox("Model", choices, key=state.MODEL_CHOICE, label_visibility="collapsed",
-                     format_func=lambda c: PACKAGED_MODELS[c].title if c in PACKAGED_MODELS else c)
+                     format_func=lambda c: PACKAGED_MODELS[c].title if c in PACKAGED_MODELS else state.CUSTOM_LABEL)
         if st.session_state[state.MODEL_CHOICE] == state.CUSTOM_MODEL:
             if limits.hosted:
                 if st.session_state[state.CUSTOM_NAME] not in hub_entries:

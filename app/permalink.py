@@ -1,6 +1,7 @@
 """Permalinks: the view's settings live in the URL (st.query_params), so a copied link reopens the same view.
 
-Each run writes the settings that differ from their defaults into the URL. When a session opens with parameters,
+Each run writes the settings that differ from their defaults into the URL, as the stable values of attnscope.settings
+(links written before that table carried display labels, which are still read). When a session opens with parameters,
 they are read once into st.session_state, each checked; a value that cannot be used is dropped with a warning. Short
 texts (up to TEXT_IN_URL characters) travel in the link; longer or uploaded ones only as their content hash, and the
 page says when the recipient does not have that text. Remote code is never switched on by a link, and in hosted mode
@@ -17,9 +18,9 @@ import re
 
 import streamlit as st
 
+from attnscope import settings as S
 from attnscope.app import common, state
-from attnscope.analyses.collapse import VECTORS
-from attnscope.hosting import HUB_ID, REVISION, TOKEN_CEILING
+from attnscope.hosting import HUB_ID, REVISION
 from attnscope.models import PACKAGED_MODELS
 from attnscope.prompts import pasted
 
@@ -30,49 +31,6 @@ MESSAGES = "permalink_messages"
 DIGEST = re.compile(r"[0-9a-f]{16}")  # use with fullmatch
 
 
-def _choice(options):
-    def check(value: str):
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(map(str, options))}")
-        return value
-    return check
-
-
-def _int(low: int, high: int):
-    def check(value: str) -> int:
-        if not re.fullmatch(r"-?[0-9]{1,9}", value.strip()) or not low <= int(value) <= high:
-            raise ValueError(f"must be a whole number between {low} and {high}")
-        return int(value)
-    return check
-
-
-def _number(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError("must be a number") from None
-    if number != number:  # NaN
-        raise ValueError("must be a number")
-    return number
-
-
-def _float_in(options):
-    def check(value: str) -> float:
-        number = _number(value)
-        match = [o for o in options if abs(o - number) <= 1e-12 * max(abs(o), 1)]
-        if not match:
-            raise ValueError(f"must be one of {', '.join(f'{o:g}' for o in options)}")
-        return match[0]
-    return check
-
-
-def _positive_float(value: str) -> float:
-    number = _number(value)
-    if not 0 < number <= 100:
-        raise ValueError("must be in (0, 100]")
-    return number
-
-
 def _matching(pattern: re.Pattern, what: str):
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
@@ -81,32 +39,23 @@ def _matching(pattern: re.Pattern, what: str):
     return check
 
 
-# URL name -> (session_state key, parser that raises ValueError on a bad value)
+def _model(value: str) -> str:
+    if value in PACKAGED_MODELS or value == state.CUSTOM_MODEL:
+        return value
+    if value == state.CUSTOM_LABEL:  # links written before the settings table stored the label
+        return state.CUSTOM_MODEL
+    raise ValueError(f"must be one of {', '.join([*PACKAGED_MODELS, state.CUSTOM_MODEL])}")
+
+
+# URL name -> (session_state key, parser that raises ValueError on a bad value): the model's three, then every
+# setting of the table that links carry (attnscope.settings: same key, domain and stable values as the widgets).
 PARAMS = {
-    "model": (state.MODEL_CHOICE, _choice([*PACKAGED_MODELS, state.CUSTOM_MODEL])),
+    "model": (state.MODEL_CHOICE, _model),
     "hub": (state.CUSTOM_NAME, _matching(HUB_ID, "a hub id such as org/name")),
     "revision": (state.CUSTOM_REVISION, _matching(REVISION, "a branch, tag or commit")),
-    "tokens": (state.MAX_TOKENS, _int(8, TOKEN_CEILING)),
-    "keep": (state.KEEP, _choice(["start", "end"])),
-    "layer": (state.LAYER, _int(0, 1000)),
-    "head": (state.HEAD, _int(0, 1000)),
-    "view": (state.VIEW, _choice(state.VIEWS)),
-    "query": (state.QUERY, _int(0, 10**6)),
-    "sink": (state.HIDE_SINK, lambda v: {"1": True, "0": False}[v]),
-    "order": (state.TAYLOR_MAX_ORDER, _int(1, 20)),
-    "clamp": (state.TAYLOR_CLAMP_MODE, _choice(state.CLAMP_MODES)),
-    "c": (state.TAYLOR_CLAMP_VALUE, _positive_float),
-    "tolerance": (state.TAYLOR_TOLERANCE, _float_in(state.TOLERANCES)),
-    "t_layer": (state.TAYLOR_LAYER, _int(0, 1000)),
-    "t_head": (state.TAYLOR_HEAD, _int(0, 1000)),
-    "t_order": (state.TAYLOR_ORDER, _int(0, 20)),
-    "source": (state.COLLAPSE_SOURCE, _choice(state.SOURCES)),
-    "L": (state.COLLAPSE_MAX_LENGTH, _int(32, TOKEN_CEILING)),
-    "windows": (state.COLLAPSE_WINDOWS, _int(1, 8)),
-    "rows": (state.COLLAPSE_ROWS, _int(1, 64)),
-    "vectors": (state.COLLAPSE_VECTORS, _choice(VECTORS)),
-    "fixed_L": (state.COLLAPSE_FIXED_LENGTH, _int(32, TOKEN_CEILING)),
+    **{setting.url: (setting.key, setting.parse) for setting in S.in_links()},
 }
+_FORMAT = {setting.key: setting.format for setting in S.in_links()}
 HOSTED_IGNORES = ("hub", "revision")  # the allowlist decides the hub model and its revision
 
 
@@ -162,7 +111,7 @@ def publish() -> None:
     for name, (key, _) in PARAMS.items():
         value = st.session_state.get(key)
         if value != defaults.get(key):
-            values[name] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            values[name] = _FORMAT.get(key, str)(value)
     if st.session_state[state.MODEL_CHOICE] != state.CUSTOM_MODEL or common.policy().hosted:
         values.pop("hub", None)
         values.pop("revision", None)

@@ -1,11 +1,18 @@
-"""Every st.session_state key the app uses, with its default, in one place."""
+"""Every st.session_state key the app uses, with its default, in one place.
+
+Settings a person chooses (and links carry) are keyed and defaulted by attnscope.settings, the one table the widgets,
+the permalinks, the CLI and the API read; their stored values are the stable ones there, never display labels. The
+constants below name them for the pages; the other keys are the app's own.
+"""
 
 import streamlit as st
 
+from attnscope import settings as S
 from attnscope.models import DEFAULT_MODEL
 
 MODEL_CHOICE = "model_choice"  # packaged alias, or CUSTOM_MODEL
-CUSTOM_MODEL = "Other: hub id or local folder"
+CUSTOM_MODEL = "custom"
+CUSTOM_LABEL = "Other: hub id or local folder"
 CUSTOM_NAME = "custom_model_name"  # hub id or folder typed by the user
 CUSTOM_REVISION = "custom_model_revision"
 TRUST_REMOTE_CODE = "trust_remote_code"
@@ -13,25 +20,22 @@ TEXT = "text"  # the text every page analyses
 TEXT_NOTE = "text_note"  # a sentence saying the text box holds only part of a longer text, or None
 NOTES_SHOWN = "notes_shown"  # notes about model preparation this session has already seen
 EXAMPLE = "example_prompt"
-MAX_TOKENS = "max_tokens"
-KEEP = "keep_part"  # which part of a too-long text is analysed: "start" or "end"
+MAX_TOKENS = S.setting("max_tokens").key
+KEEP = S.setting("keep").key  # which part of a too-long text is analysed: "start" or "end"
 
-LAYER = "layer"
-HEAD = "head"
-QUERY = "query_position"
-VIEW = "maps_view"
-HIDE_SINK = "hide_sink"
-REDUCE = "pool_reduce"
-CELL_LIMIT = "cell_limit"
+LAYER = S.setting("layer").key
+HEAD = S.setting("head").key
+QUERY = S.setting("query").key
+VIEW = S.setting("view").key
+HIDE_SINK = S.setting("hide_sink").key
+REDUCE = S.setting("reduce").key
+CELL_LIMIT = S.setting("cell_limit").key
 GRID_SCOPE = "grid_scope"
 GRID_SORT = "grid_sort"
 GRID_CHART = "grid_chart"
 
-VIEW_ONE_HEAD = "One head"
-VIEW_ALL_HEADS = "All heads"
-VIEW_QUERY = "One query token"
-VIEW_STATS = "Head statistics"
-VIEWS = (VIEW_ONE_HEAD, VIEW_ALL_HEADS, VIEW_QUERY, VIEW_STATS)
+VIEW_ONE_HEAD, VIEW_ALL_HEADS, VIEW_QUERY, VIEW_STATS = S.VIEWS.values
+VIEWS = S.VIEWS.values
 STAT_SHOWN = "stat_shown"
 
 # Prompts page and library
@@ -50,16 +54,16 @@ BATCH_TAYLOR = "Softmax vs Taylor: error vs order"
 BATCH_COLLAPSE = "Context collapse: max weight and entropy vs L"
 
 # Softmax vs Taylor page
-TAYLOR_MAX_ORDER = "taylor_max_order"
-TAYLOR_PREFIX = "taylor_prefix"  # decoders: analyse the first n tokens (exact under the causal mask)
-TAYLOR_CLAMP_MODE = "taylor_clamp_mode"
-TAYLOR_CLAMP_VALUE = "taylor_clamp_value"
-TAYLOR_TOLERANCE = "taylor_tolerance"
+TAYLOR_MAX_ORDER = S.setting("max_order").key
+TAYLOR_PREFIX = S.setting("n_tokens").key  # decoders: analyse the first n tokens (exact under the causal mask)
+TAYLOR_CLAMP_MODE = S.setting("clamp").key
+TAYLOR_CLAMP_VALUE = S.setting("clamp_value").key
+TAYLOR_TOLERANCE = S.setting("tolerance").key
 TAYLOR_SCOPE = "taylor_scope"
-TAYLOR_LAYER = "taylor_layer"
-TAYLOR_HEAD = "taylor_head"
+TAYLOR_LAYER = S.setting("taylor_layer").key
+TAYLOR_HEAD = S.setting("taylor_head").key
 TAYLOR_QUERY = "taylor_query"
-TAYLOR_ORDER = "taylor_order"  # the one order the weight view shows
+TAYLOR_ORDER = S.setting("taylor_order").key  # the one order the weight view shows
 TAYLOR_NEEDED_DENOMINATOR = "taylor_needed_denominator"
 TAYLOR_WEIGHT_DENOMINATOR = "taylor_weight_denominator"
 TAYLOR_LOSS_DENOMINATOR = "taylor_loss_denominator"
@@ -69,25 +73,22 @@ TAYLOR_RNN_TOKENS = "taylor_rnn_tokens"
 TAYLOR_LOSS_REQUESTS = "taylor_loss_requests"  # loss sweeps the user asked for in this session
 
 # Context collapse page
-COLLAPSE_SOURCE = "collapse_source"
-COLLAPSE_MAX_LENGTH = "collapse_max_length"
-COLLAPSE_WINDOWS = "collapse_windows"
-COLLAPSE_ROWS = "collapse_rows"
-COLLAPSE_VECTORS = "collapse_vectors"
-COLLAPSE_FIXED_LENGTH = "collapse_fixed_length"  # L of the distance-vs-N and distinguishability figures
+COLLAPSE_SOURCE = S.setting("source").key
+COLLAPSE_MAX_LENGTH = S.setting("max_length").key
+COLLAPSE_WINDOWS = S.setting("windows").key
+COLLAPSE_ROWS = S.setting("rows").key
+COLLAPSE_VECTORS = S.setting("vectors").key
+COLLAPSE_FIXED_LENGTH = S.setting("fixed_length").key  # L of the distance-vs-N and distinguishability figures
 COLLAPSE_LAYER = "collapse_layer"  # ALL_LAYERS or a layer: which heads the per-head figures follow
 COLLAPSE_HEAD = "collapse_head"
 IMAGE_FORMAT = "image_format"  # what each chart's camera button saves: png or svg
 REPORT_FIGURES = "report_figures"  # (name, figure) pairs drawn in this run, for the HTML report
-SOURCE_BUILTIN = "Built-in long document"
-SOURCE_SIDEBAR = "The sidebar text"
-SOURCES = (SOURCE_BUILTIN, SOURCE_SIDEBAR)
+SOURCE_BUILTIN, SOURCE_SIDEBAR = S.SOURCES.values
+SOURCES = S.SOURCES.values
 
-CLAMP_NONE = "no clamp"
-CLAMP_UPPER = "clamp above (paper)"
-CLAMP_BOTH = "clamp both sides"
-CLAMP_MODES = (CLAMP_NONE, CLAMP_UPPER, CLAMP_BOTH)
-TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)  # offered for the "order needed" map
+CLAMP_NONE, CLAMP_UPPER, CLAMP_BOTH = S.CLAMPS.values
+CLAMP_MODES = S.CLAMPS.values
+TOLERANCES = S.TOLERANCES  # offered for the "order needed" map
 SCOPE_MODEL = "Whole model"
 SCOPE_LAYER = "One layer"
 SCOPE_HEAD = "One head"
@@ -104,6 +105,7 @@ EXAMPLES = {
 }
 
 DEFAULTS = {
+    **{setting.key: setting.default for setting in S.SETTINGS.values()},
     MODEL_CHOICE: DEFAULT_MODEL,
     CUSTOM_NAME: "",
     CUSTOM_REVISION: "",
@@ -112,28 +114,11 @@ DEFAULTS = {
     TEXT_NOTE: None,
     NOTES_SHOWN: [],
     EXAMPLE: "Capital cities",
-    MAX_TOKENS: 2048,
-    KEEP: "start",
-    LAYER: 0,
-    HEAD: 0,
-    QUERY: 0,
-    VIEW: VIEW_ONE_HEAD,
-    HIDE_SINK: False,
-    REDUCE: "mean",
-    CELL_LIMIT: 256,
     GRID_SCOPE: "This layer",
     GRID_SORT: False,
     STAT_SHOWN: "entropy",
-    TAYLOR_MAX_ORDER: 10,
-    TAYLOR_PREFIX: 512,
-    TAYLOR_CLAMP_MODE: CLAMP_NONE,
-    TAYLOR_CLAMP_VALUE: 5.0,
-    TAYLOR_TOLERANCE: 1e-2,
     TAYLOR_SCOPE: SCOPE_MODEL,
-    TAYLOR_LAYER: 0,
-    TAYLOR_HEAD: 0,
     TAYLOR_QUERY: 10**9,  # clipped to the last token, whose row sees the whole text
-    TAYLOR_ORDER: 10,
     TAYLOR_NEEDED_DENOMINATOR: "softmax",
     TAYLOR_WEIGHT_DENOMINATOR: "taylor",
     TAYLOR_LOSS_DENOMINATOR: "l2",
@@ -150,12 +135,6 @@ DEFAULTS = {
     BATCH_KIND: BATCH_HEADS,
     BATCH_STAT: "entropy",
     BATCH_REQUESTS: [],
-    COLLAPSE_SOURCE: SOURCE_BUILTIN,
-    COLLAPSE_MAX_LENGTH: 2048,
-    COLLAPSE_WINDOWS: 3,
-    COLLAPSE_ROWS: 8,
-    COLLAPSE_VECTORS: "values",
-    COLLAPSE_FIXED_LENGTH: 2048,
     COLLAPSE_LAYER: ALL_LAYERS,
     COLLAPSE_HEAD: 0,
     IMAGE_FORMAT: "png",

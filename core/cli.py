@@ -1,12 +1,150 @@
-"""The `attnscope` command."""
+"""The `attnscope` command (also `python -m attnscope`): the API's studies from a shell.
+
+    attnscope prepare [MODEL]
+    attnscope stats    --model M --text-file F|- [--tokens N] --out FILE.{json,csv,parquet,html}
+    attnscope maps     ... [--layer L] [--heads 0,3] [--cell-limit N] [--reduce mean|max] [--hide-sink 1]
+    attnscope taylor   ... [--max-order N] [--n-tokens N] [--clamp none|upper|both] [--clamp-value C] [--tolerance T]
+    attnscope collapse ... [--max-length L] [--windows W] [--rows R] [--vectors values|hidden]  (no text: built-in)
+    attnscope app [streamlit options]
+
+Options and their defaults come from attnscope.settings, the table the dashboard's widgets and links read. Progress
+goes to stderr (tqdm); without --out the findings are printed. Errors are one line on stderr: exit status 2 for a
+usage error (argparse), 1 for anything that went wrong while running.
+
+argparse (standard library) rather than click or typer: subcommands with options generated from the settings table
+need nothing more, and the library keeps one dependency fewer.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from pathlib import Path
 
-from attnscope.models import DEFAULT_MODEL, PACKAGED_MODELS, ModelSpec, cache_dir, needs_preparation, \
-    prepare_packaged_model, prepared_folder
+from attnscope import settings as S
+from attnscope.models import (DEFAULT_MODEL, PACKAGED_MODELS, ModelLoadError, ModelSpec, cache_dir, needs_preparation,
+                              prepare_packaged_model, prepared_folder)
+
+STUDY_SETTINGS = {  # study -> settings it takes (beyond model, text and the token cut)
+    "stats": (),
+    "maps": ("layer", "cell_limit", "reduce", "hide_sink"),
+    "taylor": ("max_order", "n_tokens", "clamp", "clamp_value", "tolerance"),
+    "collapse": ("max_length", "windows", "rows", "vectors"),
+}
+HELP = {
+    "stats": "every head's entropy, max weight, sink mass and mean distance",
+    "maps": "attention maps of one layer's heads, pooled into tiles when long",
+    "taylor": "softmax against its order-n Taylor expansion, every head",
+    "collapse": "context collapse over context lengths, each figure against its bound",
+}
+
+
+class CommandError(Exception):
+    """A sentence for the user; the command exits with status 1."""
+
+
+def _type(setting: S.Setting):
+    def parse(text: str):
+        try:
+            return setting.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse.__name__ = setting.key
+    return parse
+
+
+def _add_setting(parser: argparse.ArgumentParser, key: str) -> None:
+    setting = S.setting(key)
+    choices = getattr(setting.domain, "values", None) if isinstance(setting.domain, S.Choice) else None
+    described = f"{setting.label}" + (f": {setting.help}" if setting.help else "")
+    parser.add_argument(setting.option, dest=key, type=_type(setting), default=setting.default,
+                        metavar="|".join(map(str, choices)) if choices else key.upper(),
+                        help=f"{described} (default: {setting.format(setting.default)})".replace("%", "%%"))
+
+
+def _heads(text: str) -> tuple[int, ...]:
+    try:
+        heads = tuple(int(h) for h in text.split(",") if h.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be head numbers separated by commas, e.g. 0,3,5") from None
+    if not heads or min(heads) < 0:
+        raise argparse.ArgumentTypeError("must be head numbers separated by commas, e.g. 0,3,5")
+    return heads
+
+
+def _read_text(args) -> str | None:
+    if args.text is not None:
+        return args.text
+    if args.text_file is None:
+        return None
+    if args.text_file == "-":
+        return sys.stdin.read()
+    path = Path(args.text_file)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CommandError(f"Cannot read {path}: {error.strerror or error}.") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CommandError(f"{path} is not UTF-8 text (byte {error.start} is 0x{data[error.start]:02x}).") from None
+
+
+class _Progress:
+    """progress(fraction, message) as a tqdm bar on stderr."""
+
+    def __init__(self, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = None if quiet else tqdm(total=1000, file=sys.stderr, leave=False, dynamic_ncols=True,
+                                           bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(message, refresh=False)
+            self.bar.update(max(0, round(fraction * 1000) - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_study(args) -> int:
+    import transformers
+
+    import attnscope
+
+    transformers.utils.logging.disable_progress_bar()  # attnscope's own bar says what is happening
+    text = _read_text(args)
+    if text is None and args.command != "collapse":
+        raise CommandError("Give a text: --text-file FILE (or - for standard input), or --text '...'.")
+    if args.out is not None and Path(args.out).suffix.lower() not in (".json", ".csv", ".parquet", ".html"):
+        raise CommandError(f"--out {args.out}: the file must end in .json, .csv, .parquet or .html.")
+    progress = _Progress(args.quiet)
+    try:
+        model = attnscope.load(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
+                               progress=progress)
+        options = {key: getattr(args, key) for key in STUDY_SETTINGS[args.command]}
+        common = {"max_tokens": args.tokens, "progress": progress, "cache": not args.no_cache}
+        if args.command == "stats":
+            result = attnscope.stats(model, text, keep=args.keep, **common)
+        elif args.command == "maps":
+            result = attnscope.maps(model, text, heads=args.heads, keep=args.keep, **options, **common)
+        elif args.command == "taylor":
+            result = attnscope.taylor(model, text, keep=args.keep, **options, **common)
+        else:
+            result = attnscope.collapse(model, text, **options, **common)
+    finally:
+        progress.close()
+    if args.out is None:
+        for finding in result.findings():
+            print(finding.text())
+    else:
+        path = result.save(args.out)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _prepare(args) -> int:
@@ -18,17 +156,73 @@ def _prepare(args) -> int:
     folder = prepare_packaged_model(args.model,
                                     progress=lambda fraction, message: print(f"  [{fraction:4.0%}] {message}"))
     if folder is None:
-        print(f"{args.model}: {cache_dir()} cannot be written, so nothing was saved; set ATTNSCOPE_CACHE to a "
-              "writable folder.", file=sys.stderr)
-        return 1
+        raise CommandError(f"{args.model}: {cache_dir()} cannot be written, so nothing was saved; set "
+                           "ATTNSCOPE_CACHE to a writable folder.")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnscope")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _app(args, extra: list[str]) -> int:
+    import attnscope.app
+
+    script = Path(attnscope.app.__file__).parent / "streamlit_app.py"
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port), *extra]
+    try:
+        return subprocess.call(command, env=os.environ.copy())
+    except KeyboardInterrupt:
+        return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="attnscope", description="See what attention really does in real "
+                                   "transformers: attention maps, softmax vs Taylor, context collapse.")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     prepare = commands.add_parser("prepare", help="dequantize a packaged model once, ahead of the first start")
     prepare.add_argument("model", nargs="?", default=DEFAULT_MODEL, choices=sorted(PACKAGED_MODELS))
     prepare.set_defaults(run=_prepare)
-    args = parser.parse_args(argv)
-    return args.run(args)
+
+    app = commands.add_parser("app", help="start the dashboard (further options go to streamlit run)")
+    app.add_argument("--port", type=int, default=8501)
+    app.set_defaults(run=None)
+
+    for name, keys in STUDY_SETTINGS.items():
+        study = commands.add_parser(name, help=HELP[name], description=HELP[name] + ".")
+        study.add_argument("--model", default=DEFAULT_MODEL,
+                           help=f"packaged alias ({', '.join(PACKAGED_MODELS)}), hub id or local folder "
+                                f"(default: {DEFAULT_MODEL})")
+        study.add_argument("--revision", default=None, help="hub branch, tag or commit")
+        study.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+        texts = study.add_mutually_exclusive_group()
+        texts.add_argument("--text-file", metavar="FILE", help="UTF-8 text to analyse; - reads standard input"
+                           + (" (default: the built-in long document)" if name == "collapse" else ""))
+        texts.add_argument("--text", help="the text itself")
+        tokens = S.setting("max_tokens")
+        study.add_argument("--tokens", type=_type(tokens), default=None, metavar="N",
+                           help="analyse at most N tokens of the text (default: the model's positions)")
+        if name != "collapse":
+            _add_setting(study, "keep")
+        if name == "maps":
+            study.add_argument("--heads", type=_heads, default=None, help="heads to draw, e.g. 0,3 (default: all)")
+        for key in keys:
+            _add_setting(study, key)
+        study.add_argument("--out", metavar="FILE", help="write the result: .json (reopen with attnscope.open), "
+                           ".parquet (the table; reopens too), .csv (the table), .html (findings and figures)")
+        study.add_argument("--no-cache", action="store_true", help="compute again instead of reading the result "
+                           "cache")
+        study.add_argument("--quiet", action="store_true", help="no progress bar")
+        study.set_defaults(run=_run_study)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    known, extra = parser().parse_known_args(argv)
+    if known.command == "app":
+        return _app(known, extra)
+    if extra:
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return known.run(known)
+    except (CommandError, ModelLoadError, ValueError, FileNotFoundError) as error:
+        print(f"attnscope {known.command}: {error}", file=sys.stderr)
+        return 1

@@ -62,6 +62,7 @@ class Source:
     def __init__(self, model, *, cache=None):
         self.model = model  # attnscope.api.Model
         self.cache = cache  # attnscope.cache.ResultCache or None
+        self._last_capture = None  # (text, cut, Capture): the units of one study share one forward pass
 
     def tokens(self, text: str, cut):
         return self.model.tokenize(text, max_tokens=cut.max_tokens, keep=cut.keep)
@@ -69,9 +70,14 @@ class Source:
     def capture(self, text: str, cut):
         from attnscope.capture import run_with_capture
 
+        if self._last_capture is not None and self._last_capture[:2] == (text, cut):
+            return self._last_capture[2]
+        self._last_capture = None  # free the previous capture before the next forward pass
         tokens = self.tokens(text, cut)
         with self.turn():
-            return run_with_capture(self.model.module, tokens.as_tensor())
+            capture = run_with_capture(self.model.module, tokens.as_tensor())
+        self._last_capture = (text, cut, capture)
+        return capture
 
     def run_ids(self, ids: tuple[int, ...], *, hidden_states: bool = False):
         """A capture of the model on exactly these token ids (a window or a prefix of a text)."""

@@ -340,6 +340,26 @@ def test_permalink_restores_the_view_and_reports_what_it_cannot():
     assert any(f"content hash {digest}" in w.value and "not available here" in w.value for w in fresh.warning)
 
 
+def test_links_written_before_the_settings_table_open_the_same_view():
+    """Links used to carry display labels; they still open the same view, and new links carry stable values."""
+    at = _app()
+    old_link = {"view": "All heads", "layer": "4", "sink": "1", "clamp": "clamp above (paper)", "c": "3.5",
+                "tolerance": "0.001", "source": "The sidebar text", "L": "512", "vectors": "hidden",
+                "model": "smollm2-135m"}
+    for name, value in old_link.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.session_state[state.VIEW] == "all_heads" and at.session_state[state.HIDE_SINK] is True
+    assert at.session_state[state.TAYLOR_CLAMP_MODE] == "upper" and at.session_state[state.TAYLOR_CLAMP_VALUE] == 3.5
+    assert at.session_state[state.TAYLOR_TOLERANCE] == 1e-3
+    assert at.session_state[state.COLLAPSE_SOURCE] == "sidebar" and at.session_state[state.COLLAPSE_MAX_LENGTH] == 512
+    heads = next(t for t in _figure(at)["data"] if t.get("name") == "heads")
+    assert [tuple(c) for c in heads["customdata"]] == [(4, h) for h in range(9)]
+    assert at.query_params["view"] == "all_heads" and at.query_params["clamp"] == "upper"
+    assert at.query_params["source"] == "sidebar" and at.query_params["sink"] == "1"
+
+
 def test_too_long_text_offers_the_start_or_the_end():
     at = _app()
     at.session_state[state.TEXT] = " ".join(f"w{i}" for i in range(40)) + " FINALWORD"
