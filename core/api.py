@@ -112,12 +112,13 @@ def load(model: str = "smollm2-135m", *, revision: str | None = None, device: st
 
 
 def source(model: Model, cache: bool | object = False) -> Source:
-    """The Source the entry points run their units against (with the disk cache when cache is True)."""
+    """The Source the entry points run their units against: with the default disk cache when cache is True, with
+    the given attnscope.cache.ResultCache, or without one."""
     if cache is True:
         from attnscope.cache import ResultCache
 
         cache = ResultCache.default()
-    return Source(model, cache=cache or None)
+    return Source(model, cache=None if cache is False else cache)
 
 
 def stats(model: Model, text: Text, *, max_tokens: int | None = None, keep: str = "start",

@@ -1,0 +1,111 @@
+"""The API, the CLI and the dashboard's cached units give the same numbers on the packaged model; results survive a
+save/open round trip and a restart (the disk cache); bad input gets one sentence and an exit status."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import attnscope
+from attnscope.cache import ResultCache
+from attnscope.studies import maps as study
+from attnscope.studies.base import Source
+
+pytestmark = pytest.mark.slow
+TEXT = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
+FIELDS = tuple(study.STATISTICS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return attnscope.load("smollm2-135m")
+
+
+def _cli(*args, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "attnscope", *args], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_cli_api_and_page_units_agree(model, tmp_path):
+    api = attnscope.stats(model, TEXT)
+    out = tmp_path / "stats.json"
+    done = _cli("stats", "--text-file", "-", "--out", str(out), "--no-cache", "--quiet", stdin=TEXT)
+    assert done.returncode == 0, done.stderr
+    cli = attnscope.open(out)
+    # the dashboard's cached unit, called as the page calls it (outside a running app, Streamlit caches in memory)
+    from attnscope.app import cached
+
+    cut = model.cut(None)
+    for layer in (0, 17, 29):
+        page = cached.study_unit(model.spec, "attnscope.studies.maps:layer_stats", (TEXT, cut, layer))
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(page, name), getattr(api, name)[layer])
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(cli, name), getattr(api, name))
+    assert [f.text() for f in cli.findings()] == [f.text() for f in api.findings()]
+
+    long_text = " ".join([TEXT] * 4)  # 80 tokens: pooled into 3 x 3 tiles under a cell limit of 32
+    maps = attnscope.maps(model, long_text, layer=5, heads=[2, 7], cell_limit=32, reduce="max")
+    assert maps.block == 3
+    done = _cli("maps", "--text", long_text, "--layer", "5", "--heads", "2,7", "--cell-limit", "32", "--reduce", "max",
+                "--out", str(tmp_path / "maps.parquet"), "--quiet", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(attnscope.open(tmp_path / "maps.parquet").values, maps.values)
+    frame = pd.read_parquet(tmp_path / "maps.parquet")
+    assert set(frame["head"]) == {2, 7} and len(frame) == maps.values.size
+
+
+def test_every_format_saves_and_json_and_parquet_reopen(model, tmp_path):
+    result = attnscope.stats(model, TEXT)
+    for suffix in (".json", ".parquet"):
+        again = attnscope.open(result.save(tmp_path / f"r{suffix}"))
+        assert type(again) is type(result) and again.meta == result.meta and again.tokens == result.tokens
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(again, name), getattr(result, name))
+    frame = pd.read_csv(result.save(tmp_path / "r.csv"))
+    assert len(frame) == 30 * 9 and list(frame.columns[:2]) == ["layer", "head"]
+    html = result.save(tmp_path / "r.html").read_text()
+    assert "Attention sinks" in html and html.count("plotly.js v") <= 2  # plotly.js inlined once
+    assert "<h4>" in result._repr_html_()
+    with pytest.raises(ValueError, match="reopens .json and .parquet"):
+        attnscope.open(tmp_path / "r.csv")
+    with pytest.raises(ValueError, match="use one of"):
+        result.save(tmp_path / "r.xlsx")
+    (tmp_path / "bad.json").write_text(json.dumps({"attnscope": 1, "kind": "x", "result": {
+        "__dataclass__": "os:system", "fields": {}}}))
+    with pytest.raises(ValueError, match="not a readable attnscope result"):
+        attnscope.open(tmp_path / "bad.json")
+
+
+def test_disk_cache_answers_a_second_run_without_the_model(model, tmp_path, monkeypatch):
+    cache = ResultCache(tmp_path / "results", size_mb=64)
+    first = attnscope.stats(model, TEXT, cache=cache)
+    assert len(cache) == model.info["n_layers"]
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the model ran although every unit was cached")
+
+    monkeypatch.setattr(Source, "capture", no_forward)
+    again = ResultCache(tmp_path / "results", size_mb=64)  # a new process would open the folder like this
+    second = attnscope.stats(model, TEXT, cache=again)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+
+
+def test_cli_errors_are_one_sentence_and_an_exit_status(tmp_path):
+    missing = _cli("stats", "--text-file", str(tmp_path / "nope.txt"), "--quiet")
+    assert missing.returncode == 1 and missing.stderr.strip().startswith("attnscope stats: Cannot read")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    binary = _cli("stats", "--text-file", str(tmp_path / "latin1.txt"), "--quiet")
+    assert binary.returncode == 1 and "is not UTF-8 text (byte 3 is 0xe9)" in binary.stderr
+    bad_option = _cli("maps", "--text", "x", "--reduce", "median")
+    assert bad_option.returncode == 2 and "--reduce: must be one of mean, max" in bad_option.stderr
+    bad_out = _cli("stats", "--text", "x", "--out", str(tmp_path / "x.txt"))
+    assert bad_out.returncode == 1 and "must end in .json, .csv, .parquet or .html" in bad_out.stderr
+    no_text = _cli("stats", "--quiet")
+    assert no_text.returncode == 1 and "Give a text" in no_text.stderr
