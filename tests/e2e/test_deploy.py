@@ -3,6 +3,7 @@ step is `make setup`, which CI has just run, and its command is deploy/start.sh,
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,26 @@ def test_hosted_start_script_serves_the_app(browser, output_dir):
         page.goto(url)
         page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0").wait_for(timeout=120_000)
         page.get_by_text("Hosted demo: texts are cut at 1024 tokens").wait_for(timeout=30_000)
+        page.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def test_attnscope_app_command_serves_the_dashboard(browser, output_dir, tmp_path):
+    """`attnscope app` (the console script) starts the dashboard from any folder, as an installed package would."""
+    port = free_port()
+    log = open(output_dir / "attnscope-app.log", "w")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "attnscope"), "app", "--port", str(port),
+                                "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=tmp_path,
+                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, "attnscope-app.log")
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0").wait_for(timeout=120_000)
         page.close()
     finally:
         process.terminate()
