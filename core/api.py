@@ -147,13 +147,9 @@ def maps(model: Model, text: Text, *, layer: int = 0, heads: Sequence[int] | Non
 
 def taylor(model: Model, text: Text, **settings):
     """Softmax vs its order-n Taylor expansion, every head; see attnscope.studies.taylor.run for the settings."""
-    from attnscope.settings import clamp_from
     from attnscope.studies import taylor as study
 
     cache = settings.pop("cache", False)
-    if isinstance(settings.get("clamp"), str):  # the settings table's mode ("none", "upper", "both") and value
-        settings["clamp"] = clamp_from(settings["clamp"], settings.pop("clamp_value", 5.0))
-    settings.pop("clamp_value", None)
     return study.run(source(model, cache), text, **settings)
 
 

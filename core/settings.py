@@ -221,12 +221,3 @@ def check(key: str, value) -> object:
 def labels(keys: Sequence[str]) -> dict[str, str]:
     return {key: SETTINGS[key].label for key in keys}
 
-
-def clamp_from(mode: str, value: float) -> float | tuple[float, float] | None:
-    """The Taylor analysis' clamp from the clamp setting and its value: None, an upper bound, or (-|c|, |c|)."""
-    mode = CLAMPS.parse(mode)
-    if mode == "upper":
-        return float(value)
-    if mode == "both":
-        return (-abs(float(value)), abs(float(value)))
-    return None
