@@ -46,12 +46,9 @@ UPLOADER_GENERATION = "prompt_uploader_generation"
 PASTE_TEXT = "paste_text"
 PASTE_NAME = "paste_name"
 UPLOAD_MESSAGES = "upload_messages"  # (kind, sentence) pairs from the last uploads, shown until the next
-BATCH_KIND = "batch_kind"
+BATCH_KIND = "batch_kind"  # which study: a key of attnscope.studies.batch.STUDIES
 BATCH_STAT = "batch_stat"
 BATCH_REQUESTS = "batch_requests"  # batch runs the user asked for in this session
-BATCH_HEADS = "Head statistics (entropy, max weight, sink)"
-BATCH_TAYLOR = "Softmax vs Taylor: error vs order"
-BATCH_COLLAPSE = "Context collapse: max weight and entropy vs L"
 
 # Softmax vs Taylor page
 TAYLOR_MAX_ORDER = S.setting("max_order").key
@@ -132,7 +129,7 @@ DEFAULTS = {
     PASTE_TEXT: "",
     PASTE_NAME: "",
     UPLOAD_MESSAGES: [],
-    BATCH_KIND: BATCH_HEADS,
+    BATCH_KIND: "stats",
     BATCH_STAT: "entropy",
     BATCH_REQUESTS: [],
     COLLAPSE_LAYER: ALL_LAYERS,

@@ -17,6 +17,7 @@ pages = [
     st.Page(PAGES / "softmax_vs_taylor.py", title="Softmax vs Taylor", icon=":material/functions:"),
     st.Page(PAGES / "context_collapse.py", title="Context collapse", icon=":material/compress:"),
     st.Page(PAGES / "prompts.py", title="Prompts", icon=":material/library_books:"),
+    st.Page(PAGES / "batch.py", title="Batch", icon=":material/stacked_line_chart:"),
 ]
 navigation = st.navigation(pages)
 common.sidebar()

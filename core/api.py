@@ -162,6 +162,19 @@ def collapse(model: Model, text: Text | None = None, **settings):
     return study.run(source(model, cache), text, **settings)
 
 
+def batch(model: Model, prompts: Sequence, *, study: str = "stats", progress: ProgressFn | None = None,
+          cache: bool = False, **settings):
+    """The same study ("stats", "taylor" or "collapse") over each prompt, with mean and spread over prompts.
+
+    prompts: texts, or (name, text) pairs. settings: the study's keywords (max_tokens, max_order, max_length, ...).
+    Returns an attnscope.studies.batch.BatchResult.
+    """
+    from attnscope.studies import batch as study_module
+
+    named = [(p[0], p[1]) if isinstance(p, tuple) else (f"prompt {i + 1}", p) for i, p in enumerate(prompts)]
+    return study_module.run(source(model, cache), named, study=study, settings=settings, progress=progress)
+
+
 def open(path) -> Result:  # noqa: A001 - attnscope.open(path) reads what result.save(path) wrote
     """Read a result saved as .json or .parquet."""
     return open_result(path)

@@ -1,21 +1,15 @@
 """Prompts: upload or paste texts into this session's library and choose the one every page analyses."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from attnscope.app import cached, common, state
 from attnscope import prompts
-from attnscope.analyses import batch, collapse, taylor
-from attnscope.figures import collapse as collapse_figures
-from attnscope.figures import maps as map_figures
-from attnscope.figures import taylor as taylor_figures
-from attnscope.kernels import DENOMINATORS
+from attnscope.app import common, state
 
 st.title("Prompts")
 st.caption("Upload .txt or .md files (one prompt each), .jsonl (one {\"text\": ...} object per line, optional "
            "\"name\") or .csv (a `text` column, optional `name`), or paste a text. The library lasts for this "
-           "browser session; the prompt you use drives every page.")
+           "browser session; the prompt you use drives every page, and the Batch page runs a study over all of them.")
 
 
 def _add(found: list[prompts.Prompt]) -> tuple[int, int]:
@@ -149,89 +143,3 @@ def _remove(index: int) -> None:
 actions[1].button("Remove", on_click=_remove, args=(choice,))
 st.caption(f"{common.literal(chosen.source)} · {len(chosen.text):,} characters · content hash {chosen.digest}")
 st.text(chosen.text[:4000] + ("\n…" if len(chosen.text) > 4000 else ""))  # st.text never renders markup
-
-# Batch ----------------------------------------------------------------------------------------------------------------
-st.subheader("Batch: every prompt in the library")
-st.caption("Runs one page's statistics on each prompt separately and shows, per head or per point of the curve, the "
-           "mean over prompts with its spread. Each prompt is cut like the sidebar text (Max tokens).")
-spec = common.current_spec()
-if spec is None:
-    st.info("Choose a model in the sidebar first.")
-    st.stop()
-kind = st.radio("Statistic", [state.BATCH_HEADS, state.BATCH_TAYLOR, state.BATCH_COLLAPSE], key=state.BATCH_KIND)
-batch_prompts = library[:limits.max_batch]
-if len(library) > limits.max_batch:
-    st.caption(f"A batch runs the first {limits.max_batch} prompts of the library, this deployment's limit.")
-request = (spec, st.session_state[state.MAX_TOKENS], st.session_state[state.KEEP], kind,
-           tuple(p.digest for p in batch_prompts))
-if st.button(f"Run over the {len(batch_prompts)} prompt(s)", type="primary"):
-    st.session_state[state.BATCH_REQUESTS] = [*st.session_state[state.BATCH_REQUESTS], request]
-if request not in st.session_state[state.BATCH_REQUESTS]:
-    st.stop()
-loaded = common.load(spec)
-if loaded is None:
-    st.stop()
-cut = common.cut_for(loaded)
-progress = st.progress(0.0, "Running the prompts")
-per_prompt, skipped = [], []
-for index, prompt in enumerate(batch_prompts):
-    progress.progress(index / len(batch_prompts),
-                      f"Prompt {index + 1}/{len(batch_prompts)}: {common.literal(prompt.name, 60)}")
-    tokens = cached.get_tokens(spec, prompt.text, cut)
-    with common.model_turn(spec):
-        capture = cached.get_capture(spec, prompt.text, cut)
-        if kind == state.BATCH_HEADS:
-            stats = [cached.layer_head_stats(spec, prompt.text, cut, layer) for layer in range(capture.n_layers)]
-            per_prompt.append({name: np.stack([getattr(s, name).numpy() for s in stats])
-                               for name in batch.HEAD_STATISTICS})
-        elif kind == state.BATCH_TAYLOR:
-            n = min(len(tokens), 512) if loaded.kind == "decoder" else len(tokens)
-            layers = [cached.taylor_layer(spec, prompt.text, cut, layer, n, 10, None)
-                      for layer in range(capture.n_layers)]
-            sweep = taylor.ModelSweep.stack(layers)
-            per_prompt.append({name: np.median(sweep.error[name].reshape(-1, 11), 0) for name in DENOMINATORS})
-        else:
-            if loaded.kind != "decoder" or len(tokens) < 32:
-                skipped.append(prompt.name)
-                continue
-            settings = collapse.Settings(max_length=min(len(tokens), 512), windows=1, rows=8)
-            lengths = collapse.length_grid(settings.max_length)
-            units = [cached.collapse_unit(spec, prompt.text, settings, 0, length, False) for length in lengths]
-            per_prompt.append({"lengths": lengths, "max_weight": np.array([u.max_weight.mean() for u in units]),
-                               "entropy": np.array([u.entropy.mean() for u in units]),
-                               "sink_mass": np.array([u.sink_mass.mean() for u in units])})
-progress.empty()
-if skipped:
-    common.say("warning", f"Left out (context collapse needs a decoder and at least 32 tokens): "
-                          f"{', '.join(skipped)}.")
-if not per_prompt:
-    st.stop()
-count = len(per_prompt)
-if kind == state.BATCH_HEADS:
-    shown = st.selectbox("Head statistic", batch.HEAD_STATISTICS, key=state.BATCH_STAT)
-    result = batch.spread([p[shown] for p in per_prompt])
-    left, right = st.columns(2)
-    with left:
-        common.chart(map_figures.stat_heatmap(result.mean, title=f"{shown}: mean over {count} prompt(s)", label=shown),
-                     key="batch_mean", name=f"batch-{shown}-mean")
-    with right:
-        common.chart(map_figures.stat_heatmap(result.std, title=f"{shown}: standard deviation over prompts",
-                                              label="std"), key="batch_std", name=f"batch-{shown}-std")
-elif kind == state.BATCH_TAYLOR:
-    curves = []
-    for name in DENOMINATORS:
-        result = batch.spread([p[name] for p in per_prompt])
-        curves.append(taylor_figures.Curve(f"{name}: mean over prompts", result.mean, low=result.low,
-                                           high=result.high, colour=taylor_figures.DENOMINATOR_COLOURS[name]))
-    common.chart(taylor_figures.error_vs_order(curves, title=f"Median error over heads, {count} prompt(s) "
-                                                             "(band: smallest to largest prompt)"),
-                 key="batch_taylor", name="batch-error-vs-order")
-else:
-    lengths, maxima = batch.common_prefix([(p["lengths"], p["max_weight"]) for p in per_prompt])
-    _, entropies = batch.common_prefix([(p["lengths"], p["entropy"]) for p in per_prompt])
-    _, sinks = batch.common_prefix([(p["lengths"], p["sink_mass"]) for p in per_prompt])
-    common.chart(collapse_figures.vanishing(lengths, np.stack(maxima, 1), np.stack(entropies, 1),
-                                            np.stack(sinks, 1), None, None,
-                                            title=f"Mean over heads, {count} prompt(s) (median and quartiles over "
-                                                  "prompts)"), key="batch_collapse", name="batch-vanishing")
-common.report_button("Prompts batch", {"statistic": kind, "prompts": count, "model": spec.name})

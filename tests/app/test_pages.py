@@ -387,10 +387,11 @@ def test_batch_over_the_library_matches_each_prompt():
         at.text_area(key=state.PASTE_TEXT).input(text).run()
         at.button[0].click().run()
     assert len(at.session_state[state.LIBRARY]) == 2
+    at.switch_page("app_pages/batch.py").run()
     run = next(b for b in at.button if b.label.startswith("Run over the 2 prompt"))
     run.click().run()
     assert not at.exception
-    mean = _chart(at, "batch_mean")
+    mean = _chart(at, "batch-entropy-mean")
     z = mean["data"][0]["z"]
     shown = np.frombuffer(__import__("base64").b64decode(z["bdata"]), dtype=z["dtype"]).reshape(30, 9) \
         if isinstance(z, dict) else np.array(z)
@@ -401,10 +402,12 @@ def test_batch_over_the_library_matches_each_prompt():
         per_prompt.append(np.stack([head_stats(capture.layer(i)).entropy.numpy() for i in range(30)]))
     np.testing.assert_allclose(shown, np.mean(per_prompt, 0), rtol=1e-5)
 
-    at.radio(key=state.BATCH_KIND).set_value(state.BATCH_TAYLOR).run()
+    at.radio(key=state.BATCH_KIND).set_value("taylor").run()
+    at.number_input(key=state.TAYLOR_MAX_ORDER).set_value(4).run()
     next(b for b in at.button if b.label.startswith("Run over")).click().run()
-    assert not at.exception and "2 prompt(s)" in _chart(at, "batch_taylor")["layout"]["title"]["text"]
-    at.radio(key=state.BATCH_KIND).set_value(state.BATCH_COLLAPSE).run()
+    assert not at.exception and "2 prompt(s)" in _chart(at, "batch-error-vs-order")["layout"]["title"]["text"]
+    assert len(_chart(at, "batch-error-vs-order")["data"][0]["y"]) == 5  # orders 0..4, the setting, not 10
+    at.radio(key=state.BATCH_KIND).set_value("collapse").run()
     next(b for b in at.button if b.label.startswith("Run over")).click().run()
     assert not at.exception
-    assert any("at least 32 tokens" in w.value for w in at.warning)
+    assert any("fewer than 32" in i.value for i in at.info)
