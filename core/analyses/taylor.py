@@ -8,13 +8,14 @@ output O for each denominator, and why:
   kernel). A head's error at order n is the Frobenius ratio ||O_n - O||_F / ||O||_F over its query rows (for "l2"
   against the L2-normalised rows of O). The pass also returns the logit histogram, the fraction of negative weights
   and of vanishing or negative sum denominators, and the mean size of each term |s^n / n!|.
-- `order_needed`, `spread_over_heads`, `dominant_order`: what the page draws from the stacked layers.
+- `order_needed`, `spread_over_heads`, `dominant_order`: what the page draws from the stacked layers (the
+  layers are run and stacked by attnscope.studies.taylor, one unit per layer).
 - `row_weights`: one query's truncated weights beside its softmax weights.
 - `recurrent_check`: orders 0-2 run as RNNs with explicit d^n x d_v states, against the parallel form, and order 1
   against linear attention written with a feature map.
 - `substitution_loss`: every attention layer replaced (zero-shot: the model was trained with softmax) by Taylor-n,
   by elu(x)+1 linear attention, or by exact softmax written out, through core.capture.substituting; next-token loss
-  on the text.
+  on the text (attnscope.logprobs, the one place attnscope computes it).
 
 Real softmax-trained models have scaled logits far outside the range where the series converges (deep SmolLM2 heads
 sit at -20 and below), so nothing here assumes convergence: errors of order one and above, NaN from a sum denominator
@@ -35,6 +36,7 @@ import torch
 from attnscope import kernels
 from attnscope.capture import LayerCapture, substituting
 from attnscope.kernels.taylor import naive as taylor_naive
+from attnscope.logprobs import next_token_loss
 
 Clamp = float | tuple[float, float] | None  # a number: clamp logits from above (the paper's code: 5); a pair: both
 
@@ -44,7 +46,6 @@ class LayerSweep:
     """Every order 0..N of one layer, per head. O = N + 1 orders, H query heads, T query rows."""
 
     error: dict[str, np.ndarray]  # denominator -> (H, O) ||O_n - O||_F / ||O||_F over the head's rows (inf: not finite)
-    row_error: dict[str, np.ndarray]  # denominator -> (H, O) median over rows of the per-row relative error
     target_norm: np.ndarray  # (H, T) ||O_t||: the scale an L2 denominator discards
     negative_weights: np.ndarray  # (H, O) fraction of visible truncated weights below zero
     nonpositive_denominator: np.ndarray  # (H, O) fraction of rows whose sum denominator is <= 0
@@ -60,7 +61,6 @@ class ModelSweep:
     """LayerSweeps stacked: every array gains a leading layer axis (L, H, ...)."""
 
     error: dict[str, np.ndarray]  # denominator -> (L, H, O)
-    row_error: dict[str, np.ndarray]  # denominator -> (L, H, O)
     target_norm: np.ndarray  # (L, H, T)
     negative_weights: np.ndarray  # (L, H, O)
     nonpositive_denominator: np.ndarray  # (L, H, O)
@@ -78,7 +78,7 @@ class ModelSweep:
     def stack(cls, layers: Sequence[LayerSweep]) -> ModelSweep:
         return cls(**{
             name: ({key: np.stack([getattr(layer, name)[key] for layer in layers]) for key in kernels.DENOMINATORS}
-                   if name in ("error", "row_error") else np.stack([getattr(layer, name) for layer in layers]))
+                   if name == "error" else np.stack([getattr(layer, name) for layer in layers]))
             for name in cls.__dataclass_fields__
         })
 
@@ -97,16 +97,14 @@ def sweep_layer(layer: LayerCapture, *, max_order: int, clamp: Clamp = None, bac
     sweep = kernels.taylor_sweep(layer.q[:1], layer.k[:1], layer.v[:1], max_order=max_order, clamp=clamp,
                                  causal=layer.causal, scale=layer.scale, backend=backend)
     target_norm = sweep.target_norm[0].double()  # (H, T)
-    error, row_error = {}, {}
+    error = {}
     for name, rows in sweep.error.items():
-        rows = rows[:, 0].double()  # (O, H, T)
+        rows = rows[:, 0].double()  # (O, H, T) per-row relative errors
         weight = torch.ones_like(target_norm) if name == "l2" else target_norm
         frobenius = ((rows * weight) ** 2).sum(-1).sqrt() / (weight**2).sum(-1).sqrt()  # (O, H)
         error[name] = np.nan_to_num(frobenius.T.numpy(), nan=np.inf)
-        row_error[name] = rows.nan_to_num(math.inf).median(-1).values.T.numpy()
     return LayerSweep(
         error=error,
-        row_error=row_error,
         target_norm=target_norm.float().numpy(),
         negative_weights=sweep.negative_weights[:, 0].T.numpy(),
         nonpositive_denominator=sweep.nonpositive_denominator[:, 0].T.numpy(),
@@ -116,17 +114,6 @@ def sweep_layer(layer: LayerCapture, *, max_order: int, clamp: Clamp = None, bac
         logit_max=sweep.logit_max[0].numpy(),
         logit_hist=sweep.logit_hist[0].numpy(),
     )
-
-
-def sweep_model(layers: Sequence[LayerCapture], *, max_order: int, clamp: Clamp = None,
-                progress: Callable[[int], None] | None = None) -> ModelSweep:
-    """sweep_layer over `layers`, calling progress(index) after each."""
-    done = []
-    for index, layer in enumerate(layers):
-        done.append(sweep_layer(layer, max_order=max_order, clamp=clamp))
-        if progress is not None:
-            progress(index)
-    return ModelSweep.stack(done)
 
 
 def order_needed(error: np.ndarray, tolerance: float) -> np.ndarray:
@@ -302,10 +289,4 @@ def substitution_loss(model: torch.nn.Module, input_ids: torch.Tensor, substitut
     attention = attention_function(substitute)
     with contextlib.nullcontext() if attention is None else substituting(attention):
         logits = model(input_ids=input_ids).logits
-    targets = input_ids[0, 1:]
-    total = 0.0
-    for start in range(0, len(targets), 256):  # fp64 log-softmax a few rows at a time: (rows, vocabulary) each
-        rows = slice(start, min(start + 256, len(targets)))
-        logprobs = torch.log_softmax(logits[0, rows].double(), -1)
-        total -= float(logprobs.gather(-1, targets[rows, None]).sum())
-    return total / len(targets)
+    return next_token_loss(logits, input_ids)

@@ -17,6 +17,12 @@ from plotly.subplots import make_subplots
 from attnscope.analyses.taylor import exp_truncation_error
 from attnscope.figures.maps import escape
 
+DENOMINATOR_LABELS = {  # kernels.DENOMINATORS -> what a reader sees
+    "taylor": "Taylor sum (Σ Pₙ(s))",
+    "softmax": "exact softmax (Σ eˢ)",
+    "l2": "L2 norm of the numerator",
+    "none": "visible-key count",
+}
 DENOMINATOR_COLOURS = {"taylor": "#d62728", "softmax": "#1f77b4", "l2": "#2ca02c", "none": "#9467bd"}
 NEVER_COLOUR = "#444444"
 TRUNCATION_AXIS = (-16, 12)  # log10 range of the truncation-error axis; order 10 at s = -60 is ~1e19, drawn off the top

@@ -1,5 +1,6 @@
 """The Softmax-vs-Taylor analyses on the packaged SmolLM2: page numbers against fp64 references from the captured
-q/k/v, the guarantees the mathematics gives, and the zero-shot substitution. Nothing here assumes real heads converge."""
+q/k/v, the guarantees the mathematics gives, and the zero-shot substitution; the study the page and the API share,
+against numbers recorded from the page before the study existed. Nothing here assumes real heads converge."""
 
 import dataclasses
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from attnscope.analyses import taylor
+from attnscope.api import Model, source
 from attnscope.capture import run_with_capture
+from attnscope.studies import taylor as study
 from attnscope.tokens import tokenize
 from attnscope.kernels import DENOMINATORS
 from attnscope.kernels.taylor import naive
@@ -22,6 +25,7 @@ TEXT = (
     "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
 )
 LAYERS_HEADS = [(0, 0), (14, 4), (29, 8)]
+CAPITALS = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"  # 19 tokens
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +55,10 @@ def test_page_numbers_equal_fp64_reference(run, layer_index, head):
     assert sweep.logit_hist[head].sum() == int(visible.sum())
 
 
-def test_real_logits_reach_where_the_series_fails(run):
+def test_real_logits_reach_where_the_series_fails(smollm2):
     """Reported, not assumed away: SmolLM2's scaled logits go far below zero, odd orders turn them into negative
     weights and even orders never do (P_2m(x) > 0 for every real x)."""
-    _, capture = run
-    sweep = taylor.sweep_model([capture.layer(i) for i in range(capture.n_layers)], max_order=10)
+    sweep = study.run(source(Model(smollm2)), TEXT, max_order=10).sweep
     assert sweep.logit_min.min() < -10
     assert sweep.negative_weights[..., 1::2].max() > 0
     assert sweep.negative_weights[..., 0::2].max() == 0
@@ -112,3 +115,50 @@ def test_exact_softmax_substitute_reproduces_the_models_loss(smollm2, run):
     assert own == pytest.approx(float(-capture.token_logprobs.double().mean()), abs=1e-4)
     taylor_10 = taylor.substitution_loss(smollm2.model, ids, taylor.Substitute("taylor", order=10, denominator="l2"))
     assert taylor_10 != own  # zero-shot replacement changes the model; how much is what the page reports
+
+
+def _arrays(sweep: taylor.ModelSweep) -> dict[str, np.ndarray]:
+    """Every array of a sweep by name ("error.l2" for the per-denominator errors)."""
+    arrays = {f"error.{key}": values for key, values in sweep.error.items()}
+    return {**arrays, **{field.name: getattr(sweep, field.name) for field in dataclasses.fields(sweep)
+                         if field.name != "error"}}
+
+
+def test_page_numbers_recorded_before_the_study_are_unchanged(smollm2):
+    """The Softmax-vs-Taylor page on the default example text, recorded from its former code path: the sweep's
+    numbers, the sentences it printed, and the zero-shot losses."""
+    result = study.run(source(Model(smollm2)), CAPITALS, max_tokens=2048)
+    medians = {name: float(np.median(result.sweep.error[name][..., -1])) for name in DENOMINATORS}
+    assert medians == pytest.approx({"taylor": 0.023333119019123393, "softmax": 0.06982272074939286,
+                                     "l2": 0.02331933453895125, "none": 49.24049170097751}, rel=1e-6)
+    np.testing.assert_allclose(result.sweep.error["softmax"][1, 2, [0, 1, 3]],
+                               [1.1495495437472123, 6.057342018023098, 80.84448982213931], rtol=1e-6)
+    assert float(result.sweep.logit_min.min()) == pytest.approx(-24.746746, rel=1e-6)
+    assert result.sweep.logit_hist.sum() == 51300
+    assert result.summary() == "19 tokens · 30 layers × 9 heads · orders 0–10 · no clamp · fp64 on CPU"
+    assert "207 of 270 heads never below 0.01" in result.figures()["order-needed"].layout.title.text
+    assert "exact softmax (Σ eˢ): 63 of 270 heads" in result.findings("needed")[0].measured
+    assert result.findings("weights")[0].measured == ("Denominator of this row: 189.6. Negative weights in this "
+                                                      "row: 0 of 19.")
+
+    losses = study.run(source(Model(smollm2)), CAPITALS, max_tokens=2048, max_order=3, losses=("l2",)).losses
+    assert losses.references == pytest.approx({"the model as trained": 1.4150925868067836,
+                                               "exact softmax (written out)": 1.4150930141974796,
+                                               "linear attention, elu(x)+1": 9.426673800767333}, rel=1e-6)
+    np.testing.assert_allclose(losses.taylor[0], [12.993128059492568, 13.15639233945257, 12.64239884041372],
+                               rtol=1e-6)
+
+
+def test_the_api_equals_the_pages_units(smollm2):
+    """attnscope.taylor's result and the page's (the same run through the dashboard's cached Source) hold identical
+    arrays and say the same things."""
+    from attnscope.app.cached import AppSource
+
+    settings = dict(max_tokens=2048, max_order=4, clamp="both", taylor_layer=7, taylor_head=3, losses=("taylor",))
+    page = study.run(AppSource(smollm2.spec), CAPITALS, **settings)
+    api = study.run(source(Model(smollm2)), CAPITALS, **settings)
+    page_arrays = _arrays(page.sweep)
+    for name, values in _arrays(api.sweep).items():
+        assert np.array_equal(values, page_arrays[name], equal_nan=True), name
+    np.testing.assert_array_equal(api.losses.taylor, page.losses.taylor)
+    assert api.recurrent == page.recurrent and api.findings() == page.findings()

@@ -161,3 +161,24 @@ def test_prefix_is_what_the_model_computes_on_the_prefix_alone():
     assert whole.layer(1).prefix(50) is whole.layer(1)
     with pytest.raises(ValueError, match="causal"):
         run_with_capture(build("bert"), ids).layer(0).prefix(5)
+
+
+def test_one_next_token_loss_for_the_model_and_its_substitutes():
+    """substitution_loss is attnscope.logprobs.next_token_loss of the logits; log-probabilities taken a block of rows
+    at a time equal one whole log_softmax: in fp32 exactly what a capture records, in fp64 the loss's."""
+    from attnscope.logprobs import ROWS, next_token_logprobs, next_token_loss
+
+    model, ids = build("llama"), _ids(ROWS + 40)  # crosses a chunk boundary
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    logprobs = next_token_logprobs(logits, ids)
+    whole = torch.log_softmax(logits[0, :-1].double(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(logprobs, whole, rtol=0, atol=1e-12)
+    assert taylor.substitution_loss(model, ids, taylor.Substitute("model")) == next_token_loss(logits, ids)
+    assert next_token_loss(logits, ids) == pytest.approx(float(-whole.mean()), rel=1e-12)
+    captured = run_with_capture(model, ids).token_logprobs  # fp32, the whole matrix at once
+    torch.testing.assert_close(next_token_logprobs(logits, ids, dtype=torch.float32), captured, rtol=0, atol=0)
+    torch.testing.assert_close(logprobs.float(), captured, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        next_token_logprobs(logits[:, :-1], ids)
+

@@ -1,0 +1,221 @@
+"""attnscope.studies.taylor on tiny random models: the study's run equals the page's former per-layer path, numbers
+recorded before the study existed are unchanged, units are cacheable, and results save, reopen and explain
+themselves."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from attnscope.analyses import taylor as analysis
+from attnscope.api import Model
+from attnscope.capture import run_with_capture
+from attnscope.kernels import DENOMINATORS
+from attnscope.models import LoadedModel, ModelSpec
+from attnscope.studies import taylor as study
+from attnscope.studies.base import Source, open_result
+from tests.unit.tiny_models import VOCAB, build
+
+IDS = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))[0].tolist()
+
+
+class _Tokenizer:
+    """What attnscope.tokens.from_ids needs of a tokenizer: a size and a display string per id."""
+
+    vocab_size = VOCAB
+
+    def __len__(self) -> int:
+        return VOCAB
+
+    def decode(self, ids) -> str:
+        return f"t{ids[0]}"
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return f"t{token_id}"
+
+
+def _model(family: str = "llama") -> Model:
+    module = build(family)
+    config = module.config
+    return Model(LoadedModel(spec=ModelSpec(f"tiny-{family}"), model=module, tokenizer=_Tokenizer(),
+                             kind="encoder" if family == "bert" else "decoder", source="",
+                             info={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
+                                   "max_positions": 1024}))
+
+
+class _RecordingSource(Source):
+    """The library's Source, keeping every unit call (what the dashboard's st.cache_data would be keyed by)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.calls = []
+
+    def unit(self, fn, *args):
+        self.calls.append((fn, args))
+        return super().unit(fn, *args)
+
+
+def _arrays(sweep: analysis.ModelSweep) -> dict[str, np.ndarray]:
+    """Every array of a sweep by name ("error.l2" for the per-denominator errors)."""
+    arrays = {f"error.{key}": values for key, values in sweep.error.items()}
+    return {**arrays, **{field.name: getattr(sweep, field.name) for field in dataclasses.fields(sweep)
+                         if field.name != "error"}}
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return _model("llama")
+
+
+@pytest.fixture(scope="module")
+def result(llama):
+    return study.run(Source(llama), IDS, taylor_layer=1, taylor_head=2, taylor_order=3, losses=("l2",))
+
+
+def test_run_equals_the_per_layer_sweep_the_page_ran(llama):
+    """Identical arrays: the page used to stack sweep_layer(capture.layer(i).prefix(n)) layer by layer itself."""
+    capture = run_with_capture(llama.module, torch.tensor([IDS]))
+    for settings, clamp in ((dict(max_order=10), None), (dict(max_order=3, clamp="both"), (-5.0, 5.0)),
+                            (dict(max_order=4, clamp="upper", clamp_value=2.5), 2.5)):
+        for n_tokens in (24, 9):
+            got = study.run(Source(llama), IDS, n_tokens=n_tokens, **settings).sweep
+            expected = analysis.ModelSweep.stack([
+                analysis.sweep_layer(capture.layer(i).prefix(n_tokens), max_order=settings["max_order"], clamp=clamp)
+                for i in range(capture.n_layers)])
+            got_arrays = _arrays(got)
+            for name, values in _arrays(expected).items():
+                assert values.shape == got_arrays[name].shape, name
+                assert np.array_equal(values, got_arrays[name], equal_nan=True), name
+
+
+def test_numbers_recorded_before_the_study_are_unchanged(result):
+    """Recorded from the page's former code path on this model and these ids (tiny llama, seed 0; ids seed 1)."""
+    np.testing.assert_allclose(result.sweep.error["softmax"][1, 2, [0, 1, 3]],
+                               [8.4728820921599456e-03, 1.4327343533389176e-04, 1.5540798406041034e-08], rtol=1e-6)
+    assert result.sweep.error["none"][0, 0, -1] == pytest.approx(0.008582008260961086, rel=1e-6)
+    assert result.sweep.logit_hist.sum() == 5400
+    assert result.row.weights.denominator == pytest.approx(24.04124144373653, rel=1e-6)
+    assert result.recurrent.state_entries == [8, 64, 512] and result.recurrent.n_tokens == 24
+    assert result.losses.references["the model as trained"] == pytest.approx(4.610512067066974, rel=1e-7)
+    assert result.losses.references["exact softmax (written out)"] == pytest.approx(4.610512070138352, rel=1e-7)
+    assert result.losses.references["linear attention, elu(x)+1"] == pytest.approx(4.610089503617033, rel=1e-7)
+    np.testing.assert_allclose(result.losses.taylor[0, :3], [4.579044126353153, 4.5790510457973435,
+                                                             4.579051059793132], rtol=1e-7)
+
+
+def test_units_are_module_functions_with_hashable_arguments(llama):
+    """What AppSource needs to route a unit through st.cache_data: a name to import and arguments to key on."""
+    source = _RecordingSource(llama)
+    study.run(source, IDS, max_order=2, losses=("taylor",))
+    names = [fn.__name__ for fn, _ in source.calls]
+    assert names == ["layer_sweep"] * 3 + ["query_weights", "recurrent"] + ["loss"] * (3 + 2)
+    for fn, args in source.calls:
+        assert getattr(study, fn.__name__) is fn
+        hash(args)
+
+
+def test_progress_reaches_one_and_never_goes_back(llama):
+    seen = []
+    study.run(Source(llama), IDS, max_order=2, losses=("l2",), progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert seen[0][1] == "Orders 0–2 for every head: layer 1/3"
+    assert seen[-1][1] == "Forward pass 5/5: Taylor n=2"
+
+
+def test_findings_cover_every_section_with_the_numbers_shown(result):
+    sections = {section: result.findings(section) for section in study.SECTIONS}
+    assert all(sections.values()) and sum(map(len, sections.values())) == len(result.findings())
+    needed = analysis.order_needed(result.sweep.error["softmax"], result.tolerance)
+    reached = int((needed >= 0).sum())
+    assert f"exact softmax (Σ eˢ): {reached} of 18 heads" in sections["needed"][0].measured
+    row_note, health = sections["weights"]
+    assert row_note.paper is None and row_note.measured.startswith(
+        f"Denominator of this row: {result.row.weights.denominator:.4g}. Negative weights in this row: 0 of 24.")
+    assert "on the first 24 tokens of layer 1, head 2: max difference" in sections["rnn"][0].measured
+    model_loss = result.losses.references["the model as trained"]
+    assert f"the model as trained {model_loss:.3f}" in sections["loss"][0].measured
+    assert sections["loss"][-1].measured.startswith("Zero-shot: the model was trained with softmax")
+    assert all("arXiv 2507.23632" in f.paper for f in result.findings() if f.paper and "exp only near 0" not in f.paper)
+    with pytest.raises(ValueError, match="Unknown section"):
+        result.findings("nowhere")
+
+
+def test_figures_and_tables(result):
+    charts = result.figures()
+    assert list(charts) == ["error-vs-order", "softmax-output-row-norms", "order-needed", "logit-histogram",
+                            "term-sizes", "one-query-weights", "denominator-health", "zero-shot-loss"]
+    assert charts["error-vs-order"].layout.title.text.startswith("Error vs order, all heads (median")
+    assert "Layer 1, head 2, query 23: weights at order 3" in charts["one-query-weights"].layout.title.text
+    one_head = result.figures(scope="head", layer=2, head=5)
+    assert one_head["error-vs-order"].layout.title.text == "Error vs order, layer 2, head 5"
+    np.testing.assert_array_equal(one_head["error-vs-order"].data[0].y, result.sweep.error["taylor"][2, 5])
+    with pytest.raises(ValueError, match="Unknown scope"):
+        result.figures(scope="everything")
+    heads = result.heads_frame()
+    assert len(heads) == 18 and heads["min logit"].is_monotonic_increasing
+    assert list(result.recurrent_frame()["order n"]) == [0, 1, 2]
+    losses = result.loss_frame()
+    assert list(losses["attention"])[:4] == ["the model as trained", "exact softmax (written out)",
+                                             "linear attention, elu(x)+1", "Taylor n=1"]
+    frame = result.to_frame()
+    assert len(frame) == 3 * 6 * 11 * len(DENOMINATORS)
+    row = frame.query("layer == 1 and head == 2 and order == 3 and denominator == 'l2'")
+    assert row["error"].item() == result.sweep.error["l2"][1, 2, 3]
+    assert result.summary() == "24 tokens · 3 layers × 6 heads · orders 0–10 · no clamp · fp64 on CPU"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_save_and_open_round_trip(result, tmp_path, suffix):
+    reopened = open_result(result.save(tmp_path / f"taylor{suffix}"))
+    assert isinstance(reopened, study.TaylorResult)
+    after = _arrays(reopened.sweep)
+    for name, values in _arrays(result.sweep).items():
+        assert values.dtype == after[name].dtype and np.array_equal(values, after[name], equal_nan=True), name
+    np.testing.assert_array_equal(reopened.losses.taylor, result.losses.taylor)
+    assert reopened.losses.references == result.losses.references and reopened.recurrent == result.recurrent
+    assert reopened.findings() == result.findings() and reopened.tokens == result.tokens
+    assert reopened.figures()["order-needed"].to_json() == result.figures()["order-needed"].to_json()
+    assert reopened.to_frame().equals(result.to_frame())
+
+
+def test_clamped_result_round_trips_its_clamp(llama, tmp_path):
+    clamped = study.run(Source(llama), IDS, max_order=2, clamp="both", clamp_value=1.5)
+    assert clamped.clamp == (-1.5, 1.5) and "logits clamped to [-1.5, 1.5]" in clamped.summary()
+    assert open_result(clamped.save(tmp_path / "clamped.json")).clamp == (-1.5, 1.5)
+
+
+def test_clamp_settings():
+    assert study.clamp_bounds("none", 5.0) is None and study.clamp_bounds(None, 5.0) is None
+    assert study.clamp_bounds("upper", 5.0) == 5.0
+    assert study.clamp_bounds("both", -3.0) == (-3.0, 3.0)
+    assert study.clamp_bounds("clamp both sides", 2.0) == (-2.0, 2.0)  # the label older links carried
+    with pytest.raises(ValueError, match="clamp"):
+        study.clamp_bounds("sideways", 1.0)
+
+
+def test_encoder_has_no_recurrence_and_no_loss():
+    bert = _model("bert")
+    result = study.run(Source(bert), IDS[:10], max_order=2)
+    assert result.recurrent is None and not result.can_measure_loss and result.findings("rnn") == []
+    assert result.sweep.error["softmax"].shape == (2, 4, 3)
+    with pytest.raises(ValueError, match="needs a decoder"):
+        study.run(Source(bert), IDS[:10], max_order=2, losses=("l2",))
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(taylor_layer=3), "taylor_layer=3"),
+    (dict(taylor_head=6), "taylor_head=6"),
+    (dict(query=24), "query=24"),
+    (dict(max_order=21), "max_order=21"),
+    (dict(losses=("softplus",)), "Unknown denominator"),
+    (dict(tolerance=0), "tolerance"),
+])
+def test_bad_settings_say_what_was_wrong(llama, settings, message):
+    with pytest.raises(ValueError, match=message):
+        study.run(Source(llama), IDS, **settings)
+
+
+def test_order_beyond_the_highest_is_the_highest(llama):
+    assert study.run(Source(llama), IDS, max_order=2, taylor_order=10).row.order == 2
