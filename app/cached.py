@@ -16,16 +16,14 @@ import importlib
 import logging
 import threading
 
-import numpy as np
 import streamlit as st
 
-from attnscope.analyses import collapse, maps, taylor
+from attnscope.analyses import collapse
 from attnscope.capture import Capture, run_with_capture
 from attnscope.hosting import Policy, upload_limit_mismatch
-from attnscope.figures.maps import Thumbnail
-from attnscope.models import LoadedModel, ModelSpec, load_model
 from attnscope.api import Model
 from attnscope.cache import ResultCache
+from attnscope.models import LoadedModel, ModelSpec, load_model
 from attnscope.studies.base import Source
 from attnscope.tokens import Cut, Tokens, tokenize
 
@@ -62,59 +60,11 @@ def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
         return run_with_capture(model, tokens.as_tensor())
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def head_map(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int, block: int, reduce: str,
-             hide_sink: bool) -> np.ndarray:
-    capture = get_capture(spec, text, cut)
-    pooled = maps.pooled_map(capture.layer(layer), heads=[head], block=block, reduce=reduce, hide_sink=hide_sink)
-    return pooled.values[0].numpy()
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def layer_head_stats(spec: ModelSpec, text: str, cut: Cut, layer: int) -> maps.HeadStats:
-    return maps.head_stats(get_capture(spec, text, cut).layer(layer))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def layer_thumbnails(spec: ModelSpec, text: str, cut: Cut, layer: int, cells: int, reduce: str,
-                     hide_sink: bool) -> list[Thumbnail]:
-    captured = get_capture(spec, text, cut).layer(layer)
-    heads = list(range(captured.n_heads))
-    pooled = maps.pooled_map(captured, heads=heads, block=maps.block_for(captured.q.shape[2], cells), reduce=reduce,
-                             hide_sink=hide_sink)
-    stats = layer_head_stats(spec, text, cut, layer)
-    return [
-        Thumbnail(layer=layer, head=h, values=pooled.values[h].numpy(), entropy=float(stats.entropy[h]),
-                  max_weight=float(stats.max_weight[h]))
-        for h in heads
-    ]
 
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def query_row(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int, query: int) -> np.ndarray:
-    captured = get_capture(spec, text, cut).layer(layer)
-    return maps.query_weights(captured, head=head, query=query).numpy()
-
-
-@st.cache_data(show_spinner=False, max_entries=512)
-def taylor_layer(spec: ModelSpec, text: str, cut: Cut, layer: int, n_tokens: int, max_order: int,
-                 clamp: taylor.Clamp) -> taylor.LayerSweep:
-    captured = get_capture(spec, text, cut).layer(layer).prefix(n_tokens)
-    return taylor.sweep_layer(captured, max_order=max_order, clamp=clamp)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def taylor_recurrent(spec: ModelSpec, text: str, cut: Cut, layer: int, head: int,
-                     n_tokens: int) -> taylor.RecurrentCheck:
-    return taylor.recurrent_check(get_capture(spec, text, cut).layer(layer), head=head, n_tokens=n_tokens)
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def substitution_loss(spec: ModelSpec, text: str, cut: Cut, n_tokens: int,
-                      substitute: taylor.Substitute) -> float:
-    tokens, model = get_tokens(spec, text, cut), get_model(spec).model
-    with model_lock(spec):
-        return taylor.substitution_loss(model, tokens.as_tensor()[:, :n_tokens], substitute)
 
 
 @st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)

@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# No disk cache of results unless a test makes its own: every test computes what it checks (and servers the tests
+# start inherit this).
+os.environ.setdefault("ATTNSCOPE_RESULT_CACHE_MB", "0")
 
 from pathlib import Path  # noqa: E402
 

@@ -85,16 +85,21 @@ def test_row8_batch_applies_the_model_position_limit(monkeypatch):
     at.session_state[state.MODEL_CHOICE] = "minilm-l6"
     at.session_state[state.LIBRARY] = [pasted(" ".join(["attention"] * 900), "902 tokens"),
                                        pasted("A short one.", "short")]
-    at.run().switch_page("app_pages/prompts.py").run()
+    at.run().switch_page("app_pages/batch.py").run()
     next(b for b in at.button if b.label.startswith("Run over the 2 prompt")).click().run()
     assert not at.exception
-    assert any("batch_mean" in c.proto.id for c in at.get("plotly_chart"))
+    assert any("batch-entropy-mean" in c.proto.id for c in at.get("plotly_chart"))
 
 
 def _evict(cached) -> None:
     """Drop every capture and every view computed from one, as a busy server's bounded caches do."""
-    for function in (cached.get_capture, cached.head_map, cached.layer_head_stats):
+    for function in (cached.get_capture, cached.capture_ids, cached.study_unit):
         function.clear()
+
+
+def _view(cached, spec, text, cut, head: int):
+    """The Attention maps page's one-head view of layer 0, as the page asks for it."""
+    return cached.study_unit(spec, "attnscope.studies.maps:layer_maps", (text, cut, 0, (head,), 1, "mean", False))
 
 
 def test_row9_every_forward_pass_holds_the_model_lock_even_after_eviction():
@@ -112,15 +117,14 @@ def test_row9_every_forward_pass_holds_the_model_lock_even_after_eviction():
     hook = model.register_forward_pre_hook(lambda module, args: held.append(lock.locked()))
     try:
         _evict(cached)
-        cached.head_map(spec, text, cut, 0, 0, 1, "mean", False)  # a view, its capture evicted
-        cached.substitution_loss(spec, text, cut, 8, Substitute("softmax"))
+        _view(cached, spec, text, cut, 0)  # a view, its capture evicted
+        cached.study_unit(spec, "attnscope.studies.taylor:loss", (text, cut, 8, Substitute("softmax")))
         assert held == [True, True]
 
         _evict(cached)
         lock.acquire()  # another session's forward pass: the evicted capture must wait for it
         try:
-            worker = threading.Thread(target=cached.head_map, args=(spec, text, cut, 0, 1, 1, "mean", False),
-                                      daemon=True)
+            worker = threading.Thread(target=_view, args=(cached, spec, text, cut, 1), daemon=True)
             worker.start()
             time.sleep(2.0)
             assert worker.is_alive() and len(held) == 2, "the forward pass ran while another session held the model"
@@ -154,7 +158,7 @@ def test_row9_a_page_in_its_turn_and_an_evicted_view_never_wait_for_each_other()
 
     def session_b():
         a_in_turn.wait(timeout=30)
-        cached.head_map(spec, text, cut, 0, 0, 1, "mean", False)
+        _view(cached, spec, text, cut, 0)
         b_done.set()
 
     _evict(cached)

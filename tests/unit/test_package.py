@@ -1,5 +1,6 @@
 """The installable package: one top-level name, attnscope, and Triton imported only when a Triton kernel runs."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,8 +10,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_installs_only_the_attnscope_package(tmp_path):
+    source = tmp_path / "source"  # a copy, so no build/ folder is left in the checkout (nor a stale one read)
+    for name in ("core", "kernels", "app"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("attnscope-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
