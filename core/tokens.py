@@ -36,10 +36,6 @@ class Tokens:
         """(1, T) int64 input ids."""
         return torch.tensor([self.ids], dtype=torch.long)
 
-    def labels(self) -> list[str]:
-        """Unique axis labels "position:token" (plotly merges equal category labels)."""
-        return [f"{position}:{text}" for position, text in enumerate(self.strings)]
-
 
 @dataclass(frozen=True)
 class Cut:
