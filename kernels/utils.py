@@ -4,6 +4,8 @@ kernel runs (kernels/tiles.py and each op's fused.py).
 Layout everywhere: q (B, Hq, T, D); k and v (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query attention;
 query head h reads key/value head h // (Hq // Hkv), never a repeated copy). Query row i sits at key position
 i + S - T (bottom-right alignment, as with a KV cache); under the causal mask it sees keys 0 .. i + S - T.
+An explicit mask (bool, True = visible, broadcastable to (B, Hq, T, S)) replaces the causal rule; a logit softcap c
+maps logits s -> c * tanh(s / c) before the softmax (Gemma 2).
 """
 
 from __future__ import annotations
@@ -26,10 +28,19 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU only under the interpreter."""
+def resolve_backend(backend: str, device: torch.device, *, masked_or_softcapped: bool = False) -> str:
+    """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU only under the interpreter.
+
+    The Triton kernels take neither an explicit mask nor a softcap yet: with either, "auto" is the torch path and
+    "triton" raises ValueError.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if masked_or_softcapped:
+        if backend == "triton":
+            raise ValueError("The Triton kernels take no explicit mask or softcap yet; use backend='torch' or 'auto' "
+                             "(which runs the torch path for them).")
+        return "torch"
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
     if backend == "triton" and device.type != "cuda" and not is_interpreter():
@@ -62,17 +73,48 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, *
             raise ValueError(f"q, k, v must be on one device; {name} is on {tensor.device}, q on {q.device}.")
 
 
+def check_mask(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """`mask` as a 4-D bool view (B or 1, Hq or 1, T, S); ValueError naming the shapes when it does not fit."""
+    if mask is None:
+        return None
+    batch, n_heads, n_queries, _ = q.shape
+    full = (batch, n_heads, n_queries, k.shape[2])
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = visible); got {mask.dtype}.")
+    if mask.device != q.device:
+        raise ValueError(f"mask must be on q's device {q.device}; got {mask.device}.")
+    if mask.ndim > 4 or any(m not in (1, n) for m, n in zip(mask.shape[::-1], full[::-1])):
+        raise ValueError(f"mask must broadcast to (B, Hq, T, S) = {full}; got {tuple(mask.shape)}.")
+    mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    return mask.expand(mask.shape[0], mask.shape[1], n_queries, k.shape[2])
+
+
+def check_softcap(softcap: float | None) -> float | None:
+    if softcap is None:
+        return None
+    if not math.isfinite(softcap) or softcap <= 0:
+        raise ValueError(f"softcap must be a positive number (or None for no softcap); got {softcap}.")
+    return float(softcap)
+
+
 def default_scale(scale: float | None, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def key_positions_visible(n_queries: int, n_keys: int, rows: slice, causal: bool, device) -> torch.Tensor:
-    """(t, S) bool: which keys the query rows `rows` see (bottom-right causal alignment, or all)."""
+    """(t, S) bool: which keys the query rows `rows` see under the rule (bottom-right causal alignment, or all)."""
     query_pos = torch.arange(rows.start, rows.stop, device=device) + (n_keys - n_queries)
     key_pos = torch.arange(n_keys, device=device)
     if not causal:
         return torch.ones(len(query_pos), n_keys, dtype=torch.bool, device=device)
     return key_pos[None, :] <= query_pos[:, None]
+
+
+def visibility(n_queries: int, n_keys: int, *, causal: bool, mask: torch.Tensor | None, device) -> torch.Tensor:
+    """(B or 1, Hq or 1, T, S) bool: the explicit mask when there is one, else the causal or full rule."""
+    if mask is not None:
+        return mask
+    return key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, device)[None, None]
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -1,14 +1,16 @@
 """Attention maps that fit in a browser, computed from captured q/k without materialising all of L x L at once.
 
-Layers whose mask is a rule (causal or full) and that have no logit softcap go through the kernels
-(kernels.pooled_attention_map and kernels.attention_stats: Triton on CUDA, chunked torch on CPU). Layers with an
-explicit mask (padding, sliding windows) or softcapping take the general path here, which walks the query rows in
-chunks through LayerCapture.probs. Either way peak memory is O(heads x chunk x S) instead of O(heads x T x S). Long maps are pooled into square blocks of
+Every layer goes through the kernels (kernels.pooled_attention_map and kernels.attention_stats: Triton on CUDA,
+chunked torch on the CPU and for layers with an explicit mask or a logit softcap, which the Triton kernels do not take
+yet), so peak memory is O(heads x chunk x S) instead of O(heads x T x S). Long maps are pooled into square blocks of
 `block` x `block` cells: "mean" averages the probabilities over the *visible* cells of a block (cells hidden by the
 causal mask do not dilute it), "max" takes their maximum. Blocks with no visible cell are NaN, drawn blank.
 
 "Hide the sink" removes key 0 from what is drawn and pooled; the remaining weights are *not* renormalised, so every
 value shown is still the model's own probability.
+
+A query row that sees no key at all (only under an explicit mask, e.g. a padded query) has all-zero probabilities:
+it counts as a row with zero entropy, weight, sink mass and distance in the head means, and has no visible cell.
 
 All functions read the first sequence of the batch; tensors follow [B, H, T, D].
 """
@@ -42,14 +44,6 @@ class HeadStats:
     mean_distance: torch.Tensor  # (h,) mean over query rows of the expected |query position - key position|
 
 
-_ROWS_PER_CHUNK = 256  # query rows whose probabilities exist at once: heads x 256 x S fp32 values
-
-
-def _chunk_rows(block: int) -> int:
-    """Rows per chunk: a multiple of the pooling block near _ROWS_PER_CHUNK."""
-    return block * max(1, _ROWS_PER_CHUNK // block)
-
-
 def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str) -> None:
     bad = [h for h in heads if not 0 <= h < layer.n_heads]
     if bad:
@@ -60,80 +54,15 @@ def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
 
 
-class _Pooler:
-    """Accumulates block x block tiles of probabilities, one chunk of query rows (a multiple of block) at a time."""
-
-    def __init__(self, n_heads: int, n_queries: int, n_keys: int, block: int, reduce: str, hide_sink: bool):
-        self.block, self.reduce, self.hide_sink = block, reduce, hide_sink
-        self.n_key_blocks = math.ceil(n_keys / block)
-        self.key_pad = self.n_key_blocks * block - n_keys
-        self.values = torch.empty(n_heads, math.ceil(n_queries / block), self.n_key_blocks)
-
-    def add(self, start: int, probs: torch.Tensor, visible: torch.Tensor) -> None:
-        """probs, visible: (h, t, S) for query rows start..start+t."""
-        if self.hide_sink:
-            visible = visible.clone()
-            visible[..., 0] = False
-        n_heads, t, _ = probs.shape
-        row_pad = math.ceil(t / self.block) * self.block - t
-        probs = torch.nn.functional.pad(probs, (0, self.key_pad, 0, row_pad))
-        visible = torch.nn.functional.pad(visible, (0, self.key_pad, 0, row_pad), value=False)
-        tiles = probs.reshape(n_heads, -1, self.block, self.n_key_blocks, self.block)  # (h, rb, block, kb, block)
-        tiles_visible = visible.reshape(tiles.shape)
-        if self.reduce == "mean":
-            total = (tiles * tiles_visible).sum(dim=(2, 4))
-            count = tiles_visible.sum(dim=(2, 4))
-            pooled = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
-        else:
-            pooled = tiles.masked_fill(~tiles_visible, float("-inf")).amax(dim=(2, 4))
-            pooled = torch.where(torch.isinf(pooled), torch.nan, pooled)
-        first = start // self.block
-        self.values[:, first : first + pooled.shape[1]] = pooled
-
-
-class _RowStats:
-    """Accumulates per-head sums of row entropy, max weight and sink mass over chunks of query rows."""
-
-    def __init__(self, n_heads: int, n_queries: int):
-        self.n_queries = n_queries
-        zeros = lambda: torch.zeros(n_heads, dtype=torch.float64)  # noqa: E731
-        self.entropy, self.normalized, self.n_normalized = zeros(), zeros(), zeros()
-        self.max_weight, self.sink, self.distance = zeros(), zeros(), zeros()
-
-    def add(self, start: int, probs: torch.Tensor, visible: torch.Tensor) -> None:
-        probs = probs.double()
-        row_entropy = -(probs * torch.log(probs.clamp(min=1e-300))).sum(-1)  # (h, t)
-        n_visible = visible.sum(-1).double()  # (h, t)
-        spread = n_visible > 1
-        self.entropy += row_entropy.sum(-1)
-        self.normalized += (row_entropy / torch.log(n_visible.clamp(min=2)) * spread).sum(-1)
-        self.n_normalized += spread.sum(-1)
-        self.max_weight += probs.amax(-1).sum(-1)
-        self.sink += probs[..., 0].sum(-1)
-        n_queries, n_keys = self.n_queries, probs.shape[-1]
-        query_pos = torch.arange(start, start + probs.shape[1]) + (n_keys - n_queries)
-        self.distance += (probs * (query_pos[:, None] - torch.arange(n_keys)[None, :]).abs()).sum(dim=(1, 2))
-
-    def result(self) -> HeadStats:
-        return HeadStats(
-            entropy=(self.entropy / self.n_queries).float(),
-            normalized_entropy=(self.normalized / self.n_normalized.clamp(min=1)).float(),
-            max_weight=(self.max_weight / self.n_queries).float(),
-            sink_mass=(self.sink / self.n_queries).float(),
-            mean_distance=(self.distance / self.n_queries).float(),
-        )
-
-
-def _sweep(layer: LayerCapture, heads: list[int], block: int, consumers: Sequence) -> None:
-    """Build probabilities chunk by chunk of query rows and hand each chunk to every consumer."""
-    n_queries = layer.q.shape[2]
-    chunk = _chunk_rows(block)
-    for start in range(0, n_queries, chunk):
-        rows = slice(start, min(start + chunk, n_queries))
-        probs = layer.probs(heads, rows)[0]  # (h, t, S)
-        visible = layer.visible(rows)[0].expand(len(heads), -1, -1)  # (h, t, S)
-        for consumer in consumers:
-            consumer.add(start, probs, visible)
+def _kernel_inputs(layer: LayerCapture, heads: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(q, k, mask) of the first sequence for `heads`: all heads keep the grouped layout; a subset gets its own K
+    rows (and its own rows of a per-head mask)."""
+    mask = None if layer.mask is None else layer.mask[:1]
+    if heads == list(range(layer.n_heads)):
+        return layer.q[:1], layer.k[:1], mask
+    if mask is not None and mask.shape[1] > 1:
+        mask = mask[:, heads]
+    return layer.q[:1, heads], layer.k[:1, [layer.kv_head(h) for h in heads]], mask
 
 
 def pooled_map(
@@ -144,10 +73,10 @@ def pooled_map(
     reduce: str = "mean",
     hide_sink: bool = False,
 ) -> PooledMap:
-    """Attention probabilities of `heads` pooled into `block` x `block` tiles, computed chunk by chunk.
+    """Attention probabilities of `heads` pooled into `block` x `block` tiles (kernels.pooled_attention_map).
 
     Args:
-        layer: a captured layer.
+        layer: a captured layer; its causal rule or explicit mask and its softcap apply.
         heads: query-head indices.
         block: tile side in cells (1 returns the exact map).
         reduce: "mean" over visible cells or "max".
@@ -158,56 +87,63 @@ def pooled_map(
     """
     heads = list(heads)
     _validate(layer, heads, block, reduce)
-    if _kernel_ready(layer):
-        q, k = _kernel_inputs(layer, heads)
-        values = kernels.pooled_attention_map(q, k, block=block, reduce=reduce, causal=layer.causal,
-                                              scale=layer.scale, hide_sink=hide_sink)
-        return PooledMap(values=values[0].cpu(), block=block)
-    pooler = _Pooler(len(heads), layer.q.shape[2], layer.k.shape[2], block, reduce, hide_sink)
-    _sweep(layer, heads, block, [pooler])
-    return PooledMap(values=pooler.values, block=block)
+    q, k, mask = _kernel_inputs(layer, heads)
+    values = kernels.pooled_attention_map(q, k, block=block, reduce=reduce, causal=layer.causal, scale=layer.scale,
+                                          hide_sink=hide_sink, mask=mask, softcap=layer.softcap)
+    return PooledMap(values=values[0].cpu(), block=block)
 
 
 def head_stats(layer: LayerCapture, *, heads: Sequence[int] | None = None) -> HeadStats:
-    """Per-head row statistics (entropy, max weight, sink mass) averaged over query rows, chunk by chunk."""
+    """Per-head row statistics (entropy, max weight, sink mass, mean distance) averaged over the query rows, from
+    kernels.attention_stats on the first sequence.
+
+    Args:
+        layer: a captured layer; its causal rule or explicit mask and its softcap apply.
+        heads: query-head indices (default all).
+
+    Returns:
+        HeadStats with (len(heads),) fields.
+    """
     heads = list(range(layer.n_heads)) if heads is None else list(heads)
     _validate(layer, heads, 1, "mean")
-    if _kernel_ready(layer):
-        return _kernel_head_stats(layer, heads)
-    stats = _RowStats(len(heads), layer.q.shape[2])
-    _sweep(layer, heads, 1, [stats])
-    return stats.result()
+    q, k, mask = _kernel_inputs(layer, heads)
+    stats = kernels.attention_stats(q, k, causal=layer.causal, scale=layer.scale, mask=mask, softcap=layer.softcap)
+    return summarise(stats, visible_keys(layer, heads))
 
 
-def _kernel_ready(layer: LayerCapture) -> bool:
-    """The kernels take causal/full masks and plain softmax logits."""
-    return layer.mask is None and layer.softcap is None
+def visible_keys(layer: LayerCapture, heads: Sequence[int] | None = None) -> torch.Tensor:
+    """(h or 1, T) fp64: how many keys each query row of the first sequence sees, for query heads `heads` (default
+    all; one row stands for every head when the layer's mask is the same for all heads)."""
+    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
+    if layer.mask is None:
+        if layer.causal:
+            return (torch.arange(n_queries, dtype=torch.float64) + (n_keys - n_queries) + 1)[None]
+        return torch.full((1, n_queries), float(n_keys), dtype=torch.float64)
+    counts = layer.mask[0].sum(-1, dtype=torch.float64).cpu()  # (Hq or 1, T)
+    return counts if counts.shape[0] == 1 or heads is None else counts[list(heads)]
 
 
-def _kernel_inputs(layer: LayerCapture, heads: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, k) of the first sequence for `heads`: all heads keep the grouped layout; a subset gets its own K rows."""
-    if heads == list(range(layer.n_heads)):
-        return layer.q[:1], layer.k[:1]
-    return layer.q[:1, heads], layer.k[:1, [layer.kv_head(h) for h in heads]]
+def summarise(stats: kernels.AttentionStats, n_visible: torch.Tensor) -> HeadStats:
+    """Head means over the query rows of the first sequence of `stats` (fields (B, h, T)).
 
+    Args:
+        stats: kernels.attention_stats of a layer (or of some of its heads).
+        n_visible: (h or 1, T) keys each row sees (visible_keys); the normalized entropy, entropy / log(visible
+            keys), is averaged over the rows that see more than one key.
 
-def _kernel_head_stats(layer: LayerCapture, heads: list[int]) -> HeadStats:
-    q, k = _kernel_inputs(layer, heads)
-    stats = kernels.attention_stats(q, k, causal=layer.causal, scale=layer.scale)
-    n_queries, n_keys = q.shape[2], k.shape[2]
-    if layer.causal:
-        n_visible = torch.arange(n_queries, dtype=torch.float64) + (n_keys - n_queries) + 1
-    else:
-        n_visible = torch.full((n_queries,), float(n_keys), dtype=torch.float64)
-    spread = n_visible > 1
+    Returns:
+        HeadStats with (h,) fields.
+    """
     entropy = stats.entropy[0].double().cpu()  # (h, T)
-    normalized = (entropy[:, spread] / torch.log(n_visible[spread])).mean(-1) if spread.any() else entropy[:, :0].sum(-1)
+    spread = (n_visible > 1).expand_as(entropy)
+    normalized = torch.where(spread, entropy / torch.log(n_visible.clamp(min=2)), 0.0).sum(-1)
+    mean = lambda x: x[0].double().cpu().mean(-1).float()  # noqa: E731
     return HeadStats(
         entropy=entropy.mean(-1).float(),
-        normalized_entropy=normalized.float(),
-        max_weight=stats.max_weight[0].mean(-1).cpu(),
-        sink_mass=stats.sink_mass[0].mean(-1).cpu(),
-        mean_distance=stats.mean_distance[0].mean(-1).cpu(),
+        normalized_entropy=(normalized / spread.sum(-1).clamp(min=1)).float(),
+        max_weight=mean(stats.max_weight),
+        sink_mass=mean(stats.sink_mass),
+        mean_distance=mean(stats.mean_distance),
     )
 
 

@@ -10,7 +10,7 @@ import torch
 
 from attnscope.kernels.attention_stats import chunked
 from attnscope.kernels.attention_stats.naive import AttentionStats
-from attnscope.kernels.utils import check_qkv, default_scale, resolve_backend
+from attnscope.kernels.utils import check_mask, check_qkv, check_softcap, default_scale, resolve_backend
 
 __all__ = ["AttentionStats", "attention_stats"]
 
@@ -23,6 +23,9 @@ def attention_stats(
     causal: bool = True,
     scale: float | None = None,
     topk: int = 0,
+    mask: torch.Tensor | None = None,
+    softcap: float | None = None,
+    argmax: bool = True,
     backend: str = "auto",
 ) -> AttentionStats:
     """Per-query-row attention statistics without building the (T, S) matrix.
@@ -32,18 +35,31 @@ def attention_stats(
         causal: query row i sees keys 0 .. i + S - T.
         scale: logits are scale * q.k; default 1/sqrt(D).
         topk: also return the topk largest weights and their key indices per row.
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+        mask: bool, broadcastable to (B, Hq, T, S), True = visible; replaces `causal` (padding, sliding windows).
+        softcap: logits s -> softcap * tanh(s / softcap) before the softmax (Gemma 2).
+        argmax: also return each row's argmax. The torch path finds the row maximum about 3x faster without it; the
+            Triton kernel tracks it at no cost, and leaves it out as asked.
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With a mask or softcap, "auto" is
+            the torch path and "triton" raises ValueError: the Triton kernel does not take them yet.
 
     Returns:
-        AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax, sink_mass, mean_distance; with
+        AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax (None with argmax=False),
+        sink_mass, mean_distance; with
         topk > 0 topk_weights / topk_indices (B, Hq, T, topk); with v the attention output (B, Hq, T, Dv).
+        A row that sees no key (only under a mask) has lse -inf and zero weights (see naive.py).
     """
-    check_qkv(q, k, v, causal=causal)
+    check_qkv(q, k, v, causal=causal and mask is None)
     if topk < 0 or topk > k.shape[2]:
         raise ValueError(f"topk must be in 0..S={k.shape[2]}; got {topk}.")
+    mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
     scale = default_scale(scale, q.shape[-1])
-    if resolve_backend(backend, q.device) == "torch":
-        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk)
+    extras = mask is not None or softcap is not None
+    if resolve_backend(backend, q.device, masked_or_softcapped=extras) == "torch":
+        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk, mask=mask, softcap=softcap,
+                                       argmax=argmax)
     from attnscope.kernels.attention_stats import fused  # imports triton
 
-    return fused._launch(q, k, v, causal=causal, scale=scale, topk=topk)
+    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk)
+    if not argmax:
+        stats.argmax = None
+    return stats

@@ -1,8 +1,32 @@
-"""CPU (and fallback) torch path for attention statistics: query rows in chunks, memory O(chunk x S) per head.
+"""CPU (and fallback) torch path for attention statistics: FlashAttention's online softmax, in torch operations.
 
-Grouped-query attention without repeating K/V: the G query heads that share a key/value head are folded into the
-row dimension, so one matmul against the un-repeated keys serves all of them. Scores and everything after them are
-fp32 whatever the input dtype.
+Query rows go in blocks of ROW_BLOCK, and each block walks its keys in tiles whose scores fit TILE_BYTES, so the
+(rows, keys) buffers stay in the CPU's caches and K/V are read once per block of rows, not once per row. Grouped-query
+attention without repeating K/V: the G query heads that share a key/value head are folded into the rows (ordered
+(query, head), so a block of queries is one contiguous slice of the pre-scaled q) and one matmul against the
+un-repeated keys serves all of them. Scores and everything after them are fp32 whatever the input dtype.
+
+Per tile, with r the row's reference logit (FlashAttention's online softmax, Dao et al. 2022):
+    s = (scale q) k^T                      matmul into buffer 1 (softcap: tanh in place), hidden keys -> -1e30
+    max_j s;  s -= r                       one reduction (with the argmax only when asked), one in-place pass
+    w = exp(s)                             into buffer 2
+    sum_j w_j (s_j - r)                    in place into buffer 1, then a row sum (for the entropy)
+    acc += w @ [V | f - j | 1{j <= f} | 1{j = 0} | 1]
+                                           one matmul into the row sums: the unnormalised output, the distance
+                                           terms, the sink weight and the row total l (columns padded to 16s)
+r is the first tile's row maximum, raised to the running maximum r' only when a tile's maximum exceeds it by more
+than RESCALE_MARGIN (weights up to exp(16) are harmless in fp32, so most tiles skip the rescaling), which multiplies
+the sums by exp(r - r') and turns the entropy sum E into exp(r - r') (E + (r - r') l). Every statistic is a function
+of the row sums and the running maximum m, computed once for all rows at the end: lse = r + log l, entropy =
+log l - E / l, max weight = exp(m - lse), sink mass = w_0 / l, output = (w @ V) / l. The mean distance splits at f, the
+position of the block's first row: over keys j <= f, |p - j| = (p - f) + (f - j) is a sum of two non-negative terms
+(the matmul columns above; no cancellation, unlike p - E[j]); tiles of keys after f (under the causal rule only the
+diagonal ones) add sum w |p - j| written out. Key tiles no row of a block sees are skipped: those past the causal
+frontier, and those outside the span an explicit mask opens for the block (a sliding window). A row that sees no
+key has l = 0 and all-zero statistics.
+
+Few, large operations per tile matter on the CPU: each is one parallel region, and on a busy machine a region waits
+for every thread to be scheduled; the per-tile bookkeeping is a handful of operations on (rows,) vectors.
 """
 
 from __future__ import annotations
@@ -10,15 +34,42 @@ from __future__ import annotations
 import torch
 
 from attnscope.kernels.attention_stats.naive import AttentionStats
-from attnscope.kernels.utils import key_positions_visible
 
-# Bytes of fp32 scores per chunk; with the exp buffer and the mask about 2.3x this is alive at once.
+# Bytes of fp32 scores per chunk of whole rows (pooled_map and taylor's torch paths).
 CHUNK_BYTES = 4 * 2**20
-_MASKED = -1e30  # finite stand-in for -inf logits of hidden keys
+ROW_BLOCK = 128  # query rows per block of attention_stats (x the G heads of a group: the matmul's rows)
+# fp32 scores of one key tile of a block, all heads. Measured on two CPU cores at 8k tokens (SmolLM2's 9:3 heads):
+# blocks of 64-128 rows and 1-8 MiB tiles run alike on one thread; 128 rows and 8 MiB run best on two, as they make
+# the fewest operations (see the end of the module docstring). 256 rows and 16 MiB fall out of the cache.
+TILE_BYTES = 8 * 2**20
+RESCALE_MARGIN = 16.0  # weights may reach exp(16) before the running sums are rescaled to a new row maximum
+_MASKED = -1e30  # finite stand-in for -inf logits of hidden keys: exp of it is exactly 0 and 0 * it is 0
 
 
 def rows_per_chunk(n_heads: int, n_keys: int) -> int:
     return max(1, CHUNK_BYTES // (4 * n_heads * n_keys))
+
+
+def key_span(mask_rows: torch.Tensor, n_keys: int, least: int) -> tuple[int, int]:
+    """[lo, hi): the keys any row of `mask_rows` (b, h, t, S) sees, widened to at least `least` keys."""
+    seen = torch.nonzero(mask_rows.any(dim=(0, 1, 2)))
+    lo, hi = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, 1)
+    hi = max(hi, min(n_keys, lo + least))
+    return max(0, min(lo, hi - least)), hi
+
+
+def row_major_mask(mask_rows: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """(b, Hq or 1, t, n) mask -> (b, Hkv or 1, t, G or 1, n): broadcasts to scores with rows ordered (query, head)."""
+    if mask_rows.shape[1] == 1:
+        return mask_rows[:, :, :, None]
+    return mask_rows.reshape(mask_rows.shape[0], n_kv, -1, *mask_rows.shape[2:]).transpose(2, 3)
+
+
+def grouped_mask(mask_rows: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """(b, Hq or 1, t, n) mask -> (b, Hkv or 1, G or 1, t, n), broadcastable to the grouped score layout."""
+    if mask_rows.shape[1] == 1:
+        return mask_rows[:, :, None]
+    return mask_rows.reshape(mask_rows.shape[0], n_kv, -1, *mask_rows.shape[2:])
 
 
 def attention_stats(
@@ -29,62 +80,164 @@ def attention_stats(
     causal: bool,
     scale: float,
     topk: int,
+    mask: torch.Tensor | None = None,
+    softcap: float | None = None,
+    argmax: bool = True,
 ) -> AttentionStats:
+    """q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv) or None; mask None or a 4-D bool view
+    (B or 1, Hq or 1, T, S) that replaces the causal rule (kernels.utils.check_mask); see the module docstring."""
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv, n_keys = k.shape[1], k.shape[2]
     groups = n_heads // n_kv
-    k32 = k.float()  # (B, Hkv, S, D)
-    v32 = None if v is None else v.float()
-    shape = (batch, n_heads, n_queries)
-    out = AttentionStats(
-        lse=torch.empty(shape), entropy=torch.empty(shape), max_weight=torch.empty(shape),
-        argmax=torch.empty(shape, dtype=torch.int64), sink_mass=torch.empty(shape), mean_distance=torch.empty(shape),
+    offset = n_keys - n_queries  # key position of query row 0
+    device = q.device
+    causal = causal and mask is None
+    factor = scale / softcap if softcap is not None else scale
+    # (B Hkv, T G, D): rows ordered (query, head), so a block of queries is a contiguous slice
+    q_rows = (q.float() * factor).reshape(batch, n_kv, groups, n_queries, head_dim).transpose(2, 3)
+    q_rows = q_rows.reshape(batch * n_kv, n_queries * groups, head_dim)
+    k32 = k.float().reshape(batch * n_kv, n_keys, head_dim)  # no copy for fp32 inputs
+    value_dim = 0 if v is None else v.shape[-1]
+    at_distance, at_before, at_sink, at_total = range(value_dim, value_dim + 4)
+    width = -(-(value_dim + 4) // 16) * 16  # whole 16-column panels: the matmul is no faster with fewer
+    # The weights meet [V | f - j | 1{j <= f} | 1{j = 0} | 1] in one matmul; the two middle columns change per block.
+    columns = torch.zeros(batch * n_kv, n_keys, width, device=device)
+    if v is not None:
+        columns[:, :, :value_dim] = v.reshape(batch * n_kv, n_keys, value_dim)
+    columns[:, 0, at_sink] = 1.0
+    columns[:, :, at_total] = 1.0
+    ramp = torch.arange(n_keys - 1, -n_keys, -1, device=device, dtype=torch.float32)  # ramp[n - 1 - f + j] = f - j
+
+    grouped = (batch * n_kv, n_queries * groups)  # rows (query, head)
+    sums = torch.empty(*grouped, width, device=device)
+    reference = torch.empty(grouped, device=device)  # r; 0 for a row that sees nothing
+    row_max = torch.empty(grouped, device=device)  # m; -inf for a row that sees nothing
+    shifted_mass = torch.empty(grouped, device=device)  # E = sum_j exp(s_j - r) (s_j - r)
+    first_of_row = torch.empty(n_queries, device=device, dtype=torch.float32)  # f of each row's block
+    top_at = torch.empty(grouped, dtype=torch.int64, device=device) if argmax else None
+    top_logits = torch.empty(*grouped, topk, device=device) if topk else None
+    top_keys = torch.empty(*grouped, topk, dtype=torch.int64, device=device) if topk else None
+
+    block_rows = min(ROW_BLOCK, n_queries)
+    tile_keys = max(16, TILE_BYTES // (4 * batch * n_heads * block_rows))
+    scores_buffer = torch.empty(batch * n_heads * block_rows * tile_keys, device=device)
+    weights_buffer = torch.empty_like(scores_buffer)
+    # key c of a tile against row i of a block: c - i, for the causal rule and the distances of diagonal tiles
+    diagonal = torch.arange(tile_keys, device=device)[None, :] - torch.arange(block_rows, device=device)[:, None]
+
+    before_end = 0  # keys [0, before_end) hold 1 in the "j <= f" column; f only grows from block to block
+    for start in range(0, n_queries, block_rows):
+        t = min(block_rows, n_queries - start)
+        rows = slice(start * groups, (start + t) * groups)
+        first = start + offset  # key position of the block's first row
+        mask_rows = None if mask is None else mask[:, :, start : start + t]
+        if causal:
+            lo, hi = 0, min(n_keys, max(first + t, topk))
+        elif mask is not None:
+            lo, hi = key_span(mask_rows, n_keys, topk)
+        else:
+            lo, hi = 0, n_keys
+        split = min(max(lo, first + 1), hi)  # keys from here on lie after the block's first row
+        # keys past split hold 0 in the distance column: no earlier block wrote there, f never shrinks
+        columns[:, lo:split, at_distance] = ramp[n_keys - 1 - first + lo : n_keys - 1 - first + split]
+        if split > before_end:
+            columns[:, before_end:split, at_before] = 1.0
+            before_end = split
+        first_of_row[start : start + t] = first
+        q_block = q_rows[:, rows]  # (B Hkv, t G, D)
+        acc = torch.zeros(batch * n_kv, t * groups, width, device=device)  # the row sums
+        total = acc[..., at_total]  # l, a view that follows acc
+        top = ref = entropy_sum = best = None
+        for a in range(lo, hi, tile_keys):
+            b = min(a + tile_keys, hi)
+            scores = scores_buffer[: batch * n_heads * t * (b - a)].view(batch * n_kv, t * groups, b - a)
+            torch.bmm(q_block, k32[:, a:b].transpose(1, 2), out=scores)
+            if softcap is not None:
+                scores.tanh_().mul_(softcap)
+            if causal and b > first + 1:  # key a + c is hidden from row first + i when c - i > first - a
+                scores.view(-1, t, groups, b - a).masked_fill_((diagonal[:t, : b - a] > first - a)[:, None], _MASKED)
+            elif mask_rows is not None:
+                hidden = ~row_major_mask(mask_rows[..., a:b], n_kv)  # (b, Hkv or 1, t, G or 1, keys)
+                scores.view(batch, n_kv, t, groups, b - a).masked_fill_(hidden, _MASKED)
+
+            if argmax:
+                tile_max, tile_at = scores.max(dim=-1)
+            else:
+                tile_max = scores.amax(dim=-1)
+            if mask_rows is not None:
+                tile_max.masked_fill_(tile_max < _MASKED / 2, float("-inf"))
+            if top is None:
+                top, best = tile_max, (tile_at + a if argmax else None)
+                ref = tile_max if mask_rows is None else torch.where(tile_max > float("-inf"), tile_max, 0.0)
+            else:
+                if argmax:
+                    best = torch.where(tile_max > top, tile_at + a, best)
+                top = torch.maximum(top, tile_max)
+                # Under a mask a row may see its first key in any tile: move r to m every time (exact, and safe).
+                if mask_rows is not None or bool((tile_max > ref + RESCALE_MARGIN).any()):
+                    new_ref = top if mask_rows is None else torch.where(top > float("-inf"), top, 0.0)
+                    drop = ref - new_ref
+                    alpha = torch.exp(drop)
+                    if mask_rows is not None:  # nothing summed yet: nothing to rescale (and exp could overflow)
+                        alpha.masked_fill_(total == 0, 0.0)
+                    entropy_sum.addcmul_(drop, total).mul_(alpha)  # E' = alpha (E + (r - r') l)
+                    acc.mul_(alpha[..., None])
+                    ref = new_ref
+            scores.sub_(ref[..., None])  # s - r, in place
+            weights = weights_buffer[: scores.numel()].view(scores.shape)
+            torch.exp(scores, out=weights)
+            if topk > 0:
+                tile_top, tile_key = scores.topk(min(topk, b - a), dim=-1)
+                tile_top.add_(ref[..., None])  # back to logits, comparable across tiles
+                tile_key.add_(a)
+                if entropy_sum is not None:
+                    tile_top, picked = torch.cat([logits_top, tile_top], -1).topk(topk, dim=-1)
+                    tile_key = torch.cat([keys_top, tile_key], -1).gather(-1, picked)
+                logits_top, keys_top = tile_top, tile_key
+            tile_entropy = scores.mul_(weights).sum(-1)  # sum_j w_j (s_j - r); buffer 1 is free after this
+            entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
+            acc.baddbmm_(weights, columns[:, a:b])
+            if b > split:  # keys after the block's first row: sum w |p - j| written out
+                c0 = max(a, split) - a
+                away = (diagonal[:t, c0 : b - a] - (first - a)).abs().float()[:, None]  # |p - j|, (t, 1, keys)
+                corner = (weights.view(-1, t, groups, b - a)[..., c0:] * away).sum(-1)
+                acc[..., at_distance].view_as(corner).add_(corner)
+        if top is None:  # no key at all (an empty span under a mask)
+            top = torch.full_like(row_max[:, rows], float("-inf"))
+            ref, entropy_sum = torch.zeros_like(top), torch.zeros_like(top)
+        sums[:, rows] = acc
+        reference[:, rows], row_max[:, rows], shifted_mass[:, rows] = ref, top, entropy_sum
+        if argmax:
+            top_at[:, rows] = best
+        if topk > 0:
+            top_logits[:, rows], top_keys[:, rows] = logits_top, keys_top
+
+    by_row = (batch, n_kv, n_queries, groups)
+    sums = sums.view(*by_row, width)
+    total = sums[..., at_total]
+    seen = total > 0
+    inverse = torch.where(seen, 1.0 / total, 0.0)
+    lse = reference.view(by_row) + torch.log(total)  # -inf where nothing is seen
+    position = torch.arange(n_queries, device=device, dtype=torch.float32) + offset
+    # over keys j <= f: sum w (p - f) + sum w (f - j); the keys after f are already in the distance column
+    distance = sums[..., at_distance] + (position - first_of_row)[:, None] * sums[..., at_before]
+    to_heads = lambda x: x.transpose(2, 3).reshape(batch, n_heads, n_queries, *x.shape[4:])  # noqa: E731
+    stats = AttentionStats(
+        lse=to_heads(lse),
+        entropy=to_heads(torch.where(seen, torch.log(total) - shifted_mass.view(by_row) * inverse, 0.0)),
+        max_weight=to_heads(torch.where(seen, torch.exp(row_max.view(by_row) - lse), 0.0)),
+        argmax=to_heads(top_at.view(by_row).masked_fill_(~seen, 0)) if argmax else None,
+        sink_mass=to_heads(sums[..., at_sink] * inverse),
+        mean_distance=to_heads(distance * inverse),
     )
     if topk > 0:
-        out.topk_weights = torch.empty(*shape, topk)
-        out.topk_indices = torch.empty(*shape, topk, dtype=torch.int64)
+        top_logits, top_keys = top_logits.view(*by_row, topk), top_keys.view(*by_row, topk)
+        hidden = top_logits < _MASKED / 2
+        stats.topk_weights = to_heads(torch.exp(top_logits - lse[..., None]).masked_fill_(hidden, 0.0))
+        stats.topk_indices = to_heads(top_keys.masked_fill_(hidden, -1))
     if v is not None:
-        out.output = torch.empty(*shape, v.shape[-1], dtype=v.dtype)
-    key_pos = torch.arange(n_keys, device=q.device, dtype=torch.float32)
-    chunk = rows_per_chunk(n_heads, n_keys)
-    for start in range(0, n_queries, chunk):
-        rows = slice(start, min(start + chunk, n_queries))
-        t = rows.stop - rows.start
-        # Under the causal mask no row of this chunk sees past key `hi`: leave those keys out of the work.
-        hi = min(n_keys, max(rows.stop + n_keys - n_queries, topk)) if causal else n_keys
-        q_rows = q[:, :, rows].float().reshape(batch, n_kv, groups * t, head_dim)  # heads of a group folded into rows
-        shifted = torch.matmul(q_rows, k32[:, :, :hi].transpose(-1, -2)).mul_(scale).view(batch, n_kv, groups, t, hi)
-        # Only keys after the chunk's first row position can be hidden from some row: mask that corner alone.
-        # A finite stand-in for -inf keeps 0 * (masked logit) = 0 in the dot products below; exp of it is exactly 0.
-        low = min(hi, rows.start + n_keys - n_queries + 1) if causal else hi
-        hidden = ~key_positions_visible(n_queries, n_keys, rows, causal, q.device)[:, low:hi]  # (t, hi - low)
-        shifted[..., low:].masked_fill_(hidden, _MASKED)
-        top_score, argmax = shifted.max(dim=-1)  # (B, Hkv, G, t)
-        shifted.sub_(top_score[..., None])  # s - m, in place
-        weights = torch.exp(shifted)  # unnormalised probabilities exp(s - m), the only other (t, hi) buffer
-        total = weights.sum(-1)  # l
-        lse = top_score + torch.log(total)
-        # entropy = lse - E[s] = log l - E[s - m], with E[s - m] as one dot product per row (no (t, hi) temporary)
-        expected_shift = (weights.unsqueeze(-2) @ shifted.unsqueeze(-1)).squeeze(-1).squeeze(-1) / total
-        query_pos = torch.arange(rows.start, rows.stop, device=q.device, dtype=torch.float32) + (n_keys - n_queries)
-        expected_key = (weights @ key_pos[:hi]) / total  # E[j]
-        if causal:  # every visible j <= position, so E|position - j| = position - E[j]
-            distance = query_pos - expected_key
-        else:
-            distance = (weights * (query_pos[:, None] - key_pos[None, :hi]).abs()).sum(-1) / total
-        to_heads = lambda x: x.reshape(batch, n_heads, t, *x.shape[4:])  # noqa: E731
-        out.lse[:, :, rows] = to_heads(lse)
-        out.entropy[:, :, rows] = to_heads(torch.log(total) - expected_shift)
-        out.max_weight[:, :, rows] = to_heads(1.0 / total)
-        out.argmax[:, :, rows] = to_heads(argmax)
-        out.sink_mass[:, :, rows] = to_heads(weights[..., 0] / total)
-        out.mean_distance[:, :, rows] = to_heads(distance)
-        if topk > 0:
-            top_shifted, top_indices = shifted.topk(topk, dim=-1)
-            out.topk_weights[:, :, rows] = to_heads(torch.exp(top_shifted) / total[..., None])
-            out.topk_indices[:, :, rows] = to_heads(top_indices.masked_fill(top_shifted < _MASKED / 2, -1))
-        if v is not None:
-            o = torch.matmul(weights.view(batch, n_kv, groups * t, hi), v32[:, :, :hi])  # (B, Hkv, G*t, Dv)
-            o = o.view(batch, n_kv, groups, t, -1) / total[..., None]
-            out.output[:, :, rows] = o.reshape(batch, n_heads, t, -1).to(v.dtype)
-    return out
+        # (B, T, Hkv, G, Dv) in memory, the layout a transformers attention function returns: handed out as
+        # (B, Hq, T, Dv), its transpose back is free
+        output = (sums[..., :value_dim] * inverse[..., None]).to(v.dtype).permute(0, 2, 1, 3, 4).contiguous()
+        stats.output = output.view(batch, n_queries, n_heads, value_dim).transpose(1, 2)
+    return stats

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from attnscope.kernels.pooled_map import chunked
-from attnscope.kernels.utils import check_qkv, default_scale, resolve_backend
+from attnscope.kernels.utils import check_mask, check_qkv, check_softcap, default_scale, resolve_backend
 
 __all__ = ["REDUCTIONS", "pooled_attention_map"]
 
@@ -25,6 +25,8 @@ def pooled_attention_map(
     causal: bool = True,
     scale: float | None = None,
     hide_sink: bool = False,
+    mask: torch.Tensor | None = None,
+    softcap: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Attention probabilities pooled into block x block tiles without building the (T, S) matrix.
@@ -36,20 +38,25 @@ def pooled_attention_map(
         causal: query row i sees keys 0 .. i + S - T.
         scale: logits are scale * q.k; default 1/sqrt(D).
         hide_sink: leave key 0 out of every tile (weights are not renormalised).
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+        mask: bool, broadcastable to (B, Hq, T, S), True = visible; replaces `causal` (padding, sliding windows).
+        softcap: logits s -> softcap * tanh(s / softcap) before the softmax (Gemma 2).
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With a mask or softcap, "auto" is
+            the torch path and "triton" raises ValueError: the Triton kernel does not take them yet.
 
     Returns:
         (B, Hq, ceil(T/block), ceil(S/block)) fp32; NaN for tiles with no visible cell.
     """
-    check_qkv(q, k, causal=causal)
+    check_qkv(q, k, causal=causal and mask is None)
     if block < 1:
         raise ValueError(f"block must be >= 1; got {block}.")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
+    mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
     scale = default_scale(scale, q.shape[-1])
-    if resolve_backend(backend, q.device) == "torch":
+    extras = mask is not None or softcap is not None
+    if resolve_backend(backend, q.device, masked_or_softcapped=extras) == "torch":
         return chunked.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, scale=scale,
-                                            hide_sink=hide_sink)
+                                            hide_sink=hide_sink, mask=mask, softcap=softcap)
     from attnscope.kernels.pooled_map import fused  # imports triton
 
     return fused._launch(q, k, block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink)

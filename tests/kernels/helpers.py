@@ -39,9 +39,53 @@ def make_qkv(shape, dtype, *, logit_scale: float = 1.0, seed: int = 0):
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+# Explicit masks the torch paths take, over every shape above: (name, softcap applied with it).
+MASKS = [("random", None), ("random", 2.0), ("sliding", 1.0), ("padding", None), ("key_padding", 3.0)]
+
+
+def mask_id(kind: str, softcap) -> str:
+    return f"{kind}-softcap{softcap}" if softcap is not None else kind
+
+
+def make_mask(kind: str, shape, *, seed: int = 0) -> torch.Tensor:
+    """A bool mask (True = visible) broadcastable to (B, Hq, T, S) for one of the shapes above.
+
+    random (B, Hq, T, S): each cell visible with probability 0.6, and row 0 of head 0 hidden entirely (a row that
+        sees no key);
+    sliding (1, 1, T, S): the shape's own rule (causal or full) cut to a window of the 7 most recent keys;
+    padding (B, 1, T, S): the shape's rule with the first 3 keys of sequence 0 hidden (left padding: under the
+        causal rule the padded queries see nothing);
+    key_padding (B, 1, 1, S): the last 4 keys of the last sequence hidden from every query.
+    """
+    batch, n_heads, _, n_queries, n_keys, _, causal = shape
+    query_pos = torch.arange(n_queries)[:, None] + (n_keys - n_queries)
+    key_pos = torch.arange(n_keys)[None, :]
+    rule = key_pos <= query_pos if causal else torch.ones(n_queries, n_keys, dtype=torch.bool)  # (T, S)
+    if kind == "random":
+        mask = torch.rand(batch, n_heads, n_queries, n_keys, generator=torch.Generator().manual_seed(seed)) < 0.6
+        mask[0, 0, 0] = False
+        return mask
+    if kind == "sliding":
+        return (rule & (key_pos > query_pos - 7))[None, None]
+    if kind == "padding":
+        mask = rule.repeat(batch, 1, 1, 1)
+        mask[0, ..., : min(3, n_keys - 1)] = False
+        return mask
+    if kind == "key_padding":
+        mask = torch.ones(batch, 1, 1, n_keys, dtype=torch.bool)
+        mask[-1, ..., n_keys - min(4, n_keys - 1) :] = False
+        return mask
+    raise ValueError(f"unknown mask kind {kind!r}")
+
+
 def assert_within_rule(actual, reference, plain, *, what: str, floor: float = 1e-6):
-    """max |actual - reference| <= 2 max |plain - reference| + floor * (1 + max |reference|), NaNs in the same places."""
+    """max |actual - reference| <= 2 max |plain - reference| + floor * (1 + max |reference|), NaNs and infinities
+    (the lse of a row that sees no key) in the same places."""
     actual, reference, plain = actual.double(), reference.double(), plain.double()
+    infinite = torch.isinf(reference)
+    assert torch.equal(actual[infinite], reference[infinite]), f"{what}: infinities differ from the reference"
+    assert not torch.isinf(actual[~infinite]).any(), f"{what}: infinite where the reference is finite"
+    actual, reference, plain = (x.masked_fill(infinite, 0.0) for x in (actual, reference, plain))
     nan = torch.isnan(reference)
     assert torch.equal(torch.isnan(actual), nan), f"{what}: NaN pattern differs from the reference"
     error = (actual - reference)[~nan].abs().max().item() if (~nan).any() else 0.0

@@ -5,19 +5,21 @@ import torch
 
 from attnscope.kernels import attention_stats
 from attnscope.kernels.attention_stats import naive
-from tests.kernels.helpers import DTYPES, assert_within_rule, cases, make_qkv
+from attnscope.kernels.utils import resolve_backend
+from tests.kernels.helpers import MASKS, DTYPES, assert_within_rule, cases, make_mask, make_qkv, mask_id
 
 FIELDS = ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "topk_weights", "output")
 CASES, IDS = cases()
 
 
-def _check(result, q, k, v, *, causal, topk):
-    reference = naive.attention_stats(q, k, v, causal=causal, topk=topk)
-    plain = naive.attention_stats(q, k, v, causal=causal, topk=topk, dtype=q.dtype)
+def _check(result, q, k, v, *, causal, topk, mask=None, softcap=None):
+    extras = dict(causal=causal, topk=topk, mask=mask, softcap=softcap)
+    reference = naive.attention_stats(q, k, v, **extras)
+    plain = naive.attention_stats(q, k, v, **extras, dtype=q.dtype)
     for field in FIELDS:
         assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
     # Indices: ties are legitimate, so check that the chosen key carries the largest weight.
-    full = torch.softmax(naive.masked_scores(q, k, causal=causal, scale=None), dim=-1)
+    full = naive.probabilities(naive.masked_scores(q, k, causal=causal, scale=None, mask=mask, softcap=softcap))
     chosen = full.gather(-1, result.argmax[..., None]).squeeze(-1)
     torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
     assert torch.equal(result.topk_indices == -1, reference.topk_indices == -1)
@@ -34,18 +36,122 @@ def test_triton_matches_reference(shape, dtype_name):
     _check(result, q, k, v, causal=causal, topk=topk)
 
 
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Blocks of 32 query rows and tiles of 16 keys: every shape above walks several tiles (diagonal tiles, tiles
+    skipped by a mask), rescaling the running sums whenever a row's maximum grows (no margin)."""
+    from attnscope.kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "ROW_BLOCK", 32)
+    monkeypatch.setattr(chunked, "TILE_BYTES", 1)
+    monkeypatch.setattr(chunked, "RESCALE_MARGIN", 0.0)
+
+
+@pytest.mark.parametrize("tiles", ["default", "small"])
 @pytest.mark.parametrize("shape,dtype_name", CASES, ids=IDS)
-def test_torch_path_matches_reference(shape, dtype_name):
+def test_torch_path_matches_reference(shape, dtype_name, tiles, request):
+    if tiles == "small":
+        request.getfixturevalue("small_tiles")
     q, k, v = make_qkv(shape, DTYPES[dtype_name])
     causal, topk = shape[-1], min(5, shape[4])
     _check(attention_stats(q, k, v, causal=causal, topk=topk, backend="torch"), q, k, v, causal=causal, topk=topk)
+
+
+MASK_CASES = [(shape, name, kind, softcap) for shape, name in CASES for kind, softcap in MASKS]
+MASK_IDS = [f"{case_id}-{mask_id(kind, softcap)}" for case_id in IDS for kind, softcap in MASKS]
+
+
+@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("shape,dtype_name,kind,softcap", MASK_CASES, ids=MASK_IDS)
+def test_torch_path_with_masks_and_softcap_matches_reference(shape, dtype_name, kind, softcap, tiles, request):
+    if tiles == "small":
+        request.getfixturevalue("small_tiles")
+    q, k, v = make_qkv(shape, DTYPES[dtype_name], logit_scale=3.0 if softcap else 1.0)
+    mask = make_mask(kind, shape)
+    topk = min(5, shape[4])
+    result = attention_stats(q, k, v, causal=shape[-1], topk=topk, mask=mask, softcap=softcap, backend="torch")
+    _check(result, q, k, v, causal=shape[-1], topk=topk, mask=mask, softcap=softcap)
+
+
+@pytest.mark.parametrize("kind", ["sliding", "padding"])
+def test_masked_torch_path_over_several_tiles(kind, monkeypatch):
+    """A sliding window leaves most key tiles out of each block's work; padding leaves whole rows with no key."""
+    from attnscope.kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "TILE_BYTES", 2**16)
+    shape = (2, 9, 3, 500, 500, 64, True)
+    q, k, v = make_qkv(shape, torch.float32)
+    mask = make_mask(kind, shape)
+    result = attention_stats(q, k, v, topk=8, mask=mask, softcap=30.0, backend="torch")
+    _check(result, q, k, v, causal=True, topk=8, mask=mask, softcap=30.0)
+
+
+def test_rows_that_see_no_key_have_zero_weights():
+    shape = (2, 3, 1, 20, 20, 16, True)
+    q, k, v = make_qkv(shape, torch.float32)
+    mask = make_mask("padding", shape)  # sequence 0: queries 0..2 see nothing
+    result = attention_stats(q, k, v, topk=2, mask=mask, backend="torch")
+    empty = (slice(0, 1), slice(None), slice(0, 3))
+    assert torch.isneginf(result.lse[empty]).all() and not torch.isinf(result.lse[1]).any()
+    for field in ("entropy", "max_weight", "sink_mass", "mean_distance", "output", "topk_weights"):
+        assert (getattr(result, field)[empty] == 0).all(), field
+    assert (result.topk_indices[empty] == -1).all() and (result.argmax[empty] == 0).all()
+
+
+def test_argmax_can_be_left_out():
+    q, k, v = make_qkv((1, 3, 1, 40, 40, 16, True), torch.float32)
+    with_argmax = attention_stats(q, k, v, topk=2, backend="torch")
+    without = attention_stats(q, k, v, topk=2, argmax=False, backend="torch")
+    assert without.argmax is None
+    for field in FIELDS:
+        torch.testing.assert_close(getattr(without, field), getattr(with_argmax, field), rtol=0, atol=0)
+
+
+def test_mask_or_softcap_is_the_torch_path_until_the_triton_kernel_takes_them():
+    q, k, v = make_qkv((1, 2, 1, 8, 8, 16, True), torch.float32)
+    mask = make_mask("sliding", (1, 2, 1, 8, 8, 16, True))
+    for extra in (dict(mask=mask), dict(softcap=5.0)):
+        with pytest.raises(ValueError, match="Triton kernels take no explicit mask or softcap"):
+            attention_stats(q, k, v, backend="triton", **extra)
+    assert resolve_backend("auto", torch.device("cuda"), masked_or_softcapped=True) == "torch"
+    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+
+
+def test_a_mask_replaces_the_causal_rule():
+    """The causal rule written out as a mask gives the causal statistics, and a mask may open what causal hides."""
+    shape = (1, 3, 1, 30, 30, 16, True)
+    q, k, v = make_qkv(shape, torch.float32)
+    rule = torch.ones(30, 30, dtype=torch.bool).tril()
+    causal = attention_stats(q, k, v, causal=True, backend="torch")
+    written = attention_stats(q, k, v, causal=True, mask=rule, backend="torch")
+    for field in FIELDS[:5] + ("output",):
+        torch.testing.assert_close(getattr(written, field), getattr(causal, field))
+    opened = attention_stats(q, k, v, causal=True, mask=torch.ones(30, 30, dtype=torch.bool), backend="torch")
+    torch.testing.assert_close(opened.output, attention_stats(q, k, v, causal=False, backend="torch").output)
+
+
+@pytest.mark.parametrize("mask,message", [
+    (torch.ones(8, 8), "bool"),
+    (torch.ones(1, 5, 8, 8, dtype=torch.bool), "broadcast to"),
+    (torch.ones(8, 9, dtype=torch.bool), "broadcast to"),
+])
+def test_bad_masks_name_the_shapes(mask, message):
+    q, k, _ = make_qkv((1, 2, 1, 8, 8, 16, True), torch.float32)
+    with pytest.raises(ValueError, match=message):
+        attention_stats(q, k, mask=mask)
+
+
+def test_bad_softcap():
+    q, k, _ = make_qkv((1, 2, 1, 8, 8, 16, True), torch.float32)
+    with pytest.raises(ValueError, match="softcap must be a positive number"):
+        attention_stats(q, k, softcap=0.0)
 
 
 @pytest.mark.parametrize("n_queries", [500, 1023])
 def test_torch_path_on_larger_shapes(n_queries, monkeypatch):
     from attnscope.kernels.attention_stats import chunked
 
-    monkeypatch.setattr(chunked, "CHUNK_BYTES", 2**20)  # force several chunks
+    monkeypatch.setattr(chunked, "TILE_BYTES", 2**18)  # several key tiles per block of rows
     q, k, v = make_qkv((1, 9, 3, n_queries, n_queries, 64, True), torch.float32)
     result = attention_stats(q, k, v, topk=8, backend="torch")
     _check(result, q, k, v, causal=True, topk=8)

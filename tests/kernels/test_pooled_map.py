@@ -5,9 +5,11 @@ import torch
 
 from attnscope.kernels import pooled_attention_map
 from attnscope.kernels.pooled_map import naive
-from tests.kernels.helpers import DTYPES, assert_within_rule, cases, make_qkv
+from tests.kernels.helpers import MASKS, DTYPES, assert_within_rule, cases, make_mask, make_qkv, mask_id
 
 CASES, IDS = cases()
+MASK_CASES = [(shape, name, kind, softcap) for shape, name in CASES for kind, softcap in MASKS]
+MASK_IDS = [f"{case_id}-{mask_id(kind, softcap)}" for case_id in IDS for kind, softcap in MASKS]
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -24,6 +26,42 @@ def test_matches_reference(shape, dtype_name, block, reduce, hide_sink, backend)
                                        dtype=q.dtype)
     assert result.shape == reference.shape
     assert_within_rule(result, reference, plain, what=f"{reduce} block {block}")
+
+
+@pytest.mark.parametrize("shape,dtype_name,kind,softcap", MASK_CASES, ids=MASK_IDS)
+@pytest.mark.parametrize("block,reduce,hide_sink", [(1, "mean", False), (3, "max", True), (16, "mean", True)],
+                         ids=lambda x: str(x))
+def test_torch_path_with_masks_and_softcap_matches_reference(shape, dtype_name, kind, softcap, block, reduce,
+                                                             hide_sink):
+    q, k, _ = make_qkv(shape, DTYPES[dtype_name], logit_scale=3.0 if softcap else 1.0)
+    options = dict(block=block, reduce=reduce, causal=shape[-1], hide_sink=hide_sink, mask=make_mask(kind, shape),
+                   softcap=softcap)
+    result = pooled_attention_map(q, k, **options, backend="torch")
+    reference = naive.pooled_attention_map(q, k, **options)
+    plain = naive.pooled_attention_map(q, k, **options, dtype=q.dtype)
+    assert result.shape == reference.shape
+    assert_within_rule(result, reference, plain, what=f"{reduce} block {block} under a {kind} mask")
+
+
+def test_sliding_window_map_over_several_chunks(monkeypatch):
+    """Each chunk computes only the key tiles its window reaches; the tiles it skips are NaN."""
+    from attnscope.kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 2**16)
+    shape = (1, 9, 3, 500, 500, 64, True)
+    q, k, _ = make_qkv(shape, torch.float32)
+    mask = make_mask("sliding", shape)
+    result = pooled_attention_map(q, k, block=10, mask=mask, softcap=30.0, backend="torch")
+    reference = naive.pooled_attention_map(q, k, block=10, reduce="mean", mask=mask, softcap=30.0)
+    plain = naive.pooled_attention_map(q, k, block=10, reduce="mean", mask=mask, softcap=30.0, dtype=torch.float32)
+    assert_within_rule(result, reference, plain, what="sliding window")
+    assert torch.isnan(result[..., 10:, :5]).all(), "tiles far behind the window are blank"
+
+
+def test_mask_or_softcap_on_the_triton_backend_says_it_is_not_there_yet():
+    q, k, _ = make_qkv((1, 2, 1, 8, 8, 16, True), torch.float32)
+    with pytest.raises(ValueError, match="Triton kernels take no explicit mask or softcap"):
+        pooled_attention_map(q, k, block=2, softcap=5.0, backend="triton")
 
 
 def test_torch_path_on_a_long_map(monkeypatch):
