@@ -20,6 +20,8 @@ O(L) memory per head, and L x L probabilities are built only for the layers and 
 The same function replaces attention inside a :func:`substituting` block (also per thread): each layer hands what
 it received, as a LayerCapture, to a replacement function and returns that function's output, which is how the
 Softmax-vs-Taylor page runs the model with Taylor-n attention in every layer without touching the shared model.
+A :func:`streaming` block does the same with the layer's index, so a consumer can compute the layer's output together
+with whatever it measures, keep what it needs and let the rest go (attnscope.engine).
 
 Caution: transformers builds no causal mask for an attention name that has no mask function registered under the
 same name, and a decoder then silently attends to the future. :func:`register_attention` registers SDPA's mask
@@ -105,31 +107,35 @@ class LayerCapture:
         return probs.nan_to_num(0.0)  # a row with no visible key (only under padding masks) has no distribution
 
 
-class _Recorder:
-    def __init__(self, layers: set[int] | None):
-        self.layers = layers
-        self.captured: dict[int, LayerCapture] = {}
+def _layer_index(module, calls: int) -> int:
+    """The module's own layer index when it has one (HF attention modules do), else the order of the call."""
+    index = getattr(module, "layer_idx", None)
+    return calls if index is None else index
+
+
+def _layer_capture(query, key, value, rule: tuple[bool, torch.Tensor | None], scaling, kwargs, *,
+                   copy: bool) -> LayerCapture:
+    """What the attention function was handed, as a LayerCapture; with copy=True detached copies of q/k/v."""
+    if copy:
+        query, key, value = (x.detach().clone() for x in (query, key, value))
+    return LayerCapture(
+        q=query,
+        k=key,
+        v=value,
+        scale=float(query.shape[-1] ** -0.5 if scaling is None else scaling),
+        causal=rule[0],
+        mask=rule[1],
+        softcap=kwargs.get("softcap"),
+    )
+
+
+class _MaskRules:
+    """mask_rule per distinct mask tensor: a model hands every layer the same mask object, reduced once."""
+
+    def __init__(self):
         self._masks: dict[int, tuple[torch.Tensor, bool, torch.Tensor | None]] = {}
-        self._calls = 0
 
-    def record(self, module, query, key, value, attention_mask, scaling, kwargs) -> None:
-        layer = getattr(module, "layer_idx", None)
-        layer = self._calls if layer is None else layer
-        self._calls += 1
-        if self.layers is not None and layer not in self.layers:
-            return
-        causal, mask = self._mask_rule(module, query, key, attention_mask, kwargs)
-        self.captured[layer] = LayerCapture(
-            q=query.detach().clone(),
-            k=key.detach().clone(),
-            v=value.detach().clone(),
-            scale=float(query.shape[-1] ** -0.5 if scaling is None else scaling),
-            causal=causal,
-            mask=mask,
-            softcap=kwargs.get("softcap"),
-        )
-
-    def _mask_rule(self, module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
+    def rule(self, module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
         if attention_mask is None:
             return mask_rule(module, query, key, attention_mask, kwargs)
         cached = self._masks.get(id(attention_mask))
@@ -138,6 +144,35 @@ class _Recorder:
         rule = mask_rule(module, query, key, attention_mask, kwargs)
         self._masks[id(attention_mask)] = (attention_mask, *rule)
         return rule
+
+
+class _Recorder:
+    def __init__(self, layers: set[int] | None):
+        self.layers = layers
+        self.captured: dict[int, LayerCapture] = {}
+        self._rules = _MaskRules()
+        self._calls = 0
+
+    def record(self, module, query, key, value, attention_mask, scaling, kwargs) -> None:
+        layer = _layer_index(module, self._calls)
+        self._calls += 1
+        if self.layers is not None and layer not in self.layers:
+            return
+        rule = self._rules.rule(module, query, key, attention_mask, kwargs)
+        self.captured[layer] = _layer_capture(query, key, value, rule, scaling, kwargs, copy=True)
+
+
+class _Stream:
+    def __init__(self, consumer: Callable[[int, LayerCapture], torch.Tensor]):
+        self.consumer = consumer
+        self._rules = _MaskRules()
+        self._calls = 0
+
+    def attend(self, module, query, key, value, attention_mask, scaling, kwargs) -> torch.Tensor:
+        layer = _layer_index(module, self._calls)
+        self._calls += 1
+        rule = self._rules.rule(module, query, key, attention_mask, kwargs)
+        return self.consumer(layer, _layer_capture(query, key, value, rule, scaling, kwargs, copy=False))
 
 
 def mask_rule(module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
@@ -164,11 +199,12 @@ def mask_rule(module, query, key, attention_mask, kwargs) -> tuple[bool, torch.T
 _ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
 _SUBSTITUTE: contextvars.ContextVar[Callable[[LayerCapture], torch.Tensor] | None] = contextvars.ContextVar(
     "attnscope_substitute", default=None)
+_STREAM: contextvars.ContextVar[_Stream | None] = contextvars.ContextVar("attnscope_stream", default=None)
 
 
 def attnscope_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention function registered as "attnscope": SDPA, plus recording while a capture is active, or a
-    replacement attention while a :func:`substituting` block is active."""
+    replacement attention while a :func:`substituting` or :func:`streaming` block is active."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     recorder = _ACTIVE.get()
@@ -181,7 +217,16 @@ def attnscope_attention(module, query, key, value, attention_mask, scaling=None,
         layer = LayerCapture(q=query, k=key, v=value, scale=scale, causal=causal, mask=mask,
                              softcap=kwargs.get("softcap"))
         return substitute(layer).to(query.dtype).transpose(1, 2).contiguous(), None
+    stream = _STREAM.get()
+    if stream is not None:
+        output = stream.attend(module, query, key, value, attention_mask, scaling, kwargs)
+        return output.to(query.dtype).transpose(1, 2).contiguous(), None
     if kwargs.get("softcap") is not None:
+        if attention_mask is None:  # SDPA's mask function hands None for the plain pattern; spell a causal one out
+            causal, _ = mask_rule(module, query, key, attention_mask, kwargs)
+            n_queries, n_keys = query.shape[2], key.shape[2]
+            if causal:
+                attention_mask = key_positions_visible(n_queries, n_keys, slice(0, n_queries), True, query.device)
         return explicit_attention(module, query, key, value, attention_mask, scaling=scaling, softcap=kwargs["softcap"])
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
@@ -266,6 +311,22 @@ def substituting(attention: Callable[[LayerCapture], torch.Tensor]) -> Iterator[
         yield
     finally:
         _SUBSTITUTE.reset(token)
+
+
+@contextlib.contextmanager
+def streaming(consumer: Callable[[int, LayerCapture], torch.Tensor]) -> Iterator[None]:
+    """Hand every attention call in this thread to `consumer` while the block runs, and use what it returns.
+
+    Each call of the registered "attnscope" function calls ``consumer(layer_index, layer)``: the layer's index (the
+    module's ``layer_idx``, else the order of the call) and what it received as a LayerCapture of the live tensors
+    (not copies: a consumer that keeps them past the call must clone them). The (B, Hq, T, Dv) tensor it returns is
+    the layer's attention output. As with :func:`substituting`, other threads keep plain attention.
+    """
+    token = _STREAM.set(_Stream(consumer))
+    try:
+        yield
+    finally:
+        _STREAM.reset(token)
 
 
 @dataclass

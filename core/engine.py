@@ -1,0 +1,133 @@
+"""Whole-model attention statistics computed while the model runs, one layer at a time, keeping only what was asked.
+
+:func:`run` runs the model once inside a :func:`attnscope.capture.streaming` block. Each attention layer hands its
+q/k/v to the engine, which makes one fused pass over them, ``kernels.attention_stats(q, k, v, ...)``: the pass that
+produces the layer's output (returned to the model in place of SDPA's) also produces every row statistic, reduced at
+once to per-head means (:func:`attnscope.analyses.maps.summarise`). Then the layer's q/k/v are let go, unless the
+caller asked to keep that layer. So memory is that of a plain forward plus one layer's statistics, instead of every
+layer's q/k/v (run_with_capture) followed by a second pass per layer (maps.head_stats).
+
+Layers with an explicit mask (padding, sliding windows) or a logit softcap go through the same kernel (its torch
+path). The statistics read the first sequence of the batch, like attnscope.analyses.maps; the output is computed for
+every sequence. Inference only: attention dropout is not applied. Token log-probabilities are computed from the
+logits a block of rows at a time, so no (T, V) copy is made next to the logits.
+
+    result = engine.run(model, input_ids, keep_layers=[5])
+    result.head_stats[12].entropy          # (H,) mean row entropy of layer 12's heads
+    maps.pooled_map(result.layer(5), heads=[0], block=64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from attnscope import kernels
+from attnscope.analyses import maps
+from attnscope.capture import ATTENTION_NAME, Capture, LayerCapture, streaming
+
+FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")  # of maps.HeadStats
+_LOGPROB_ROWS = 64  # rows of logits turned into log-probabilities at a time (13 MB at a 49k vocabulary)
+
+
+@dataclass
+class EngineRun:
+    """One streamed forward pass: per-layer head statistics, the layers asked for, next-token log-probabilities."""
+
+    head_stats: dict[int, maps.HeadStats]  # layer index -> per-head means over the rows of the first sequence
+    kept: dict[int, LayerCapture]  # the layers in keep_layers, as run_with_capture would have captured them
+    token_logprobs: torch.Tensor | None  # (T-1,) log p(token t+1 | tokens <= t) for decoders, None for encoders
+    hidden_states: dict[int, torch.Tensor] | None  # kept layer -> (B, T, d_model) residual stream entering it
+    n_layers: int  # attention layers the model ran
+    n_heads: int  # query heads per layer
+
+    def layer(self, index: int) -> LayerCapture:
+        if index not in self.kept:
+            raise ValueError(f"Layer {index} was not kept; pass it in keep_layers (kept: {sorted(self.kept)}).")
+        return self.kept[index]
+
+    def as_capture(self) -> Capture:
+        """The kept layers as a capture.Capture, for code that takes one."""
+        return Capture(layers=dict(self.kept), token_logprobs=self.token_logprobs, hidden_states=self.hidden_states)
+
+    def stacked(self, field: str) -> torch.Tensor:
+        """(n_layers, n_heads) fp32 of one HeadStats field, layers in order."""
+        if field not in FIELDS:
+            raise ValueError(f"field must be one of {FIELDS}, got {field!r}.")
+        return torch.stack([getattr(self.head_stats[index], field) for index in sorted(self.head_stats)])
+
+
+class _Engine:
+    """The streaming consumer: one fused kernel pass per layer, its summary kept, q/k/v kept only when asked."""
+
+    def __init__(self, keep: set[int]):
+        self.keep = keep
+        self.head_stats: dict[int, maps.HeadStats] = {}
+        self.kept: dict[int, LayerCapture] = {}
+        self.n_heads = 0
+
+    def __call__(self, index: int, layer: LayerCapture) -> torch.Tensor:
+        stats = kernels.attention_stats(layer.q, layer.k, layer.v, causal=layer.causal, scale=layer.scale,
+                                        mask=layer.mask, softcap=layer.softcap, argmax=False)
+        self.head_stats[index] = maps.summarise(stats, maps.visible_keys(layer))
+        self.n_heads = layer.n_heads
+        if index in self.keep:
+            self.kept[index] = LayerCapture(q=layer.q.detach().clone(), k=layer.k.detach().clone(),
+                                            v=layer.v.detach().clone(), scale=layer.scale, causal=layer.causal,
+                                            mask=layer.mask, softcap=layer.softcap)
+        return stats.output  # (B, Hq, T, Dv)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """(T-1,) log p(token t+1 | tokens <= t) of the first sequence, from logits (B, T, V) a block of rows at a time.
+
+    Row by row the same numbers as log_softmax over the whole (T-1, V) matrix (capture.run_with_capture), without
+    that matrix: at 8k tokens and a 49k vocabulary it would be 1.6 GB next to the logits.
+    """
+    n_rows = input_ids.shape[1] - 1
+    out = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    for start in range(0, n_rows, _LOGPROB_ROWS):
+        rows = slice(start, min(start + _LOGPROB_ROWS, n_rows))
+        logprobs = torch.log_softmax(logits[0, rows].float(), dim=-1)  # (rows, V)
+        out[rows] = logprobs.gather(-1, input_ids[0, rows.start + 1 : rows.stop + 1, None]).squeeze(-1)
+    return out
+
+
+@torch.no_grad()
+def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+        keep_layers: Iterable[int] = (), hidden_states: bool = False) -> EngineRun:
+    """Run `model` on `input_ids` (B, T) once, computing every layer's head statistics as it goes.
+
+    Args:
+        model: loaded with attn_implementation="attnscope" (attnscope.models.load_model does this).
+        input_ids: (B, T) token ids; statistics and log-probabilities are those of the first sequence.
+        attention_mask: optional (B, T) padding mask for the model (1 = token, 0 = padding).
+        keep_layers: layer indices whose q/k/v (and mask rule) to keep, as run_with_capture keeps them.
+        hidden_states: also keep the residual stream entering each kept layer (transformers' output_hidden_states;
+            the model then holds every layer's until it returns).
+
+    Returns:
+        EngineRun with head_stats for every layer, kept for keep_layers, token_logprobs for decoders.
+    """
+    keep = set(keep_layers)
+    engine = _Engine(keep)
+    options = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+    with streaming(engine):
+        output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states,
+                       **options)
+    if not engine.head_stats:
+        raise ValueError(
+            f"No attention layer reached the engine: load the model with attn_implementation='{ATTENTION_NAME}' "
+            "(attnscope.load and attnscope.models.load_model do)."
+        )
+    missing = sorted(keep - set(engine.head_stats))
+    if missing:
+        raise ValueError(f"keep_layers {missing} do not exist; this model has layers 0..{len(engine.head_stats) - 1}.")
+    logits = getattr(output, "logits", None)
+    logprobs = token_logprobs(logits, input_ids) if logits is not None and input_ids.shape[1] > 1 else None
+    states = {index: output.hidden_states[index].detach() for index in sorted(keep)} if hidden_states else None
+    return EngineRun(head_stats=dict(sorted(engine.head_stats.items())), kept=dict(sorted(engine.kept.items())),
+                     token_logprobs=logprobs, hidden_states=states, n_layers=len(engine.head_stats),
+                     n_heads=engine.n_heads)
