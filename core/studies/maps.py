@@ -2,7 +2,11 @@
 attnscope.maps / attnscope.stats return.
 
 Units (each cached on its own by the dashboard):
-- layer_stats: one layer's per-head statistics (attnscope.analyses.maps.head_stats);
+- model_stats: every layer's per-head statistics in one streamed forward pass (attnscope.engine: each layer's
+  statistics come from the pass that computes its output, and no layer's q/k/v is kept), which is what
+  attnscope.stats and the page's Head statistics view run;
+- layer_stats: one layer's per-head statistics from the text's capture (attnscope.analyses.maps.head_stats), for the
+  views that draw that layer's maps anyway;
 - layer_maps: some heads of one layer, pooled into block x block tiles;
 - query_row: one query token's weights in one head.
 """
@@ -48,6 +52,16 @@ class LayerStats:
 def layer_stats(source: Source, text, cut: Cut, layer: int) -> LayerStats:
     stats = analysis.head_stats(source.capture(text, cut).layer(layer))
     return LayerStats(**{name: getattr(stats, name).numpy() for name in STATISTICS})
+
+
+def model_stats(source: Source, text, cut: Cut) -> dict[str, np.ndarray]:
+    """Statistic -> (layers, heads) for every head, from one streamed forward pass."""
+    from attnscope import engine
+
+    tokens = source.tokens(text, cut)
+    with source.turn():
+        streamed = engine.run(source.model.module, tokens.as_tensor())
+    return {name: streamed.stacked(name).numpy() for name in STATISTICS}
 
 
 def layer_maps(source: Source, text, cut: Cut, layer: int, heads: tuple[int, ...], block: int, reduce: str,
@@ -179,15 +193,12 @@ class MapsResult(Result):
 
 def stats(source: Source, text, *, cut: Cut, progress: ProgressFn | None = None) -> StatsResult:
     tokens = source.tokens(text, cut)
-    n_layers = source.model.info["n_layers"]
-    step = progress_steps(progress, n_layers)
-    per_layer = []
-    for layer in range(n_layers):
-        per_layer.append(source.unit(layer_stats, text, cut, layer))
-        step(layer + 1, f"Per-head statistics: layer {layer + 1}/{n_layers}")
+    step = progress_steps(progress, 1)
+    step(0, f"Per-head statistics of every layer: one pass over {len(tokens)} tokens")
+    values = source.unit(model_stats, text, cut)
+    step(1, "Per-head statistics of every layer")
     return StatsResult(meta=meta_for(source.model, tokens, max_tokens=cut.max_tokens, keep=cut.keep),
-                       tokens=tokens.strings,
-                       **{name: np.stack([getattr(s, name) for s in per_layer]) for name in STATISTICS})
+                       tokens=tokens.strings, **values)
 
 
 def maps(source: Source, text, *, cut: Cut, layer: int = 0, heads: Sequence[int] | None = None,

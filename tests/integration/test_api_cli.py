@@ -13,7 +13,6 @@ import pytest
 import attnscope
 from attnscope.cache import ResultCache
 from attnscope.studies import maps as study
-from attnscope.studies.base import Source
 
 pytestmark = pytest.mark.slow
 TEXT = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
@@ -40,10 +39,14 @@ def test_cli_api_and_page_units_agree(model, tmp_path):
     from attnscope.app import cached
 
     cut = model.cut(None)
+    page = cached.study_unit(model.spec, "attnscope.studies.maps:model_stats", (TEXT, cut))
+    for name in FIELDS:
+        np.testing.assert_array_equal(page[name], getattr(api, name))
+    # the streamed statistics (one fused pass per layer) against the capture's second pass, which the page used
     for layer in (0, 17, 29):
-        page = cached.study_unit(model.spec, "attnscope.studies.maps:layer_stats", (TEXT, cut, layer))
+        captured = cached.study_unit(model.spec, "attnscope.studies.maps:layer_stats", (TEXT, cut, layer))
         for name in FIELDS:
-            np.testing.assert_array_equal(getattr(page, name), getattr(api, name)[layer])
+            np.testing.assert_allclose(getattr(api, name)[layer], getattr(captured, name), rtol=1e-5, atol=1e-6)
     for name in FIELDS:
         np.testing.assert_array_equal(getattr(cli, name), getattr(api, name))
     assert [f.text() for f in cli.findings()] == [f.text() for f in api.findings()]
@@ -84,12 +87,12 @@ def test_every_format_saves_and_json_and_parquet_reopen(model, tmp_path):
 def test_disk_cache_answers_a_second_run_without_the_model(model, tmp_path, monkeypatch):
     cache = ResultCache(tmp_path / "results", size_mb=64)
     first = attnscope.stats(model, TEXT, cache=cache)
-    assert len(cache) == model.info["n_layers"]
+    assert len(cache) == 1  # one unit: every layer's statistics from one streamed pass
 
     def no_forward(*args, **kwargs):
         raise AssertionError("the model ran although every unit was cached")
 
-    monkeypatch.setattr(Source, "capture", no_forward)
+    monkeypatch.setattr(model.module, "forward", no_forward)
     again = ResultCache(tmp_path / "results", size_mb=64)  # a new process would open the folder like this
     second = attnscope.stats(model, TEXT, cache=again)
     for name in FIELDS:
