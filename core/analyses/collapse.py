@@ -20,12 +20,20 @@ the layer's input hidden states):
   the Theorem 2 bounds (reconstructed, for x on a sphere of radius M with separation delta; here M = the mean norm of
   the selected vectors and delta their smallest pairwise distance, since real vectors are not on a sphere);
 - temperature: ||softmax((l + eps v) / T) - softmax(l / T)|| / eps for a random unit direction v, and the exact
-  worst case, the spectral norm of the softmax Jacobian (diag(p) - p p^T) / T, whose largest eigenvalue is found by
-  bisection on the secular equation 1 = sum_i p_i^2 / (p_i - lambda) between the two largest p_i. l are the model's
-  scaled logits, so T = 1 is the model as trained.
+  worst case, the spectral norm of the softmax Jacobian (diag(p) - p p^T) / T, whose largest eigenvalue solves the
+  secular equation 1 = sum_i p_i^2 / (p_i - lambda) between the two largest p_i (softmax_jacobian_norm). l are the
+  model's scaled logits, so T = 1 is the model as trained.
 
-Only `rows` x L weights per head exist at once; no L x L attention matrix is built. The distances between token
-vectors (for d1 and delta) are computed only from the keys some row selects (SelectedDistances), in fp64.
+Only `rows` x L weights per head exist at once; no L x L attention matrix is built. Everything is fp64 except the
+kernel's max weight, entropy and weight on key 0 (fp32). How the work is organised (analyse_layers):
+- layers of one shape are stacked into one batch of heads (a fold), up to WORK_ELEMENTS per (heads, rows, N, L) work
+  tensor, and the temperature sweep runs over every layer at once: short contexts cost a few large tensor
+  operations instead of many small ones;
+- the distances to s and to (N / L) o are expanded in squares, one matmul per token-vector set for every N at once;
+- the distances between token vectors come from the selected keys only: the top K of a row among themselves (for
+  delta, a running minimum over ranks), and for d1 a table from the union of the rows' top B = max(BOUND_NS) keys to
+  every key, so that the farthest key outside a row's top B is found without an (N, L) pass per N (_theorem1_d1);
+- the pieces whose size grows with K^2 or the unions are computed a chunk of heads (or sets) at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import torch
 
 from attnscope import kernels
 from attnscope.capture import LayerCapture
+from attnscope.kernels.attention_stats.chunked import CHUNK_BYTES
 
 N_GRID = (1, 2, 3, 5, 8, 10, 16, 20, 32, 64, 100, 128, 256)  # selected-set sizes measured
 BOUND_NS = (1, 5, 10, 20, 100)  # sizes whose Theorem 1 bound is computed (fig. 2a uses N = 5, fig. 2b all five)
@@ -48,6 +57,7 @@ SATURATED_BAND = (0.70, 0.85)  # N_s / N where the paper calls a head saturated
 CRITICAL_FRACTION = 0.06  # the paper's critical N ~ 0.06 L
 KS_ALPHA = 0.05  # a p-value above this: the KS test cannot separate true from expected distances
 VECTORS = ("values", "hidden")
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 def length_grid(max_length: int, min_length: int = 32) -> list[int]:
@@ -98,196 +108,317 @@ class LayerRows:
     jacobian_norm: np.ndarray | None = None  # (H, R, len(TEMPERATURES)) exact ||J||_2 = lambda_max / T
 
 
-def token_vectors(layer: LayerCapture, hidden: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
-    """(G, L, d) fp64 token vectors and, per query head, its index into G: the key/value heads' values, or the
-    layer's input hidden states (G = 1) when `hidden` (B, L, d_model) is given."""
-    if hidden is not None:  # the states of the layer's keys: a causal prefix keeps the first L
-        return hidden[0, :layer.k.shape[2]].double()[None], [0] * layer.n_heads
-    return layer.v[0].double(), [layer.kv_head(h) for h in range(layer.n_heads)]
-
-
-class SelectedDistances:
-    """||x_j - x_i|| for every key j that some analysed row of some head selects, against every key i, in fp64.
-
-    Theorem 1 needs d1 = max_{i not in I_N, j in I_N} ||x_i - x_j|| and Theorem 2 the smallest distance within I_N;
-    both read rows of this (U, L) table, where U (the union of the top-N sets) is usually far below L.
-    """
-
-    def __init__(self, x: torch.Tensor, group: Sequence[int], indices: torch.Tensor):
-        self.tables, self.position = [], []
-        norms = (x * x).sum(-1)  # (G, L)
-        for g in range(x.shape[0]):
-            heads = [h for h, of in enumerate(group) if of == g]
-            union = torch.unique(indices[heads])
-            union = union[union >= 0]
-            squared = norms[g, union, None] + norms[g, None, :] - 2 * torch.matmul(x[g, union], x[g].T)
-            self.tables.append(squared.clamp_min_(0).sqrt_())  # (U, L)
-            position = torch.full((x.shape[1],), -1, dtype=torch.long)
-            position[union] = torch.arange(len(union))
-            self.position.append(position)
-        self.group = list(group)
-
-    def rows(self, head: int, keys: torch.Tensor) -> torch.Tensor:
-        """(..., L) distances from each selected key in `keys` (...) to every key."""
-        g = self.group[head]
-        return self.tables[g][self.position[g][keys]]
-
-    def among(self, head: int, keys: torch.Tensor) -> torch.Tensor:
-        """(R, n, n) distances between the selected keys of each row, keys (R, n)."""
-        g = self.group[head]
-        return self.tables[g][self.position[g][keys][:, :, None], keys[:, None, :]]
-
-
-def softmax_jacobian_norm(p: torch.Tensor, iterations: int = 60) -> torch.Tensor:
-    """Largest eigenvalue of diag(p) - p p^T per row of p (..., L) (rows summing to 1).
-
-    The eigenvalues of a diagonal matrix minus a rank-one term interlace its diagonal, so the largest lies between
-    the two largest p_i, where g(lambda) = 1 - sum_i p_i^2 / (p_i - lambda) falls monotonically from +inf to -inf.
-    Newton steps on g, kept inside the bracket by bisection whenever they would leave it; rows leave the loop as
-    soon as they converge.
-    """
-    shape = p.shape[:-1]
-    p = p.reshape(-1, p.shape[-1])
-    if p.shape[-1] == 1:
-        return torch.zeros(shape, dtype=p.dtype)
-    top = torch.topk(p, 2, dim=-1).values
-    low, high = top[:, 1].clone(), top[:, 0].clone()
-    result = high.clone()  # a tie p_1 = p_2 is itself the eigenvalue
-    active = torch.nonzero(high > low).squeeze(-1)
-    lam = (low + high) / 2
-    for _ in range(iterations):
-        if active.numel() == 0:
-            break
-        rows, lo, hi, current = p[active], low[active], high[active], lam[active]
-        gap = rows - current[:, None]
-        terms = rows * rows / gap
-        g = 1 - terms.sum(-1)
-        slope = -(terms / gap).sum(-1)  # g'(lambda) < 0
-        lo, hi = torch.where(g > 0, current, lo), torch.where(g > 0, hi, current)
-        step = current - g / slope
-        step = torch.where((step > lo) & (step < hi), step, (lo + hi) / 2)
-        done = ((step - current).abs() <= 1e-15 * step) | (hi - lo <= 1e-15 * hi)
-        low[active], high[active], lam[active] = lo, hi, step
-        result[active[done]] = step[done]
-        active = active[~done]
-    result[active] = lam[active]
-    return result.view(shape)
-
-
 def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None = None,
                   temperature: bool = False, seed: int = 0) -> LayerRows:
     """Everything paper B measures, for the last `rows` query positions of one layer (first sequence of the batch)."""
-    if layer.mask is not None or layer.softcap is not None:
-        raise ValueError("This layer has an explicit mask or soft-capped logits; the collapse analysis takes plain "
-                         "causal or bidirectional softmax attention.")
-    n_queries, length = layer.q.shape[2], layer.k.shape[2]
-    rows = max(1, min(rows, n_queries // 4 if layer.causal else n_queries))  # causal rows see >= 3/4 of the keys
+    return analyse_layers([layer], rows=rows, hidden=None if hidden is None else [hidden], temperature=temperature,
+                          seeds=[seed])[0]
+
+
+def analyse_layers(layers: Sequence[LayerCapture], *, rows: int, hidden: Sequence[torch.Tensor] | None = None,
+                   temperature: bool = False, seeds: Sequence[int] | None = None) -> list[LayerRows]:
+    """analyse_layer for several layers of one capture at one length. Layers of the same shape are stacked into one
+    batch of heads (a fold, WORK_ELEMENTS per work tensor) and the temperature sweep runs over every layer at once, so
+    short contexts cost a few large tensor operations instead of many small ones.
+
+    Args:
+        layers: LayerCaptures of the same length (B, Hq, T, D) / (B, Hkv, S, D); the first sequence is analysed.
+        rows: query positions analysed per layer: the last ones (at most T/4 under the causal mask).
+        hidden: per layer, (B, S', d_model) input hidden states to use as token vectors (the first S kept), or
+            None for the layer's value vectors.
+        temperature: also measure the temperature sweep (sensitivity and jacobian_norm).
+        seeds: per layer, the seed of the random direction of the temperature probe (default 0, 1, ...).
+
+    Returns:
+        One LayerRows per layer, in order.
+    """
+    if hidden is not None and len(hidden) != len(layers):
+        raise ValueError(f"hidden has {len(hidden)} entries for {len(layers)} layers; give one per layer or None.")
+    seeds = list(range(len(layers))) if seeds is None else list(seeds)
+    if len(seeds) != len(layers):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(layers)} layers; give one per layer or None.")
+    for layer in layers:
+        if layer.mask is not None or layer.softcap is not None:
+            raise ValueError("This layer has an explicit mask or soft-capped logits; the collapse analysis takes "
+                             "plain causal or bidirectional softmax attention.")
+    out: list[LayerRows] = []
+    logits, directions = [], []
+    start = 0
+    while start < len(layers):
+        stop = start + 1
+        while stop < len(layers) and _foldable(layers, hidden, start, stop + 1, rows):
+            stop += 1
+        fold, fold_logits = _analyse_fold(layers[start:stop], rows=rows,
+                                          hidden=None if hidden is None else hidden[start:stop])
+        out += fold
+        if temperature:
+            logits.append(fold_logits)
+            directions += [torch.randn((layer.n_heads, *fold_logits.shape[1:]), dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(seed))
+                           for layer, seed in zip(layers[start:stop], seeds[start:stop])]
+        start = stop
+    if temperature:
+        logits = torch.cat(logits)  # (all heads, R, L)
+        direction = torch.cat(directions).masked_fill_(~torch.isfinite(logits), 0.0)
+        sensitivity, jacobian = _temperature(logits, direction)
+        first = 0
+        for result in out:
+            own = slice(first, first + result.max_weight.shape[0])
+            result.sensitivity, result.jacobian_norm = sensitivity[own].numpy(), jacobian[own].numpy()
+            first = own.stop
+    return out
+
+
+WORK_ELEMENTS = 2**20  # largest work tensor: (heads, rows, N, L) of a fold, (heads, rows, K, K) of a chunk; 8 MB
+# fp32 scores of one fold's analysed rows: half a chunk of the attention_stats torch path, so the rows of a fold stay
+# in one chunk and their keys are ranked exactly as with the layer alone (ties among underflowed weights included)
+FOLD_SCORES = CHUNK_BYTES // 8
+
+
+def _picked_rows(layer: LayerCapture, rows: int) -> int:
+    n_queries = layer.q.shape[2]
+    return max(1, min(rows, n_queries // 4 if layer.causal else n_queries))  # causal rows see >= 3/4 of the keys
+
+
+def _foldable(layers: Sequence[LayerCapture], hidden, start: int, stop: int, rows: int) -> bool:
+    """Whether layers[start:stop] can be analysed as one batch: same shapes, mask rule and scale, and the work
+    within WORK_ELEMENTS and FOLD_SCORES."""
+    first, last = layers[start], layers[stop - 1]
+    if (first.q.shape, first.k.shape, first.v.shape, first.causal, first.scale) != (
+            last.q.shape, last.k.shape, last.v.shape, last.causal, last.scale):
+        return False
+    if hidden is not None and hidden[start].shape != hidden[stop - 1].shape:
+        return False
+    picked = _picked_rows(first, rows)
+    length = first.k.shape[2]
+    heads = (stop - start) * first.n_heads
+    return heads * picked * len(N_GRID) * length <= WORK_ELEMENTS and heads * picked * length <= FOLD_SCORES
+
+
+def _chunks(total: int, per_item: int) -> list[slice]:
+    """Consecutive slices of range(total) of about WORK_ELEMENTS / per_item items (at least one)."""
+    size = max(1, WORK_ELEMENTS // max(per_item, 1))
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple[list[LayerRows], torch.Tensor]:
+    """The analysis of layers of one shape, their heads stacked layer after layer: H = layers x heads query heads,
+    G = layers x kv heads key/value heads (query head h reads kv head h // groups), and X token-vector sets (G value
+    sets, or one hidden-state set per layer), query head h reading set h // (H / X). Returns the layers' rows
+    (without the temperature sweep) and the scaled logits (H, R, L), -inf where hidden."""
+    first = layers[0]
+    n_queries, length = first.q.shape[2], first.k.shape[2]
+    rows = _picked_rows(first, rows)
     picked = slice(n_queries - rows, n_queries)
-    stats = kernels.attention_stats(layer.q[:1, :, picked], layer.k[:1], None, causal=layer.causal,
-                                    scale=layer.scale, topk=min(max(N_GRID), length))
-    visible_mask = layer.visible(picked)[0, 0]  # (R, L)
+    q = torch.cat([layer.q[0, :, picked] for layer in layers])  # (H, R, D)
+    k = torch.cat([layer.k[0] for layer in layers])  # (G, L, D)
+    n_heads, n_kv = q.shape[0], k.shape[0]
+    groups = n_heads // n_kv
+    stats = kernels.attention_stats(q[None], k[None], None, causal=first.causal, scale=first.scale,
+                                    topk=min(max(N_GRID), length))
+    visible_mask = first.visible(picked)[0, 0]  # (R, L)
     visible = visible_mask.sum(-1)  # (R,)
-    logits = layer.logits(rows=picked, dtype=torch.float64)[0]  # (H, R, L), -inf where hidden
+    visible_f = visible.double()
+    hidden_from = int(visible.min())  # keys before this are visible to every analysed row
+
+    k64 = k.double()
+    logits = torch.matmul(q.double().view(n_kv, groups * rows, -1), k64.transpose(1, 2)).view(n_heads, rows, length)
+    logits = logits.mul_(first.scale)
+    logits[..., hidden_from:].masked_fill_(~visible_mask[:, hidden_from:], -math.inf)  # (H, R, L)
     alpha = torch.softmax(logits, -1)
-    x, group = token_vectors(layer, hidden)
-    group_index = torch.tensor(group)
-    xh = x[group_index]  # (H, L, d)
-    norms_sq = (xh * xh).sum(-1)  # (H, L)
-    output = torch.matmul(alpha, xh)  # (H, R, d)
+    if hidden is None:
+        x = torch.cat([layer.v[0] for layer in layers]).double()  # (X = G, L, d)
+    else:  # the states of the layer's keys: a causal prefix keeps the first L
+        x = torch.stack([states[0, :length] for states in hidden]).double()  # (X = layers, L, d)
+    n_sets = x.shape[0]
+    per_set = n_heads // n_sets
+    of_head = torch.arange(n_heads) // per_set  # (H,) token-vector set of each head
+    norms_sq = (x * x).sum(-1)  # (X, L)
+    alpha_sq_norms = alpha**2 * norms_sq.repeat_interleave(per_set, 0)[:, None, :]  # (H, R, L): ||alpha_i x_i||^2
+
+    def dot_x(points: torch.Tensor) -> torch.Tensor:
+        """x_i . p for every key i and point p (H, R, ..., d): (H, R, ..., L), one matmul per token-vector set."""
+        shape = points.shape[:-1]
+        flat = points.reshape(n_sets, -1, points.shape[-1])
+        return torch.matmul(flat, x.transpose(1, 2)).view(*shape, length)
+
+    output = torch.matmul(alpha.view(n_sets, per_set * rows, length), x).view(n_heads, rows, -1)  # (H, R, d)
 
     # Corollary 1 band, Delta = ||q_t|| max_i ||k_i|| * scale.
-    q_norm = layer.q[0, :, picked].double().norm(dim=-1)  # (H, R)
-    k_norm = layer.k[0].double().norm(dim=-1)[[layer.kv_head(h) for h in range(layer.n_heads)]]  # (H, L)
-    k_max = k_norm[:, None, :].masked_fill(~visible_mask[None], -math.inf).amax(-1)  # (H, R)
-    delta = q_norm * k_max * layer.scale
+    q_norm = q.double().norm(dim=-1)  # (H, R)
+    k_max = k64.norm(dim=-1)[:, None, :].masked_fill(~visible_mask[None], -math.inf).amax(-1)  # (G, R)
+    delta = q_norm * k_max.repeat_interleave(groups, 0) * first.scale
     band_low = torch.exp(-2 * delta) / visible
     band_high = torch.exp(2 * delta) / visible
 
-    def distance_to(points: torch.Tensor) -> torch.Tensor:
-        """||alpha_i x_i - p|| for every key i and every point p (H, R, P, d): (H, R, P, L) via the square."""
-        cross = torch.matmul(points, xh[:, None].transpose(-1, -2))  # (H, R, P, L): x_i . p
-        squared = (alpha**2 * norms_sq[:, None, :])[:, :, None] - 2 * alpha[:, :, None] * cross
-        return squared.add_((points * points).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
-
-    n_values = tuple(n for n in N_GRID if n < int(visible.min()))
+    n_values = tuple(n for n in N_GRID if n < hidden_from)
     bound_ns = tuple(n for n in BOUND_NS if n in n_values)
     sizes = torch.tensor(n_values, dtype=torch.float64)  # (P,)
     largest = max(n_values, default=1)
     indices = stats.topk_indices[0][..., :largest]  # (H, R, K) by descending weight
     weights = alpha.gather(-1, indices)  # (H, R, K)
-    vectors = torch.stack([xh[h][indices[h]] for h in range(layer.n_heads)])  # (H, R, K, d)
-    last = [n - 1 for n in n_values]
-    s = (weights[..., None] * vectors).cumsum(2)[:, :, last]  # (H, R, P, d): s for every N at once
-    rank = torch.full_like(alpha, math.inf).scatter_(-1, indices, torch.arange(largest, dtype=torch.float64)
-                                                      .expand_as(weights).contiguous())  # (H, R, L)
-    chosen = rank[:, :, None, :] < sizes[:, None]  # (H, R, P, L): key in I_N
-    others = visible_mask[None, :, None, :] & ~chosen
-    distances = distance_to(s)  # (H, R, P, L)
-    d_sum = (distances * others).sum(-1)
+    vectors = x[of_head[:, None, None], indices]  # (H, R, K, d)
+    in_set = torch.arange(largest) < sizes[:, None]  # (P, K): rank k is in I_N
+    s = torch.matmul(weights[:, :, None, :] * in_set, vectors)  # (H, R, P, d): s for every N at once
+
+    # ||alpha_i x_i - s|| for every key, via the square (in place: these are the largest tensors); then the selected
+    # keys' own distances.
+    distances = dot_x(s).mul_(-2 * alpha[:, :, None]).add_(alpha_sq_norms[:, :, None])
+    distances = distances.add_((s * s).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()  # (H, R, P, L)
+    selected = distances.gather(-1, indices[:, :, None, :].expand(-1, -1, len(n_values), -1))  # (H, R, P, K)
+    distances[..., hidden_from:].masked_fill_(~visible_mask[:, None, hidden_from:], 0.0)
+    d_sum = distances.sum(-1) - (selected * in_set).sum(-1)  # over the visible keys outside I_N
+    distances[..., hidden_from:].masked_fill_(~visible_mask[:, None, hidden_from:], math.inf)
+    distances.scatter_(-1, indices[:, :, None, :].expand_as(selected), selected.masked_fill(in_set, math.inf))
+    radius = distances.amin(-1)  # (H, R, P): the nearest alpha_j x_j outside I_N
+    del distances
+    ratio = ((selected <= radius[..., None]) & in_set).sum(-1) / sizes
     d_norm = (output[:, :, None] - 2 * s).norm(dim=-1)
-    visible_f = visible.double()
-    centre = output[:, :, None] * (sizes / visible_f[:, None])[None, :, :, None]  # (N / L) o
-    expected = ((visible_f[:, None] - sizes) / visible_f[:, None]) * (distance_to(centre) * visible_mask[None, :, None]
-                                                                       ).sum(-1)
+
+    # Random-subset expectation: sum_i ||alpha_i x_i - c o|| with c = N / L, the square expanded in c.
+    c = sizes / visible_f[:, None]  # (R, P)
+    to_output = alpha * dot_x(output)  # (H, R, L): alpha_i x_i . o
+    spread = torch.mul(-2 * c[None, :, :, None], to_output[:, :, None]).add_(alpha_sq_norms[:, :, None])
+    spread = spread.add_((c * c)[None, :, :, None] * (output * output).sum(-1)[:, :, None, None])
+    spread = spread.clamp_min_(0).sqrt_()  # (H, R, P, L)
+    spread[..., hidden_from:].masked_fill_(~visible_mask[:, None, hidden_from:], 0.0)
+    expected = ((visible_f[:, None] - sizes) / visible_f[:, None]) * spread.sum(-1)
+    del spread
     expected_norm = (1 - 2 * sizes / visible_f[:, None]).abs() * output.norm(dim=-1)[..., None]
-    radius = distances.masked_fill(~others, math.inf).amin(-1)  # (H, R, P)
-    ratio = ((distances <= radius[..., None]) & chosen).sum(-1) / sizes
-    distances_between = SelectedDistances(x, group, indices)
-    separation = _separations(distances_between, indices, n_values)  # (H, R, P): delta of Theorem 2
+
+    top = max(bound_ns, default=0)
+    separation, between = _separations(vectors, norms_sq[of_head[:, None, None], indices], n_values, top)
     theorem2_low, theorem2_high = _theorem2(weights, vectors, sizes, radius, separation)
-    bound = torch.zeros(layer.n_heads, rows, len(bound_ns), dtype=torch.float64)
+    bound = torch.zeros(n_heads, rows, len(bound_ns), dtype=torch.float64)
     if bound_ns:
-        bound[:] = _theorem1(alpha, indices, visible_mask, visible_f, bound_ns, xh, distances_between)
+        d1 = _theorem1_d1(x, norms_sq, indices[..., :top], visible_mask, hidden_from, bound_ns, between)
+        bound[:] = _theorem1(d1, weights, vectors, visible_f, bound_ns)
 
-    result = LayerRows(
-        length=length, visible=visible.numpy(), max_weight=stats.max_weight[0].double().numpy(),
-        min_weight=alpha.masked_fill(~visible_mask[None], math.inf).amin(-1).numpy(),
-        entropy=stats.entropy[0].double().numpy(), sink_mass=stats.sink_mass[0].double().numpy(),
-        band_low=band_low.numpy(), band_high=band_high.numpy(), n_values=n_values, d_sum=d_sum.numpy(),
-        d_norm=d_norm.numpy(), expected=expected.numpy(), expected_norm=expected_norm.numpy(), ratio=ratio.numpy(),
-        theorem2_low=theorem2_low.numpy(), theorem2_high=theorem2_high.numpy(), bound_ns=bound_ns,
-        bound=bound.numpy(),
-    )
-    if temperature:
-        result.sensitivity, result.jacobian_norm = _temperature(logits, visible_mask, seed)
-    return result
-
-
-def _theorem1(alpha, indices, visible_mask, visible, bound_ns, xh, distances: SelectedDistances) -> torch.Tensor:
-    """(H, R, len(bound_ns)) (1 - a_N) d1 + [(L - N) a_N - (1 - a_N)] max_{j in I_N} ||x_j||, head by head."""
-    n_heads, rows, _ = alpha.shape
-    largest = max(bound_ns)
-    out = torch.zeros(n_heads, rows, len(bound_ns), dtype=torch.float64)
-    norms = xh.norm(dim=-1)  # (H, L)
-    for h in range(n_heads):
-        selected = indices[h, :, :largest]  # (R, n)
-        block = distances.rows(h, selected)  # (R, n, L): ||x_j - x_i|| for j selected, every i
-        block = block.masked_fill(~visible_mask[:, None, :], -math.inf)
-        done = 0
-        for column, n in enumerate(bound_ns):
-            block.scatter_(2, selected[:, None, done:n].expand(-1, largest, -1), -math.inf)  # i must be outside I_N
-            done = n
-            d1 = block[:, :n].amax((1, 2))  # (R,)
-            a_n = alpha[h].gather(-1, selected[:, :n]).sum(-1)
-            max_norm = norms[h].gather(-1, selected[:, :n].reshape(-1)).view(rows, n).amax(-1)
-            out[h, :, column] = (1 - a_n) * d1 + ((visible - n) * a_n - (1 - a_n)) * max_norm
-    return out
+    min_weight = alpha.masked_fill(~visible_mask[None], math.inf).amin(-1)
+    heads = first.n_heads
+    results = []
+    for index in range(len(layers)):
+        own = slice(index * heads, (index + 1) * heads)
+        results.append(LayerRows(
+            length=length, visible=visible.numpy(), max_weight=stats.max_weight[0, own].double().numpy(),
+            min_weight=min_weight[own].numpy(), entropy=stats.entropy[0, own].double().numpy(),
+            sink_mass=stats.sink_mass[0, own].double().numpy(), band_low=band_low[own].numpy(),
+            band_high=band_high[own].numpy(), n_values=n_values, d_sum=d_sum[own].numpy(),
+            d_norm=d_norm[own].numpy(), expected=expected[own].numpy(), expected_norm=expected_norm[own].numpy(),
+            ratio=ratio[own].numpy(), theorem2_low=theorem2_low[own].numpy(),
+            theorem2_high=theorem2_high[own].numpy(), bound_ns=bound_ns, bound=bound[own].numpy(),
+        ))
+    return results, logits
 
 
-def _separations(distances: SelectedDistances, indices, n_values) -> torch.Tensor:
-    """(H, R, len(n_values)) smallest distance between two vectors of I_N (0 for N = 1)."""
-    n_heads, rows, _ = indices.shape
-    out = torch.zeros(n_heads, rows, len(n_values), dtype=torch.float64)
-    if not n_values:
-        return out
-    largest = max(n_values)
-    for h in range(n_heads):
-        selected = indices[h, :, :largest]  # (R, n)
-        block = distances.among(h, selected)  # (R, n, n)
-        block = block + torch.diag(torch.full((largest,), math.inf, dtype=block.dtype))
-        for column, n in enumerate(n_values):
-            out[h, :, column] = block[:, :n, :n].amin((1, 2)) if n > 1 else 0.0
-    return out
+def _square_factors(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., m, d + 2) and (..., d + 2, n) whose product is ||a_i - b_j||^2 = ||a_i||^2 + ||b_j||^2 - 2 a_i . b_j:
+    [a, ||a||^2, 1] and [-2 b, 1, ||b||^2], so one matmul gives the squares without an (m, n) pass per term. In fp64
+    the squares come out slightly negative where rounding meets a_i = b_j."""
+    ones_a, ones_b = torch.ones_like(a_sq), torch.ones_like(b_sq)
+    left = torch.cat([a, a_sq[..., None], ones_a[..., None]], -1)
+    right = torch.cat([-2 * b, ones_b[..., None], b_sq[..., None]], -1)
+    return left, right.transpose(-1, -2)
+
+
+def _separations(vectors: torch.Tensor, norms_sq: torch.Tensor, n_values: Sequence[int], top: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, R, P) smallest distance between two vectors of I_N (0 for N = 1), and (H, R, B, B) the squared distances
+    among the top B = `top` keys (for Theorem 1; only entries [j, k] with j < k are meaningful, the rest is +inf),
+    from the selected vectors (H, R, K, d) and their squared norms (H, R, K).
+
+    Per chunk of heads, one matmul gives the squared distances among the top K, [b, a], with +inf wherever a is not
+    ranked above b; per key the smallest to a key ranked above it, a running minimum over ranks, and the root of the
+    P minima only."""
+    n_heads, rows, largest, dim = vectors.shape
+    separation = torch.zeros(n_heads, rows, len(n_values), dtype=torch.float64)
+    between = torch.empty(n_heads, rows, top, top, dtype=torch.float64)
+    above = torch.zeros(largest, largest, dtype=torch.float64).masked_fill_(
+        torch.ones(largest, largest, dtype=torch.bool).triu(), math.inf)  # (b, a): +inf unless a ranks above b
+    columns = [n - 1 for n in n_values if n > 1]
+    measured = [i for i, n in enumerate(n_values) if n > 1]
+    for part in _chunks(n_heads, rows * largest * largest):
+        left, right = _square_factors(vectors[part], norms_sq[part], vectors[part], norms_sq[part])
+        squared = torch.baddbmm(above, left.flatten(0, 1), right.flatten(0, 1)).view(-1, rows, largest, largest)
+        between[part] = squared[..., :top, :top].transpose(-1, -2)
+        if columns:
+            running = squared.amin(-1).cummin(-1).values  # (h, R, K): min over pairs within the first b + 1 ranks
+            separation[part, :, measured] = running[..., columns].clamp_min(0).sqrt()
+    return separation, between
+
+
+def _theorem1_d1(x, norms_sq, chosen, visible_mask, hidden_from, bound_ns, between) -> torch.Tensor:
+    """(H, R, len(bound_ns)) d1 = max_{j in I_N, i visible and not in I_N} ||x_i - x_j||, given each row's top
+    B = max(bound_ns) keys `chosen` (H, R, B) and the squared distances among them `between` (H, R, B, B), [j, k]
+    meaningful for j < k.
+
+    For a top-B key j of a row, the farthest visible key i outside the row's own top B is the farthest of two
+    candidates: the farthest key outside E (once per token-vector set, E = every key some row of its heads ranks in
+    its top B, and the keys hidden from some analysed row), and the farthest key in E that this row may use. Keys
+    the row itself ranks in [N, B) come from `between`. Squared distances from the union of the top-B keys to every
+    key are computed once per set, in fp64, for a chunk of sets at a time; the root is taken of the maxima only.
+    """
+    n_heads, rows, top = chosen.shape
+    n_sets, length, _ = x.shape
+    per_set = n_heads // n_sets
+    member = torch.zeros(n_sets, length, dtype=torch.bool)  # key in the union of the set's top-B keys
+    member.scatter_(1, chosen.reshape(n_sets, -1), True)
+    excluded = member.clone()  # E
+    excluded[:, hidden_from:] = True
+    per_set_work = int(member.sum(1).max()) * length + per_set * rows * top * int(excluded.sum(1).max())
+    beyond = torch.empty(n_heads, rows, top, dtype=torch.float64)  # over keys the row ranks >= B, squared
+    for sets in _chunks(n_sets, per_set_work):
+        heads = slice(sets.start * per_set, sets.stop * per_set)
+        beyond[heads] = _farthest_beyond(x[sets], norms_sq[sets], chosen[heads], member[sets], excluded[sets],
+                                         visible_mask)
+    out = []
+    for n in bound_ns:  # keys the row itself ranks in [N, B)
+        per_j = beyond[..., :n] if n == top else torch.maximum(beyond[..., :n], between[..., :n, n:].amax(-1))
+        out.append(per_j.amax(-1))
+    return torch.stack(out, -1).clamp_min_(0).sqrt_()
+
+
+def _farthest_beyond(x, norms_sq, chosen, member, excluded, visible_mask) -> torch.Tensor:
+    """(H, R, B): for each top-B key j of each row, max ||x_i - x_j||^2 over the keys i visible to the row and
+    outside its top B (see _theorem1_d1), for the X sets of x (X, L, d) and their H heads."""
+    n_heads, rows, top = chosen.shape
+    n_sets, length, _ = x.shape
+    per_set = n_heads // n_sets
+    # The union U of the top-B keys per set, padded to the largest union, in key order: the table's rows.
+    union_size = int(member.sum(1).max())
+    union = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :union_size]  # (X, U)
+    slot = torch.zeros(n_sets, length, dtype=torch.long).scatter_(
+        1, union, torch.arange(union_size).expand(n_sets, -1).contiguous())  # key -> its row of the table
+    union_vectors = x.gather(1, union[..., None].expand(-1, -1, x.shape[-1]))  # (X, U, d)
+    table = torch.matmul(*_square_factors(union_vectors, norms_sq.gather(1, union), x, norms_sq))  # (X, U, L)
+
+    excluded_size = int(excluded.sum(1).max())
+    keys_e = torch.argsort((~excluded).to(torch.int8), dim=1, stable=True)[:, :excluded_size]  # (X, E)
+    real_e = excluded.gather(1, keys_e)  # (X, E): False for padding
+    table_e = table.gather(2, keys_e[:, None, :].expand(-1, union_size, -1))  # (X, U, E)
+    outside = table.masked_fill_(excluded[:, None, :], -math.inf).amax(-1)  # (X, U): farthest key outside E
+
+    of_head = torch.arange(n_heads) // per_set
+    rows_of = slot.gather(1, chosen.reshape(n_sets, -1)).view(n_heads, rows, top)  # (H, R, B) table rows
+    set_of = of_head[:, None, None]
+    in_e = table_e[set_of, rows_of]  # (H, R, B, E): ||x_j - x_i||^2 for i in E
+    keys = keys_e[of_head][:, None, :].expand(-1, rows, -1)  # (H, R, E)
+    rank = torch.full((n_heads, rows, length), top, dtype=torch.long).scatter_(
+        -1, chosen, torch.arange(top).expand_as(chosen).contiguous())  # (H, R, L): rank, or B outside the top B
+    usable = rank.gather(-1, keys) >= top  # (H, R, E): outside the row's top B
+    usable &= visible_mask.expand(n_heads, -1, -1).gather(-1, keys) & real_e[of_head][:, None, :]
+    farthest_in_e = in_e.masked_fill_(~usable[:, :, None, :], -math.inf).amax(-1)  # (H, R, B)
+    return torch.maximum(outside[set_of, rows_of], farthest_in_e)
+
+
+def _theorem1(d1, weights, vectors, visible, bound_ns) -> torch.Tensor:
+    """(H, R, len(bound_ns)) (1 - a_N) d1 + [(L - N) a_N - (1 - a_N)] max_{j in I_N} ||x_j||."""
+    columns = [n - 1 for n in bound_ns]
+    a_n = weights.cumsum(-1)[..., columns]  # (H, R, nb)
+    max_norm = vectors.norm(dim=-1).cummax(-1).values[..., columns]
+    sizes = torch.tensor(bound_ns, dtype=torch.float64)
+    return (1 - a_n) * d1 + ((visible[:, None] - sizes) * a_n - (1 - a_n)) * max_norm
 
 
 def _theorem2(weights, vectors, sizes, radius, separation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,20 +438,76 @@ def _theorem2(weights, vectors, sizes, radius, separation) -> tuple[torch.Tensor
     return low, high
 
 
-def _temperature(logits: torch.Tensor, visible_mask: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random-direction sensitivity (H, R, eps, T) and the exact Jacobian norm (H, R, T) of softmax(l / T)."""
-    generator = torch.Generator().manual_seed(seed)
-    direction = torch.randn(logits.shape, generator=generator, dtype=torch.float64) * visible_mask[None]
+def softmax_jacobian_norm(p: torch.Tensor, iterations: int = 40) -> torch.Tensor:
+    """Largest eigenvalue of diag(p) - p p^T per row of p (..., L) (rows summing to 1).
+
+    The eigenvalues of a diagonal matrix minus a rank-one term interlace its diagonal, so the largest lies between
+    the two largest weights p_1 > p_2, where f(lambda) = 1 - p_1^2 / (p_1 - lambda) + sum_{i>1} p_i^2 / (lambda - p_i)
+    falls from +inf to -inf. Each step replaces the sum by the rational a + b / (lambda - p_2) with the sum's value
+    and slope at the current lambda (exact when p_2 is the only other weight), and solves the resulting quadratic in
+    (p_2, p_1): the "middle way" of Li (1993) for secular equations, converging in a few steps from anywhere in the
+    interval.
+    """
+    shape = p.shape[:-1]
+    p = p.reshape(-1, p.shape[-1])
+    if p.shape[-1] == 1:
+        return torch.zeros(shape, dtype=p.dtype)
+    top, where = torch.topk(p, 2, dim=-1)
+    first, second = top[:, 0], top[:, 1]
+    result = first.clone()  # a tie p_1 = p_2 is itself the eigenvalue
+    active = torch.nonzero(first > second).squeeze(-1)
+    rest = p[active].scatter(-1, where[active, :1], 0.0)  # every weight but the largest: the poles below lambda
+    # Weights below 1e-20 p_2 change the sum by less than its rounding; dropping them avoids subnormal arithmetic,
+    # and the columns left at 0 in every row add nothing.
+    rest = rest.masked_fill(rest < 1e-20 * second[active, None], 0.0)
+    rest = rest[:, (rest > 0).any(0)]
+    rest_sq = rest * rest
+    p1, p2 = first[active], second[active]
+    gap = p1 - p2
+    lam = p2 + gap / 2
+    for _ in range(iterations):
+        if active.numel() == 0:
+            break
+        inverse = (lam[:, None] - rest).reciprocal_()  # 1 / (lambda - p_i) > 0
+        terms = rest_sq * inverse
+        value = terms.sum(-1)  # sum_{i>1} p_i^2 / (lambda - p_i)
+        slope = terms.mul_(inverse).sum(-1)  # minus its derivative
+        u = lam - p2
+        b = slope * u * u  # the model a + b / (lambda - p_2) matches the sum's value and slope at lambda
+        a = 1 + value - b / u
+        # a + b / u' - p_1^2 / (gap - u') = 0 for u' = lambda' - p_2 in (0, gap): a u'^2 - c u' - b gap = 0
+        c = a * gap - b - p1 * p1
+        root = torch.sqrt(c * c + 4 * a * b * gap)
+        u_next = torch.where(c >= 0, (c + root) / (2 * a), 2 * b * gap / (root - c))
+        step = p2 + u_next
+        # b = 0: no other weight is large enough to matter, and the model is the equation itself
+        # Convergence is quadratic: after a relative move of 1e-9 the new lambda is exact to rounding. f itself is
+        # known only to about eps * p_1, so a move below that is as close as lambda gets (a nearly one-hot row).
+        move = (step - lam).abs()
+        done = (move <= 1e-9 * step) | (move <= EPS64 * p1) | (b == 0) | (u_next <= 0)
+        result[active[done]] = step[done]
+        keep = ~done
+        active, rest, rest_sq = active[keep], rest[keep], rest_sq[keep]
+        p1, p2, gap, lam = p1[keep], p2[keep], gap[keep], step[keep]
+    result[active] = lam
+    return result.view(shape)
+
+
+def _temperature(logits: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random-direction sensitivity (H, R, eps, T) and the exact Jacobian norm (H, R, T) of softmax(l / T), for
+    logits (H, R, L) and random directions (H, R, L) (zero on hidden keys; normalised here): every temperature at
+    once, for a chunk of heads at a time."""
     direction = direction / direction.norm(dim=-1, keepdim=True)
+    temperatures = torch.tensor(TEMPERATURES, dtype=torch.float64)[:, None, None, None]  # (T, 1, 1, 1)
     sensitivity = torch.zeros(*logits.shape[:2], len(EPSILONS), len(TEMPERATURES), dtype=torch.float64)
     jacobian = torch.zeros(*logits.shape[:2], len(TEMPERATURES), dtype=torch.float64)
-    for t_index, temperature in enumerate(TEMPERATURES):
-        p = torch.softmax(logits / temperature, -1)
-        jacobian[..., t_index] = softmax_jacobian_norm(p) / temperature
+    for part in _chunks(logits.shape[0], len(TEMPERATURES) * logits[0].numel()):
+        p = torch.softmax(logits[None, part] / temperatures, -1)  # (T, h, R, L)
+        jacobian[part] = (softmax_jacobian_norm(p) / temperatures[..., 0]).permute(1, 2, 0)
         for e_index, eps in enumerate(EPSILONS):
-            moved = torch.softmax((logits + eps * direction) / temperature, -1)
-            sensitivity[..., e_index, t_index] = (moved - p).norm(dim=-1) / eps
-    return sensitivity.numpy(), jacobian.numpy()
+            moved = torch.softmax((logits[part] + eps * direction[part])[None] / temperatures, -1)
+            sensitivity[part, :, e_index] = ((moved - p).norm(dim=-1) / eps).permute(1, 2, 0)
+    return sensitivity, jacobian
 
 
 # ---- summaries: means over analysed rows, then over windows -------------------------------------------------------
@@ -452,33 +639,20 @@ def text_windows(ids: torch.Tensor, settings: Settings) -> list[torch.Tensor]:
 def analyse_capture(capture, length: int, settings: Settings, *, temperature: bool) -> LengthSummary:
     """Every captured layer at context length `length`: a prefix of a causal capture, or the whole of a
     bidirectional one (which must then have been run on exactly `length` tokens)."""
-    layers = []
+    layers, hidden = [], []
     for index in sorted(capture.layers):
         layer = capture.layer(index)
         if layer.causal:
             layer = layer.prefix(length)
         elif layer.q.shape[2] != length:
             raise ValueError(f"A bidirectional capture of {layer.q.shape[2]} tokens cannot stand for {length}.")
-        hidden = None
+        layers.append(layer)
         if settings.vectors == "hidden":
             if capture.hidden_states is None:
                 raise ValueError("Hidden-state vectors need a capture run with hidden_states=True.")
-            hidden = capture.hidden_states[index]  # token_vectors keeps the layer's first `length` keys
-        layers.append(analyse_layer(layer, rows=settings.rows, hidden=hidden, temperature=temperature,
-                                    seed=index))
-    return summarise(layers)
-
-
-@dataclass
-class Sweep:
-    lengths: list[int]
-    summaries: list[LengthSummary]  # per length, averaged over windows
-
-    def critical(self, reading: str, definition: str = "first") -> list[int | None]:
-        """Per length, the critical N for reading "d_sum" or "d_norm" and definition "first" or "stable"
-        (see critical_n; None: not within the N measured)."""
-        which = {"first": 0, "stable": 1}[definition]
-        return [critical_for(summary, reading)[which] for summary in self.summaries]
+            hidden.append(capture.hidden_states[index])  # the layer's input; its first `length` states are used
+    return summarise(analyse_layers(layers, rows=settings.rows, hidden=hidden or None, temperature=temperature,
+                                    seeds=sorted(capture.layers)))
 
 
 def critical_for(summary: LengthSummary, reading: str) -> tuple[int | None, int | None, np.ndarray]:
@@ -486,24 +660,3 @@ def critical_for(summary: LengthSummary, reading: str) -> tuple[int | None, int 
     n = len(summary.n_values)
     expected = summary.expected if reading == "d_sum" else summary.expected_norm
     return critical_n(getattr(summary, reading).reshape(-1, n), expected.reshape(-1, n), summary.n_values)
-
-
-def run_sweep(model: torch.nn.Module, ids: torch.Tensor, settings: Settings, *, causal: bool,
-              progress=None) -> Sweep:
-    """The whole sweep without a UI: progress(done, total, message) after each (window, length)."""
-    from attnscope.capture import run_with_capture
-
-    windows = text_windows(ids, settings)
-    lengths = length_grid(windows[0].shape[1])
-    per_length: dict[int, list[LengthSummary]] = {length: [] for length in lengths}
-    total, done = len(windows) * len(lengths), 0
-    hidden = settings.vectors == "hidden"
-    for window in windows:
-        capture = run_with_capture(model, window, hidden_states=hidden) if causal else None
-        for length in lengths:
-            run = capture if causal else run_with_capture(model, window[:, :length], hidden_states=hidden)
-            per_length[length].append(analyse_capture(run, length, settings, temperature=length == lengths[-1]))
-            done += 1
-            if progress is not None:
-                progress(done, total, f"window {len(per_length[length])}/{len(windows)}, L = {length}")
-    return Sweep(lengths=lengths, summaries=[average_windows(per_length[length]) for length in lengths])

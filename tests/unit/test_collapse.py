@@ -140,3 +140,109 @@ def test_hidden_states_as_token_vectors():
         alpha /= alpha.sum()
         expected = _reference_row(alpha, hidden[0].double().numpy(), 5)
         assert rows.d_sum[h, 1, rows.n_values.index(5)] == pytest.approx(expected["d_sum"], rel=1e-6)
+
+
+# ---- the fast paths against what they replaced ----------------------------------------------------------------------
+
+# Means of the L = 96 summary (rows 6, temperature on) of each tiny model on its random ids, recorded with the
+# implementation at commit efb04f4 (layer by layer, head by head, the Jacobian norm by Newton steps and bisection),
+# before layers were folded and the distances of Theorems 1 and 2 reorganised. max_weight, entropy and sink_mass come
+# from the fp32 attention_stats kernel and are compared to fp32 precision, the rest (fp64) to 1e-9.
+FP32_FIELDS = ("max_weight", "entropy", "sink_mass")
+RECORDED = {
+    ("llama", "values"): {
+        "max_weight": 0.01117129486778544, "entropy": 4.537617528880083, "sink_mass": 0.010685306775418145,
+        "d_sum": 1.4288683961385873, "d_norm": 0.0733403610753113, "expected": 0.8884680387748667,
+        "expected_norm": 0.06220428717461648, "ratio": 0.22737364969135804, "theorem2_low": -1.607108408126273,
+        "theorem2_high": 0.9825849784232251, "bound": 4.641773480687105, "sensitivity": 1.158011652954991,
+        "jacobian_norm": 19.388209472692047, "counts": (432, 0, 0)},
+    ("gpt2", "hidden"): {
+        "max_weight": 0.0109040310813321, "entropy": 4.537754005855984, "sink_mass": 0.010680357899723781,
+        "d_sum": 0.5805090904972628, "d_norm": 0.022317630763963845, "expected": 0.24250567883454976,
+        "expected_norm": 0.014086377100447535, "ratio": 0.7017751736111111, "theorem2_low": -0.8383444265755045,
+        "theorem2_high": 0.9880895566117714, "bound": 1.603233190346474, "sensitivity": 1.3770552535319083,
+        "jacobian_norm": 26.01703250232847, "counts": (288, 0, 0)},
+    ("bert", "values"): {
+        "max_weight": 0.010668410221114755, "entropy": 4.564301053682963, "sink_mass": 0.010380798465727517,
+        "d_sum": 2.064707810246878, "d_norm": 0.1457637497383843, "expected": 1.817285656840277,
+        "expected_norm": 0.14319645900620262, "ratio": 0.16716145833333332, "theorem2_low": -0.2500025239902819,
+        "theorem2_high": 0.9968344801983623, "bound": 3.533151100812026, "sensitivity": 1.2457634840449368,
+        "jacobian_norm": 22.86762612848442, "counts": (192, 0, 0)},
+}
+
+
+def _tiny_capture(family: str, length: int = 96):
+    from attnscope.capture import run_with_capture
+    from tests.unit.tiny_models import VOCAB, build
+
+    ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(1))
+    return run_with_capture(build(family), ids, hidden_states=True)
+
+
+@pytest.mark.parametrize("family, vectors", list(RECORDED), ids=[f"{f}-{v}" for f, v in RECORDED])
+def test_numbers_recorded_before_the_rewrite_are_unchanged(family, vectors):
+    settings = collapse.Settings(max_length=96, windows=1, rows=6, vectors=vectors)
+    summary = collapse.analyse_capture(_tiny_capture(family), 96, settings, temperature=True)
+    recorded = RECORDED[family, vectors]
+    for name, value in recorded.items():
+        if name == "counts":
+            assert (summary.bound_rows, summary.bound_violations, summary.corollary_violations) == value
+        else:
+            assert getattr(summary, name).mean() == pytest.approx(value, rel=1e-6 if name in FP32_FIELDS else 1e-9), \
+                name
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("vectors", ["values", "hidden"])
+def test_layers_analysed_together_equal_each_alone(family, vectors):
+    """Folding layers into one batch of heads (and the temperature sweep over all of them) changes nothing: GPT-2's
+    scale differs per layer, so it is never folded; the others are."""
+    capture = _tiny_capture(family)
+    order = sorted(capture.layers)
+    hidden = [capture.hidden_states[i] for i in order] if vectors == "hidden" else None
+    together = collapse.analyse_layers([capture.layer(i) for i in order], rows=5, hidden=hidden, temperature=True,
+                                       seeds=order)
+    for index, rows in zip(order, together):
+        alone = collapse.analyse_layer(capture.layer(index), rows=5, temperature=True, seed=index,
+                                       hidden=None if hidden is None else hidden[index])
+        for field in ("max_weight", "entropy", "d_sum", "d_norm", "expected", "ratio", "theorem2_low", "bound",
+                      "sensitivity", "jacobian_norm"):
+            np.testing.assert_allclose(getattr(rows, field), getattr(alone, field), rtol=1e-12, atol=1e-15,
+                                       err_msg=field)
+
+
+def test_farthest_key_outside_the_top_b_by_brute_force():
+    """Theorem 1's d1 through the union table (keys outside every row's top B, keys some other row ranks high, keys
+    hidden from later rows) against the definition, with top-B sets drawn from a pool so that the part outside E is
+    not empty."""
+    generator = torch.Generator().manual_seed(4)
+    n_heads, rows, length, top, dim = 4, 3, 300, 20, 6
+    x = torch.randn(2, length, dim, generator=generator, dtype=torch.float64)  # two sets of two heads
+    chosen = torch.stack([torch.randperm(120, generator=generator)[:top] for _ in range(n_heads * rows)])
+    chosen = chosen.view(n_heads, rows, top)
+    visible_mask = torch.ones(rows, length, dtype=torch.bool).tril(length - rows)  # causal, bottom-right aligned
+    bound_ns = (1, 5, 10, 20)
+    norms_sq = (x * x).sum(-1)
+    vectors = x[(torch.arange(n_heads) // 2)[:, None, None], chosen]
+    between = torch.cdist(vectors, vectors) ** 2  # squared, as _separations gives them
+    got = collapse._theorem1_d1(x, norms_sq, chosen, visible_mask, int(visible_mask.sum(-1).min()), bound_ns,
+                                between)
+    for h in range(n_heads):
+        for r in range(rows):
+            points = x[h // 2]
+            for column, n in enumerate(bound_ns):
+                inside = chosen[h, r, :n]
+                outside = [i for i in range(length) if visible_mask[r, i] and i not in inside.tolist()]
+                expected = torch.cdist(points[inside], points[outside]).max()
+                assert got[h, r, column] == pytest.approx(float(expected), rel=1e-12), (h, r, n)
+
+
+def test_jacobian_norm_on_peaked_flat_and_tied_rows():
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 300, generator=generator, dtype=torch.float64) * 4
+    logits[1, :2] = 50.0  # a tie at the top
+    logits[2, 0] = 900.0  # one-hot at every temperature
+    for temperature in (1e-3, 1e-2, 0.1, 1.0, 100.0):
+        p = torch.softmax(logits / temperature, -1)
+        dense = [np.linalg.eigvalsh(np.diag(row) - np.outer(row, row)).max() for row in p.numpy()]
+        np.testing.assert_allclose(collapse.softmax_jacobian_norm(p).numpy(), dense, rtol=1e-9, atol=1e-15)
