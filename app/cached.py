@@ -18,7 +18,6 @@ import threading
 
 import streamlit as st
 
-from attnscope.analyses import collapse
 from attnscope.capture import Capture, run_with_capture
 from attnscope.hosting import Policy, upload_limit_mismatch
 from attnscope.api import Model
@@ -67,27 +66,6 @@ def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
 
 
 
-@st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
-def collapse_capture(spec: ModelSpec, text: str, settings: collapse.Settings, window: int,
-                     length: int | None) -> Capture:
-    """One window's capture: the whole window (decoders, length None) or its first `length` tokens (encoders).
-
-    One at a time: a 2048-token capture holds a few hundred MB, and the units below are cached on their own."""
-    tokens = get_tokens(spec, text, Cut(settings.windows * settings.max_length))
-    ids = collapse.text_windows(tokens.as_tensor(), settings)[window]
-    if length is not None:
-        ids = ids[:, :length]
-    model = get_model(spec).model
-    with model_lock(spec):
-        return run_with_capture(model, ids, hidden_states=settings.vectors == "hidden")
-
-
-@st.cache_data(show_spinner=False, max_entries=512)
-def collapse_unit(spec: ModelSpec, text: str, settings: collapse.Settings, window: int, length: int,
-                  temperature: bool) -> collapse.LengthSummary:
-    causal = get_model(spec).kind == "decoder"
-    capture = collapse_capture(spec, text, settings, window, None if causal else length)
-    return collapse.analyse_capture(capture, length, settings, temperature=temperature)
 
 
 # ---- the studies' units, through Streamlit's caches ----------------------------------------------------------------
