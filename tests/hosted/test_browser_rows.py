@@ -81,8 +81,6 @@ def test_row3_a_jsonl_of_tiny_prompts_fills_the_library_to_its_limit(browser, ho
     upload(page, str(path))
     page.get_by_text("Library (200)").first.wait_for(timeout=60_000)
     page.get_by_text("only the first 200 prompts were taken").first.wait_for(timeout=30_000)
-    page.get_by_role("button", name="Run over the 20 prompt(s)").wait_for(timeout=30_000)
-    page.get_by_text("A batch runs the first 20 prompts of the library").wait_for(timeout=30_000)
 
     # Another file on a full library is refused and changes nothing already loaded.
     more = tmp_path / "more.txt"
@@ -90,6 +88,11 @@ def test_row3_a_jsonl_of_tiny_prompts_fills_the_library_to_its_limit(browser, ho
     upload(page, str(more))
     page.get_by_text("library is full", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("Library (200)").first.wait_for(timeout=30_000)
+
+    # A batch runs at most the deployment's 20 prompts.
+    page.get_by_role("link", name="Batch").click()
+    page.get_by_role("button", name="Run over the 20 prompt(s)").wait_for(timeout=60_000)
+    page.get_by_text("A batch runs the first 20 prompts of the library").wait_for(timeout=30_000)
     page.close()
 
 
@@ -134,6 +137,7 @@ def test_row4_prompt_and_file_names_are_shown_literally(browser, hosted, tmp_pat
     page.get_by_role("option").first.wait_for(timeout=30_000)
     assert name[:70] in page.get_by_role("option").first.inner_text()  # names are cut at 80 characters
     page.keyboard.press("Escape")
+    page.get_by_role("link", name="Batch").click()
     page.get_by_role("button", name="Run over the 1 prompt(s)").click()
     page.locator(".js-plotly-plot .gtitle", has_text="mean over 1 prompt").wait_for(timeout=120_000)
     assert page.locator(f"a[href*='{EVIL}']").count() == 0, "a name became a link"
