@@ -1,6 +1,7 @@
 """Context collapse: paper B's figures on the chosen model and a long text, with the theory drawn over the data.
 
-Layout only: the widgets, attnscope.studies.collapse.run through the app's Source, and what its result says and draws."""
+Layout only: the widgets, attnscope.studies.collapse.run through the app's Source, and what its result says and
+draws."""
 
 import streamlit as st
 
