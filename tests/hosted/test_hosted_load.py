@@ -46,9 +46,16 @@ def _short_text(i: int) -> str:
 
 
 async def _map_csv(page) -> pd.DataFrame:
-    async with page.expect_download(timeout=BUDGET_S * 1000) as download:
-        await page.get_by_role("button", name="Data as CSV").first.click()
-    return pd.read_csv(io.BytesIO(open(await (await download.value).path(), "rb").read()))
+    """The shown map's CSV. A rerun that lands while the browser fetches the file cancels the download (Streamlit
+    replaces the file); the map is unchanged, so the button is pressed again, at most three times."""
+    for attempt in range(3):
+        async with page.expect_download(timeout=BUDGET_S * 1000) as download:
+            await page.get_by_role("button", name="Data as CSV").first.click()
+        try:
+            return pd.read_csv(io.BytesIO(open(await (await download.value).path(), "rb").read()))
+        except Exception as error:  # playwright's Error("Download.path: canceled")
+            if "canceled" not in str(error) or attempt == 2:
+                raise
 
 
 async def _no_exception(page, who: str) -> None:
