@@ -112,3 +112,25 @@ def test_cli_errors_are_one_sentence_and_an_exit_status(tmp_path):
     assert bad_out.returncode == 1 and "must end in .json, .csv, .parquet or .html" in bad_out.stderr
     no_text = _cli("stats", "--quiet")
     assert no_text.returncode == 1 and "Give a text" in no_text.stderr
+
+
+def test_cli_taylor_and_collapse_equal_the_api(model, tmp_path):
+    taylor = attnscope.taylor(model, TEXT, max_order=3, n_tokens=16)
+    done = _cli("taylor", "--text", TEXT, "--max-order", "3", "--n-tokens", "16", "--out",
+                str(tmp_path / "taylor.json"), "--quiet", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    again = attnscope.open(tmp_path / "taylor.json")
+    for name, error in taylor.sweep.error.items():
+        np.testing.assert_array_equal(again.sweep.error[name], error)
+    assert [f.text() for f in again.findings()] == [f.text() for f in taylor.findings()]
+
+    collapse = attnscope.collapse(model, max_length=64, windows=1, rows=4)
+    done = _cli("collapse", "--max-length", "64", "--windows", "1", "--rows", "4", "--out",
+                str(tmp_path / "collapse.json"), "--quiet", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    again = attnscope.open(tmp_path / "collapse.json")
+    assert list(again.lengths) == list(collapse.lengths)
+    for ours, theirs in zip(again.summaries, collapse.summaries):
+        np.testing.assert_array_equal(ours.max_weight, theirs.max_weight)
+        np.testing.assert_array_equal(ours.d_sum, theirs.d_sum)
+    assert [f.text() for f in again.findings()] == [f.text() for f in collapse.findings()]
