@@ -123,7 +123,6 @@ def main() -> None:
         name, n_tokens, threads = args.child
         print(json.dumps(child(name, int(n_tokens), int(threads))))
         return
-    comparisons = [compare(args.tokens, args.rounds, threads) for threads in args.threads]
     import transformers
 
     results = {
@@ -136,15 +135,16 @@ def main() -> None:
         "model": "smollm2-135m",
         "tokens": args.tokens,
         "rounds": args.rounds,
-        "comparisons": comparisons,
+        "comparisons": [],
     }
+    out = ROOT / "benchmarks" / "results" / "engine-cpu.json"
+    for threads in args.threads:
+        results["comparisons"].append(compare(args.tokens, args.rounds, threads))
+        if args.tokens == 8192:  # after every thread count, so a long run that is cut short keeps what it measured
+            out.write_text(json.dumps(results, indent=1) + "\n")
+            print(f"written to {out.relative_to(ROOT)}")
     if args.tokens != 8192:
         print(json.dumps(results, indent=1))
-        return
-    out = ROOT / "benchmarks" / "results" / "engine-cpu.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"written to {out.relative_to(ROOT)}")
-
 
 if __name__ == "__main__":
     main()
