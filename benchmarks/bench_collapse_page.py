@@ -2,7 +2,8 @@
 
 What the page runs is attnscope.studies.collapse.run through the dashboard's Source; here the same run goes through a
 Source that times each forward pass (run_ids) and each unit, so one run gives both numbers on the same machine at the
-same moment (on a shared machine the two move together). Default sweep: the built-in document (pydoc_data.topics),
+same moment. On a shared machine other work slows both, the analysis (many medium-sized operations) more than the
+forward passes; the load average before and after is recorded. Default sweep: the built-in document (pydoc_data.topics),
 3 consecutive windows of 2048 tokens, context lengths 32..2048, the last 8 query positions of each window, all
 30 layers x 9 heads, value vectors; one forward pass per window, then every length's analysis from its prefixes.
 The target is analysis time <= 2x the forward time.
@@ -86,11 +87,13 @@ def main() -> None:
     def progress(fraction, message):
         print(f"  {fraction:5.1%} {message} ({time.perf_counter() - start:.1f} s)", flush=True)
 
+    load_before = os.getloadavg()
     start = time.perf_counter()
     result = study.run(source, None, max_length=args.max_length, windows=args.windows, rows=args.rows,
                        vectors=args.vectors, progress=progress)
     seconds = time.perf_counter() - start
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    load_after = os.getloadavg()
     forward, passes = sum(source.forward_seconds), len(source.forward_seconds)
     analysis_seconds = sum(source.analysis_seconds.values())
     per_window = [round(a / f, 2) for f, a in zip(source.forward_seconds, source.per_window())]
@@ -105,6 +108,7 @@ def main() -> None:
         "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                   f"torch {torch.__version__}, {torch.get_num_threads()} threads)",
         "model": "smollm2-135m",
+        "load_average_before_after": [load_before, load_after],  # the machine is shared: other work slows both
         "settings": {key: getattr(args, key) for key in ("max_length", "windows", "rows", "vectors")},
         "lengths": list(result.lengths),
         "seconds": seconds,

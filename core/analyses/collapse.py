@@ -169,10 +169,14 @@ def analyse_layers(layers: Sequence[LayerCapture], *, rows: int, hidden: Sequenc
     return out
 
 
-WORK_ELEMENTS = 2**20  # largest work tensor: (heads, rows, N, L) of a fold, (heads, rows, K, K) of a chunk; 8 MB
+# Elements of the largest work tensor: (heads, rows, N, L) of a fold, (heads, rows, block, K) or (sets, U, L) of a
+# chunk. 8 MB in fp64: of 2^19 to 2^23, the fastest on the default sweep (larger tensors leave the cache and are
+# allocated fresh from the system, page by page).
+WORK_ELEMENTS = 2**20
 # fp32 scores of one fold's analysed rows: half a chunk of the attention_stats torch path, so the rows of a fold stay
 # in one chunk and their keys are ranked exactly as with the layer alone (ties among underflowed weights included)
 FOLD_SCORES = CHUNK_BYTES // 8
+SEPARATION_BLOCK = 64  # keys per block of _separations: the smaller, the closer its work comes to half the pairs
 
 
 def _picked_rows(layer: LayerCapture, rows: int) -> int:
@@ -257,13 +261,15 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     largest = max(n_values, default=1)
     indices = stats.topk_indices[0][..., :largest]  # (H, R, K) by descending weight
     weights = alpha.gather(-1, indices)  # (H, R, K)
-    vectors = x[of_head[:, None, None], indices]  # (H, R, K, d)
+    left_x, right_x = _square_factors(x, norms_sq)  # (X, L, d + 2) each
+    selected_left, selected_right = _rows_of(left_x, of_head, indices), _rows_of(right_x, of_head, indices)
+    vectors = selected_left[..., :x.shape[-1]]  # (H, R, K, d)
     in_set = torch.arange(largest) < sizes[:, None]  # (P, K): rank k is in I_N
     s = torch.matmul(weights[:, :, None, :] * in_set, vectors)  # (H, R, P, d): s for every N at once
 
     # ||alpha_i x_i - s|| for every key, via the square (in place: these are the largest tensors); then the selected
     # keys' own distances.
-    distances = dot_x(s).mul_(-2 * alpha[:, :, None]).add_(alpha_sq_norms[:, :, None])
+    distances = torch.addcmul(alpha_sq_norms[:, :, None], dot_x(s), alpha[:, :, None], value=-2)
     distances = distances.add_((s * s).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()  # (H, R, P, L)
     selected = distances.gather(-1, indices[:, :, None, :].expand(-1, -1, len(n_values), -1))  # (H, R, P, K)
     distances[..., hidden_from:].masked_fill_(~visible_mask[:, None, hidden_from:], 0.0)
@@ -278,7 +284,7 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     # Random-subset expectation: sum_i ||alpha_i x_i - c o|| with c = N / L, the square expanded in c.
     c = sizes / visible_f[:, None]  # (R, P)
     to_output = alpha * dot_x(output)  # (H, R, L): alpha_i x_i . o
-    spread = torch.mul(-2 * c[None, :, :, None], to_output[:, :, None]).add_(alpha_sq_norms[:, :, None])
+    spread = torch.addcmul(alpha_sq_norms[:, :, None], c[None, :, :, None], to_output[:, :, None], value=-2)
     spread = spread.add_((c * c)[None, :, :, None] * (output * output).sum(-1)[:, :, None, None])
     spread = spread.clamp_min_(0).sqrt_()  # (H, R, P, L)
     spread[..., hidden_from:].masked_fill_(~visible_mask[:, None, hidden_from:], 0.0)
@@ -287,11 +293,11 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     expected_norm = (1 - 2 * sizes / visible_f[:, None]).abs() * output.norm(dim=-1)[..., None]
 
     top = max(bound_ns, default=0)
-    separation, between = _separations(vectors, norms_sq[of_head[:, None, None], indices], n_values, top)
+    separation, between = _separations(selected_left, selected_right, n_values, top)
     theorem2_low, theorem2_high = _theorem2(weights, vectors, sizes, radius, separation)
     bound = torch.zeros(n_heads, rows, len(bound_ns), dtype=torch.float64)
     if bound_ns:
-        d1 = _theorem1_d1(x, norms_sq, indices[..., :top], visible_mask, hidden_from, bound_ns, between)
+        d1 = _theorem1_d1(left_x, right_x, indices[..., :top], visible_mask, hidden_from, bound_ns, between)
         bound[:] = _theorem1(d1, weights, vectors, visible_f, bound_ns)
 
     min_weight = alpha.masked_fill(~visible_mask[None], math.inf).amin(-1)
@@ -311,47 +317,61 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     return results, logits
 
 
-def _square_factors(a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., m, d + 2) and (..., d + 2, n) whose product is ||a_i - b_j||^2 = ||a_i||^2 + ||b_j||^2 - 2 a_i . b_j:
-    [a, ||a||^2, 1] and [-2 b, 1, ||b||^2], so one matmul gives the squares without an (m, n) pass per term. In fp64
-    the squares come out slightly negative where rounding meets a_i = b_j."""
-    ones_a, ones_b = torch.ones_like(a_sq), torch.ones_like(b_sq)
-    left = torch.cat([a, a_sq[..., None], ones_a[..., None]], -1)
-    right = torch.cat([-2 * b, ones_b[..., None], b_sq[..., None]], -1)
-    return left, right.transpose(-1, -2)
+def _rows_of(table: torch.Tensor, of_head: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """table[of_head[h], indices[h, ...]] for a table (X, n, w), head sets of_head (H,) and indices (H, ...) into
+    n: (H, ..., w), by one index_select on the flattened table (much faster than advanced indexing)."""
+    flat = (of_head.view(-1, *[1] * (indices.dim() - 1)) * table.shape[1] + indices).reshape(-1)
+    return table.reshape(-1, table.shape[-1]).index_select(0, flat).view(*indices.shape, table.shape[-1])
 
 
-def _separations(vectors: torch.Tensor, norms_sq: torch.Tensor, n_values: Sequence[int], top: int
+def _square_factors(x: torch.Tensor, norms_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[x, ||x||^2, 1] and [-2 x, 1, ||x||^2] (..., n, d + 2): the product of a row of the first with a row of the
+    second is ||x_a - x_b||^2 = ||x_a||^2 + ||x_b||^2 - 2 x_a . x_b, so one matmul gives the squares without an
+    (m, n) pass per term. In fp64 the squares come out slightly negative where rounding meets x_a = x_b."""
+    ones = torch.ones_like(norms_sq)[..., None]
+    return torch.cat([x, norms_sq[..., None], ones], -1), torch.cat([-2 * x, ones, norms_sq[..., None]], -1)
+
+
+def _separations(left: torch.Tensor, right: torch.Tensor, n_values: Sequence[int], top: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(H, R, P) smallest distance between two vectors of I_N (0 for N = 1), and (H, R, B, B) the squared distances
-    among the top B = `top` keys (for Theorem 1; only entries [j, k] with j < k are meaningful, the rest is +inf),
-    from the selected vectors (H, R, K, d) and their squared norms (H, R, K).
+    among the top B = `top` keys (for Theorem 1; only entries [j, k] with j < k are meaningful), from the selected
+    vectors' square factors left, right (H, R, K, d + 2) (_square_factors).
 
-    Per chunk of heads, one matmul gives the squared distances among the top K, [b, a], with +inf wherever a is not
-    ranked above b; per key the smallest to a key ranked above it, a running minimum over ranks, and the root of the
-    P minima only."""
-    n_heads, rows, largest, dim = vectors.shape
+    Per key b, the smallest squared distance to a key a ranked above it, then a running minimum over ranks; the
+    root is taken of the P minima only. The squares come from one matmul per block of SEPARATION_BLOCK keys b
+    against the keys ranked above the block's end, so a little over half of the K x K pairs are computed."""
+    n_heads, rows, largest, _ = left.shape
     separation = torch.zeros(n_heads, rows, len(n_values), dtype=torch.float64)
-    between = torch.empty(n_heads, rows, top, top, dtype=torch.float64)
-    above = torch.zeros(largest, largest, dtype=torch.float64).masked_fill_(
-        torch.ones(largest, largest, dtype=torch.bool).triu(), math.inf)  # (b, a): +inf unless a ranks above b
+    between = torch.full((n_heads, rows, top, top), math.inf, dtype=torch.float64)  # [k, j], transposed at the end
+    nearest_above = torch.empty(n_heads, rows, largest, dtype=torch.float64)  # min over a < b of ||x_a - x_b||^2
+    block = min(SEPARATION_BLOCK, largest)
+    within = torch.zeros(block, block, dtype=torch.float64).masked_fill_(
+        torch.ones(block, block, dtype=torch.bool).triu(), math.inf)  # (b, a) in one block: +inf unless a < b
+    for part in _chunks(n_heads, rows * block * largest):
+        b_side, a_side = left[part].flatten(0, 1), right[part].flatten(0, 1).transpose(1, 2)
+        for start in range(0, largest, block):
+            stop = min(start + block, largest)
+            squared = torch.bmm(b_side[:, start:stop], a_side[:, :, :stop]).view(-1, rows, stop - start, stop)  # [b, a]
+            nearest = (squared[..., start:] + within[:stop - start, :stop - start]).amin(-1)
+            if start:
+                nearest = torch.minimum(nearest, squared[..., :start].amin(-1))
+            nearest_above[part, :, start:stop] = nearest
+            if start < top:
+                end = min(stop, top)
+                between[part, :, start:end, :end] = squared[:, :, :end - start, :end]
     columns = [n - 1 for n in n_values if n > 1]
-    measured = [i for i, n in enumerate(n_values) if n > 1]
-    for part in _chunks(n_heads, rows * largest * largest):
-        left, right = _square_factors(vectors[part], norms_sq[part], vectors[part], norms_sq[part])
-        squared = torch.baddbmm(above, left.flatten(0, 1), right.flatten(0, 1)).view(-1, rows, largest, largest)
-        between[part] = squared[..., :top, :top].transpose(-1, -2)
-        if columns:
-            running = squared.amin(-1).cummin(-1).values  # (h, R, K): min over pairs within the first b + 1 ranks
-            separation[part, :, measured] = running[..., columns].clamp_min(0).sqrt()
-    return separation, between
+    if columns:
+        running = nearest_above.cummin(-1).values  # (H, R, K): min over pairs within the first b + 1 ranks
+        separation[..., [i for i, n in enumerate(n_values) if n > 1]] = running[..., columns].clamp_min(0).sqrt()
+    return separation, between.transpose(-1, -2)
 
 
-def _theorem1_d1(x, norms_sq, chosen, visible_mask, hidden_from, bound_ns, between) -> torch.Tensor:
+def _theorem1_d1(left_x, right_x, chosen, visible_mask, hidden_from, bound_ns, between) -> torch.Tensor:
     """(H, R, len(bound_ns)) d1 = max_{j in I_N, i visible and not in I_N} ||x_i - x_j||, given each row's top
-    B = max(bound_ns) keys `chosen` (H, R, B) and the squared distances among them `between` (H, R, B, B), [j, k]
-    meaningful for j < k.
+    B = max(bound_ns) keys `chosen` (H, R, B), the square factors of the token vectors left_x, right_x (X, L, d + 2)
+    (_square_factors) and the squared distances among the chosen keys `between` (H, R, B, B), [j, k] meaningful for
+    j < k.
 
     For a top-B key j of a row, the farthest visible key i outside the row's own top B is the farthest of two
     candidates: the farthest key outside E (once per token-vector set, E = every key some row of its heads ranks in
@@ -360,7 +380,7 @@ def _theorem1_d1(x, norms_sq, chosen, visible_mask, hidden_from, bound_ns, betwe
     key are computed once per set, in fp64, for a chunk of sets at a time; the root is taken of the maxima only.
     """
     n_heads, rows, top = chosen.shape
-    n_sets, length, _ = x.shape
+    n_sets, length, _ = left_x.shape
     per_set = n_heads // n_sets
     member = torch.zeros(n_sets, length, dtype=torch.bool)  # key in the union of the set's top-B keys
     member.scatter_(1, chosen.reshape(n_sets, -1), True)
@@ -370,7 +390,7 @@ def _theorem1_d1(x, norms_sq, chosen, visible_mask, hidden_from, bound_ns, betwe
     beyond = torch.empty(n_heads, rows, top, dtype=torch.float64)  # over keys the row ranks >= B, squared
     for sets in _chunks(n_sets, per_set_work):
         heads = slice(sets.start * per_set, sets.stop * per_set)
-        beyond[heads] = _farthest_beyond(x[sets], norms_sq[sets], chosen[heads], member[sets], excluded[sets],
+        beyond[heads] = _farthest_beyond(left_x[sets], right_x[sets], chosen[heads], member[sets], excluded[sets],
                                          visible_mask)
     out = []
     for n in bound_ns:  # keys the row itself ranks in [N, B)
@@ -379,19 +399,20 @@ def _theorem1_d1(x, norms_sq, chosen, visible_mask, hidden_from, bound_ns, betwe
     return torch.stack(out, -1).clamp_min_(0).sqrt_()
 
 
-def _farthest_beyond(x, norms_sq, chosen, member, excluded, visible_mask) -> torch.Tensor:
+def _farthest_beyond(left_x, right_x, chosen, member, excluded, visible_mask) -> torch.Tensor:
     """(H, R, B): for each top-B key j of each row, max ||x_i - x_j||^2 over the keys i visible to the row and
-    outside its top B (see _theorem1_d1), for the X sets of x (X, L, d) and their H heads."""
+    outside its top B (see _theorem1_d1), for X sets of token vectors given by their square factors (X, L, d + 2)
+    and their H heads."""
     n_heads, rows, top = chosen.shape
-    n_sets, length, _ = x.shape
+    n_sets, length, width = left_x.shape
     per_set = n_heads // n_sets
     # The union U of the top-B keys per set, padded to the largest union, in key order: the table's rows.
     union_size = int(member.sum(1).max())
     union = torch.argsort((~member).to(torch.int8), dim=1, stable=True)[:, :union_size]  # (X, U)
     slot = torch.zeros(n_sets, length, dtype=torch.long).scatter_(
         1, union, torch.arange(union_size).expand(n_sets, -1).contiguous())  # key -> its row of the table
-    union_vectors = x.gather(1, union[..., None].expand(-1, -1, x.shape[-1]))  # (X, U, d)
-    table = torch.matmul(*_square_factors(union_vectors, norms_sq.gather(1, union), x, norms_sq))  # (X, U, L)
+    union_left = left_x.gather(1, union[..., None].expand(-1, -1, width))  # (X, U, d + 2)
+    table = torch.matmul(union_left, right_x.transpose(1, 2))  # (X, U, L) squared distances
 
     excluded_size = int(excluded.sum(1).max())
     keys_e = torch.argsort((~excluded).to(torch.int8), dim=1, stable=True)[:, :excluded_size]  # (X, E)
@@ -402,7 +423,7 @@ def _farthest_beyond(x, norms_sq, chosen, member, excluded, visible_mask) -> tor
     of_head = torch.arange(n_heads) // per_set
     rows_of = slot.gather(1, chosen.reshape(n_sets, -1)).view(n_heads, rows, top)  # (H, R, B) table rows
     set_of = of_head[:, None, None]
-    in_e = table_e[set_of, rows_of]  # (H, R, B, E): ||x_j - x_i||^2 for i in E
+    in_e = _rows_of(table_e, of_head, rows_of)  # (H, R, B, E): ||x_j - x_i||^2 for i in E
     keys = keys_e[of_head][:, None, :].expand(-1, rows, -1)  # (H, R, E)
     rank = torch.full((n_heads, rows, length), top, dtype=torch.long).scatter_(
         -1, chosen, torch.arange(top).expand_as(chosen).contiguous())  # (H, R, L): rank, or B outside the top B
@@ -455,19 +476,20 @@ def softmax_jacobian_norm(p: torch.Tensor, iterations: int = 40) -> torch.Tensor
     top, where = torch.topk(p, 2, dim=-1)
     first, second = top[:, 0], top[:, 1]
     result = first.clone()  # a tie p_1 = p_2 is itself the eigenvalue
-    active = torch.nonzero(first > second).squeeze(-1)
-    rest = p[active].scatter(-1, where[active, :1], 0.0)  # every weight but the largest: the poles below lambda
+    active = torch.nonzero(first > second).squeeze(-1)  # rows still iterating, as indices into result
+    rest = p[active].scatter_(-1, where[active, :1], 0.0)  # every weight but the largest: the poles below lambda
     # Weights below 1e-20 p_2 change the sum by less than its rounding; dropping them avoids subnormal arithmetic,
     # and the columns left at 0 in every row add nothing.
-    rest = rest.masked_fill(rest < 1e-20 * second[active, None], 0.0)
-    rest = rest[:, (rest > 0).any(0)]
+    rest.masked_fill_(rest < 1e-20 * second[active, None], 0.0)
+    used = (rest > 0).any(0)
+    if int(used.sum()) < 0.75 * rest.shape[1]:
+        rest = rest[:, used]
     rest_sq = rest * rest
     p1, p2 = first[active], second[active]
     gap = p1 - p2
     lam = p2 + gap / 2
+    live = torch.ones(len(active), dtype=torch.bool)  # rows of the arrays still iterating
     for _ in range(iterations):
-        if active.numel() == 0:
-            break
         inverse = (lam[:, None] - rest).reciprocal_()  # 1 / (lambda - p_i) > 0
         terms = rest_sq * inverse
         value = terms.sum(-1)  # sum_{i>1} p_i^2 / (lambda - p_i)
@@ -481,14 +503,20 @@ def softmax_jacobian_norm(p: torch.Tensor, iterations: int = 40) -> torch.Tensor
         u_next = torch.where(c >= 0, (c + root) / (2 * a), 2 * b * gap / (root - c))
         step = p2 + u_next
         # b = 0: no other weight is large enough to matter, and the model is the equation itself
-        # Convergence is quadratic: after a relative move of 1e-9 the new lambda is exact to rounding. f itself is
+        # Convergence is quadratic: after a relative move of 1e-7 the new lambda is exact to rounding. f itself is
         # known only to about eps * p_1, so a move below that is as close as lambda gets (a nearly one-hot row).
         move = (step - lam).abs()
-        done = (move <= 1e-9 * step) | (move <= EPS64 * p1) | (b == 0) | (u_next <= 0)
+        done = live & ((move <= 1e-7 * step) | (move <= EPS64 * p1) | (b == 0) | (u_next <= 0))
         result[active[done]] = step[done]
-        keep = ~done
-        active, rest, rest_sq = active[keep], rest[keep], rest_sq[keep]
-        p1, p2, gap, lam = p1[keep], p2[keep], gap[keep], step[keep]
+        live &= ~done
+        lam = step
+        alive = int(live.sum())
+        if alive == 0:
+            break
+        if alive < 0.7 * len(live):  # dropping the finished rows costs a copy; computing them again costs more
+            active, rest, rest_sq = active[live], rest[live], rest_sq[live]
+            p1, p2, gap, lam, live = p1[live], p2[live], gap[live], lam[live], live[live]
+    active, lam = active[live], lam[live]
     result[active] = lam
     return result.view(shape)
 
@@ -506,7 +534,7 @@ def _temperature(logits: torch.Tensor, direction: torch.Tensor) -> tuple[torch.T
         jacobian[part] = (softmax_jacobian_norm(p) / temperatures[..., 0]).permute(1, 2, 0)
         for e_index, eps in enumerate(EPSILONS):
             moved = torch.softmax((logits[part] + eps * direction[part])[None] / temperatures, -1)
-            sensitivity[part, :, e_index] = ((moved - p).norm(dim=-1) / eps).permute(1, 2, 0)
+            sensitivity[part, :, e_index] = (moved.sub_(p).norm(dim=-1) / eps).permute(1, 2, 0)
     return sensitivity, jacobian
 
 

@@ -225,7 +225,8 @@ def test_farthest_key_outside_the_top_b_by_brute_force():
     norms_sq = (x * x).sum(-1)
     vectors = x[(torch.arange(n_heads) // 2)[:, None, None], chosen]
     between = torch.cdist(vectors, vectors) ** 2  # squared, as _separations gives them
-    got = collapse._theorem1_d1(x, norms_sq, chosen, visible_mask, int(visible_mask.sum(-1).min()), bound_ns,
+    left_x, right_x = collapse._square_factors(x, norms_sq)
+    got = collapse._theorem1_d1(left_x, right_x, chosen, visible_mask, int(visible_mask.sum(-1).min()), bound_ns,
                                 between)
     for h in range(n_heads):
         for r in range(rows):
