@@ -62,32 +62,33 @@ class Source:
     def __init__(self, model, *, cache=None):
         self.model = model  # attnscope.api.Model
         self.cache = cache  # attnscope.cache.ResultCache or None
-        self._last_capture = None  # (text, cut, Capture): the units of one study share one forward pass
+        self._last = None  # (key, Capture): the units of one study (or one window) share one forward pass
 
     def tokens(self, text: str, cut):
         return self.model.tokenize(text, max_tokens=cut.max_tokens, keep=cut.keep)
 
     def capture(self, text: str, cut):
-        from attnscope.capture import run_with_capture
-
-        if self._last_capture is not None and self._last_capture[:2] == (text, cut):
-            return self._last_capture[2]
-        self._last_capture = None  # free the previous capture before the next forward pass
-        tokens = self.tokens(text, cut)
-        with self.turn():
-            capture = run_with_capture(self.model.module, tokens.as_tensor())
-        self._last_capture = (text, cut, capture)
-        return capture
+        """A capture of the model on the text, cut as asked. The last capture is kept for the next unit."""
+        return self._remembered(("text", text, cut), lambda: self.tokens(text, cut).as_tensor(), hidden_states=False)
 
     def run_ids(self, ids: tuple[int, ...], *, hidden_states: bool = False):
-        """A capture of the model on exactly these token ids (a window or a prefix of a text)."""
+        """A capture of the model on exactly these token ids (a window or a prefix of a text); the last one is kept."""
         import torch
 
+        return self._remembered(("ids", tuple(ids), hidden_states), lambda: torch.tensor([ids], dtype=torch.long),
+                                hidden_states=hidden_states)
+
+    def _remembered(self, key: tuple, input_ids, *, hidden_states: bool):
         from attnscope.capture import run_with_capture
 
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self._last = None  # free the previous capture before the next forward pass
+        ids = input_ids()
         with self.turn():
-            return run_with_capture(self.model.module, torch.tensor([ids], dtype=torch.long),
-                                    hidden_states=hidden_states)
+            capture = run_with_capture(self.model.module, ids, hidden_states=hidden_states)
+        self._last = (key, capture)
+        return capture
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:

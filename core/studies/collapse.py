@@ -15,9 +15,7 @@ what it found (`findings`: the paper's claim, made on GPT-2, beside what this mo
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,38 +81,13 @@ FIGURE_SECTIONS = {"vanishing-attention": "vanishing", "distance-vs-length": "di
 
 # ---- the unit -----------------------------------------------------------------------------------------------------
 
-_WINDOW: contextvars.ContextVar[dict | None] = contextvars.ContextVar("attnscope_collapse_window", default=None)
-
-
-@contextlib.contextmanager
-def _one_capture_per_window() -> Iterator[None]:
-    """While `run` goes through a window's lengths, the units share the window's capture (one forward pass)."""
-    token = _WINDOW.set({})
-    try:
-        yield
-    finally:
-        _WINDOW.reset(token)
-
-
-def _window_capture(source: Source, window: tuple[int, ...], hidden: bool):
-    kept = _WINDOW.get()
-    key = (window, hidden)
-    if kept is not None and key in kept:
-        return kept[key]
-    capture = source.run_ids(window, hidden_states=hidden)
-    if kept is not None:
-        kept.clear()  # one window at a time: a 2048-token capture holds a few hundred MB
-        kept[key] = capture
-    return capture
-
-
 def measure(source: Source, window: tuple[int, ...], length: int, rows: int, vectors: str,
             temperature: bool) -> LengthSummary:
     """Every layer at context length `length` on the token ids of one window: the last `rows` query positions of
     each layer, the temperature sweep too when asked."""
     hidden = vectors == "hidden"
-    if source.model.kind == "decoder":
-        capture = _window_capture(source, window, hidden)
+    if source.model.kind == "decoder":  # the window's capture, which Source keeps for the next length
+        capture = source.run_ids(window, hidden_states=hidden)
     else:
         capture = source.run_ids(window[:length], hidden_states=hidden)
     settings = analysis.Settings(max_length=len(window), windows=1, rows=rows, vectors=vectors)
@@ -469,12 +442,11 @@ def run(source: Source, text: str | Sequence[int] | None = None, *, max_length: 
     lengths = tuple(analysis.length_grid(len(cut[0])))
     step = progress_steps(progress, len(cut) * len(lengths))
     measured: dict[int, list[LengthSummary]] = {length: [] for length in lengths}
-    with _one_capture_per_window():
-        for index, window in enumerate(cut):
-            for length in lengths:
-                step(index * len(lengths) + lengths.index(length),
-                     f"Window {index + 1}/{len(cut)}, context length {length}")
-                measured[length].append(source.unit(measure, window, length, rows, vectors, length == lengths[-1]))
+    for index, window in enumerate(cut):
+        for length in lengths:
+            step(index * len(lengths) + lengths.index(length),
+                 f"Window {index + 1}/{len(cut)}, context length {length}")
+            measured[length].append(source.unit(measure, window, length, rows, vectors, length == lengths[-1]))
     step(len(cut) * len(lengths), "Testing the critical N")
     summaries = tuple(analysis.average_windows(measured[length]) for length in lengths)
     critical = {}

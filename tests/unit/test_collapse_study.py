@@ -1,6 +1,7 @@
 """attnscope.studies.collapse on tiny random models: the study's run equals the page's former per-window path, one
 forward pass per window for decoders, units are cacheable, and results save, reopen and explain themselves."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -8,40 +9,14 @@ import pytest
 import torch
 
 from attnscope.analyses import collapse as analysis
-from attnscope.api import Model
 from attnscope.capture import run_with_capture
-from attnscope.models import LoadedModel, ModelSpec
 from attnscope.studies import collapse as study
 from attnscope.studies.base import Finding, Source, open_result
-from tests.unit.tiny_models import VOCAB, build
+from tests.unit.tiny_models import VOCAB, handle
 
 IDS = torch.randint(0, VOCAB, (1, 200), generator=torch.Generator().manual_seed(1))[0].tolist()
 ARRAYS = ("max_weight", "entropy", "sink_mass", "band_low", "band_high", "d_sum", "d_norm", "expected",
           "expected_norm", "ratio", "theorem2_low", "theorem2_high", "bound")
-
-
-class _Tokenizer:
-    """What attnscope.tokens.from_ids needs of a tokenizer: a size and a display string per id."""
-
-    vocab_size = VOCAB
-
-    def __len__(self) -> int:
-        return VOCAB
-
-    def decode(self, ids) -> str:
-        return f"t{ids[0]}"
-
-    def convert_ids_to_tokens(self, token_id: int) -> str:
-        return f"t{token_id}"
-
-
-def _model(family: str = "llama") -> Model:
-    module = build(family)
-    config = module.config
-    return Model(LoadedModel(spec=ModelSpec(f"tiny-{family}"), model=module, tokenizer=_Tokenizer(),
-                             kind="encoder" if family == "bert" else "decoder", source="",
-                             info={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
-                                   "max_positions": 1024}))
 
 
 class _RecordingSource(Source):
@@ -56,14 +31,15 @@ class _RecordingSource(Source):
         self.calls.append((fn, args))
         return super().unit(fn, *args)
 
-    def run_ids(self, ids, *, hidden_states=False):
+    @contextlib.contextmanager
+    def turn(self):  # every forward pass is taken in a turn
         self.forward_passes += 1
-        return super().run_ids(ids, hidden_states=hidden_states)
+        yield
 
 
 @pytest.fixture(scope="module")
 def llama():
-    return _model("llama")
+    return handle("llama")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +51,7 @@ def result(llama):
 def test_run_equals_the_per_window_path_the_page_ran(family, vectors):
     """The page used to analyse each (window, length) from one capture of the window (decoders) or one run per
     length (encoders) and average over windows itself."""
-    model = _model(family)
+    model = handle(family)
     result = study.run(Source(model), IDS, max_length=64, windows=3, rows=4, vectors=vectors)
     settings = analysis.Settings(max_length=64, windows=3, rows=4, vectors=vectors)
     windows = analysis.text_windows(torch.tensor([IDS]), settings)
@@ -107,7 +83,7 @@ def test_one_forward_pass_per_window_for_decoders_and_per_length_for_encoders(ll
     assert source.forward_passes == 2 and len(source.calls) == 2 * len(result.lengths)
     for fn, args in source.calls:
         assert fn is study.measure and hash(args) is not None  # the dashboard caches units by their arguments
-    bert = _RecordingSource(_model("bert"))
+    bert = _RecordingSource(handle("bert"))
     study.run(bert, IDS, max_length=64, windows=2, rows=4)
     assert bert.forward_passes == 2 * 2
 

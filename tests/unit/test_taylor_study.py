@@ -9,39 +9,13 @@ import pytest
 import torch
 
 from attnscope.analyses import taylor as analysis
-from attnscope.api import Model
 from attnscope.capture import run_with_capture
 from attnscope.kernels import DENOMINATORS
-from attnscope.models import LoadedModel, ModelSpec
 from attnscope.studies import taylor as study
 from attnscope.studies.base import Source, open_result
-from tests.unit.tiny_models import VOCAB, build
+from tests.unit.tiny_models import VOCAB, handle
 
 IDS = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))[0].tolist()
-
-
-class _Tokenizer:
-    """What attnscope.tokens.from_ids needs of a tokenizer: a size and a display string per id."""
-
-    vocab_size = VOCAB
-
-    def __len__(self) -> int:
-        return VOCAB
-
-    def decode(self, ids) -> str:
-        return f"t{ids[0]}"
-
-    def convert_ids_to_tokens(self, token_id: int) -> str:
-        return f"t{token_id}"
-
-
-def _model(family: str = "llama") -> Model:
-    module = build(family)
-    config = module.config
-    return Model(LoadedModel(spec=ModelSpec(f"tiny-{family}"), model=module, tokenizer=_Tokenizer(),
-                             kind="encoder" if family == "bert" else "decoder", source="",
-                             info={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
-                                   "max_positions": 1024}))
 
 
 class _RecordingSource(Source):
@@ -65,7 +39,7 @@ def _arrays(sweep: analysis.ModelSweep) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def llama():
-    return _model("llama")
+    return handle("llama")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +170,7 @@ def test_clamp_settings():
 
 
 def test_encoder_has_no_recurrence_and_no_loss():
-    bert = _model("bert")
+    bert = handle("bert")
     result = study.run(Source(bert), IDS[:10], max_order=2)
     assert result.recurrent is None and not result.can_measure_loss and result.findings("rnn") == []
     assert result.sweep.error["softmax"].shape == (2, 4, 3)

@@ -42,3 +42,31 @@ def build(family: str, attn_implementation: str = ATTENTION_NAME, seed: int = 0)
     config = FAMILIES[family]()
     auto = AutoModelForCausalLM if family in DECODERS else AutoModel
     return auto.from_config(config, attn_implementation=attn_implementation).eval()
+
+
+class IdTokenizer:
+    """What attnscope.tokens.from_ids needs of a tokenizer: a size and a display string per id."""
+
+    vocab_size = VOCAB
+
+    def __len__(self) -> int:
+        return VOCAB
+
+    def decode(self, ids) -> str:
+        return f"t{ids[0]}"
+
+    def convert_ids_to_tokens(self, token_id: int) -> str:
+        return f"t{token_id}"
+
+
+def handle(family: str = "llama"):
+    """attnscope.api.Model around a tiny model of `family`, with a tokenizer that only displays ids."""
+    from attnscope.api import Model
+    from attnscope.models import LoadedModel, ModelSpec
+
+    module = build(family)
+    config = module.config
+    return Model(LoadedModel(spec=ModelSpec(f"tiny-{family}"), model=module, tokenizer=IdTokenizer(),
+                             kind="encoder" if family == "bert" else "decoder", source="",
+                             info={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
+                                   "max_positions": 1024}))
