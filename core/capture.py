@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from attnscope.kernels.utils import key_positions_visible
+from attnscope.logprobs import next_token_logprobs
 
 ATTENTION_NAME = "attnscope"
 
@@ -370,8 +371,7 @@ def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers:
     logits = getattr(output, "logits", None)
     token_logprobs = None
     if logits is not None and input_ids.shape[1] > 1:
-        logprobs = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (T-1, V)
-        token_logprobs = logprobs.gather(-1, input_ids[0, 1:, None]).squeeze(-1)
+        token_logprobs = next_token_logprobs(logits, input_ids, dtype=torch.float32)
     states = None
     if hidden_states:
         states = {index: output.hidden_states[index].detach() for index in captured}

@@ -31,9 +31,9 @@ import torch
 from attnscope import kernels
 from attnscope.analyses import maps
 from attnscope.capture import ATTENTION_NAME, Capture, LayerCapture, streaming
+from attnscope.logprobs import next_token_logprobs
 
 FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")  # of maps.HeadStats
-_LOGPROB_ROWS = 64  # rows of logits turned into log-probabilities at a time (13 MB at a 49k vocabulary)
 
 
 @dataclass
@@ -84,21 +84,6 @@ class _Engine:
         return stats.output  # (B, Hq, T, Dv)
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """(T-1,) log p(token t+1 | tokens <= t) of the first sequence, from logits (B, T, V) a block of rows at a time.
-
-    Row by row the same numbers as log_softmax over the whole (T-1, V) matrix (capture.run_with_capture), without
-    that matrix: at 8k tokens and a 49k vocabulary it would be 1.6 GB next to the logits.
-    """
-    n_rows = input_ids.shape[1] - 1
-    out = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-    for start in range(0, n_rows, _LOGPROB_ROWS):
-        rows = slice(start, min(start + _LOGPROB_ROWS, n_rows))
-        logprobs = torch.log_softmax(logits[0, rows].float(), dim=-1)  # (rows, V)
-        out[rows] = logprobs.gather(-1, input_ids[0, rows.start + 1 : rows.stop + 1, None]).squeeze(-1)
-    return out
-
-
 @torch.no_grad()
 def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
         keep_layers: Iterable[int] = (), hidden_states: bool = False) -> EngineRun:
@@ -130,7 +115,8 @@ def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torc
     if missing:
         raise ValueError(f"keep_layers {missing} do not exist; this model has layers 0..{len(engine.head_stats) - 1}.")
     logits = getattr(output, "logits", None)
-    logprobs = token_logprobs(logits, input_ids) if logits is not None and input_ids.shape[1] > 1 else None
+    logprobs = (next_token_logprobs(logits, input_ids, dtype=torch.float32)
+                if logits is not None and input_ids.shape[1] > 1 else None)
     states = {index: output.hidden_states[index].detach() for index in sorted(keep)} if hidden_states else None
     return EngineRun(head_stats=dict(sorted(engine.head_stats.items())), kept=dict(sorted(engine.kept.items())),
                      token_logprobs=logprobs, hidden_states=states, n_layers=len(engine.head_stats),

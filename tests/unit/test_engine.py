@@ -7,6 +7,7 @@ import torch
 from attnscope import engine
 from attnscope.analyses import maps
 from attnscope.capture import run_with_capture
+from attnscope.logprobs import next_token_logprobs
 from tests.unit.test_maps import build_gemma2
 from tests.unit.tiny_models import DECODERS, FAMILIES, VOCAB, build
 
@@ -63,12 +64,13 @@ def test_model_output_is_the_plain_forward(family):
         assert result.token_logprobs is None
 
 
-def test_token_logprobs_of_given_logits_are_those_of_run_with_capture():
-    """Block by block of rows, the numbers are exactly those of one log_softmax over all rows."""
+def test_token_logprobs_of_given_logits_are_those_of_one_log_softmax():
+    """The engine's (and the capture's) log-probabilities: block by block of rows, exactly those of one log_softmax
+    over all rows."""
     logits = torch.randn(1, 1100, 97, generator=torch.Generator().manual_seed(0)) * 5
     ids = _ids(1100)
     expected = torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-    assert torch.equal(engine.token_logprobs(logits, ids), expected)
+    assert torch.equal(next_token_logprobs(logits, ids, dtype=torch.float32), expected)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
