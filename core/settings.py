@@ -171,14 +171,20 @@ _TABLE: tuple[Setting, ...] = (
             "Maps with more tokens than this are pooled into tiles, so the browser never receives more than this "
             "many cells per side."),
     # softmax vs Taylor
-    Setting("max_order", 10, Integer(1, 20), "Highest order n", url="order"),
+    Setting("max_order", 10, Integer(1, 20), "Highest order n",
+            "Orders 0..N are computed for every head. Cost grows linearly with N.", url="order"),
     Setting("n_tokens", 512, Integer(8, TOKEN_CEILING), "Tokens analysed",
             "Decoders: the first n tokens (exact under the causal mask); the default is the benchmark's size."),
-    Setting("clamp", "none", CLAMPS, "Logit clamp", url="clamp"),
+    Setting("clamp", "none", CLAMPS, "Logit clamp",
+            "The paper's code clamps scaled logits at 5 from above before exp, which does nothing for the very "
+            "negative logits of real models; 'both sides' clamps to [−c, c]. The target is always the model's "
+            "unclamped softmax.", url="clamp"),
     Setting("clamp_value", 5.0, Number(0.0, 100.0), "Clamp at", url="c"),
-    Setting("tolerance", 1e-2, NumberChoice(TOLERANCES), "Tolerance", url="tolerance"),
-    Setting("taylor_layer", 0, Integer(0, 1000), "Layer", url="t_layer"),
-    Setting("taylor_head", 0, Integer(0, 1000), "Head", url="t_head"),
+    Setting("tolerance", 1e-2, NumberChoice(TOLERANCES), "Tolerance",
+            "Error a head must get below for the 'order needed' map.", url="tolerance"),
+    Setting("taylor_layer", 0, Integer(0, 1000), "Layer", "The layer of the one-layer and one-head views.",
+            url="t_layer"),
+    Setting("taylor_head", 0, Integer(0, 1000), "Head", "The head of the one-head views.", url="t_head"),
     Setting("taylor_order", 10, Integer(0, 20), "Order shown", url="t_order"),
     # context collapse
     Setting("source", "builtin", SOURCES, "Text", url="source"),

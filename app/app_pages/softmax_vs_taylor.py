@@ -6,6 +6,7 @@ import streamlit as st
 
 from attnscope import settings as S
 from attnscope.app import cached, common, state
+from attnscope.app.widgets import widget
 from attnscope.figures.taylor import DENOMINATOR_LABELS
 from attnscope.kernels import DENOMINATORS, MAX_ORDER
 from attnscope.studies import taylor as study
@@ -13,12 +14,6 @@ from attnscope.studies import taylor as study
 SETTINGS = ("max_order", "n_tokens", "clamp", "clamp_value", "tolerance", "taylor_layer", "taylor_head",
             "taylor_order")  # keys of attnscope.settings: session_state keys and study.run's keywords alike
 SCOPES = {state.SCOPE_MODEL: "model", state.SCOPE_LAYER: "layer", state.SCOPE_HEAD: "head"}
-
-
-def _widget(key: str) -> dict:
-    """The settings table's label and help for a widget (the study's help where the table has none)."""
-    setting = S.setting(key)
-    return {"label": setting.label, "key": setting.key, "help": setting.help or study.HELP.get(key)}
 
 
 def _clip_selection(key: str, upper: int) -> None:
@@ -44,21 +39,18 @@ tokens, n_layers, n_heads = run.tokens, run.capture.n_layers, run.capture.n_head
 n_tokens = len(tokens)
 if run.kind == "decoder" and n_tokens > S.default("n_tokens"):
     _clip_selection("n_tokens", n_tokens)
-    st.number_input(**_widget("n_tokens"), min_value=S.setting("n_tokens").domain.low, max_value=n_tokens, step=256)
+    widget("n_tokens", max_value=n_tokens, step=256)
     n_tokens = int(st.session_state["n_tokens"])
 for key, upper in (("taylor_layer", n_layers - 1), ("taylor_head", n_heads - 1), (state.TAYLOR_QUERY, n_tokens - 1)):
     _clip_selection(key, upper)
 
 controls = st.columns([1.3, 1.6, 0.8, 1.3, 0.8, 0.8])
-controls[0].slider(**_widget("max_order"), min_value=S.setting("max_order").domain.low,
-                   max_value=S.setting("max_order").domain.high)
-controls[1].radio(**_widget("clamp"), options=S.CLAMPS.values, format_func=S.CLAMPS.label, horizontal=True)
-controls[2].number_input(**_widget("clamp_value"), min_value=0.1,
-                         max_value=S.setting("clamp_value").domain.high, step=0.5,
-                         disabled=st.session_state["clamp"] == "none")
-controls[3].select_slider(**_widget("tolerance"), options=S.TOLERANCES, format_func=lambda t: f"{t:g}")
-controls[4].selectbox(**_widget("taylor_layer"), options=range(n_layers))
-controls[5].selectbox(**_widget("taylor_head"), options=range(n_heads))
+widget("max_order", controls[0], kind="slider")
+widget("clamp", controls[1], kind="radio", horizontal=True)
+widget("clamp_value", controls[2], step=0.5, disabled=st.session_state["clamp"] == "none")
+widget("tolerance", controls[3], kind="select_slider")
+widget("taylor_layer", controls[4], options=range(n_layers))
+widget("taylor_head", controls[5], options=range(n_heads))
 max_order = int(st.session_state["max_order"])
 _clip_selection("taylor_order", max_order)
 settings = {**{key: st.session_state[key] for key in SETTINGS}, "n_tokens": n_tokens}
@@ -128,7 +120,7 @@ with tabs[3]:
     pick = st.columns(3)
     pick[0].selectbox("Query token", range(n_tokens), key=state.TAYLOR_QUERY,
                       format_func=lambda i: f"{i}: {tokens.strings[i]}")
-    pick[1].slider(**_widget("taylor_order"), min_value=0, max_value=max_order)
+    widget("taylor_order", pick[1], kind="slider", max_value=max_order)
     pick[2].selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_WEIGHT_DENOMINATOR,
                       format_func=DENOMINATOR_LABELS.get)
     st.caption(study.HELP["weights"])

@@ -94,16 +94,6 @@ HELP = {
         "measured, beside the model as trained, exact softmax written out (a check of the replacement machinery) and "
         f"elu(x)+1 linear attention. This is zero-shot: unlike the paper's models ({PAPER}) nothing was retrained."
     ),
-    "n_tokens": ("Under the causal mask the first n tokens' attention is exactly what the model computes on them "
-                 "alone. Every quantity on this page costs time ∝ n², so long texts start at "
-                 f"{S.default('n_tokens')}."),
-    "max_order": "Orders 0..N are computed for every head. Cost grows linearly with N.",
-    "clamp": ("The paper's code clamps scaled logits at 5 from above before exp, which does nothing for the very "
-              "negative logits of real models; 'both sides' clamps to [−c, c]. The target is always the model's "
-              "unclamped softmax."),
-    "tolerance": "Error a head must get below for the 'order needed' map.",
-    "taylor_layer": "The layer of the one-layer and one-head views.",
-    "taylor_head": "The head of the one-head views.",
     "rnn_tokens": "The order-2 state has d² × d_v numbers and is updated token by token in Python.",
 }
 
