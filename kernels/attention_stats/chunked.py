@@ -26,13 +26,16 @@ frontier, and those outside the span an explicit mask opens for the block (a sli
 key has l = 0 and all-zero statistics.
 
 Few, large operations per tile matter on the CPU: each is one parallel region, and on a busy machine a region waits
-for every thread to be scheduled; the per-tile bookkeeping is a handful of operations on (rows,) vectors.
+for every thread to be scheduled; the per-tile bookkeeping is a handful of operations on (rows,) vectors. Without
+top-k, the exp and the entropy sum are exp_entropy, one pass that torch.compile fuses (kernels.compiled: large calls,
+where a C++ compiler is present); eagerly they are the in-place operations above.
 """
 
 from __future__ import annotations
 
 import torch
 
+from attnscope.kernels import compiled
 from attnscope.kernels.attention_stats.naive import AttentionStats
 
 # Bytes of fp32 scores per chunk of whole rows (pooled_map and taylor's torch paths).
@@ -44,6 +47,24 @@ ROW_BLOCK = 128  # query rows per block of attention_stats (x the G heads of a g
 TILE_BYTES = 8 * 2**20
 RESCALE_MARGIN = 16.0  # weights may reach exp(16) before the running sums are rescaled to a new row maximum
 _MASKED = -1e30  # finite stand-in for -inf logits of hidden keys: exp of it is exactly 0 and 0 * it is 0
+# Calls computing at least this many scores take the compiled exp_entropy (kernels.compiled) when the policy allows:
+# SmolLM2's 9 heads from about 2,700 tokens on. Below it the one-time compilation would cost more than it saves.
+COMPILE_FROM = 2**26
+
+
+def exp_entropy(scores: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """w = exp(s - r) written into `weights`; returns sum_j w_j (s_j - r). scores (N, R, C), ref (N, R).
+
+    Eager torch makes four passes over the tile for this (subtract, exp, multiply, sum); torch.compile fuses them
+    into one, which on the CPU, where they are memory-bound, takes about a third of the time.
+    """
+    shifted = scores - ref[..., None]
+    exp = torch.exp(shifted)
+    weights.copy_(exp)
+    return (exp * shifted).sum(-1)
+
+
+_compiled_exp_entropy = compiled.fused(exp_entropy)
 
 
 def rows_per_chunk(n_heads: int, n_keys: int) -> int:
@@ -125,6 +146,8 @@ def attention_stats(
     # key c of a tile against row i of a block: c - i, for the causal rule and the distances of diagonal tiles
     diagonal = torch.arange(tile_keys, device=device)[None, :] - torch.arange(block_rows, device=device)[:, None]
 
+    # Without top-k (which reads s - r back) the exp and the entropy sum are one compiled pass when allowed.
+    fused = topk == 0 and compiled.wanted(device, batch * n_heads * n_queries * n_keys, least=COMPILE_FROM)
     before_end = 0  # keys [0, before_end) hold 1 in the "j <= f" column; f only grows from block to block
     for start in range(0, n_queries, block_rows):
         t = min(block_rows, n_queries - start)
@@ -183,9 +206,13 @@ def attention_stats(
                     entropy_sum.addcmul_(drop, total).mul_(alpha)  # E' = alpha (E + (r - r') l)
                     acc.mul_(alpha[..., None])
                     ref = new_ref
-            scores.sub_(ref[..., None])  # s - r, in place
             weights = weights_buffer[: scores.numel()].view(scores.shape)
-            torch.exp(scores, out=weights)
+            if fused:
+                tile_entropy = _compiled_exp_entropy(scores, ref, weights)
+                entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
+            else:
+                scores.sub_(ref[..., None])  # s - r, in place
+                torch.exp(scores, out=weights)
             if topk > 0:
                 tile_top, tile_key = scores.topk(min(topk, b - a), dim=-1)
                 tile_top.add_(ref[..., None])  # back to logits, comparable across tiles
@@ -194,8 +221,9 @@ def attention_stats(
                     tile_top, picked = torch.cat([logits_top, tile_top], -1).topk(topk, dim=-1)
                     tile_key = torch.cat([keys_top, tile_key], -1).gather(-1, picked)
                 logits_top, keys_top = tile_top, tile_key
-            tile_entropy = scores.mul_(weights).sum(-1)  # sum_j w_j (s_j - r); buffer 1 is free after this
-            entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
+            if not fused:
+                tile_entropy = scores.mul_(weights).sum(-1)  # sum_j w_j (s_j - r); buffer 1 is free after this
+                entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
             acc.baddbmm_(weights, columns[:, a:b])
             if b > split:  # keys after the block's first row: sum w |p - j| written out
                 c0 = max(a, split) - a

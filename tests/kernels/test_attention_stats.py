@@ -202,3 +202,90 @@ def test_bad_backend_and_topk():
         attention_stats(q, k, backend="cuda")
     with pytest.raises(ValueError, match="topk must be in"):
         attention_stats(q, k, topk=9)
+
+
+# --- the compiled tile (kernels.compiled): the torch path without top-k, exp and entropy sum fused by torch.compile
+
+
+NO_TOPK = ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "output")
+
+
+def _check_without_topk(result, q, k, v, **extras):
+    reference = naive.attention_stats(q, k, v, **extras)
+    plain = naive.attention_stats(q, k, v, **extras, dtype=q.dtype)
+    for field in NO_TOPK:
+        assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
+
+
+@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("shape,dtype_name,kind,softcap",
+                         [(shape, name, None, None) for shape, name in CASES] + MASK_CASES,
+                         ids=[f"{i}-nomask" for i in IDS] + MASK_IDS)
+def test_compiled_torch_path_matches_reference(shape, dtype_name, kind, softcap, tiles, request, monkeypatch):
+    """ATTNSCOPE_CPU_COMPILE=on: every call takes the compiled exp/entropy pass (one graph for all tile shapes)."""
+    if tiles == "small":
+        request.getfixturevalue("small_tiles")
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "on")
+    q, k, v = make_qkv(shape, DTYPES[dtype_name], logit_scale=3.0 if softcap else 1.0)
+    mask = None if kind is None else make_mask(kind, shape)
+    extras = dict(causal=shape[-1], mask=mask, softcap=softcap)
+    result = attention_stats(q, k, v, **extras, backend="torch")
+    _check_without_topk(result, q, k, v, **extras)
+    full = naive.probabilities(naive.masked_scores(q, k, causal=shape[-1], scale=None, mask=mask, softcap=softcap))
+    chosen = full.gather(-1, result.argmax[..., None]).squeeze(-1)
+    torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
+
+
+def test_compiled_and_eager_paths_agree_on_a_long_causal_layer(monkeypatch):
+    """SmolLM2's 9:3 heads at 1,500 tokens over several key tiles: the compiled pass against the in-place torch one."""
+    from attnscope.kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "TILE_BYTES", 2**18)
+    q, k, v = make_qkv((1, 9, 3, 1500, 1500, 64, True), torch.float32, logit_scale=2.0)
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "off")
+    eager = attention_stats(q, k, v, argmax=False, backend="torch")
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "on")
+    fused = attention_stats(q, k, v, argmax=False, backend="torch")
+    for field in NO_TOPK:
+        torch.testing.assert_close(getattr(fused, field), getattr(eager, field), rtol=2e-5, atol=1e-6)
+
+
+def test_compile_policy(monkeypatch):
+    from attnscope.kernels import compiled
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "auto")
+    assert not compiled.wanted(cpu, 10, least=100) and not compiled.wanted(cuda, 1000, least=100)
+    assert compiled.wanted(cpu, 1000, least=100) == compiled.has_compiler()
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "off")
+    assert not compiled.wanted(cpu, 1000, least=100)
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "on")
+    assert compiled.wanted(cpu, 1, least=100) and not compiled.wanted(cuda, 1, least=100)
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "sometimes")
+    with pytest.raises(ValueError, match="ATTNSCOPE_CPU_COMPILE must be one of"):
+        compiled.wanted(cpu, 1, least=100)
+
+
+def test_a_failed_compilation_falls_back_to_the_same_function_eagerly(monkeypatch, caplog):
+    """Under "auto" a compiler error is logged once and the process keeps to eager torch; under "on" it raises."""
+    from attnscope.kernels import compiled
+
+    def broken(fn, **options):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    monkeypatch.setattr(compiled, "_failed", compiled.threading.Event())
+    double = compiled.fused(lambda x: 2 * x)
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "on")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        double(torch.ones(3))
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "auto")
+    with caplog.at_level("WARNING", logger=compiled.__name__):
+        assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
+        assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
+    assert compiled._failed.is_set() and not compiled.wanted(torch.device("cpu"), 10**9, least=1)
+    assert [record.getMessage() for record in caplog.records] == [
+        "torch.compile of <lambda> failed (RuntimeError: no C++ compiler); the CPU torch path stays eager from now on."
+    ]
