@@ -178,7 +178,9 @@ def attention_stats(
             if softcap is not None:
                 scores.tanh_().mul_(softcap)
             if causal and b > first + 1:  # key a + c is hidden from row first + i when c - i > first - a
-                scores.view(-1, t, groups, b - a).masked_fill_((diagonal[:t, : b - a] > first - a)[:, None], _MASKED)
+                c0 = max(0, first - a + 1)  # keys before this are seen by every row of the block
+                scores.view(-1, t, groups, b - a)[..., c0:].masked_fill_(
+                    (diagonal[:t, c0 : b - a] > first - a)[:, None], _MASKED)
             elif mask_rows is not None:
                 hidden = ~row_major_mask(mask_rows[..., a:b], n_kv)  # (b, Hkv or 1, t, G or 1, keys)
                 scores.view(batch, n_kv, t, groups, b - a).masked_fill_(hidden, _MASKED)
