@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import streamlit as st
+import torch
 
 from attnscope.app import cached, state
 from attnscope.capture import Capture
 from attnscope.hosting import Policy, PolicyError, policy_from_env
 from attnscope.prompts import pasted
 from attnscope.report import build_report, figure_table
-from attnscope.models import (PACKAGED_MODELS, LoadedModel, ModelLoadError, ModelSpec, needs_preparation,
-                         prepare_packaged_model)
+from attnscope.models import (DTYPES, PACKAGED_MODELS, QUANTIZE, LoadedModel, ModelLoadError, ModelSpec,
+                              memory_in_use, needs_preparation, prepare_packaged_model)
 from attnscope.tokens import Cut, Tokens, cut_text
 
 _ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
@@ -172,6 +174,8 @@ def sidebar() -> None:
                               max_chars=REVISION_CHARS)
                 st.checkbox("Trust remote code", key=state.TRUST_REMOTE_CODE,
                             help="Runs Python code shipped with the model. Only for authors you trust.")
+        if not limits.hosted:  # a public demo runs where its operator put it
+            _placement_choices()
         if limits.hosted:
             st.caption(f"Hosted demo: texts are cut at {limits.max_tokens} tokens ({limits.max_chars:,} characters), "
                        f"uploads at {limits.max_upload_mb} MB and {limits.max_files} files, the library at "
@@ -202,10 +206,39 @@ def sidebar() -> None:
                       "and each page a self-contained HTML report.")
 
 
+def _placement_choices() -> None:
+    """Device, precision and (on a GPU with bitsandbytes) quantized weights, in a collapsed expander."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = ["auto", "cpu", *(f"cuda:{index}" for index in range(gpus)), *(["map"] if gpus else [])]
+    if st.session_state[state.DEVICE] not in devices:
+        st.session_state[state.DEVICE] = "auto"
+    quantizable = gpus > 0 and importlib.util.find_spec("bitsandbytes") is not None
+    if not quantizable:
+        st.session_state[state.QUANTIZE] = "none"
+    with st.expander("Device and precision"):
+        st.selectbox("Device", devices, key=state.DEVICE, format_func=DEVICE_LABELS.get,
+                     help="Where the model and every analysis run. 'auto' is the first GPU when there is one, "
+                          "else the CPU.")
+        st.selectbox("Precision", list(DTYPES), key=state.DTYPE, format_func=DTYPE_LABELS.get,
+                     help="The weights' and activations' dtype; the kernels compute their statistics in float32 "
+                          "whatever it is.")
+        if quantizable:
+            st.selectbox("Quantized weights", list(QUANTIZE), key=state.QUANTIZE,
+                         help="8-bit or 4-bit weights through bitsandbytes, for models larger than the GPU.")
+
+
+DEVICE_LABELS = {"auto": "auto (GPU if there is one)", "cpu": "cpu", "map": "spread over every GPU, then the CPU"}
+DEVICE_LABELS.update({f"cuda:{index}": f"cuda:{index}" for index in range(16)})
+DTYPE_LABELS = {"auto": "auto (bfloat16 on a GPU, float32 on the CPU)", "float32": "float32", "bfloat16": "bfloat16",
+                "float16": "float16"}
+
+
 def current_spec() -> ModelSpec | None:
+    placement = {} if policy().hosted else {key: st.session_state[key] for key in (state.DEVICE, state.DTYPE,
+                                                                                    state.QUANTIZE)}
     choice = st.session_state[state.MODEL_CHOICE]
     if choice != state.CUSTOM_MODEL:
-        return ModelSpec(name=choice)
+        return ModelSpec(name=choice, **placement)
     name = st.session_state[state.CUSTOM_NAME].strip()
     if not name:
         return None
@@ -214,7 +247,7 @@ def current_spec() -> ModelSpec | None:
         pinned = dict(zip(limits.allowed_models, limits.hub_models()))
         return pinned.get(name, ModelSpec(name=name))
     return ModelSpec(name=name, revision=st.session_state[state.CUSTOM_REVISION].strip() or None,
-                     trust_remote_code=bool(st.session_state[state.TRUST_REMOTE_CODE]))
+                     trust_remote_code=bool(st.session_state[state.TRUST_REMOTE_CODE]), **placement)
 
 
 def load(spec: ModelSpec) -> LoadedModel | None:
@@ -271,7 +304,10 @@ def current_run() -> CurrentRun | None:
     with model_turn(spec), st.spinner(f"Running {literal(spec.name)} on {len(tokens)} tokens and capturing every "
                                       "layer"):
         capture = cached.get_capture(*key.args())
-    st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}")
+    quantized = "" if loaded.info.get("quantize", "none") == "none" else f" ({loaded.info['quantize']} weights)"
+    st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}  \n"
+                       f"On {loaded.info['device']} in {loaded.info['dtype']}{quantized} · "
+                       f"{memory_in_use(loaded.model)}")
     if tokens.truncated:
         model_limit = loaded.info.get("max_positions")
         if key.cut.max_tokens == model_limit:

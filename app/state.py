@@ -16,6 +16,9 @@ CUSTOM_LABEL = "Other: hub id or local folder"
 CUSTOM_NAME = "custom_model_name"  # hub id or folder typed by the user
 CUSTOM_REVISION = "custom_model_revision"
 TRUST_REMOTE_CODE = "trust_remote_code"
+DEVICE = "device"  # attnscope.models.DEVICES or "cuda:N"; not carried by links (the machine decides what exists)
+DTYPE = "dtype"  # a key of attnscope.models.DTYPES
+QUANTIZE = "quantize"  # attnscope.models.QUANTIZE
 TEXT = "text"  # the text every page analyses
 TEXT_NOTE = "text_note"  # a sentence saying the text box holds only part of a longer text, or None
 NOTES_SHOWN = "notes_shown"  # notes about model preparation this session has already seen
@@ -107,6 +110,9 @@ DEFAULTS = {
     CUSTOM_NAME: "",
     CUSTOM_REVISION: "",
     TRUST_REMOTE_CODE: False,
+    DEVICE: "auto",
+    DTYPE: "auto",
+    QUANTIZE: "none",
     TEXT: EXAMPLES["Capital cities"],
     TEXT_NOTE: None,
     NOTES_SHOWN: [],
@@ -141,8 +147,8 @@ DEFAULTS = {
 # Sidebar widgets shared by every page. Re-assigning their values at the start of each run makes Streamlit send them
 # to the browser with the widgets: a page switch requested before the previous run drew the sidebar otherwise leaves
 # the browser's copies at the widgets' built-in defaults (an empty text), which the next interaction sends back.
-SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, TEXT, EXAMPLE, MAX_TOKENS,
-                  LIBRARY_PICK, IMAGE_FORMAT)
+SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, DEVICE, DTYPE, QUANTIZE, TEXT,
+                  EXAMPLE, MAX_TOKENS, LIBRARY_PICK, IMAGE_FORMAT)
 
 
 def init_state() -> None:

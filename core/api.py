@@ -19,12 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from attnscope.models import LoadedModel, ModelSpec, load_model
+from attnscope.models import LoadedModel, ModelSpec, load_model, resolve_placement
 from attnscope.studies.base import ProgressFn, Result, Source, open_result
 from attnscope.tokens import Cut, Tokens, from_ids, tokenize
-
-DEVICES = ("auto", "cpu")  # "cuda" arrives with GPU support
-DTYPES = ("auto", "float32")
 
 Text = str | Sequence[int]
 
@@ -64,7 +61,8 @@ class Model:
     def fingerprint(self) -> str:
         """Model id, revision and a digest of every weight's name and shape and a sample of its values: what a
         cached result must match (a fine-tuned copy under the same folder name gets a new fingerprint)."""
-        digest = hashlib.sha256(f"{self.spec.name}@{self.spec.revision}".encode())
+        placed = f"{self.info.get('device')}/{self.info.get('quantize')}"  # a GPU rounds differently from the CPU
+        digest = hashlib.sha256(f"{self.spec.name}@{self.spec.revision}@{placed}".encode())
         for name, tensor in self.module.state_dict().items():
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes()
@@ -86,28 +84,34 @@ class Model:
     def __repr__(self) -> str:
         info = self.info
         return (f"attnscope.Model({self.spec.name!r}, {self.kind}, {info.get('n_layers')} layers x "
-                f"{info.get('n_heads')} heads, {info.get('max_positions')} positions)")
+                f"{info.get('n_heads')} heads, {info.get('max_positions')} positions, on {info.get('device')} in "
+                f"{info.get('dtype')})")
 
 
 def load(model: str = "smollm2-135m", *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
-         trust_remote_code: bool = False, progress: ProgressFn | None = None) -> Model:
+         quantize: str = "none", trust_remote_code: bool = False, progress: ProgressFn | None = None) -> Model:
     """Load a packaged alias ("smollm2-135m", "minilm-l6"), a Hugging Face hub id or a local folder.
 
     Args:
         model: alias, hub id ("org/name") or local folder.
         revision: hub branch, tag or commit (hub ids only).
-        device, dtype: "auto" or "cpu" / "float32" today (the model runs on the CPU in fp32).
+        device: "auto" (the first GPU when torch sees one, else the CPU), "cpu", "cuda", "cuda:N", or "map" (the
+            layers spread over every GPU and then the CPU: accelerate's device_map="auto").
+        dtype: "auto" (bfloat16 on a GPU, float32 on the CPU), "float32", "bfloat16" or "float16".
+        quantize: "none", "8bit" or "4bit" weights (bitsandbytes, on a GPU).
         trust_remote_code: run code shipped with a hub model.
         progress: progress(fraction, message) while a packaged model is prepared the first time.
 
+    Every analysis runs where the model runs; only small results come back to the CPU.
+
     Raises:
-        attnscope.models.ModelLoadError: one sentence saying what went wrong and what to do.
+        ValueError: a device, dtype or quantize that is not one of the choices.
+        attnscope.models.ModelLoadError: one sentence saying what went wrong and what to do (no GPU, not enough
+            memory, no bitsandbytes, ...).
     """
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)} in this version; got {device!r}.")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} in this version; got {dtype!r}.")
-    spec = ModelSpec(name=model, revision=revision or None, trust_remote_code=trust_remote_code)
+    spec = ModelSpec(name=model, revision=revision or None, trust_remote_code=trust_remote_code, device=device,
+                     dtype=dtype, quantize=quantize)
+    resolve_placement(device, dtype, quantize)  # a wrong choice fails before anything is read
     return Model(load_model(spec, progress=progress))
 
 

@@ -77,6 +77,14 @@ class LayerCapture:
             return self.mask[:, :, rows]
         return key_positions_visible(n_queries, n_keys, rows, self.causal, self.q.device)[None, None]
 
+    def to(self, device: torch.device | str) -> LayerCapture:
+        """The same layer with its tensors on `device` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.q.device == device:
+            return self
+        moved = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return dataclasses.replace(self, q=moved(self.q), k=moved(self.k), v=moved(self.v), mask=moved(self.mask))
+
     def prefix(self, n_tokens: int) -> LayerCapture:
         """The layer as the model computes it on its first `n_tokens` tokens alone (exact under the causal mask)."""
         if n_tokens >= self.q.shape[2]:
@@ -352,6 +360,11 @@ class Capture:
         return self.layers[index]
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's input ids go: the device of its input embedding (the first GPU under a device map)."""
+    return model.get_input_embeddings().weight.device
+
+
 @torch.no_grad()
 def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: Iterable[int] | None = None,
                      hidden_states: bool = False) -> Capture:
@@ -362,7 +375,7 @@ def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers:
     layer is recorded and a ValueError says so.
     """
     with capturing(layers) as captured:
-        output = model(input_ids=input_ids, output_hidden_states=hidden_states)
+        output = model(input_ids=input_ids.to(input_device(model)), output_hidden_states=hidden_states)
     if not captured:
         raise ValueError(
             f"No attention layer was captured: load the model with attn_implementation='{ATTENTION_NAME}' "

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 from attnscope import settings as S
-from attnscope.models import (DEFAULT_MODEL, PACKAGED_MODELS, ModelLoadError, ModelSpec, cache_dir, needs_preparation,
-                              prepare_packaged_model, prepared_folder)
+from attnscope.models import (DEFAULT_MODEL, DTYPES, PACKAGED_MODELS, QUANTIZE, ModelLoadError, ModelSpec, cache_dir,
+                              needs_preparation, prepare_packaged_model, prepared_folder)
 
 STUDY_SETTINGS = {  # study -> settings it takes (beyond model, text and the token cut)
     "stats": (),
@@ -124,8 +124,8 @@ def _run_study(args) -> int:
         raise CommandError(f"--out {args.out}: the file must end in .json, .csv, .parquet or .html.")
     progress = _Progress(args.quiet)
     try:
-        model = attnscope.load(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
-                               progress=progress)
+        model = attnscope.load(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
+                               quantize=args.quantize, trust_remote_code=args.trust_remote_code, progress=progress)
         options = {key: getattr(args, key) for key in STUDY_SETTINGS[args.command]}
         common = {"max_tokens": args.tokens, "progress": progress, "cache": not args.no_cache}
         if args.command == "stats":
@@ -192,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
                                 f"(default: {DEFAULT_MODEL})")
         study.add_argument("--revision", default=None, help="hub branch, tag or commit")
         study.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a hub model")
+        study.add_argument("--device", default="auto", metavar="DEVICE",
+                           help="auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N, or map (layers "
+                                "spread over every GPU, then the CPU) (default: auto)")
+        study.add_argument("--dtype", default="auto", choices=tuple(DTYPES),
+                           help="auto is bfloat16 on a GPU, float32 on the CPU (default: auto)")
+        study.add_argument("--quantize", default="none", choices=QUANTIZE,
+                           help="8bit or 4bit weights through bitsandbytes, on a GPU (default: none)")
         texts = study.add_mutually_exclusive_group()
         texts.add_argument("--text-file", metavar="FILE", help="UTF-8 text to analyse; - reads standard input"
                            + (" (default: the built-in long document)" if name == "collapse" else ""))

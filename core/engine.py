@@ -30,7 +30,7 @@ import torch
 
 from attnscope import kernels
 from attnscope.analyses import maps
-from attnscope.capture import ATTENTION_NAME, Capture, LayerCapture, streaming
+from attnscope.capture import ATTENTION_NAME, Capture, LayerCapture, input_device, streaming
 from attnscope.logprobs import next_token_logprobs
 
 FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")  # of maps.HeadStats
@@ -66,15 +66,16 @@ class EngineRun:
 class _Engine:
     """The streaming consumer: one fused kernel pass per layer, its summary kept, q/k/v kept only when asked."""
 
-    def __init__(self, keep: set[int]):
+    def __init__(self, keep: set[int], backend: str):
         self.keep = keep
+        self.backend = backend
         self.head_stats: dict[int, maps.HeadStats] = {}
         self.kept: dict[int, LayerCapture] = {}
         self.n_heads = 0
 
     def __call__(self, index: int, layer: LayerCapture) -> torch.Tensor:
         stats = kernels.attention_stats(layer.q, layer.k, layer.v, causal=layer.causal, scale=layer.scale,
-                                        mask=layer.mask, softcap=layer.softcap, argmax=False)
+                                        mask=layer.mask, softcap=layer.softcap, argmax=False, backend=self.backend)
         self.head_stats[index] = maps.summarise(stats, maps.visible_keys(layer))
         self.n_heads = layer.n_heads
         if index in self.keep:
@@ -86,7 +87,7 @@ class _Engine:
 
 @torch.no_grad()
 def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-        keep_layers: Iterable[int] = (), hidden_states: bool = False) -> EngineRun:
+        keep_layers: Iterable[int] = (), hidden_states: bool = False, backend: str = "auto") -> EngineRun:
     """Run `model` on `input_ids` (B, T) once, computing every layer's head statistics as it goes.
 
     Args:
@@ -96,16 +97,20 @@ def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torc
         keep_layers: layer indices whose q/k/v (and mask rule) to keep, as run_with_capture keeps them.
         hidden_states: also keep the residual stream entering each kept layer (transformers' output_hidden_states;
             the model then holds every layer's until it returns).
+        backend: the kernels' backend, "auto" (Triton on CUDA tensors, torch elsewhere), "triton" or "torch".
+            A layer with an explicit mask or a softcap takes the torch path under "auto" (see kernels.attention_stats).
 
     Returns:
         EngineRun with head_stats for every layer, kept for keep_layers, token_logprobs for decoders.
     """
     keep = set(keep_layers)
-    engine = _Engine(keep)
+    engine = _Engine(keep, backend)
     options = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+    device = input_device(model)
     with streaming(engine):
-        output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states,
-                       **options)
+        output = model(input_ids=input_ids.to(device),
+                       attention_mask=None if attention_mask is None else attention_mask.to(device),
+                       output_hidden_states=hidden_states, **options)
     if not engine.head_stats:
         raise ValueError(
             f"No attention layer reached the engine: load the model with attn_implementation='{ATTENTION_NAME}' "

@@ -23,18 +23,18 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *,
         dtype: precision of the log-softmax (and of the result).
 
     Returns:
-        (T - 1,) in `dtype`.
+        (T - 1,) in `dtype`, on the CPU (computed where the logits are).
     """
     if logits.shape[:2] != input_ids.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match input ids {tuple(input_ids.shape)}: expected "
                          "(B, T, V) and (B, T).")
-    targets = input_ids[0, 1:]
+    targets = input_ids[0, 1:].to(logits.device)
     out = torch.empty(len(targets), dtype=dtype, device=logits.device)
     for start in range(0, len(targets), ROWS):
         rows = slice(start, min(start + ROWS, len(targets)))
         logprobs = torch.log_softmax(logits[0, rows].to(dtype), -1)  # (rows, V)
         out[rows] = logprobs.gather(-1, targets[rows, None]).squeeze(-1)
-    return out
+    return out.cpu()
 
 
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> float:

@@ -39,6 +39,8 @@ sessions. Package folders are found with ``importlib.util.find_spec`` without im
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import json
 import logging
@@ -124,6 +126,85 @@ class ModelSpec:
     name: str = DEFAULT_MODEL  # packaged alias, hub id ("org/name") or local folder
     revision: str | None = None  # hub branch, tag or commit; ignored for aliases and folders
     trust_remote_code: bool = False  # run code shipped with a hub model; off unless the user turns it on
+    device: str = "auto"  # see DEVICES: "auto", "cpu", "cuda", "cuda:N" or "map"
+    dtype: str = "auto"  # see DTYPES: "auto", "float32", "bfloat16" or "float16"
+    quantize: str = "none"  # see QUANTIZE: "none", "8bit" or "4bit" (bitsandbytes, CUDA only)
+
+
+# Where and in what precision a model runs. "auto": the first CUDA GPU when torch sees one, else the CPU; "map":
+# accelerate's device_map="auto", the layers spread over every GPU and then the CPU (for models larger than one GPU).
+DEVICES = ("auto", "cpu", "cuda", "map")  # and "cuda:N"
+# "auto": bfloat16 on a GPU (float16 where the GPU has no bfloat16), float32 on the CPU.
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZE = ("none", "8bit", "4bit")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A ModelSpec's device, dtype and quantization resolved on this machine."""
+
+    device: str  # "cpu", "cuda:N" or "map"
+    dtype: torch.dtype
+    quantize: str  # "none", "8bit" or "4bit"
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def from_pretrained_kwargs(self) -> dict:
+        """dtype, device_map and quantization_config for transformers' from_pretrained."""
+        kwargs: dict = {"dtype": self.dtype}
+        if self.device != "cpu":
+            kwargs["device_map"] = "auto" if self.device == "map" else self.device
+        if self.quantize != "none":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_8bit=True) if self.quantize == "8bit"
+                else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=self.dtype, bnb_4bit_quant_type="nf4"))
+        return kwargs
+
+
+def resolve_placement(device: str = "auto", dtype: str = "auto", quantize: str = "none") -> Placement:
+    """Resolve the user's device, dtype and quantization on this machine.
+
+    Raises:
+        ValueError: a value that is not one of the choices.
+        ModelLoadError: a choice this machine cannot honour (no CUDA GPU, no such GPU, no bitsandbytes), in one
+            sentence saying what to choose instead.
+    """
+    device, dtype, quantize = str(device).strip().lower(), str(dtype).strip().lower(), str(quantize).strip().lower()
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N; got {device!r}.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}.")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}; got {quantize!r}.")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto" or (device == "map" and not gpus):  # a device map over the CPU alone is the CPU
+        device = "cuda:0" if gpus else "cpu"
+    elif device.startswith("cuda") or device == "map":
+        if not gpus and device != "map":
+            raise ModelLoadError(f"device {device} needs a CUDA GPU, and torch sees none on this machine: choose "
+                                 "cpu (or auto).")
+        device = "cuda:0" if device == "cuda" else device
+        if device.startswith("cuda:") and int(device[5:]) >= gpus:
+            raise ModelLoadError(f"There is no {device}: this machine has {gpus} GPU{'s' if gpus != 1 else ''} "
+                                 f"(cuda:0 to cuda:{gpus - 1}).")
+    on_gpu = device != "cpu" and gpus > 0
+    if DTYPES[dtype] is not None:
+        resolved = DTYPES[dtype]
+    elif on_gpu:
+        resolved = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        resolved = torch.float32
+    if quantize != "none":
+        if not on_gpu:
+            raise ModelLoadError(f"{quantize} weights (bitsandbytes) need a CUDA GPU: choose quantize none on the CPU.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError(f"{quantize} weights need bitsandbytes: `pip install -r requirements-gpu.txt`, or "
+                                 "choose quantize none.")
+    return Placement(device=device, dtype=resolved, quantize=quantize)
 
 
 @dataclass
@@ -445,28 +526,61 @@ def _keep_in_memory(alias: str, model: torch.nn.Module, tokenizer: object, error
     _add_note(alias, _IN_MEMORY_NOTE)
 
 
-def _read_prepared(folder: Path) -> tuple[torch.nn.Module, object]:
+def _read_prepared(folder: Path, placement: Placement) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=ATTENTION_NAME)
+    with _fitting(folder.name, placement):
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=ATTENTION_NAME,
+                                                     **placement.from_pretrained_kwargs())
     return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _fitting(name: str, placement: Placement):
+    """Turn running out of GPU memory while loading into one sentence saying what to choose instead."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        free = ""
+        if placement.device.startswith("cuda:"):
+            available, total = torch.cuda.mem_get_info(torch.device(placement.device))
+            free = f" ({available / 2**30:.1f} of {total / 2**30:.1f} GiB free on {placement.device})"
+        options = [option for option, applies in (
+            ("device map (its layers spread over every GPU and the CPU)", placement.device != "map"),
+            ("quantize 8bit or 4bit", placement.quantize != "4bit"),
+            ("bfloat16", placement.dtype == torch.float32),
+        ) if applies]
+        raise ModelLoadError(f"{name} does not fit in {placement.dtype_name} on {placement.device}{free}: choose "
+                             f"{', or '.join(options) or 'a smaller model'}.") from error
+
+
+def _placed(model: torch.nn.Module, placement: Placement) -> torch.nn.Module:
+    """A model kept in memory (fp32, CPU) moved to `placement`: a copy, so the kept one stays as it is."""
+    if placement.device == "cpu" and placement.dtype == torch.float32:
+        return model
+    if placement.quantize != "none" or placement.device == "map":
+        raise ModelLoadError("The cache folder cannot be written, so this model is kept in memory, where it can run "
+                             "on one device without quantization only: make the cache folder writable.")
+    return copy.deepcopy(model).to(device=placement.device, dtype=placement.dtype)
 
 
 def _load_packaged_gguf(spec: ModelSpec, packaged: PackagedModel, progress: ProgressFn | None) -> LoadedModel:
     """Prepare if needed and load; a prepared copy that fails to load is prepared again once."""
+    placement = resolve_placement(spec.device, spec.dtype, spec.quantize)
     report = progress or _no_progress
     failed_copy = None  # the _marker_identity of a copy that failed to load
     for attempt in range(2):
         folder = _prepare(packaged, report, failed_copy=failed_copy)
         if folder is None:  # kept in memory: the cache folder cannot be written
             model, tokenizer = _IN_MEMORY[_memory_key(spec.name)]
+            model = _placed(model, placement)
             source = "memory (the cache folder cannot be written)"
             break
         report(0.95, f"Loading {spec.name}")
         try:
-            model, tokenizer = _read_prepared(folder)
-        except MemoryError:
+            model, tokenizer = _read_prepared(folder, placement)
+        except (MemoryError, ModelLoadError):
             raise
         except Exception as error:  # the copy is ours, so whatever breaks reading it means it is damaged
             if attempt == 1:
@@ -481,7 +595,7 @@ def _load_packaged_gguf(spec: ModelSpec, packaged: PackagedModel, progress: Prog
             source = str(folder)
             break
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, kind=packaged.kind, source=source,
-                       info=describe(model.config), notes=_take_notes(spec.name))
+                       info=describe(model.config) | placed_on(model), notes=_take_notes(spec.name))
 
 
 def _resolve_source(spec: ModelSpec) -> tuple[str, dict, PackagedModel | None]:
@@ -511,7 +625,8 @@ def _is_decoder(config) -> bool:
 
 
 def load_model(spec: ModelSpec, *, progress: ProgressFn | None = None) -> LoadedModel:
-    """Load tokenizer and model for `spec` on the CPU in fp32, in eval mode, ready for capture.
+    """Load tokenizer and model for `spec` where and in the precision it asks for (resolve_placement; by default a
+    GPU in bfloat16 when there is one, else the CPU in float32), in eval mode, ready for capture.
 
     A packaged GGUF model is prepared first when needed (see prepare_packaged_model); a prepared copy that fails to
     load is moved aside and prepared again once, and ``LoadedModel.notes`` says so.
@@ -525,6 +640,7 @@ def load_model(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Loaded
     packaged = PACKAGED_MODELS.get(spec.name)
     if packaged is not None and packaged.gguf_file is not None:
         return _load_packaged_gguf(spec, packaged, progress)
+    placement = resolve_placement(spec.device, spec.dtype, spec.quantize)
     source, kwargs, packaged = _resolve_source(spec)
     remote = {"trust_remote_code": spec.trust_remote_code}
     try:
@@ -534,9 +650,9 @@ def load_model(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Loaded
         auto_class = AutoModelForCausalLM if kind == "decoder" else AutoModel
         if progress:
             progress(0.95, f"Loading {spec.name}")
-        model = auto_class.from_pretrained(
-            source, config=config, dtype=torch.float32, attn_implementation=ATTENTION_NAME, **kwargs, **remote
-        )
+        with _fitting(spec.name, placement):
+            model = auto_class.from_pretrained(source, config=config, attn_implementation=ATTENTION_NAME,
+                                               **placement.from_pretrained_kwargs(), **kwargs, **remote)
     except (OSError, ValueError) as error:
         if packaged is not None:  # the package folder is a server path: log it, do not show it
             logger.exception("Could not read the packaged model in %s", source)
@@ -561,8 +677,35 @@ def load_model(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Loaded
         ) from error
     model.eval()
     return LoadedModel(
-        spec=spec, model=model, tokenizer=tokenizer, kind=kind, source=source, info=describe(model.config)
+        spec=spec, model=model, tokenizer=tokenizer, kind=kind, source=source,
+        info=describe(model.config) | placed_on(model),
     )
+
+
+def placed_on(model: torch.nn.Module) -> dict:
+    """device ("cpu", "cuda:0", or the devices of a device map, e.g. "cuda:0, cuda:1, cpu"), dtype and quantization
+    of a loaded model, for LoadedModel.info."""
+    devices = sorted({str(p.device) for p in model.parameters()}, key=lambda d: (d == "cpu", d))
+    quantization = getattr(model.config, "quantization_config", None)
+    if quantization is None:
+        quantized = "none"
+    else:
+        quantized = "8bit" if getattr(quantization, "load_in_8bit", False) else "4bit"
+    return {"device": ", ".join(devices), "dtype": str(model.dtype).removeprefix("torch."), "quantize": quantized}
+
+
+def memory_in_use(model: torch.nn.Module) -> str:
+    """What the sidebar shows: memory allocated on each GPU the model uses, else this process's resident memory."""
+    gpus = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+    if gpus:
+        return ", ".join(f"{torch.cuda.memory_allocated(d) / 2**30:.1f} GiB on {d}" for d in gpus)
+    import resource
+
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the peak is what the standard library offers
+        resident = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return f"{resident / 2**30:.1f} GiB resident (this process)"
 
 
 def describe(config) -> dict:

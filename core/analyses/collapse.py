@@ -134,6 +134,10 @@ def analyse_layers(layers: Sequence[LayerCapture], *, rows: int, hidden: Sequenc
     """
     if hidden is not None and len(hidden) != len(layers):
         raise ValueError(f"hidden has {len(hidden)} entries for {len(layers)} layers; give one per layer or None.")
+    # The analysis is exact fp64 work on the analysed rows (a few thousand keys): it runs on the CPU whatever device
+    # the model ran on, the windows' q/k/v (O(L d) per head) copied there.
+    layers = [layer.to("cpu") for layer in layers]
+    hidden = None if hidden is None else [states.cpu() for states in hidden]
     seeds = list(range(len(layers))) if seeds is None else list(seeds)
     if len(seeds) != len(layers):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(layers)} layers; give one per layer or None.")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from attnscope import kernels
-from attnscope.capture import LayerCapture, substituting
+from attnscope.capture import LayerCapture, input_device, substituting
 from attnscope.kernels.taylor import naive as taylor_naive
 from attnscope.logprobs import next_token_loss
 
@@ -96,6 +96,7 @@ def sweep_layer(layer: LayerCapture, *, max_order: int, clamp: Clamp = None, bac
     _check_supported(layer)
     sweep = kernels.taylor_sweep(layer.q[:1], layer.k[:1], layer.v[:1], max_order=max_order, clamp=clamp,
                                  causal=layer.causal, scale=layer.scale, backend=backend)
+    sweep = sweep.to("cpu")  # (orders, heads, rows) summaries: small next to the layer
     target_norm = sweep.target_norm[0].double()  # (H, T)
     error = {}
     for name, rows in sweep.error.items():
@@ -164,7 +165,7 @@ def row_weights(layer: LayerCapture, *, head: int, query: int, order: int, denom
     the output, not the weights, so its weights are shown over sum exp(s) like "softmax".
     """
     _check_supported(layer)
-    scores = layer.logits(heads=[head], rows=slice(query, query + 1), dtype=torch.float64)[0, 0, 0]  # (S,)
+    scores = layer.logits(heads=[head], rows=slice(query, query + 1), dtype=torch.float64)[0, 0, 0].cpu()  # (S,)
     visible = torch.isfinite(scores)
     scores = scores.masked_fill(~visible, 0.0)  # hidden keys get no weight below; a finite stand-in keeps sums clean
     clamped = taylor_naive.clamp_logits(scores, clamp)
@@ -288,5 +289,5 @@ def substitution_loss(model: torch.nn.Module, input_ids: torch.Tensor, substitut
         raise ValueError("Next-token loss needs at least two tokens.")
     attention = attention_function(substitute)
     with contextlib.nullcontext() if attention is None else substituting(attention):
-        logits = model(input_ids=input_ids).logits
+        logits = model(input_ids=input_ids.to(input_device(model))).logits
     return next_token_loss(logits, input_ids)

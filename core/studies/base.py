@@ -260,10 +260,12 @@ def progress_steps(progress: ProgressFn | None, total: int) -> Callable[[int, st
 
 
 def meta_for(model, tokens, **settings) -> dict:
-    """Where a result's numbers come from: the model, its revision, the token count and the settings."""
+    """Where a result's numbers come from: the model, its revision, where and in what precision it ran, the token
+    count and the settings."""
     import attnscope
 
-    return {"model": model.spec.name, "revision": model.spec.revision or "", "tokens": len(tokens),
+    return {"model": model.spec.name, "revision": model.spec.revision or "", "device": model.info.get("device"),
+            "dtype": model.info.get("dtype"), "quantize": model.info.get("quantize"), "tokens": len(tokens),
             "text_tokens": tokens.n_text_tokens, "truncated": tokens.truncated,
             **settings, "attnscope": attnscope.__version__}
 

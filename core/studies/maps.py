@@ -75,7 +75,7 @@ def layer_maps(source: Source, text, cut: Cut, layer: int, heads: tuple[int, ...
 def query_row(source: Source, text, cut: Cut, layer: int, head: int, query: int) -> np.ndarray:
     """(S,) one query token's weights in one head; invisible keys are 0."""
     captured = source.capture(text, cut).layer(layer)
-    return analysis.query_weights(captured, head=head, query=query).numpy()
+    return analysis.query_weights(captured, head=head, query=query).cpu().numpy()
 
 
 # ---- results ------------------------------------------------------------------------------------------------------

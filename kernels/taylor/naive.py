@@ -179,6 +179,11 @@ class TaylorSweep:
     logit_max: torch.Tensor  # (B, Hq)
     logit_hist: torch.Tensor  # (B, Hq, LOGIT_BINS) counts of visible scaled logits on logit_bin_edges()
 
+    def to(self, device: torch.device | str) -> TaylorSweep:
+        """The same sweep with every tensor on `device`."""
+        fields = {name: getattr(self, name).to(device) for name in self.__dataclass_fields__ if name != "error"}
+        return TaylorSweep(error={name: rows.to(device) for name, rows in self.error.items()}, **fields)
+
 
 def taylor_sweep(q, k, v, *, max_order: int, clamp=None, causal: bool = True,
                  scale: float | None = None) -> TaylorSweep:

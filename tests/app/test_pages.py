@@ -25,6 +25,19 @@ def _figure(at: AppTest, index: int = 0) -> dict:
     return json.loads(at.get("plotly_chart")[index].proto.spec)
 
 
+def test_device_and_precision_in_the_sidebar():
+    """The sidebar says where the model runs, in what, and the memory in use; choosing bfloat16 reloads it so."""
+    at = _app().run()
+    assert not at.exception
+    assert at.selectbox(key=state.DEVICE).options == ["auto (GPU if there is one)", "cpu"]  # no GPU here
+    assert any(re.search(r"\nOn cpu in float32 · \d+\.\d GiB resident \(this process\)$", c.value)
+               for c in at.sidebar.caption)
+    at.selectbox(key=state.DTYPE).set_value("bfloat16").run()
+    assert not at.exception
+    assert any("\nOn cpu in bfloat16 · " in c.value for c in at.sidebar.caption)
+    assert "Layer 0, head 0" in _figure(at)["layout"]["title"]["text"]
+
+
 def test_attention_maps_page_every_view():
     at = _app().run()
     assert not at.exception

@@ -238,7 +238,11 @@ def test_row13_unwritable_cache_prepares_once_and_keeps_the_model_in_memory(unwr
     assert again.model is loaded["first"].model and again.notes == ()
     assert [key for key in models._IN_MEMORY if key[1] == str(unwritable_cache)] == [(ALIAS, str(unwritable_cache))]
     assert again.model.config._attn_implementation == ATTENTION_NAME and not again.model.training
-    assert again.info == {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "head_dim": 64, "max_positions": 8192}
+    assert again.info == {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "head_dim": 64, "max_positions": 8192,
+                          "device": "cpu", "dtype": "float32", "quantize": "none"}
     torch.testing.assert_close(_logits(again), good_logits, rtol=0, atol=0)
     ids = again.tokenizer("Attention is all you need", return_tensors="pt")["input_ids"]
     assert run_with_capture(again.model, ids).n_layers == 30
+    # Another precision is a copy of the kept model: the kept one stays as every other session uses it.
+    half = load_model(ModelSpec(ALIAS, dtype="bfloat16"))
+    assert half.model is not again.model and half.info["dtype"] == "bfloat16" and again.model.dtype == torch.float32

@@ -112,6 +112,13 @@ def test_cli_errors_are_one_sentence_and_an_exit_status(tmp_path):
     assert bad_out.returncode == 1 and "must end in .json, .csv, .parquet or .html" in bad_out.stderr
     no_text = _cli("stats", "--quiet")
     assert no_text.returncode == 1 and "Give a text" in no_text.stderr
+    no_gpu = _cli("stats", "--text", "x", "--device", "cuda", "--quiet")
+    assert no_gpu.returncode == 1 and no_gpu.stderr.strip() == (
+        "attnscope stats: device cuda needs a CUDA GPU, and torch sees none on this machine: choose cpu (or auto).")
+    bad_device = _cli("stats", "--text", "x", "--device", "tpu", "--quiet")
+    assert bad_device.returncode == 1 and "device must be one of auto, cpu, cuda, map or cuda:N" in bad_device.stderr
+    bad_dtype = _cli("stats", "--text", "x", "--dtype", "fp8")
+    assert bad_dtype.returncode == 2 and "--dtype: invalid choice: 'fp8'" in bad_dtype.stderr
 
 
 def test_cli_taylor_and_collapse_equal_the_api(model, tmp_path):

@@ -25,7 +25,8 @@ def test_smollm2_knows_the_capital_of_france(smollm2):
 
 def test_smollm2_geometry(smollm2):
     assert smollm2.kind == "decoder"
-    assert smollm2.info == {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "head_dim": 64, "max_positions": 8192}
+    assert smollm2.info == {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "head_dim": 64, "max_positions": 8192,
+                            "device": "cpu", "dtype": "float32", "quantize": "none"}
 
 
 def test_capture_equals_eager_on_every_layer(smollm2, smollm2_eager):

@@ -184,3 +184,30 @@ def test_errors_say_what_to_do():
         engine.run(build("llama"), ids, keep_layers=[7])
     with pytest.raises(ValueError, match="field must be one of"):
         engine.run(build("llama"), ids).stacked("lse")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_triton_backend_through_the_engine(dtype):
+    """backend="triton" (the interpreter here, compiled on a GPU) inside a whole forward pass: the same statistics
+    and the same next-token log-probabilities as the torch path, in fp32 and bf16 models."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from attnscope.capture import register_attention
+
+    register_attention()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256)  # head_dim 16
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="attnscope", dtype=dtype).eval()
+    ids = _ids(70)
+    torch_path, triton_path = engine.run(model, ids, backend="torch"), engine.run(model, ids, backend="triton")
+    # Layer 0 reads the same q/k/v on both paths: fp32 statistics agree closely whatever the model's dtype. Layer 1
+    # reads what each path's layer-0 output made of the residual stream, rounded to bf16 (eps 2^-8) in a bf16 model.
+    loose = dtype == torch.bfloat16
+    for index in range(2):
+        tolerance = dict(rtol=2e-2, atol=2e-2) if loose and index > 0 else dict(rtol=1e-4, atol=1e-5)
+        for field in engine.FIELDS:
+            torch.testing.assert_close(getattr(triton_path.head_stats[index], field),
+                                       getattr(torch_path.head_stats[index], field), **tolerance)
+    torch.testing.assert_close(triton_path.token_logprobs, torch_path.token_logprobs,
+                               rtol=2e-2 if loose else 1e-4, atol=5e-2 if loose else 1e-4)
