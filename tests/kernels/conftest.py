@@ -1,6 +1,11 @@
 import pytest
+import torch
 
 from attnscope.kernels.utils import poisoned_outputs
+from tests.kernels.helpers import DEVICE
+
+if DEVICE != "cpu":  # ATTNSCOPE_TEST_DEVICE (benchmarks/gpu_check.py): tensors a test builds itself go there too
+    torch.set_default_device(DEVICE)
 
 
 @pytest.fixture(autouse=True)

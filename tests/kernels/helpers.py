@@ -5,8 +5,15 @@ twice the error that the plain torch implementation makes in the inputs' own pre
 """
 
 import math
+import os
 
 import torch
+
+# Where make_qkv and make_mask put their tensors: the CPU unless ATTNSCOPE_TEST_DEVICE names another device.
+# benchmarks/gpu_check.py sets it to "cuda" (with TRITON_INTERPRET=0) to run these tests compiled on a GPU; the
+# conftest beside this file then makes it torch's default device, so the tensors a test builds itself land there too.
+# Random draws always come from a CPU generator, so every device tests the same numbers.
+DEVICE = os.environ.get("ATTNSCOPE_TEST_DEVICE", "cpu")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -32,11 +39,12 @@ def cases(dtypes=DTYPES):
 
 def make_qkv(shape, dtype, *, logit_scale: float = 1.0, seed: int = 0):
     batch, n_heads, n_kv, n_queries, n_keys, head_dim, _ = shape
-    generator = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, n_heads, n_queries, head_dim, generator=generator) * logit_scale
-    k = torch.randn(batch, n_kv, n_keys, head_dim, generator=generator)
-    v = torch.randn(batch, n_kv, n_keys, head_dim, generator=generator)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    with torch.device("cpu"):
+        generator = torch.Generator().manual_seed(seed)
+        q = torch.randn(batch, n_heads, n_queries, head_dim, generator=generator) * logit_scale
+        k = torch.randn(batch, n_kv, n_keys, head_dim, generator=generator)
+        v = torch.randn(batch, n_kv, n_keys, head_dim, generator=generator)
+    return q.to(DEVICE, dtype), k.to(DEVICE, dtype), v.to(DEVICE, dtype)
 
 
 # Explicit masks the torch paths take, over every shape above: (name, softcap applied with it).
@@ -57,6 +65,11 @@ def make_mask(kind: str, shape, *, seed: int = 0) -> torch.Tensor:
         causal rule the padded queries see nothing);
     key_padding (B, 1, 1, S): the last 4 keys of the last sequence hidden from every query.
     """
+    with torch.device("cpu"):
+        return _cpu_mask(kind, shape, seed=seed).to(DEVICE)
+
+
+def _cpu_mask(kind: str, shape, *, seed: int) -> torch.Tensor:
     batch, n_heads, _, n_queries, n_keys, _, causal = shape
     query_pos = torch.arange(n_queries)[:, None] + (n_keys - n_queries)
     key_pos = torch.arange(n_keys)[None, :]
