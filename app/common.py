@@ -216,7 +216,8 @@ def _placement_choices() -> None:
     if not quantizable:
         st.session_state[state.QUANTIZE] = "none"
     with st.expander("Device and precision"):
-        st.selectbox("Device", devices, key=state.DEVICE, format_func=DEVICE_LABELS.get,
+        st.selectbox("Device", devices, key=state.DEVICE,
+                     format_func=lambda device: DEVICE_LABELS.get(device, device),
                      help="Where the model and every analysis run. 'auto' is the first GPU when there is one, "
                           "else the CPU.")
         st.selectbox("Precision", list(DTYPES), key=state.DTYPE, format_func=DTYPE_LABELS.get,
@@ -227,8 +228,7 @@ def _placement_choices() -> None:
                          help="8-bit or 4-bit weights through bitsandbytes, for models larger than the GPU.")
 
 
-DEVICE_LABELS = {"auto": "auto (GPU if there is one)", "cpu": "cpu", "map": "spread over every GPU, then the CPU"}
-DEVICE_LABELS.update({f"cuda:{index}": f"cuda:{index}" for index in range(16)})
+DEVICE_LABELS = {"auto": "auto (GPU if there is one)", "map": "spread over every GPU, then the CPU"}  # else the name
 DTYPE_LABELS = {"auto": "auto (bfloat16 on a GPU, float32 on the CPU)", "float32": "float32", "bfloat16": "bfloat16",
                 "float16": "float16"}
 

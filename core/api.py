@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from attnscope.models import LoadedModel, ModelSpec, load_model, resolve_placement
+from attnscope.models import LoadedModel, ModelSpec, load_model
 from attnscope.studies.base import ProgressFn, Result, Source, open_result
 from attnscope.tokens import Cut, Tokens, from_ids, tokenize
 
@@ -111,8 +111,7 @@ def load(model: str = "smollm2-135m", *, revision: str | None = None, device: st
     """
     spec = ModelSpec(name=model, revision=revision or None, trust_remote_code=trust_remote_code, device=device,
                      dtype=dtype, quantize=quantize)
-    resolve_placement(device, dtype, quantize)  # a wrong choice fails before anything is read
-    return Model(load_model(spec, progress=progress))
+    return Model(load_model(spec, progress=progress))  # a wrong placement fails there before anything is read
 
 
 def source(model: Model, cache: bool | object = False) -> Source:

@@ -699,13 +699,9 @@ def memory_in_use(model: torch.nn.Module) -> str:
     gpus = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
     if gpus:
         return ", ".join(f"{torch.cuda.memory_allocated(d) / 2**30:.1f} GiB on {d}" for d in gpus)
-    import resource
+    import psutil  # installed with accelerate, which requirements.txt pins
 
-    try:
-        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: the peak is what the standard library offers
-        resident = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return f"{resident / 2**30:.1f} GiB resident (this process)"
+    return f"{psutil.Process().memory_info().rss / 2**30:.1f} GiB resident (this process)"
 
 
 def describe(config) -> dict:

@@ -38,7 +38,7 @@ def mode() -> str:
 
 @functools.cache
 def has_compiler() -> bool:
-    return any(shutil.which(name) for name in ((os.environ.get("CXX") or "c++"), *COMPILERS))
+    return any(shutil.which(name) for name in (os.environ.get("CXX"), *COMPILERS) if name)
 
 
 def wanted(device: torch.device, work: int, *, least: int) -> bool:

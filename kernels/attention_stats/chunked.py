@@ -211,21 +211,19 @@ def attention_stats(
             weights = weights_buffer[: scores.numel()].view(scores.shape)
             if fused:
                 tile_entropy = _compiled_exp_entropy(scores, ref, weights)
-                entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
             else:
                 scores.sub_(ref[..., None])  # s - r, in place
                 torch.exp(scores, out=weights)
-            if topk > 0:
-                tile_top, tile_key = scores.topk(min(topk, b - a), dim=-1)
-                tile_top.add_(ref[..., None])  # back to logits, comparable across tiles
-                tile_key.add_(a)
-                if entropy_sum is not None:
-                    tile_top, picked = torch.cat([logits_top, tile_top], -1).topk(topk, dim=-1)
-                    tile_key = torch.cat([keys_top, tile_key], -1).gather(-1, picked)
-                logits_top, keys_top = tile_top, tile_key
-            if not fused:
+                if topk > 0:
+                    tile_top, tile_key = scores.topk(min(topk, b - a), dim=-1)
+                    tile_top.add_(ref[..., None])  # back to logits, comparable across tiles
+                    tile_key.add_(a)
+                    if entropy_sum is not None:  # not the block's first tile: merge with the top-k so far
+                        tile_top, picked = torch.cat([logits_top, tile_top], -1).topk(topk, dim=-1)
+                        tile_key = torch.cat([keys_top, tile_key], -1).gather(-1, picked)
+                    logits_top, keys_top = tile_top, tile_key
                 tile_entropy = scores.mul_(weights).sum(-1)  # sum_j w_j (s_j - r); buffer 1 is free after this
-                entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
+            entropy_sum = tile_entropy if entropy_sum is None else entropy_sum.add_(tile_entropy)
             acc.baddbmm_(weights, columns[:, a:b])
             if b > split:  # keys after the block's first row: sum w |p - j| written out
                 c0 = max(a, split) - a
