@@ -10,7 +10,22 @@ from __future__ import annotations
 
 import torch
 
+from attnscope.kernels import compiled
+
 ROWS = 256  # rows of the (T, vocabulary) logits turned into log-probabilities at a time
+# Calls over at least this many logits take the compiled row function (kernels.compiled) when the policy allows:
+# SmolLM2 (49,152 columns) from about 1,400 tokens on. Compiled: 0.30 s instead of 0.52 s at 8,192 tokens on two
+# cores (the values agree to the last bit or within a few ulps).
+COMPILE_FROM = 2**26
+
+
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """log_softmax(logits)[row, target] for (rows, V) logits and (rows,) targets, in `dtype`. Compiled, Inductor
+    reads each row once and never writes the (rows, V) log-softmax, as only the targets' entries are used."""
+    return torch.log_softmax(logits.to(dtype), -1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+_compiled_picked_logprobs = compiled.fused(picked_logprobs)
 
 
 def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *,
@@ -30,10 +45,12 @@ def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *,
                          "(B, T, V) and (B, T).")
     targets = input_ids[0, 1:].to(logits.device)
     out = torch.empty(len(targets), dtype=dtype, device=logits.device)
+    work = logits.shape[1] * logits.shape[2]
+    picked = (_compiled_picked_logprobs if compiled.wanted(logits.device, work, least=COMPILE_FROM)
+              else picked_logprobs)
     for start in range(0, len(targets), ROWS):
         rows = slice(start, min(start + ROWS, len(targets)))
-        logprobs = torch.log_softmax(logits[0, rows].to(dtype), -1)  # (rows, V)
-        out[rows] = logprobs.gather(-1, targets[rows, None]).squeeze(-1)
+        out[rows] = picked(logits[0, rows], targets[rows], dtype)
     return out.cpu()
 
 

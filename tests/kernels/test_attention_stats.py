@@ -47,11 +47,28 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(chunked, "RESCALE_MARGIN", 0.0)
 
 
-@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.fixture
+def row_pieces(small_tiles, monkeypatch):
+    """Small tiles, and each matmul's rows cut into 3 batch entries (as 2 threads cut 3 key/value heads' rows in 2);
+    blocks whose rows do not split in 3 go whole."""
+    from attnscope.kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "row_pieces", lambda n_batches, n_rows, threads: 3)
+
+
+@pytest.mark.parametrize("n_batches,n_rows,threads,pieces", [
+    (3, 384, 2, 2), (3, 384, 1, 1), (2, 384, 2, 1), (1, 128, 4, 4), (3, 384, 6, 2), (3, 40, 2, 1), (3, 385, 2, 1)])
+def test_row_pieces_make_the_batch_a_multiple_of_the_threads(n_batches, n_rows, threads, pieces):
+    from attnscope.kernels.attention_stats import chunked
+
+    assert chunked.row_pieces(n_batches, n_rows, threads) == pieces
+
+
+@pytest.mark.parametrize("tiles", ["default", "small", "row_pieces"])
 @pytest.mark.parametrize("shape,dtype_name", CASES, ids=IDS)
 def test_torch_path_matches_reference(shape, dtype_name, tiles, request):
-    if tiles == "small":
-        request.getfixturevalue("small_tiles")
+    if tiles != "default":
+        request.getfixturevalue("small_tiles" if tiles == "small" else tiles)
     q, k, v = make_qkv(shape, DTYPES[dtype_name])
     causal, topk = shape[-1], min(5, shape[4])
     _check(attention_stats(q, k, v, causal=causal, topk=topk, backend="torch"), q, k, v, causal=causal, topk=topk)
@@ -61,11 +78,11 @@ MASK_CASES = [(shape, name, kind, softcap) for shape, name in CASES for kind, so
 MASK_IDS = [f"{case_id}-{mask_id(kind, softcap)}" for case_id in IDS for kind, softcap in MASKS]
 
 
-@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("tiles", ["default", "small", "row_pieces"])
 @pytest.mark.parametrize("shape,dtype_name,kind,softcap", MASK_CASES, ids=MASK_IDS)
 def test_torch_path_with_masks_and_softcap_matches_reference(shape, dtype_name, kind, softcap, tiles, request):
-    if tiles == "small":
-        request.getfixturevalue("small_tiles")
+    if tiles != "default":
+        request.getfixturevalue("small_tiles" if tiles == "small" else tiles)
     q, k, v = make_qkv(shape, DTYPES[dtype_name], logit_scale=3.0 if softcap else 1.0)
     mask = make_mask(kind, shape)
     topk = min(5, shape[4])

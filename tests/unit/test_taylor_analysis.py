@@ -163,6 +163,23 @@ def test_prefix_is_what_the_model_computes_on_the_prefix_alone():
         run_with_capture(build("bert"), ids).layer(0).prefix(5)
 
 
+@pytest.mark.parametrize("policy", ["off", "on"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_picked_logprobs_equal_log_softmax_eager_and_compiled(policy, dtype, monkeypatch):
+    """The row function next_token_logprobs uses (compiled on large CPU calls) against torch's log_softmax, on logits
+    spread over +-80 (exp would overflow without the row maximum)."""
+    from attnscope import logprobs
+
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", policy)
+    monkeypatch.setattr(logprobs, "ROWS", 7)  # several blocks, the last one short
+    logits = torch.randn(1, 30, 1000, generator=torch.Generator().manual_seed(0)) * 40
+    ids = torch.randint(0, 1000, (1, 30), generator=torch.Generator().manual_seed(1))
+    expected = torch.log_softmax(logits[0, :-1].to(dtype), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    tolerance = 4 * torch.finfo(dtype).eps * 80
+    torch.testing.assert_close(logprobs.next_token_logprobs(logits, ids, dtype=dtype), expected, rtol=0,
+                               atol=tolerance)
+
+
 def test_one_next_token_loss_for_the_model_and_its_substitutes():
     """substitution_loss is attnscope.logprobs.next_token_loss of the logits; log-probabilities taken a block of rows
     at a time equal one whole log_softmax: in fp32 exactly what a capture records, in fp64 the loss's."""
