@@ -4,8 +4,12 @@ kernel runs (kernels/tiles.py and each op's fused.py).
 Layout everywhere: q (B, Hq, T, D); k and v (B, Hkv, S, D) with Hq a multiple of Hkv (grouped-query attention;
 query head h reads key/value head h // (Hq // Hkv), never a repeated copy). Query row i sits at key position
 i + S - T (bottom-right alignment, as with a KV cache); under the causal mask it sees keys 0 .. i + S - T.
-An explicit mask (bool, True = visible, broadcastable to (B, Hq, T, S)) replaces the causal rule; a logit softcap c
-maps logits s -> c * tanh(s / c) before the softmax (Gemma 2).
+A sliding window w narrows the causal rule: query row i (key position p = i + S - T) sees keys j with
+p - w < j <= p, the w most recent ones (Mistral, Gemma 2/3 local layers; transformers' sliding_window_causal rule).
+An explicit mask (bool, True = visible, broadcastable to (B, Hq, T, S)) replaces both rules: only padding needs one.
+A logit softcap c maps logits s -> c * tanh(s / c) before the softmax (Gemma 2). Learned sinks (gpt-oss's s_aux) are
+one logit per query head that joins every row's normaliser as an extra cell with no value vector: the weights on the
+real keys sum to 1 - p_sink (THEORY.md, "Learned sinks"); the sink logit is used as given (no scale, no softcap).
 """
 
 from __future__ import annotations
@@ -28,18 +32,22 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device, *, masked_or_softcapped: bool = False) -> str:
+def resolve_backend(backend: str, device: torch.device, *, masked_or_softcapped: bool = False,
+                    unsupported: str | None = None) -> str:
     """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU only under the interpreter.
 
-    The Triton kernels take neither an explicit mask nor a softcap yet: with either, "auto" is the torch path and
-    "triton" raises ValueError.
+    `unsupported` names what the call asks for that its Triton kernel does not take (e.g. "explicit mask"):
+    then "auto" is the torch path and "triton" raises ValueError. masked_or_softcapped=True is the older spelling
+    of unsupported="explicit mask or softcap".
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-    if masked_or_softcapped:
+    if masked_or_softcapped and unsupported is None:
+        unsupported = "explicit mask or softcap"
+    if unsupported:
         if backend == "triton":
-            raise ValueError("The Triton kernels take no explicit mask or softcap yet; use backend='torch' or 'auto' "
-                             "(which runs the torch path for them).")
+            raise ValueError(f"The Triton kernels take no {unsupported} yet; use backend='torch' or 'auto' (which "
+                             "runs the torch path for it).")
         return "torch"
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
@@ -97,24 +105,55 @@ def check_softcap(softcap: float | None) -> float | None:
     return float(softcap)
 
 
+def check_window(window: int | None, *, causal: bool, mask: torch.Tensor | None) -> int | None:
+    """`window` as an int, or ValueError: a positive key count, and only with the causal rule and no explicit mask."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive number of keys (or None for no sliding window); got {window!r}.")
+    if not causal or mask is not None:
+        raise ValueError("A sliding window narrows the causal rule: pass causal=True and no explicit mask with it.")
+    return window
+
+
+def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | None:
+    """Learned sink logits as an fp32 (Hq,) tensor on q's device, or ValueError naming the shapes."""
+    if sinks is None:
+        return None
+    if not isinstance(sinks, torch.Tensor) or sinks.shape != (q.shape[1],):
+        shape = tuple(sinks.shape) if isinstance(sinks, torch.Tensor) else type(sinks).__name__
+        raise ValueError(f"sinks must be one logit per query head, shape ({q.shape[1]},); got {shape}.")
+    if not sinks.is_floating_point() or not bool(torch.isfinite(sinks).all()):
+        raise ValueError("sinks must be finite floating-point logits.")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks must be on q's device {q.device}; got {sinks.device}.")
+    return sinks.float()
+
+
 def default_scale(scale: float | None, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
-def key_positions_visible(n_queries: int, n_keys: int, rows: slice, causal: bool, device) -> torch.Tensor:
-    """(t, S) bool: which keys the query rows `rows` see under the rule (bottom-right causal alignment, or all)."""
+def key_positions_visible(n_queries: int, n_keys: int, rows: slice, causal: bool, device,
+                          window: int | None = None) -> torch.Tensor:
+    """(t, S) bool: which keys the query rows `rows` see under the rule (bottom-right causal alignment, narrowed to
+    the last `window` keys when given, or all)."""
     query_pos = torch.arange(rows.start, rows.stop, device=device) + (n_keys - n_queries)
     key_pos = torch.arange(n_keys, device=device)
     if not causal:
         return torch.ones(len(query_pos), n_keys, dtype=torch.bool, device=device)
-    return key_pos[None, :] <= query_pos[:, None]
+    visible = key_pos[None, :] <= query_pos[:, None]
+    if window is not None:
+        visible &= key_pos[None, :] > query_pos[:, None] - window
+    return visible
 
 
-def visibility(n_queries: int, n_keys: int, *, causal: bool, mask: torch.Tensor | None, device) -> torch.Tensor:
-    """(B or 1, Hq or 1, T, S) bool: the explicit mask when there is one, else the causal or full rule."""
+def visibility(n_queries: int, n_keys: int, *, causal: bool, mask: torch.Tensor | None, device,
+               window: int | None = None) -> torch.Tensor:
+    """(B or 1, Hq or 1, T, S) bool: the explicit mask when there is one, else the (windowed) causal or full rule."""
     if mask is not None:
         return mask
-    return key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, device)[None, None]
+    return key_positions_visible(n_queries, n_keys, slice(0, n_queries), causal, device, window)[None, None]
 
 
 def dot_precision(dtype: torch.dtype) -> str:

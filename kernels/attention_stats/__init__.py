@@ -10,7 +10,15 @@ import torch
 
 from attnscope.kernels.attention_stats import chunked
 from attnscope.kernels.attention_stats.naive import AttentionStats
-from attnscope.kernels.utils import check_mask, check_qkv, check_softcap, default_scale, resolve_backend
+from attnscope.kernels.utils import (
+    check_mask,
+    check_qkv,
+    check_sinks,
+    check_softcap,
+    check_window,
+    default_scale,
+    resolve_backend,
+)
 
 __all__ = ["AttentionStats", "attention_stats"]
 
@@ -26,6 +34,8 @@ def attention_stats(
     mask: torch.Tensor | None = None,
     softcap: float | None = None,
     argmax: bool = True,
+    window: int | None = None,
+    sinks: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> AttentionStats:
     """Per-query-row attention statistics without building the (T, S) matrix.
@@ -35,31 +45,37 @@ def attention_stats(
         causal: query row i sees keys 0 .. i + S - T.
         scale: logits are scale * q.k; default 1/sqrt(D).
         topk: also return the topk largest weights and their key indices per row.
-        mask: bool, broadcastable to (B, Hq, T, S), True = visible; replaces `causal` (padding, sliding windows).
+        mask: bool, broadcastable to (B, Hq, T, S), True = visible; replaces `causal` (padding: any other pattern).
         softcap: logits s -> softcap * tanh(s / softcap) before the softmax (Gemma 2).
         argmax: also return each row's argmax. The torch path finds the row maximum about 3x faster without it; the
             Triton kernel tracks it at no cost, and leaves it out as asked.
+        window: sliding window (with causal=True, no mask): row i sees keys i + S - T - window < j <= i + S - T.
+        sinks: (Hq,) learned sink logits (gpt-oss's s_aux): an extra cell of every row's softmax with no value.
         backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With a mask or softcap, "auto" is
-            the torch path and "triton" raises ValueError: the Triton kernel does not take them yet.
+            the torch path and "triton" raises ValueError: the Triton kernel does not take them yet. It takes window and
+        sinks.
 
     Returns:
         AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax (None with argmax=False),
         sink_mass, mean_distance; with
         topk > 0 topk_weights / topk_indices (B, Hq, T, topk); with v the attention output (B, Hq, T, Dv).
-        A row that sees no key (only under a mask) has lse -inf and zero weights (see naive.py).
+        With sinks also learned_sink_mass (B, Hq, T); max_weight and entropy then count the sink cell and argmax is
+        -1 where it holds the largest weight. A row that sees no key (only under a mask) has lse -inf and zero
+        weights, or all its weight on the sink cell (see naive.py).
     """
     check_qkv(q, k, v, causal=causal and mask is None)
     if topk < 0 or topk > k.shape[2]:
         raise ValueError(f"topk must be in 0..S={k.shape[2]}; got {topk}.")
     mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
+    window, sinks = check_window(window, causal=causal, mask=mask), check_sinks(sinks, q)
     scale = default_scale(scale, q.shape[-1])
     extras = mask is not None or softcap is not None
     if resolve_backend(backend, q.device, masked_or_softcapped=extras) == "torch":
         return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk, mask=mask, softcap=softcap,
-                                       argmax=argmax)
+                                       argmax=argmax, window=window, sinks=sinks)
     from attnscope.kernels.attention_stats import fused  # imports triton
 
-    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk)
+    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk, window=window, sinks=sinks)
     if not argmax:
         stats.argmax = None
     return stats

@@ -22,13 +22,18 @@ log l - E / l, max weight = exp(m - lse), sink mass = w_0 / l, output = (w @ V) 
 position of the block's first row: over keys j <= f, |p - j| = (p - f) + (f - j) is a sum of two non-negative terms
 (the matmul columns above; no cancellation, unlike p - E[j]); tiles of keys after f (under the causal rule only the
 diagonal ones) add sum w |p - j| written out. Key tiles no row of a block sees are skipped: those past the causal
-frontier, and those outside the span an explicit mask opens for the block (a sliding window). A row that sees no
-key has l = 0 and all-zero statistics.
+frontier, those left of a sliding window, and those outside the span an explicit mask opens for the block. A row
+that sees no key has l = 0 and all-zero statistics. Learned sinks join at the end: r -> r' = max(r, z), l -> alpha l +
+exp(z - r'), E -> alpha (E + (r - r') l) + exp(z - r') (z - r') with alpha = exp(r - r'), and the row sums over the
+keys are weighted by alpha / l'.
 
 Few, large operations per tile matter on the CPU: each is one parallel region, and on a busy machine a region waits
 for every thread to be scheduled; the per-tile bookkeeping is a handful of operations on (rows,) vectors. Without
 top-k, the exp and the entropy sum are exp_entropy, one pass that torch.compile fuses (kernels.compiled: large calls,
-where a C++ compiler is present); eagerly they are the in-place operations above.
+where a C++ compiler is present); eagerly they are the in-place operations above. Compiled, without an argmax and when
+no row can miss a whole tile (no mask, no window), the row maximum joins them (softmax_step), and each row moves its
+own reference. On several threads the two matmuls per tile cut their rows so their batch is a multiple of the thread
+count (row_pieces).
 """
 
 from __future__ import annotations
@@ -134,15 +139,22 @@ def attention_stats(
     mask: torch.Tensor | None = None,
     softcap: float | None = None,
     argmax: bool = True,
+    window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> AttentionStats:
     """q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv) or None; mask None or a 4-D bool view
-    (B or 1, Hq or 1, T, S) that replaces the causal rule (kernels.utils.check_mask); see the module docstring."""
+    (B or 1, Hq or 1, T, S) that replaces the causal rule (kernels.utils.check_mask); window (with the causal rule
+    only) and sinks (fp32 (Hq,)) as kernels.utils says; see the module docstring."""
     batch, n_heads, n_queries, head_dim = q.shape
     n_kv, n_keys = k.shape[1], k.shape[2]
     groups = n_heads // n_kv
     offset = n_keys - n_queries  # key position of query row 0
     device = q.device
     causal = causal and mask is None
+    window = window if causal else None
+    # A row may see no key of a tile (an explicit mask, or a tile left of a sliding window): then the reference moves
+    # to the running maximum every tile and rows with nothing summed yet are guarded.
+    partial = mask is not None or window is not None
     factor = scale / softcap if softcap is not None else scale
     # (B Hkv, T G, D): rows ordered (query, head), so a block of queries is a contiguous slice
     q_rows = (q.float() * factor).reshape(batch, n_kv, groups, n_queries, head_dim).transpose(2, 3)
@@ -184,9 +196,9 @@ def attention_stats(
 
     # Without top-k (which reads s - r back) the exp and the entropy sum are one compiled pass when allowed.
     fused = topk == 0 and compiled.wanted(device, batch * n_heads * n_queries * n_keys, least=COMPILE_FROM)
-    # Keys hidden only by the causal rule, no top-k, no argmax (the engine's case): the whole tile step is one call.
-    stepped = topk == 0 and not argmax and mask is None
-    step = _compiled_softmax_step if fused else softmax_step
+    # Compiled, keys hidden only by the causal rule, no top-k, no argmax (the engine's case): the whole tile step is
+    # one call. Eagerly softmax_step would make more passes than the in-place operations below.
+    stepped = fused and not argmax and not partial
     before_end = 0  # keys [0, before_end) hold 1 in the "j <= f" column; f only grows from block to block
     for start in range(0, n_queries, block_rows):
         t = min(block_rows, n_queries - start)
@@ -195,6 +207,8 @@ def attention_stats(
         mask_rows = None if mask is None else mask[:, :, start : start + t]
         if causal:
             lo, hi = 0, min(n_keys, max(first + t, topk))
+            if window is not None:  # keys left of the block's first row's window: no row of the block sees them
+                lo = max(0, min(first - window + 1, hi - topk))
         elif mask is not None:
             lo, hi = key_span(mask_rows, n_keys, topk)
         else:
@@ -229,10 +243,14 @@ def attention_stats(
             elif mask_rows is not None:
                 hidden = ~row_major_mask(mask_rows[..., a:b], n_kv)  # (b, Hkv or 1, t, G or 1, keys)
                 scores.view(batch, n_kv, t, groups, b - a).masked_fill_(hidden, _MASKED)
+            if window is not None and a <= first + t - 1 - window:  # key a + c left of row first + i's window
+                left = diagonal[:t, : b - a] <= first - a - window
+                scores.view(-1, t, groups, b - a).masked_fill_(left[:, None], _MASKED)
 
             weights = weights_buffer[: scores.numel()].view(scores.shape)
             if stepped:
-                tile_max, new_ref, tile_entropy = step(scores, unset if ref is None else ref, weights, RESCALE_MARGIN)
+                tile_max, new_ref, tile_entropy = _compiled_softmax_step(scores, unset if ref is None else ref, weights,
+                                                                         RESCALE_MARGIN)
                 if ref is None:
                     top, ref, entropy_sum = tile_max, new_ref, tile_entropy
                 else:
@@ -249,21 +267,21 @@ def attention_stats(
                     tile_max, tile_at = scores.max(dim=-1)
                 else:
                     tile_max = scores.amax(dim=-1)
-                if mask_rows is not None:
+                if partial:
                     tile_max.masked_fill_(tile_max < _MASKED / 2, float("-inf"))
                 if top is None:
                     top, best = tile_max, (tile_at + a if argmax else None)
-                    ref = tile_max if mask_rows is None else torch.where(tile_max > float("-inf"), tile_max, 0.0)
+                    ref = tile_max if not partial else torch.where(tile_max > float("-inf"), tile_max, 0.0)
                 else:
                     if argmax:
                         best = torch.where(tile_max > top, tile_at + a, best)
                     top = torch.maximum(top, tile_max)
                     # Under a mask a row may see its first key in any tile: move r to m every time (exact, and safe).
-                    if mask_rows is not None or bool((tile_max > ref + RESCALE_MARGIN).any()):
-                        new_ref = top if mask_rows is None else torch.where(top > float("-inf"), top, 0.0)
+                    if partial or bool((tile_max > ref + RESCALE_MARGIN).any()):
+                        new_ref = top if not partial else torch.where(top > float("-inf"), top, 0.0)
                         drop = ref - new_ref
                         alpha = torch.exp(drop)
-                        if mask_rows is not None:  # nothing summed yet: nothing to rescale (and exp could overflow)
+                        if partial:  # nothing summed yet: nothing to rescale (and exp could overflow)
                             alpha.masked_fill_(total == 0, 0.0)
                         entropy_sum.addcmul_(drop, total).mul_(alpha)  # E' = alpha (E + (r - r') l)
                         acc.mul_(alpha[..., None])
@@ -303,19 +321,35 @@ def attention_stats(
     sums = sums.view(*by_row, width)
     total = sums[..., at_total]
     seen = total > 0
-    inverse = torch.where(seen, 1.0 / total, 0.0)
-    lse = reference.view(by_row) + torch.log(total)  # -inf where nothing is seen
+    reference, row_max, shifted_mass = reference.view(by_row), row_max.view(by_row), shifted_mass.view(by_row)
+    share = torch.where(seen, 1.0 / total, 0.0)  # turns a row sum over the keys into their weighted sum
+    learned = None
+    if sinks is not None:
+        # The sink cell joins the normaliser: move r to r' = max(r, z) (rows that see nothing have l = 0 and r = 0),
+        # l' = alpha l + exp(z - r'), E' = alpha (E + (r - r') l) + exp(z - r') (z - r'), alpha = exp(r - r').
+        sink = sinks.view(1, n_kv, 1, groups)
+        new_ref = torch.maximum(reference, sink)
+        alpha, cell = torch.exp(reference - new_ref), torch.exp(sink - new_ref)
+        shifted_mass = alpha * (shifted_mass + (reference - new_ref) * total) + cell * (sink - new_ref)
+        total = alpha * total + cell
+        reference, seen = new_ref, torch.ones_like(seen)
+        share, learned = alpha / total, cell / total
+        if argmax:
+            top_at = top_at.view(by_row).masked_fill(sink > row_max, -1)
+        row_max = torch.maximum(row_max, sink)
+    lse = reference + torch.log(total)  # -inf where nothing is seen
     position = torch.arange(n_queries, device=device, dtype=torch.float32) + offset
     # over keys j <= f: sum w (p - f) + sum w (f - j); the keys after f are already in the distance column
     distance = sums[..., at_distance] + (position - first_of_row)[:, None] * sums[..., at_before]
     to_heads = lambda x: x.transpose(2, 3).reshape(batch, n_heads, n_queries, *x.shape[4:])  # noqa: E731
     stats = AttentionStats(
         lse=to_heads(lse),
-        entropy=to_heads(torch.where(seen, torch.log(total) - shifted_mass.view(by_row) * inverse, 0.0)),
-        max_weight=to_heads(torch.where(seen, torch.exp(row_max.view(by_row) - lse), 0.0)),
-        argmax=to_heads(top_at.view(by_row).masked_fill_(~seen, 0)) if argmax else None,
-        sink_mass=to_heads(sums[..., at_sink] * inverse),
-        mean_distance=to_heads(distance * inverse),
+        entropy=to_heads(torch.where(seen, torch.log(total) - shifted_mass / total, 0.0)),
+        max_weight=to_heads(torch.where(seen, torch.exp(row_max - lse), 0.0)),
+        argmax=to_heads(top_at.view(by_row).masked_fill(~seen, 0)) if argmax else None,
+        sink_mass=to_heads(sums[..., at_sink] * share),
+        mean_distance=to_heads(distance * share),
+        learned_sink_mass=None if learned is None else to_heads(learned),
     )
     if topk > 0:
         top_logits, top_keys = top_logits.view(*by_row, topk), top_keys.view(*by_row, topk)
@@ -325,6 +359,6 @@ def attention_stats(
     if v is not None:
         # (B, T, Hkv, G, Dv) in memory, the layout a transformers attention function returns: handed out as
         # (B, Hq, T, Dv), its transpose back is free
-        output = (sums[..., :value_dim] * inverse[..., None]).to(v.dtype).permute(0, 2, 1, 3, 4).contiguous()
+        output = (sums[..., :value_dim] * share[..., None]).to(v.dtype).permute(0, 2, 1, 3, 4).contiguous()
         stats.output = output.view(batch, n_queries, n_heads, value_dim).transpose(1, 2)
     return stats

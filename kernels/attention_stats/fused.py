@@ -6,7 +6,9 @@ lse - E[s]), sum exp(s - m) * |i - j| (mean distance) and, with V, the output ac
 follows m. Top-k keeps, per row, TOPK candidate logits; each key tile offers its TOPK best, each replacing the
 current smallest candidate when larger. Memory is O(T) per head; the (T, S) matrix never exists.
 
-Grouped-query attention: program (tile, b * Hq + h) reads key/value head h // (Hq // Hkv) in place.
+Grouped-query attention: program (tile, b * Hq + h) reads key/value head h // (Hq // Hkv) in place. A sliding window
+starts the key loop at the tile left of the first row's window and hides the keys left of each row's; a learned sink
+z joins at the end (m' = max(m, z), l' = l exp(m - m') + exp(z - m'), the sums rescaled alike, E[s] gains z's term).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ def attention_stats_kernel(
     lse_ptr, entropy_ptr, max_ptr, argmax_ptr, sink_ptr, dist_ptr,  # (B, Hq, T) each, contiguous
     topk_w_ptr, topk_i_ptr,  # (B, Hq, T, TOPK) contiguous
     o_ptr,  # (B, Hq, T, DV) contiguous
+    sinks_ptr, learned_ptr,  # (Hq,) fp32 learned sink logits; (B, Hq, T) learned sink mass
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
-    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale,
-    CAUSAL: tl.constexpr, TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, WITH_V: tl.constexpr,
+    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale, window,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr,
+    TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, WITH_V: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -70,13 +74,18 @@ def attention_stats_kernel(
         b_ti = tl.full([BLOCK_M, TOPK_PAD], -1, tl.int32)
 
     hi = n_keys
+    lo = 0
     if CAUSAL:
         hi = tl.minimum(n_keys, (i_m + 1) * BLOCK_M + (n_keys - n_queries))
-    for start_n in range(0, hi, BLOCK_N):
+    if WINDOW:  # the first key the tile's first row sees, down to a whole key tile
+        lo = tl.maximum(0, i_m * BLOCK_M + (n_keys - n_queries) - window + 1) // BLOCK_N * BLOCK_N
+    for start_n in range(lo, hi, BLOCK_N):
         o_n = start_n + tl.arange(0, BLOCK_N)
         m_n = o_n < n_keys
         b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m, n_keys,
                                        head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION, DOT_UPCAST)
+        if WINDOW:
+            visible = visible & (o_n[None, :] > pos_m[:, None] - window)
         b_s = tl.where(visible, b_s, float("-inf"))
         if start_n == 0:
             b_s0 = tl.sum(tl.where(o_n[None, :] == 0, b_s, 0.0), axis=1)
@@ -109,6 +118,18 @@ def attention_stats_kernel(
                 b_ti = tl.where(take, (start_n + best_at)[:, None], b_ti)
                 b_cand = tl.where(tl.arange(0, BLOCK_N)[None, :] == best_at[:, None], float("-inf"), b_cand)
 
+    if SINKS:  # the sink cell joins the normaliser, with no value and no distance
+        b_z = tl.load(sinks_ptr + i_h)
+        m_new = tl.maximum(b_m, b_z)
+        alpha = tl.exp(b_m - m_new)
+        b_cell = tl.exp(b_z - m_new)
+        b_l = b_l * alpha + b_cell
+        b_ls = b_ls * alpha + b_cell * b_z
+        b_ld = b_ld * alpha
+        if WITH_V:
+            b_acc = b_acc * alpha[:, None]
+        b_arg = tl.where(b_z > b_m, -1, b_arg)
+        b_m = m_new
     # Rows past the end of the sequence are never stored; give them finite values so nothing computes inf - inf.
     b_l = tl.where(m_m, b_l, 1.0)
     b_lse = tl.where(m_m, b_m + tl.log(b_l), 0.0)
@@ -119,6 +140,8 @@ def attention_stats_kernel(
     tl.store(argmax_ptr + o_row, b_arg.to(tl.int64), mask=m_m)
     tl.store(sink_ptr + o_row, tl.exp(b_s0 - b_lse), mask=m_m)
     tl.store(dist_ptr + o_row, b_ld / b_l, mask=m_m)
+    if SINKS:
+        tl.store(learned_ptr + o_row, b_cell / b_l, mask=m_m)
     if WITH_V:
         p_o = o_ptr + o_row[:, None] * value_dim + o_dv[None, :]
         m_o = m_m[:, None] & (o_dv[None, :] < value_dim)
@@ -135,7 +158,8 @@ def attention_stats_kernel(
             b_tv = tl.where(o_t[None, :] == best_at[:, None], float("-inf"), b_tv)
 
 
-def _launch(q, k, v, *, causal: bool, scale: float, topk: int, block_m: int = 64, block_n: int = 64) -> AttentionStats:
+def _launch(q, k, v, *, causal: bool, scale: float, topk: int, window: int | None = None,
+            sinks: torch.Tensor | None = None, block_m: int = 64, block_n: int = 64) -> AttentionStats:
     batch, n_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
     value_dim = v.shape[-1] if v is not None else 1
@@ -149,15 +173,16 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, block_m: int = 64
     topk_weights = floats(*shape, max(topk, 1))
     topk_indices = empty_output(*shape, max(topk, 1), device=q.device, dtype=torch.int64)
     output = empty_output(*shape, value_dim, device=q.device, dtype=v.dtype if v is not None else q.dtype)
+    learned = floats(*shape) if sinks is not None else out.lse  # (a stand-in the kernel never writes)
     grid = (triton.cdiv(n_queries, block_m), batch * n_heads)
     v_arg = v if v is not None else k
     attention_stats_kernel[grid](
         q, k, v_arg,
         out.lse, out.entropy, out.max_weight, out.argmax, out.sink_mass, out.mean_distance,
-        topk_weights, topk_indices, output,
+        topk_weights, topk_indices, output, out.lse if sinks is None else sinks.contiguous(), learned,
         *q.stride(), *k.stride(), *v_arg.stride(),
-        n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale,
-        CAUSAL=causal, TOPK=topk, TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
+        n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale, window or 0,
+        CAUSAL=causal, WINDOW=window is not None, SINKS=sinks is not None, TOPK=topk, TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),
@@ -166,4 +191,6 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, block_m: int = 64
         out.topk_weights, out.topk_indices = topk_weights, topk_indices
     if v is not None:
         out.output = output
+    if sinks is not None:
+        out.learned_sink_mass = learned
     return out

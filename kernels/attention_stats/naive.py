@@ -13,6 +13,16 @@ else the causal or full rule):
     output        = sum_j p_j v_j
 A row that sees no key at all (possible only under an explicit mask) has every p_j = 0: lse = -inf, entropy,
 max_weight, sink_mass, mean_distance and output 0, argmax 0, topk weights 0 and indices -1.
+
+With a sliding window w the visible keys are those of the causal rule with j > i + S - T - w.
+With learned sinks (one logit z_h per query head, gpt-oss's s_aux) the softmax runs over the visible keys plus one
+extra cell of logit z_h that has no value and no position:
+    lse               = log (sum_j exp(s_j) + exp(z_h))
+    learned_sink_mass = exp(z_h - lse)
+    entropy           = -sum over the keys and the sink cell of p log p
+    max_weight        = the largest weight among the keys and the sink cell; argmax = -1 when it is the sink cell
+    sink_mass, mean_distance, topk, output: over the real keys only (their weights sum to 1 - learned_sink_mass)
+A row that sees no key then puts all its weight on the sink cell.
 """
 
 from __future__ import annotations
@@ -35,17 +45,19 @@ class AttentionStats:
     topk_weights: torch.Tensor | None = None  # (B, Hq, T, topk) fp32, descending
     topk_indices: torch.Tensor | None = None  # (B, Hq, T, topk) int64
     output: torch.Tensor | None = None  # (B, Hq, T, Dv) in v's dtype, when v was given
+    learned_sink_mass: torch.Tensor | None = None  # (B, Hq, T) fp32 weight of the learned sink cell, with sinks
 
 
 def masked_scores(q, k, *, causal: bool, scale: float | None, mask: torch.Tensor | None = None,
-                  softcap: float | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                  softcap: float | None = None, dtype: torch.dtype = torch.float64,
+                  window: int | None = None) -> torch.Tensor:
     """(B, Hq, T, S) logits computed in `dtype` from the repeated keys, softcapped if asked; -inf where hidden."""
     groups = q.shape[1] // k.shape[1]
     keys = k.to(dtype).repeat_interleave(groups, dim=1)  # (B, Hq, S, D)
     scores = torch.matmul(q.to(dtype), keys.transpose(-1, -2)) * default_scale(scale, q.shape[-1])
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
-    visible = visibility(q.shape[2], k.shape[2], causal=causal, mask=mask, device=q.device)
+    visible = visibility(q.shape[2], k.shape[2], causal=causal, mask=mask, device=q.device, window=window)
     return scores.masked_fill(~visible, float("-inf"))
 
 
@@ -64,18 +76,28 @@ def attention_stats(
     topk: int = 0,
     mask: torch.Tensor | None = None,
     softcap: float | None = None,
+    window: int | None = None,
+    sinks: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> AttentionStats:
     """Full-matrix statistics computed in `dtype` (fp64 for the reference; the inputs' own dtype gives the error plain
     torch makes at that precision). q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, Dv); mask broadcastable to
-    (B, Hq, T, S), True = visible, replaces the causal rule."""
+    (B, Hq, T, S), True = visible, replaces the causal rule; window narrows it; sinks (Hq,) learned sink logits."""
     groups = q.shape[1] // k.shape[1]
     n_queries, n_keys = q.shape[2], k.shape[2]
-    scores = masked_scores(q, k, causal=causal, scale=scale, mask=mask, softcap=softcap, dtype=dtype)
+    scores = masked_scores(q, k, causal=causal, scale=scale, mask=mask, softcap=softcap, dtype=dtype, window=window)
+    if sinks is not None:  # the sink cell as a last column, dropped after the softmax
+        sink_column = sinks.to(dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
+        scores = torch.cat([scores, sink_column], dim=-1)
     lse = torch.logsumexp(scores, dim=-1)
     probs = probabilities(scores)
     plogp = torch.where(probs > 0, probs * torch.log(probs), torch.zeros_like(probs))
     max_weight, argmax = probs.max(dim=-1)
+    learned = None
+    if sinks is not None:
+        learned = probs[..., -1]
+        argmax = argmax.masked_fill(argmax == n_keys, -1)
+        scores, probs = scores[..., :-1], probs[..., :-1]
     query_pos = torch.arange(n_queries, device=q.device) + (n_keys - n_queries)
     distance = (query_pos[:, None] - torch.arange(n_keys, device=q.device)[None, :]).abs().to(dtype)
     stats = AttentionStats(
@@ -85,6 +107,7 @@ def attention_stats(
         argmax=argmax,
         sink_mass=probs[..., 0].float(),
         mean_distance=(probs * distance).sum(-1).float(),
+        learned_sink_mass=None if learned is None else learned.float(),
     )
     if topk > 0:
         top_scores, indices = scores.topk(topk, dim=-1)

@@ -9,7 +9,15 @@ from __future__ import annotations
 import torch
 
 from attnscope.kernels.pooled_map import chunked
-from attnscope.kernels.utils import check_mask, check_qkv, check_softcap, default_scale, resolve_backend
+from attnscope.kernels.utils import (
+    check_mask,
+    check_qkv,
+    check_sinks,
+    check_softcap,
+    check_window,
+    default_scale,
+    resolve_backend,
+)
 
 __all__ = ["REDUCTIONS", "pooled_attention_map"]
 
@@ -27,6 +35,8 @@ def pooled_attention_map(
     hide_sink: bool = False,
     mask: torch.Tensor | None = None,
     softcap: float | None = None,
+    window: int | None = None,
+    sinks: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Attention probabilities pooled into block x block tiles without building the (T, S) matrix.
@@ -38,10 +48,14 @@ def pooled_attention_map(
         causal: query row i sees keys 0 .. i + S - T.
         scale: logits are scale * q.k; default 1/sqrt(D).
         hide_sink: leave key 0 out of every tile (weights are not renormalised).
-        mask: bool, broadcastable to (B, Hq, T, S), True = visible; replaces `causal` (padding, sliding windows).
+        mask: bool, broadcastable to (B, Hq, T, S), True = visible; replaces `causal` (padding).
         softcap: logits s -> softcap * tanh(s / softcap) before the softmax (Gemma 2).
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With a mask or softcap, "auto" is
-            the torch path and "triton" raises ValueError: the Triton kernel does not take them yet.
+        window: sliding window (causal only, no mask): query row i (key position p = i + S - T) sees keys
+            p - window < j <= p. Key tiles left of every row's window cost nothing.
+        sinks: (Hq,) learned sink logits (gpt-oss), used as given: one more term exp(sinks[h]) in each row's
+            normaliser with no key of its own, so the map shows the real keys' weights, which sum to 1 - p_sink.
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With an explicit mask, "auto" is
+            the torch path and "triton" raises ValueError: the Triton kernel does not take one.
 
     Returns:
         (B, Hq, ceil(T/block), ceil(S/block)) fp32; NaN for tiles with no visible cell.
@@ -52,11 +66,12 @@ def pooled_attention_map(
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
     mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
+    window, sinks = check_window(window, causal=causal, mask=mask), check_sinks(sinks, q)
     scale = default_scale(scale, q.shape[-1])
-    extras = mask is not None or softcap is not None
-    if resolve_backend(backend, q.device, masked_or_softcapped=extras) == "torch":
-        return chunked.pooled_attention_map(q, k, block=block, reduce=reduce, causal=causal, scale=scale,
-                                            hide_sink=hide_sink, mask=mask, softcap=softcap)
+    options = dict(block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink, softcap=softcap,
+                   window=window, sinks=sinks)
+    if resolve_backend(backend, q.device, unsupported="explicit mask" if mask is not None else None) == "torch":
+        return chunked.pooled_attention_map(q, k, mask=mask, **options)
     from attnscope.kernels.pooled_map import fused  # imports triton
 
-    return fused._launch(q, k, block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink)
+    return fused._launch(q, k, **options)

@@ -1,14 +1,17 @@
 """Pooled attention maps in Triton: two passes, never the (T, S) matrix.
 
-Pass 1 is the attention_stats kernel, for each row's log-sum-exp. Pass 2 rebuilds p = exp(s - lse) tile by tile and
-reduces it to the tile's mean (sum / visible count) or max; tiles without a visible cell are NaN.
+Pass 1 is attention_stats, for each row's log-sum-exp (a learned sink joins it there: lse = log(exp(lse) +
+exp(sink_h))). Pass 2 rebuilds p = exp(s - lse) tile by tile, s softcapped when asked (c tanh(s / c)), and reduces it
+to the tile's mean (sum / visible count) or max; tiles without a visible cell are NaN.
 
 - block <= 64 (`pooled_map_packed_kernel`): one program takes PR pooled rows and walks PC pooled columns at a time.
   Rows and keys are laid out as [pooled index, offset padded to BP = next_power_of_2(block)], flattened into one
   PR*BP x PC*BP dot (64 x 64), and the result is reshaped to 4-D and reduced over the two offset axes. Padding costs
   at most (BP / block)^2 extra work, and block = 1 is the exact map.
 - block > 64 (`pooled_map_kernel`): one program per pooled row walks the key tiles, each in 64 x 64 sub-tiles.
-Key tiles past the causal frontier are never computed.
+Key tiles past the causal frontier or left of a sliding window are never computed, only stored as NaN: the sub-tiled
+kernel starts each tile's key loop at the first key a row of its pooled row sees, the packed one computes only the
+groups of pooled columns between the first and the last such key. The explicit mask stays on the torch path.
 """
 
 from __future__ import annotations
@@ -32,13 +35,26 @@ from attnscope.kernels.utils import (
 
 
 @triton.jit
+def soft_capped(b_s, softcap):
+    """softcap * tanh(b_s / softcap), fp32. Triton has no tanh its interpreter runs, so tanh(x) = (1 - e) / (1 + e)
+    with e = exp(-2|x|), signed; below |x| = 0.1 its Taylor polynomial, where 1 - e would cancel (error < 1e-10)."""
+    x = b_s / softcap
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
+    x2 = x * x
+    small = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
+    large = tl.where(x < 0, -1.0, 1.0) * (1.0 - e) / (1.0 + e)
+    return softcap * tl.where(a < 0.1, small, large)
+
+
+@triton.jit
 def pooled_map_kernel(
     q_ptr, k_ptr, lse_ptr, out_ptr,  # q (B, Hq, T, D), k (B, Hkv, S, D), lse (B, Hq, T), out (B, Hq, R, C)
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
-    n_heads, n_queries, n_keys, head_dim, groups, scale, block, n_key_blocks,
-    CAUSAL: tl.constexpr, HIDE_SINK: tl.constexpr, REDUCE_MAX: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    n_heads, n_queries, n_keys, head_dim, groups, scale, block, n_key_blocks, window, softcap,
+    CAUSAL: tl.constexpr, HIDE_SINK: tl.constexpr, REDUCE_MAX: tl.constexpr, WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i_r, i_bh = tl.program_id(0), tl.program_id(1)
@@ -47,12 +63,15 @@ def pooled_map_kernel(
     o_d = tl.arange(0, BLOCK_D)
     row_start = i_r * block
     row_end = tl.minimum(row_start + block, n_queries)
+    key_lo = 0
     key_hi = n_keys
     if CAUSAL:
         key_hi = tl.minimum(n_keys, row_end + (n_keys - n_queries))  # one past the last key any row here sees
+    if WINDOW:
+        key_lo = tl.maximum(0, row_start + (n_keys - n_queries) - window + 1)  # the first key any row here sees
     for i_c in range(0, n_key_blocks):
-        col_start = i_c * block
-        col_end = tl.minimum(col_start + block, key_hi)
+        col_start = tl.maximum(i_c * block, key_lo)
+        col_end = tl.minimum(i_c * block + block, key_hi)
         b_total = 0.0
         b_count = 0.0
         b_max = float("-inf")
@@ -70,6 +89,10 @@ def pooled_map_kernel(
                 b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m,
                                                col_end, head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION,
                                                DOT_UPCAST)
+                if SOFTCAP:
+                    b_s = soft_capped(b_s, softcap)
+                if WINDOW:
+                    visible = visible & (o_n[None, :] > pos_m[:, None] - window)
                 if HIDE_SINK:
                     visible = visible & (o_n[None, :] != 0)
                 b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
@@ -89,9 +112,9 @@ def pooled_map_packed_kernel(
     q_ptr, k_ptr, lse_ptr, out_ptr,  # q (B, Hq, T, D), k (B, Hkv, S, D), lse (B, Hq, T), out (B, Hq, R, C)
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
-    n_heads, n_queries, n_keys, head_dim, groups, scale, block, n_row_blocks, n_key_blocks,
-    CAUSAL: tl.constexpr, HIDE_SINK: tl.constexpr, REDUCE_MAX: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    n_heads, n_queries, n_keys, head_dim, groups, scale, block, n_row_blocks, n_key_blocks, window, softcap,
+    CAUSAL: tl.constexpr, HIDE_SINK: tl.constexpr, REDUCE_MAX: tl.constexpr, WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     PR: tl.constexpr, PC: tl.constexpr, BP: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i_g, i_bh = tl.program_id(0), tl.program_id(1)
@@ -114,9 +137,12 @@ def pooled_map_packed_kernel(
     if CAUSAL:
         key_hi = tl.minimum(n_keys, last_row + (n_keys - n_queries) + 1)
     col_hi = tl.cdiv(key_hi, block)  # pooled columns that hold a visible cell for some row here
+    col_lo = 0
+    if WINDOW:  # ... and none before the first key the first row here sees
+        col_lo = tl.maximum(0, i_g * PR * block + (n_keys - n_queries) - window + 1) // block
     for start_c in range(0, n_key_blocks, PC):
         o_pc = start_c + tl.arange(0, PC)
-        if start_c < col_hi:
+        if (start_c < col_hi) & (start_c + PC > col_lo):
             cols = tl.reshape(o_pc[:, None] * block + tl.arange(0, BP)[None, :], (PC * BP,))
             m_cols = tl.reshape((tl.arange(0, BP)[None, :] < block) & (o_pc[:, None] < n_key_blocks), (PC * BP,))
             m_cols = m_cols & (cols < n_keys)
@@ -125,9 +151,13 @@ def pooled_map_packed_kernel(
             if DOT_UPCAST:
                 b_k = b_k.to(tl.float32)
             b_s = tl.dot(b_q, b_k, input_precision=DOT_PRECISION) * scale  # [PR*BP, PC*BP]
+            if SOFTCAP:
+                b_s = soft_capped(b_s, softcap)
             visible = m_rows[:, None] & m_cols[None, :]
             if CAUSAL:
                 visible = visible & (cols[None, :] <= pos_rows[:, None])
+            if WINDOW:
+                visible = visible & (cols[None, :] > pos_rows[:, None] - window)
             if HIDE_SINK:
                 visible = visible & (cols[None, :] != 0)
             b_p = tl.where(visible, tl.exp(b_s - b_lse[:, None]), 0.0)
@@ -147,14 +177,20 @@ def pooled_map_packed_kernel(
 _PACKED_LANES = 64  # rows (and keys) per dot in the packed kernel
 
 
-def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_sink: bool) -> torch.Tensor:
+def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_sink: bool, window: int | None = None,
+            softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     batch, n_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
-    lse = attention_stats(q, k, causal=causal, scale=scale, backend="triton").lse
+    # attention_stats' Triton kernel takes no softcap yet: "auto" then gives its torch path (on the GPU too).
+    lse = attention_stats(q, k, causal=causal, scale=scale, window=window, softcap=softcap,
+                          backend="triton" if softcap is None else "auto").lse.contiguous()  # the torch path's is not
+    if sinks is not None:  # over the real keys above; the sink is one more term of the normaliser
+        lse = torch.logaddexp(lse, sinks[None, :, None])
     n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
     out = empty_output(batch, n_heads, n_row_blocks, n_key_blocks, device=q.device, dtype=torch.float32)
     common = dict(
-        CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max",
+        CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max", WINDOW=window is not None,
+        SOFTCAP=softcap is not None,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )
@@ -164,12 +200,12 @@ def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_s
         pooled_map_packed_kernel[(triton.cdiv(n_row_blocks, per_program), batch * n_heads)](
             q, k, lse, out, *q.stride(), *k.stride(),
             n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_row_blocks, n_key_blocks,
-            PR=per_program, PC=per_program, BP=padded, **common,
+            window or 0, softcap or 1.0, PR=per_program, PC=per_program, BP=padded, **common,
         )
         return out
     pooled_map_kernel[(n_row_blocks, batch * n_heads)](
         q, k, lse, out, *q.stride(), *k.stride(),
-        n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_key_blocks,
-        BLOCK_M=_PACKED_LANES, BLOCK_N=_PACKED_LANES, **common,
+        n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_key_blocks, window or 0,
+        softcap or 1.0, BLOCK_M=_PACKED_LANES, BLOCK_N=_PACKED_LANES, **common,
     )
     return out

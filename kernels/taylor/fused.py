@@ -7,6 +7,12 @@ numerator += w @ V, and the denominator of choice alongside: sum w ("taylor"), a
 exp(s) ("softmax", so exp never overflows), the count of visible keys ("none"), or nothing until the end ("l2",
 which normalises the finished numerator over the value dimension). Negative weights and denominators near zero are
 returned as the mathematics gives them.
+
+Real models' masks (naive.py's module docstring): the logits are softcapped before the clamp (pooled_map's
+soft_capped), a sliding window hides keys at or before a row's position - w and the key loop starts at the first key
+the tile's first row sees (O(T w) work), and a learned sink joins the denominator at the end, as its order-ORDER
+polynomial ("taylor") or its exp merged into the online softmax sum ("softmax"). The explicit mask stays on the
+torch path.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from attnscope.kernels.pooled_map.fused import soft_capped
 from attnscope.kernels.taylor import chunked
 from attnscope.kernels.taylor.naive import DENOMINATORS
 from attnscope.kernels.tiles import key_tile_scores
@@ -33,12 +40,14 @@ _DENOMINATOR_CODE = {name: code for code, name in enumerate(DENOMINATORS)}
 @triton.jit
 def taylor_attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,  # q (B, Hq, T, D), k (B, Hkv, S, D), v (B, Hkv, S, DV), o (B, Hq, T, DV) fp32
+    sinks_ptr,  # (Hq,) fp32 sink logits, read only with SINKS
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
-    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale, clamp_low, clamp_high,
+    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale, clamp_low, clamp_high, window, softcap,
     ORDER: tl.constexpr, DENOMINATOR: tl.constexpr, CAUSAL: tl.constexpr,
-    CLAMP_LOW: tl.constexpr, CLAMP_HIGH: tl.constexpr,
+    CLAMP_LOW: tl.constexpr, CLAMP_HIGH: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    SINKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -59,14 +68,21 @@ def taylor_attention_kernel(
     b_den = tl.zeros([BLOCK_M], tl.float32)  # sum w, or sum exp(s - m), or the visible count
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max for the softmax denominator
 
+    lo = 0
     hi = n_keys
     if CAUSAL:
         hi = tl.minimum(n_keys, (i_m + 1) * BLOCK_M + (n_keys - n_queries))
-    for start_n in range(0, hi, BLOCK_N):
+    if WINDOW:  # the first key tile the first row of this tile sees
+        lo = tl.maximum(0, i_m * BLOCK_M + (n_keys - n_queries) - window + 1) // BLOCK_N * BLOCK_N
+    for start_n in range(lo, hi, BLOCK_N):
         o_n = start_n + tl.arange(0, BLOCK_N)
         m_n = o_n < n_keys
         b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m, n_keys,
                                        head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION, DOT_UPCAST)
+        if WINDOW:
+            visible = visible & (o_n[None, :] > pos_m[:, None] - window)
+        if SOFTCAP:
+            b_s = soft_capped(b_s, softcap)
         p_v = v_ptr + i_b * stride_vb + i_kv * stride_vh + o_n[:, None] * stride_vs + o_dv[None, :] * stride_vd
         b_v = tl.load(p_v, mask=m_n[:, None] & (o_dv[None, :] < value_dim), other=0.0).to(tl.float32)
         if CLAMP_LOW:
@@ -89,6 +105,17 @@ def taylor_attention_kernel(
         elif DENOMINATOR == 3:  # none: divide by the number of visible keys
             b_den += tl.sum(visible.to(tl.float32), axis=1)
 
+    if SINKS:  # one more cell of the normaliser, with no value vector
+        sink = tl.load(sinks_ptr + i_h)
+        if DENOMINATOR == 0:
+            sink_weight = 1.0
+            for i in tl.static_range(ORDER):
+                sink_weight = 1.0 + sink_weight * sink / (ORDER - i)
+            b_den += sink_weight
+        elif DENOMINATOR == 1:
+            m_new = tl.maximum(b_m, sink)
+            b_den = b_den * tl.exp(b_m - m_new) + tl.exp(sink - m_new)
+            b_m = m_new
     if DENOMINATOR == 1:
         b_out = b_num * (tl.exp(-b_m) / b_den)[:, None]
     elif DENOMINATOR == 2:  # l2
@@ -99,16 +126,18 @@ def taylor_attention_kernel(
     tl.store(p_o, b_out, mask=m_m[:, None] & (o_dv[None, :] < value_dim))
 
 
-def _launch(q, k, v, *, order, denominator, clamp, causal, scale, block_m: int = 32, block_n: int = 32):
+def _launch(q, k, v, *, order, denominator, clamp, causal, scale, window: int | None = None,
+            softcap: float | None = None, sinks: torch.Tensor | None = None, block_m: int = 32, block_n: int = 32):
     batch, n_heads, n_queries, head_dim = q.shape
     low, high = chunked.clamp_bounds(clamp)
     out = empty_output(batch, n_heads, n_queries, v.shape[-1], device=q.device, dtype=torch.float32)
     taylor_attention_kernel[(triton.cdiv(n_queries, block_m), batch * n_heads)](
-        q, k, v, out, *q.stride(), *k.stride(), *v.stride(),
+        q, k, v, out, out if sinks is None else sinks, *q.stride(), *k.stride(), *v.stride(),
         n_heads, n_queries, k.shape[2], head_dim, v.shape[-1], n_heads // k.shape[1], scale,
-        0.0 if low is None else low, 0.0 if high is None else high,
+        0.0 if low is None else low, 0.0 if high is None else high, window or 0, softcap or 1.0,
         ORDER=order, DENOMINATOR=_DENOMINATOR_CODE[denominator], CAUSAL=causal,
-        CLAMP_LOW=low is not None, CLAMP_HIGH=high is not None,
+        CLAMP_LOW=low is not None, CLAMP_HIGH=high is not None, WINDOW=window is not None,
+        SOFTCAP=softcap is not None, SINKS=sinks is not None,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(v.shape[-1])),

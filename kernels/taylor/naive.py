@@ -8,6 +8,17 @@ the sum denominator can reach zero or flip sign: nothing here clamps that away. 
 logits (a number: from above only, as the paper's code does at 5; a pair: both sides) applies before the series and
 before the exact exp.
 
+What real models add (kernels/utils.py; THEORY.md, "Beyond the papers"):
+- softcap c: s -> c tanh(s / c) first, so the series is taken of the capped logit (then the clamp, if any);
+- sliding window w: the visible keys are the w most recent ones; an explicit mask replaces the rule;
+- learned sinks (Hq,): one more cell of each row's normaliser with no value vector, used as given (no scale, no
+  softcap, no clamp). "taylor" adds its order-N polynomial w(sink_h) to the sum, "softmax" the exact exp(sink_h);
+  "l2" and "none" leave it out (a positive per-row scale cancels in "l2"; "none" counts keys). The target, exact
+  softmax attention, includes the sink: p_j = exp(s_j) / (sum_k exp(s_k) + exp(sink_h)), so its rows are
+  (1 - p_sink) times the sink-free output.
+A row that sees no key (explicit masks only) has a zero numerator: its output is 0 / 0 = NaN except where a sink
+gives the denominator a term, and its relative errors are NaN (its target is 0).
+
 Because (q.k)^n = (q^{(x)n}).(k^{(x)n}) (Kronecker powers), each order is a linear RNN with state
 S_t^(n) = S_{t-1}^(n) + k_t^{(x)n} v_t^T (d^n x d_v entries) and z_t^(n) = z_{t-1}^(n) + k_t^{(x)n};
 `taylor_attention_recurrent` runs that form for orders 0-2, and `linear_attention` is the n = 1 case written with a
@@ -24,7 +35,7 @@ import torch
 
 from attnscope.kernels.attention_stats.naive import masked_scores
 from attnscope.kernels.pooled_map.naive import attention_probs
-from attnscope.kernels.utils import default_scale
+from attnscope.kernels.utils import default_scale, visibility
 
 DENOMINATORS = ("taylor", "softmax", "l2", "none")
 
@@ -43,19 +54,38 @@ def taylor_weights(scores: torch.Tensor, order: int) -> torch.Tensor:
     return sum(scores**n / math.factorial(n) for n in range(order + 1))
 
 
+def model_scores(q, k, *, causal: bool, scale: float | None, mask: torch.Tensor | None = None,
+                 softcap: float | None = None, window: int | None = None,
+                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B, Hq, T, S) scaled (softcapped) logits in `dtype`, -inf where the rule, its window or the mask hides a key."""
+    if window is not None:
+        mask = visibility(q.shape[2], k.shape[2], causal=causal, mask=None, device=q.device, window=window)
+    return masked_scores(q, k, causal=causal, scale=scale, mask=mask, softcap=softcap, dtype=dtype)
+
+
+def sink_column(sinks: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(1, Hq, 1, 1) sink logits in `dtype`, broadcastable to per-row quantities (B, Hq, T, 1); None without."""
+    return None if sinks is None else sinks.to(dtype).view(1, -1, 1, 1)
+
+
 def taylor_attention(q, k, v, *, order: int, denominator: str = "taylor", clamp=None, causal: bool = True,
-                     scale: float | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                     scale: float | None = None, mask: torch.Tensor | None = None, softcap: float | None = None,
+                     window: int | None = None, sinks: torch.Tensor | None = None,
+                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """(B, Hq, T, Dv) Taylor-order attention from the full (T, S) matrix, computed in `dtype`."""
-    scores = masked_scores(q, k, causal=causal, scale=scale, dtype=dtype)
+    scores = model_scores(q, k, causal=causal, scale=scale, mask=mask, softcap=softcap, window=window, dtype=dtype)
     visible = torch.isfinite(scores)  # before the clamp, which would make hidden logits finite
     scores = clamp_logits(scores, clamp)
     weights = torch.where(visible, taylor_weights(scores, order), torch.zeros_like(scores))
     values = v.to(dtype).repeat_interleave(q.shape[1] // k.shape[1], 1)
     numerator = torch.matmul(weights, values)
+    sink = sink_column(sinks, dtype)
     if denominator == "taylor":
-        return numerator / weights.sum(-1, keepdim=True)
+        total = weights.sum(-1, keepdim=True)
+        return numerator / (total if sink is None else total + taylor_weights(sink, order))
     if denominator == "softmax":
-        return numerator / torch.where(visible, torch.exp(scores), torch.zeros_like(scores)).sum(-1, keepdim=True)
+        total = torch.where(visible, torch.exp(scores), torch.zeros_like(scores)).sum(-1, keepdim=True)
+        return numerator / (total if sink is None else total + torch.exp(sink))
     if denominator == "l2":
         return numerator / numerator.norm(dim=-1, keepdim=True)
     if denominator == "none":
@@ -63,21 +93,25 @@ def taylor_attention(q, k, v, *, order: int, denominator: str = "taylor", clamp=
     raise ValueError(f"denominator must be one of {DENOMINATORS}; got {denominator!r}.")
 
 
-def softmax_attention(q, k, v, *, causal: bool = True, scale: float | None = None) -> torch.Tensor:
-    """(B, Hq, T, Dv) fp64 exact softmax attention."""
-    probs = attention_probs(q, k, causal=causal, scale=scale)
+def softmax_attention(q, k, v, *, causal: bool = True, scale: float | None = None, mask: torch.Tensor | None = None,
+                      softcap: float | None = None, window: int | None = None,
+                      sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, Hq, T, Dv) fp64 exact softmax attention (with the sink in the normaliser; 0 for a row that sees nothing)."""
+    probs = attention_probs(q, k, causal=causal, scale=scale, mask=mask, softcap=softcap, window=window, sinks=sinks)
     return torch.matmul(probs, v.double().repeat_interleave(q.shape[1] // k.shape[1], 1))
 
 
 def taylor_error(q, k, v, *, orders, denominator: str = "taylor", clamp=None, causal: bool = True,
-                 scale: float | None = None) -> torch.Tensor:
+                 scale: float | None = None, mask: torch.Tensor | None = None, softcap: float | None = None,
+                 window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """(len(orders), B, Hq, T) ||O_n - O_softmax|| / ||O_softmax|| per row; for "l2" the target is the
     L2-normalised softmax output (a positive per-row scale cancels in the normalisation)."""
-    target = softmax_attention(q, k, v, causal=causal, scale=scale)
+    model = dict(causal=causal, scale=scale, mask=mask, softcap=softcap, window=window, sinks=sinks)
+    target = softmax_attention(q, k, v, **model)
     if denominator == "l2":
         target = target / target.norm(dim=-1, keepdim=True)
     errors = [
-        (taylor_attention(q, k, v, order=n, denominator=denominator, clamp=clamp, causal=causal, scale=scale) - target)
+        (taylor_attention(q, k, v, order=n, denominator=denominator, clamp=clamp, **model) - target)
         .norm(dim=-1) / target.norm(dim=-1)
         for n in orders
     ]
@@ -166,7 +200,8 @@ def logit_bin_edges() -> torch.Tensor:
 class TaylorSweep:
     """Every order 0..N of Taylor attention against exact softmax, for all denominators at once, with diagnostics.
 
-    Shapes: O = N + 1 orders, (B, Hq, T) rows.
+    Shapes: O = N + 1 orders, (B, Hq, T) rows. O_softmax includes a learned sink when there is one, and so do the
+    sum and exact denominators counted below; weights, terms and logits are the real keys' (module docstring).
     """
 
     error: dict[str, torch.Tensor]  # denominator -> (O, B, Hq, T) ||O_n - O_softmax|| / ||O_softmax|| per row
@@ -175,7 +210,7 @@ class TaylorSweep:
     nonpositive_denominator: torch.Tensor  # (O, B, Hq) fraction of rows whose sum denominator is <= 0
     small_denominator: torch.Tensor  # (O, B, Hq) ... below SMALL_DENOMINATOR x the exact softmax denominator
     term_mean: torch.Tensor  # (O, B, Hq) mean over visible logits of |s^n / n!| (the order-n term alone)
-    logit_min: torch.Tensor  # (B, Hq) smallest visible scaled logit (before any clamp)
+    logit_min: torch.Tensor  # (B, Hq) smallest visible scaled (softcapped) logit, before any clamp
     logit_max: torch.Tensor  # (B, Hq)
     logit_hist: torch.Tensor  # (B, Hq, LOGIT_BINS) counts of visible scaled logits on logit_bin_edges()
 
@@ -185,24 +220,33 @@ class TaylorSweep:
         return TaylorSweep(error={name: rows.to(device) for name, rows in self.error.items()}, **fields)
 
 
-def taylor_sweep(q, k, v, *, max_order: int, clamp=None, causal: bool = True,
-                 scale: float | None = None) -> TaylorSweep:
-    """fp64 reference for TaylorSweep: the full (T, S) matrix, each order summed term by term from scratch."""
-    scores = masked_scores(q, k, causal=causal, scale=scale)  # (B, Hq, T, S), -inf where hidden
+def taylor_sweep(q, k, v, *, max_order: int, clamp=None, causal: bool = True, scale: float | None = None,
+                 mask: torch.Tensor | None = None, softcap: float | None = None, window: int | None = None,
+                 sinks: torch.Tensor | None = None) -> TaylorSweep:
+    """fp64 reference for TaylorSweep: the full (T, S) matrix, each order summed term by term from scratch. The sum
+    and exact denominators include the sink's term (its polynomial, its exp) as taylor_attention's do; the weights,
+    terms and logits counted are the real keys' only."""
+    model = dict(causal=causal, scale=scale, mask=mask, softcap=softcap, window=window)
+    scores = model_scores(q, k, **model)  # (B, Hq, T, S), -inf where hidden
     visible = torch.isfinite(scores)
     count = visible.sum(-1)  # (B, Hq, T)
     raw = torch.where(visible, scores, torch.zeros_like(scores))
     clamped = clamp_logits(raw, clamp)
     values = v.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
-    target = softmax_attention(q, k, v, causal=causal, scale=scale)
+    target = softmax_attention(q, k, v, **model, sinks=sinks)
     target_norm = target.norm(dim=-1)
     exact = torch.where(visible, torch.exp(clamped), torch.zeros_like(clamped)).sum(-1)  # (B, Hq, T)
+    sink = sink_column(sinks, torch.float64)
+    if sink is not None:
+        exact = exact + torch.exp(sink[..., 0])
     error = {name: [] for name in DENOMINATORS}
     negative, nonpositive, small, term_mean = [], [], [], []
     for n in range(max_order + 1):
         weights = torch.where(visible, taylor_weights(clamped, n), torch.zeros_like(clamped))
         numerator = torch.matmul(weights, values)
         denominator = weights.sum(-1)
+        if sink is not None:
+            denominator = denominator + taylor_weights(sink[..., 0], n)
         outputs = {
             "taylor": numerator / denominator[..., None],
             "softmax": numerator / exact[..., None],

@@ -6,21 +6,27 @@ import torch
 from attnscope.kernels import attention_stats
 from attnscope.kernels.attention_stats import naive
 from attnscope.kernels.utils import resolve_backend
-from tests.kernels.helpers import MASKS, DTYPES, assert_within_rule, cases, make_mask, make_qkv, mask_id
+from tests.kernels.helpers import MASKS, DTYPES, assert_within_rule, cases, make_mask, make_qkv, mask_id, shape_id
 
 FIELDS = ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "topk_weights", "output")
 CASES, IDS = cases()
 
 
-def _check(result, q, k, v, *, causal, topk, mask=None, softcap=None):
-    extras = dict(causal=causal, topk=topk, mask=mask, softcap=softcap)
+def _check(result, q, k, v, *, causal, topk, mask=None, softcap=None, window=None, sinks=None):
+    extras = dict(causal=causal, topk=topk, mask=mask, softcap=softcap, window=window, sinks=sinks)
     reference = naive.attention_stats(q, k, v, **extras)
     plain = naive.attention_stats(q, k, v, **extras, dtype=q.dtype)
-    for field in FIELDS:
+    for field in FIELDS + (("learned_sink_mass",) if sinks is not None else ()):
         assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
-    # Indices: ties are legitimate, so check that the chosen key carries the largest weight.
-    full = naive.probabilities(naive.masked_scores(q, k, causal=causal, scale=None, mask=mask, softcap=softcap))
-    chosen = full.gather(-1, result.argmax[..., None]).squeeze(-1)
+    if sinks is None:
+        assert result.learned_sink_mass is None
+    # Indices: ties are legitimate, so check that the chosen key carries the largest weight (-1: the sink cell).
+    scores = naive.masked_scores(q, k, causal=causal, scale=None, mask=mask, softcap=softcap, window=window)
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.double()[None, :, None, None].expand(*scores.shape[:3], 1)], -1)
+    full = naive.probabilities(scores)
+    at = result.argmax.masked_fill(result.argmax == -1, scores.shape[-1] - 1) if sinks is not None else result.argmax
+    chosen = full.gather(-1, at[..., None]).squeeze(-1)
     torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
     assert torch.equal(result.topk_indices == -1, reference.topk_indices == -1)
     found = result.topk_indices >= 0
@@ -306,3 +312,114 @@ def test_a_failed_compilation_falls_back_to_the_same_function_eagerly(monkeypatc
     assert [record.getMessage() for record in caplog.records] == [
         "torch.compile of <lambda> failed (RuntimeError: no C++ compiler); the CPU torch path stays eager from now on."
     ]
+
+
+WINDOWS = [1, 5, 40, 10_000]  # one key, a few, more than a tile of the small-tile fixture, wider than any sequence
+CAUSAL_CASES = [(shape, name) for shape, name in CASES if shape[-1]]
+
+
+def make_sinks(n_heads: int, *, seed: int = 0) -> torch.Tensor:
+    """Learned sink logits spread wide: some far below every real logit, some far above (a sink that takes it all)."""
+    spread = torch.tensor([-30.0, 8.0, 0.5, -2.0])
+    values = spread[torch.arange(n_heads) % 4] + torch.randn(n_heads, generator=torch.Generator().manual_seed(seed))
+    return values.to(make_qkv((1, 1, 1, 1, 1, 4, True), torch.float32)[0].device)
+
+
+@pytest.mark.parametrize("tiles", ["default", "small", "row_pieces"])
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("shape,dtype_name", CAUSAL_CASES, ids=[shape_id(*c) for c in CAUSAL_CASES])
+def test_sliding_window_matches_reference(shape, dtype_name, window, tiles, request):
+    if tiles != "default":
+        request.getfixturevalue("small_tiles" if tiles == "small" else tiles)
+    q, k, v = make_qkv(shape, DTYPES[dtype_name])
+    topk = min(5, shape[4])
+    for argmax in (True, False):  # without top-k and argmax: the engine's own path
+        result = attention_stats(q, k, v, topk=topk if argmax else 0, window=window, argmax=argmax, backend="torch")
+        if argmax:
+            _check(result, q, k, v, causal=True, topk=topk, window=window)
+        else:
+            reference = naive.attention_stats(q, k, v, window=window)
+            plain = naive.attention_stats(q, k, v, window=window, dtype=q.dtype)
+            for field in ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "output"):
+                assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field),
+                                   what=field)
+
+
+@pytest.mark.parametrize("tiles", ["default", "small", "row_pieces"])
+@pytest.mark.parametrize("kind", [None, "padding", "random"])
+@pytest.mark.parametrize("shape,dtype_name", CASES, ids=IDS)
+def test_learned_sinks_match_reference(shape, dtype_name, kind, tiles, request):
+    if tiles != "default":
+        request.getfixturevalue("small_tiles" if tiles == "small" else tiles)
+    q, k, v = make_qkv(shape, DTYPES[dtype_name])
+    sinks, mask, topk = make_sinks(shape[1]), None if kind is None else make_mask(kind, shape), min(5, shape[4])
+    result = attention_stats(q, k, v, causal=shape[-1], topk=topk, mask=mask, sinks=sinks, backend="torch")
+    _check(result, q, k, v, causal=shape[-1], topk=topk, mask=mask, sinks=sinks)
+    if kind is None and shape[-1]:  # with a window and a softcap too
+        result = attention_stats(q, k, v, topk=topk, window=3, softcap=2.0, sinks=sinks, backend="torch")
+        _check(result, q, k, v, causal=True, topk=topk, window=3, softcap=2.0, sinks=sinks)
+
+
+def test_learned_sink_takes_weight_but_gives_no_value():
+    """A sink logit far above every real logit takes nearly all the weight: the real keys' weights (and the output,
+    the first-token sink) shrink toward 0 and the entropy toward 0; far below, nothing changes."""
+    shape = (1, 2, 1, 50, 50, 16, True)
+    q, k, v = make_qkv(shape, torch.float32)
+    plain = attention_stats(q, k, v, backend="torch")
+    low = attention_stats(q, k, v, sinks=torch.tensor([-80.0, -80.0]), backend="torch")
+    high = attention_stats(q, k, v, sinks=torch.tensor([80.0, 80.0]), backend="torch")
+    for field in ("entropy", "max_weight", "sink_mass", "mean_distance", "output"):
+        torch.testing.assert_close(getattr(low, field), getattr(plain, field))
+    assert float(low.learned_sink_mass.max()) < 1e-20
+    assert float(high.learned_sink_mass.min()) == pytest.approx(1.0)
+    assert float(high.output.abs().max()) < 1e-20 and float(high.entropy.abs().max()) < 1e-20
+    assert torch.equal(high.argmax, torch.full_like(high.argmax, -1))
+
+
+def test_a_window_skips_the_keys_left_of_it(monkeypatch):
+    """The torch path never reads keys that no row of a block sees: NaN keys and values left of every window change
+    nothing (a window of 16 over 600 keys, blocks of 32 rows)."""
+    from attnscope.kernels.attention_stats import chunked
+
+    monkeypatch.setattr(chunked, "ROW_BLOCK", 32)
+    monkeypatch.setattr(chunked, "TILE_BYTES", 4 * 3 * 32 * 16)  # tiles of 16 keys
+    shape = (1, 3, 1, 600, 600, 16, True)
+    q, k, v = make_qkv(shape, torch.float32)
+    clean = attention_stats(q, k, v, window=16, backend="torch")
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    poisoned_k[:, :, :500], poisoned_v[:, :, :500] = float("nan"), float("nan")
+    rows = slice(540, 600)  # their blocks start at 512 or later: every window there starts past key 500
+    dirty = attention_stats(q[:, :, rows], poisoned_k[:, :, :600], poisoned_v, window=16, backend="torch")
+    for field in ("lse", "entropy", "max_weight", "mean_distance", "output"):
+        torch.testing.assert_close(getattr(dirty, field), getattr(clean, field)[:, :, rows])
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(window=0), "window must be a positive"),
+    (dict(window=2.5), "window must be a positive"),
+    (dict(window=4, causal=False), "narrows the causal rule"),
+    (dict(sinks=torch.zeros(2)), r"one logit per query head, shape \(3,\)"),
+    (dict(sinks=torch.tensor([0.0, float("inf"), 1.0])), "finite"),
+])
+def test_bad_window_and_sinks(bad, message):
+    q, k, v = make_qkv((1, 3, 1, 8, 8, 16, True), torch.float32)
+    with pytest.raises(ValueError, match=message):
+        attention_stats(q, k, v, **bad)
+
+
+TRITON_EXTRAS = [dict(window=5), dict(sinks=True), dict(window=40, sinks=True), dict(window=1)]
+
+
+TRITON_CASES = [(shape, name) for shape, name in CASES if name != "fp16"]  # the interpreter is slow: fp32 and bf16
+
+
+@pytest.mark.parametrize("extra", TRITON_EXTRAS, ids=lambda e: "-".join(f"{k}{v}" for k, v in e.items()))
+@pytest.mark.parametrize("shape,dtype_name", TRITON_CASES, ids=[shape_id(*c) for c in TRITON_CASES])
+def test_triton_window_and_sinks_match_reference(shape, dtype_name, extra):
+    if "window" in extra and not shape[-1]:
+        pytest.skip("a sliding window narrows the causal rule")
+    q, k, v = make_qkv(shape, DTYPES[dtype_name])
+    extra = dict(extra, sinks=make_sinks(shape[1]) if extra.get("sinks") else None)
+    causal, topk = shape[-1], min(5, shape[4])
+    result = attention_stats(q, k, v, causal=causal, topk=topk, backend="triton", **extra)
+    _check(result, q, k, v, causal=causal, topk=topk, **extra)
