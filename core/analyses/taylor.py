@@ -83,19 +83,30 @@ class ModelSweep:
         })
 
 
-def _check_supported(layer: LayerCapture) -> None:
-    if layer.mask is not None:
-        raise ValueError("This layer received an explicit mask (padding or a sliding window shorter than the text); "
-                         "the Taylor analysis takes causal or bidirectional attention only.")
-    if layer.softcap is not None:
-        raise ValueError("This layer soft-caps its logits; the Taylor analysis expands exp of plain logits only.")
+def _first_sequence_rule(layer: LayerCapture) -> dict:
+    """The layer's rule keywords for the kernels (window, sinks, softcap, mask), the mask cut to the first sequence."""
+    rule = layer.rule()
+    if rule["mask"] is not None:
+        rule["mask"] = rule["mask"][:1]
+    return rule
+
+
+def _check_recurrent(layer: LayerCapture) -> None:
+    """The RNN form needs (q.k)^n to factor into Kronecker powers over a growing prefix: no softcap (tanh does not
+    factor), no sliding window or explicit mask (keys leave the state), no learned sink (a cell outside the state)."""
+    what = ("an explicit mask" if layer.mask is not None else f"a sliding window of {layer.window} keys"
+            if layer.window is not None else "soft-capped logits" if layer.softcap is not None
+            else "learned sinks" if layer.sinks is not None else None)
+    if what:
+        raise ValueError(f"This layer has {what}: its Taylor terms do not factor into a growing RNN state, so the "
+                         "recurrent form does not apply (the parallel form on the rest of the page does).")
 
 
 def sweep_layer(layer: LayerCapture, *, max_order: int, clamp: Clamp = None, backend: str = "auto") -> LayerSweep:
-    """All orders 0..max_order and all denominators for one captured layer (first sequence of the batch)."""
-    _check_supported(layer)
+    """All orders 0..max_order and all denominators for one captured layer (first sequence of the batch), under the
+    layer's own rule: a sliding window, a softcap (the series of the capped logit), learned sinks, a padding mask."""
     sweep = kernels.taylor_sweep(layer.q[:1], layer.k[:1], layer.v[:1], max_order=max_order, clamp=clamp,
-                                 causal=layer.causal, scale=layer.scale, backend=backend)
+                                 scale=layer.scale, backend=backend, **_first_sequence_rule(layer))
     sweep = sweep.to("cpu")  # (orders, heads, rows) summaries: small next to the layer
     target_norm = sweep.target_norm[0].double()  # (H, T)
     error = {}
@@ -164,19 +175,19 @@ def row_weights(layer: LayerCapture, *, head: int, query: int, order: int, denom
     "taylor" divides by sum P_n(s), "softmax" by sum exp(s), "none" by the number of visible keys; "l2" normalises
     the output, not the weights, so its weights are shown over sum exp(s) like "softmax".
     """
-    _check_supported(layer)
     scores = layer.logits(heads=[head], rows=slice(query, query + 1), dtype=torch.float64)[0, 0, 0].cpu()  # (S,)
     visible = torch.isfinite(scores)
     scores = scores.masked_fill(~visible, 0.0)  # hidden keys get no weight below; a finite stand-in keeps sums clean
     clamped = taylor_naive.clamp_logits(scores, clamp)
     weights = torch.where(visible, taylor_naive.taylor_weights(clamped, order), torch.zeros_like(scores))
+    sink = None if layer.sinks is None else layer.sinks[head].double().cpu()  # a learned sink cell: no value
     if denominator == "taylor":
-        norm = float(weights.sum())
+        norm = float(weights.sum() + (0 if sink is None else taylor_naive.taylor_weights(sink, order)))
     elif denominator == "none":
         norm = float(visible.sum())
     else:
-        norm = float(torch.exp(clamped)[visible].sum())
-    softmax = torch.softmax(scores.masked_fill(~visible, -math.inf), -1).numpy()
+        norm = float(torch.exp(clamped)[visible].sum() + (0 if sink is None else torch.exp(sink)))
+    softmax = layer.probs([head], slice(query, query + 1))[0, 0, 0].double().cpu().numpy()  # the sink's share too
     hidden = (~visible).numpy()
     logits, truncated = scores.numpy().copy(), (weights / norm).numpy()
     for values in (logits, softmax, truncated):
@@ -195,7 +206,7 @@ class RecurrentCheck:
 
 def recurrent_check(layer: LayerCapture, *, head: int, n_tokens: int) -> RecurrentCheck:
     """Run orders 0-2 of one causal head as RNNs with explicit Kronecker-power states (fp64, Taylor denominator)."""
-    _check_supported(layer)
+    _check_recurrent(layer)
     if not layer.causal:
         raise ValueError("The recurrent form runs left to right: it needs a causal (decoder) layer.")
     n_tokens = min(n_tokens, layer.q.shape[2], layer.k.shape[2])
@@ -244,9 +255,8 @@ class Substitute:
 
 def _softmax_attention(layer: LayerCapture) -> torch.Tensor:
     """Exact softmax attention in fp32 applying the layer's mask (the substitution's control)."""
-    scores = layer.logits()  # (B, H, T, S), masked cells -inf
     values = layer.v.float().repeat_interleave(layer.groups, 1)
-    return torch.matmul(torch.softmax(scores, -1).nan_to_num(0.0), values)
+    return torch.matmul(layer.probs(), values)  # masked cells 0, the learned sink's share left out
 
 
 def _elu_linear_attention(layer: LayerCapture) -> torch.Tensor:
@@ -271,10 +281,9 @@ def attention_function(substitute: Substitute) -> Callable[[LayerCapture], torch
         raise ValueError(f"Unknown substitute {substitute.kind!r}; use 'model', 'softmax', 'taylor' or 'elu+1'.")
 
     def taylor(layer: LayerCapture) -> torch.Tensor:
-        _check_supported(layer)
         return kernels.taylor_attention(layer.q, layer.k, layer.v, order=substitute.order,
                                         denominator=substitute.denominator, clamp=substitute.clamp,
-                                        causal=layer.causal, scale=layer.scale)
+                                        scale=layer.scale, **layer.rule())
 
     return taylor
 

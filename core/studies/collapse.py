@@ -182,7 +182,7 @@ class CollapseResult(Result):
     def _vanishing(self) -> list[Finding]:
         lengths, first, last = self.lengths, self.summaries[0], self.summaries[-1]
         violations = sum(s.corollary_violations for s in self.summaries)
-        return [Finding(
+        return [*self._local(), Finding(
             "Vanishing attention",
             f"from L = {lengths[0]} to {lengths[-1]} the mean max weight goes {first.max_weight.mean():.3f} → "
             f"{last.max_weight.mean():.3f} (1/L: {1 / lengths[0]:.3f} → {1 / lengths[-1]:.4f}), the mean entropy "
@@ -193,6 +193,25 @@ class CollapseResult(Result):
             "constraining anything at these logit scales.",
             "every weight tends to 1/L and the entropy to log L as L grows (Lemma 1, Corollary 1); the paper does "
             "not model the first-token sink.")]
+
+    def _local(self) -> list[Finding]:
+        """Sliding-window layers, when the model has them: their visible context stops at the window."""
+        windows = np.asarray(self.summaries[-1].layer_windows or (0,) * self.n_layers)
+        local = windows > 0
+        if not local.any():
+            return []
+        last, window = self.summaries[-1], int(windows[local].min())
+        global_part = (f", against {last.max_weight[~local].mean():.3f} in the {int((~local).sum())} global layers"
+                       if (~local).any() else "")
+        return [Finding(
+            "Local (sliding-window) layers",
+            f"{int(local.sum())} of {self.n_layers} layers see only their last {window:,} keys "
+            f"(layers {', '.join(map(str, np.flatnonzero(local)[:24]))}). At L = {self.lengths[-1]} their mean max "
+            f"weight is {last.max_weight[local].mean():.3f} (1/window: {1 / window:.4f}){global_part}; past "
+            f"L = {window:,} their figures stop changing with L, as the window, not L, sets what they see.",
+            "paper B treats attention over the whole context; a query that sees at most w keys has weights bounded "
+            "below by about C1 / min(L, w), not C1 / L (THEORY.md), so such a layer cannot collapse past its "
+            "window.")]
 
     def _usable(self) -> list[LengthSummary]:
         """The lengths long enough for the fig. 2a selected-set size."""

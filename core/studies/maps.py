@@ -31,6 +31,7 @@ STATISTICS = {  # HeadStats field -> (column name, what it means)
     "sink_mass": ("sink mass", "mean weight on the first token"),
     "mean_distance": ("mean distance", "expected |query position - key position|, in tokens"),
 }
+LEARNED_SINK = ("learned sink mass", "mean weight of the learned sink cell (no token, no value)")
 SINK_HEAD = 0.5  # a head whose mean weight on token 0 is above this is counted as a sink head
 LOCAL_HEAD = 2.0  # ... whose mean distance is below this many tokens, as a local (previous-token-like) head
 
@@ -54,14 +55,19 @@ def layer_stats(source: Source, text, cut: Cut, layer: int) -> LayerStats:
     return LayerStats(**{name: getattr(stats, name).numpy() for name in STATISTICS})
 
 
-def model_stats(source: Source, text, cut: Cut) -> dict[str, np.ndarray]:
-    """Statistic -> (layers, heads) for every head, from one streamed forward pass."""
+def model_stats(source: Source, text, cut: Cut) -> dict[str, object]:
+    """Statistic -> (layers, heads) for every head, from one streamed forward pass; with learned sinks also their
+    mass, and each layer's sliding window (0 for a global layer)."""
     from attnscope import engine
 
     tokens = source.tokens(text, cut)
     with source.turn():
         streamed = engine.run(source.model.module, tokens.as_tensor())
-    return {name: streamed.stacked(name).numpy() for name in STATISTICS}
+    values: dict[str, object] = {name: streamed.stacked(name).numpy() for name in STATISTICS}
+    if streamed.has_learned_sinks:
+        values["learned_sink_mass"] = streamed.stacked("learned_sink_mass").numpy()
+    values["windows"] = tuple(int(streamed.windows.get(index) or 0) for index in range(streamed.n_layers))
+    return values
 
 
 def layer_maps(source: Source, text, cut: Cut, layer: int, heads: tuple[int, ...], block: int, reduce: str,
@@ -85,6 +91,11 @@ def _head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def _windows(local: list[tuple[int, int]]) -> str:
+    sizes = sorted({window for _, window in local})
+    return " or ".join(f"{size:,}" for size in sizes)
+
+
 @dataclass
 class StatsResult(Result):
     """Every head's statistics over one text: arrays (layers, heads)."""
@@ -99,10 +110,16 @@ class StatsResult(Result):
     max_weight: np.ndarray
     sink_mass: np.ndarray
     mean_distance: np.ndarray
+    learned_sink_mass: np.ndarray | None = None  # (layers, heads), models with learned sinks (gpt-oss) only
+    windows: tuple[int, ...] = ()  # per layer: its sliding window in keys, 0 for a global layer
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.entropy.shape
+
+    def _columns(self) -> dict[str, tuple[str, str]]:
+        extra = {"learned_sink_mass": LEARNED_SINK} if self.learned_sink_mass is not None else {}
+        return {**STATISTICS, **extra}
 
     def findings(self) -> list[Finding]:
         n_heads = self.entropy.size
@@ -112,6 +129,24 @@ class StatsResult(Result):
         diffuse = np.unravel_index(np.argmax(np.nan_to_num(self.normalized_entropy, nan=-1)), self.shape)
         names = lambda cells: ", ".join(_head_name(*map(int, c)) for c in cells[:12]) + (  # noqa: E731
             " …" if len(cells) > 12 else "")
+        local_layers = [(layer, window) for layer, window in enumerate(self.windows) if window]
+        extra = []
+        if local_layers:
+            shortest = min(window for _, window in local_layers)
+            listed = ", ".join(str(layer) for layer, _ in local_layers[:24]) + (" …" if len(local_layers) > 24 else "")
+            extra.append(Finding(
+                "Local (sliding-window) layers",
+                f"{len(local_layers)} of {len(self.windows)} layers see only the last {_windows(local_layers)} keys: "
+                f"however long the text, their weights need not fall below about 1/{shortest} (THEORY.md, sliding "
+                f"windows); layers {listed}."))
+        if self.learned_sink_mass is not None:
+            learned, first = float(np.nanmean(self.learned_sink_mass)), float(np.mean(self.sink_mass))
+            top = np.unravel_index(np.nanargmax(self.learned_sink_mass), self.shape)
+            extra.append(Finding(
+                "Learned sinks",
+                f"The model's learned sink cells take {learned:.1%} of the attention on average (most in "
+                f"{_head_name(*map(int, top))}: {self.learned_sink_mass[top]:.1%}), beside {first:.1%} on the first "
+                "token: a built-in sink the weights on real tokens do not include."))
         return [
             Finding("Attention sinks",
                     f"{len(sinks)} of {n_heads} heads put more than {SINK_HEAD:.0%} of their weight on the first "
@@ -124,16 +159,18 @@ class StatsResult(Result):
                     f"{_head_name(*map(int, focused))} has the largest mean max weight "
                     f"({self.max_weight[focused]:.3f}); {_head_name(*map(int, diffuse))} the highest normalised "
                     f"entropy ({self.normalized_entropy[diffuse]:.3f} of the uniform maximum)."),
+            *extra,
         ]
 
     def figures(self) -> dict[str, object]:
         return {f"{name}-per-head": figures.stat_heatmap(getattr(self, name), title=f"{label} per head", label=label)
-                for name, (label, _) in STATISTICS.items()}
+                for name, (label, _) in self._columns().items()}
 
     def to_frame(self) -> pd.DataFrame:
         n_layers, n_heads = self.shape
-        return pd.DataFrame([{"layer": layer, "head": head,
-                              **{name: float(getattr(self, name)[layer, head]) for name in STATISTICS}}
+        windows = self.windows or (0,) * n_layers
+        return pd.DataFrame([{"layer": layer, "head": head, "window": windows[layer],
+                              **{name: float(getattr(self, name)[layer, head]) for name in self._columns()}}
                              for layer in range(n_layers) for head in range(n_heads)])
 
 

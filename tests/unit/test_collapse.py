@@ -48,9 +48,12 @@ def _reference_row(alpha: np.ndarray, x: np.ndarray, n: int) -> dict:
             "theorem2_low": low, "theorem2_high": high}
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_every_quantity_matches_the_loop_reference(causal):
+@pytest.mark.parametrize("causal,window", [(True, None), (False, None), (True, 12)])
+def test_every_quantity_matches_the_loop_reference(causal, window):
+    """With a sliding window of 12 keys the rows see keys position - 11 .. position: the reference loops over those
+    alone (and the first token, outside every window, takes no weight)."""
     layer = _layer(causal=causal, logit_scale=2.0)
+    layer.window = window
     rows = collapse.analyse_layer(layer, rows=3, temperature=True, seed=3)
     n_rows = rows.max_weight.shape[1]
     first_row = layer.q.shape[2] - n_rows
@@ -58,18 +61,20 @@ def test_every_quantity_matches_the_loop_reference(causal):
         kv = layer.kv_head(h)
         for r in range(n_rows):
             position = first_row + r
-            seen = position + 1 if causal else layer.k.shape[2]
-            logits = (layer.k[0, kv, :seen].double() @ layer.q[0, h, position].double()).numpy() * layer.scale
+            end = position + 1 if causal else layer.k.shape[2]
+            start = 0 if window is None else max(0, end - window)
+            seen = end - start
+            logits = (layer.k[0, kv, start:end].double() @ layer.q[0, h, position].double()).numpy() * layer.scale
             alpha = np.exp(logits - logits.max())
             alpha /= alpha.sum()
-            x = layer.v[0, kv, :seen].double().numpy()
+            x = layer.v[0, kv, start:end].double().numpy()
             assert rows.visible[r] == seen
             assert rows.max_weight[h, r] == pytest.approx(alpha.max(), rel=1e-5)
             assert rows.min_weight[h, r] == pytest.approx(alpha.min(), rel=1e-9)
-            assert rows.sink_mass[h, r] == pytest.approx(alpha[0], rel=1e-5)
+            assert rows.sink_mass[h, r] == pytest.approx(alpha[0] if start == 0 else 0.0, rel=1e-5)
             assert rows.entropy[h, r] == pytest.approx(-(alpha * np.log(alpha)).sum(), rel=1e-5)
             delta = np.linalg.norm(layer.q[0, h, position].double()) * layer.scale * max(
-                np.linalg.norm(layer.k[0, kv, i].double()) for i in range(seen))
+                np.linalg.norm(layer.k[0, kv, i].double()) for i in range(start, end))
             assert rows.band_high[h, r] == pytest.approx(math.exp(2 * delta) / seen, rel=1e-9)
             for column, n in enumerate(rows.n_values):
                 expected = _reference_row(alpha, x, n)

@@ -101,7 +101,8 @@ def _tensors(result):
             yield f"kept.{index}.{name}", getattr(layer, name)
     for index, stats in result.head_stats.items():
         for field in engine.FIELDS:
-            yield f"head_stats.{index}.{field}", getattr(stats, field)
+            if getattr(stats, field) is not None:  # learned_sink_mass: models with learned sinks only
+                yield f"head_stats.{index}.{field}", getattr(stats, field)
 
 
 def test_padding_mask_and_empty_rows():
@@ -123,11 +124,13 @@ def test_padding_mask_and_empty_rows():
 
 
 def test_sliding_window_and_softcap():
-    """Gemma 2: a sliding-window layer (explicit mask) and a full layer, both softcapped."""
+    """Gemma 2: a sliding-window layer (kept as its rule, no mask) and a full layer, both softcapped."""
     model, ids = build_gemma2(softcap=1.0), _ids(45)
     result = engine.run(model, ids, keep_layers=[0, 1])
     capture = run_with_capture(model, ids)
-    assert capture.layer(0).mask is not None and capture.layer(1).softcap == 1.0
+    assert capture.layer(0).mask is None and capture.layer(0).window == model.config.sliding_window
+    assert capture.layer(1).window is None and capture.layer(1).softcap == 1.0
+    assert result.windows == {0: model.config.sliding_window, 1: None}
     for index in (0, 1):
         _assert_stats_equal(result.head_stats[index], maps.head_stats(capture.layer(index)), f"layer {index}")
         _assert_same_layer(result.layer(index), capture.layer(index))

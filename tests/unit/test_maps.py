@@ -305,6 +305,7 @@ def _masked_layers() -> dict:
     position = torch.arange(70)
     window = (position[None, :] <= position[:, None]) & (position[None, :] > position[:, None] - 9)
     layers["llama_window"] = replace(plain, mask=window[None, None], causal=False)
+    layers["llama_window_rule"] = replace(plain, window=9)  # the same window as a rule: the kernels' own path
     per_head = torch.rand(1, 6, 70, 70, generator=generator) > 0.6
     per_head[:, 2, 10] = False  # a row of head 2 that sees nothing
     layers["llama_random_softcap"] = replace(plain, mask=per_head, causal=False, softcap=0.7)
@@ -317,13 +318,16 @@ def _masked_layers() -> dict:
 
 def test_the_cases_cover_masks_softcaps_and_empty_rows():
     layers = _masked_layers()
-    assert layers["gemma2_sliding_softcap"].mask is not None and layers["gemma2_sliding_softcap"].softcap == 1.0
-    assert layers["gemma2_full_softcap"].mask is None
+    sliding = layers["gemma2_sliding_softcap"]
+    assert sliding.mask is None and sliding.window == 8 and sliding.softcap == 1.0
+    assert layers["gemma2_full_softcap"].mask is None and layers["gemma2_full_softcap"].window is None
+    assert torch.equal(layers["llama_window_rule"].visible(), layers["llama_window"].visible())
     assert (layers["llama_left_padding"].visible().sum(-1) == 0).any()
 
 
 @pytest.mark.parametrize("name", ["bert_padding", "llama_left_padding", "gemma2_sliding_softcap",
-                                  "gemma2_full_softcap", "llama_plain", "llama_window", "llama_random_softcap",
+                                  "gemma2_full_softcap", "llama_plain", "llama_window", "llama_window_rule",
+                                  "llama_random_softcap",
                                   "llama_causal_softcap", "bert_softcap", "gpt2"])
 def test_maps_give_the_same_numbers_as_before(name):
     assert_same_as_before(_masked_layers()[name], what=name)

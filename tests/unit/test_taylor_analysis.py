@@ -144,8 +144,10 @@ def test_unsupported_layers_say_why():
 
     with torch.no_grad(), capturing() as captured:
         build("bert")(input_ids=ids, attention_mask=attention_mask)
+    padded = taylor.sweep_layer(captured[0], max_order=2)  # key padding: every row still sees 7 keys
+    assert all(np.isfinite(padded.error[name]).all() for name in ("taylor", "softmax"))
     with pytest.raises(ValueError, match="explicit mask"):
-        taylor.sweep_layer(captured[0], max_order=2)
+        taylor.recurrent_check(captured[0], head=0, n_tokens=5)
     encoder = run_with_capture(build("bert"), ids)
     with pytest.raises(ValueError, match="causal"):
         taylor.recurrent_check(encoder.layer(0), head=0, n_tokens=5)
@@ -199,3 +201,32 @@ def test_one_next_token_loss_for_the_model_and_its_substitutes():
     with pytest.raises(ValueError, match="do not match"):
         next_token_logprobs(logits[:, :-1], ids)
 
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3", "mistral", "gpt_oss"])
+def test_every_family_sweeps_and_substitutes_under_its_own_rule(family):
+    """Sliding windows, softcaps (Gemma 2) and learned sinks (gpt-oss): each layer's sweep equals the fp64 reference
+    under the layer's own rule (a sweep that ignored the window, the cap or the sink would not), the written-out
+    softmax control loses nothing against the model, and the RNN form says why it does not apply."""
+    from attnscope.kernels.taylor import naive
+
+    model, ids = build(family), _ids(40)
+    capture = run_with_capture(model, ids)
+    for index in sorted(capture.layers):
+        layer = capture.layer(index)
+        sweep = taylor.sweep_layer(layer, max_order=6)
+        rule = layer.rule()
+        target = naive.softmax_attention(layer.q, layer.k, layer.v, scale=layer.scale, **rule)
+        for order in (0, 2, 6):
+            for name in ("taylor", "softmax"):
+                approx = naive.taylor_attention(layer.q, layer.k, layer.v, order=order, denominator=name,
+                                                scale=layer.scale, **rule)
+                expected = ((approx - target).norm(dim=(-2, -1)) / target.norm(dim=(-2, -1)))[0].numpy()
+                np.testing.assert_allclose(sweep.error[name][:, order], expected, rtol=1e-3, atol=1e-6,
+                                           err_msg=f"{family} layer {index} order {order} {name}")
+    reference = taylor.substitution_loss(model, ids, taylor.Substitute("model"))
+    assert taylor.substitution_loss(model, ids, taylor.Substitute("softmax")) == pytest.approx(reference, abs=1e-4)
+    local = next(capture.layer(i) for i in sorted(capture.layers)
+                 if capture.layer(i).window or capture.layer(i).sinks is not None or capture.layer(i).softcap)
+    with pytest.raises(ValueError, match="recurrent form does not apply"):
+        taylor.recurrent_check(local, head=0, n_tokens=5)
