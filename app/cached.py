@@ -24,7 +24,7 @@ from attnscope.api import Model
 from attnscope.cache import ResultCache
 from attnscope.models import LoadedModel, ModelSpec, load_model
 from attnscope.studies.base import Source
-from attnscope.tokens import Cut, Tokens, tokenize
+from attnscope.tokens import Cut, Tokens, from_ids, tokenize
 
 
 @st.cache_resource(show_spinner=False)
@@ -48,8 +48,11 @@ def model_lock(spec: ModelSpec) -> threading.Lock:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def get_tokens(spec: ModelSpec, text: str, cut: Cut) -> Tokens:
-    return tokenize(get_model(spec).tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
+def get_tokens(spec: ModelSpec, text: str | tuple[int, ...], cut: Cut) -> Tokens:
+    """Tokens of a text, or of token ids taken as they are (a generated text: prompt and continuation)."""
+    if isinstance(text, str):
+        return tokenize(get_model(spec).tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
+    return from_ids(get_model(spec).tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)

@@ -198,6 +198,10 @@ def sidebar() -> None:
                           "end of a longer text, upload it on the Prompts page.")
         if st.session_state[state.TEXT_NOTE]:
             st.caption(st.session_state[state.TEXT_NOTE])
+        if st.button("Generate from this text", help="The model continues the text; the Generation page shows "
+                     "each new token's attention."):
+            st.session_state[state.GENERATE_NOW] = True
+            st.switch_page("app_pages/generation.py")
         st.session_state[state.MAX_TOKENS] = min(int(st.session_state[state.MAX_TOKENS]), limits.max_tokens)
         st.number_input("Max tokens", min_value=8, max_value=limits.max_tokens, step=256, key=state.MAX_TOKENS,
                         help="Longer texts are cut here; capture memory grows linearly with it.")

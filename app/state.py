@@ -81,6 +81,21 @@ COLLAPSE_VECTORS = S.setting("vectors").key
 COLLAPSE_FIXED_LENGTH = S.setting("fixed_length").key  # L of the distance-vs-N and distinguishability figures
 COLLAPSE_LAYER = "collapse_layer"  # ALL_LAYERS or a layer: which heads the per-head figures follow
 COLLAPSE_HEAD = "collapse_head"
+# Generation page
+MAX_NEW_TOKENS = S.setting("max_new_tokens").key
+GENERATIONS = "generations"  # (request) -> GenerationResult: the last few generations of this session
+GENERATE_NOW = "generate_now"  # set by the sidebar's Generate button: the Generation page starts one on arrival
+GEN_LAYER = "gen_layer"
+GEN_HEAD = "gen_head"
+# Compare page (side A is the sidebar's model and text)
+COMPARE_TEXT = "compare_text"  # side B's text; None until the page first copies the sidebar text into it
+COMPARE_MODEL = "compare_model"  # side B's model: COMPARE_SAME, a packaged alias, a hosted allowlist entry or CUSTOM
+COMPARE_SAME = "same"
+COMPARE_CUSTOM_NAME = "compare_custom_name"  # side B's hub id or local folder (not in hosted mode)
+COMPARE_STAT = "compare_stat"
+COMPARE_LAYER = "compare_layer"
+COMPARE_HEAD = "compare_head"
+COMPARE_REQUESTS = "compare_requests"  # comparisons the user asked for in this session (the last few)
 IMAGE_FORMAT = "image_format"  # what each chart's camera button saves: png or svg
 REPORT_FIGURES = "report_figures"  # (name, figure) pairs drawn in this run, for the HTML report
 SOURCE_BUILTIN, SOURCE_SIDEBAR = S.SOURCES.values
@@ -140,7 +155,18 @@ DEFAULTS = {
     BATCH_REQUESTS: [],
     COLLAPSE_LAYER: ALL_LAYERS,
     COLLAPSE_HEAD: 0,
+    COMPARE_TEXT: None,
+    COMPARE_MODEL: COMPARE_SAME,
+    COMPARE_CUSTOM_NAME: "",
+    COMPARE_STAT: "entropy",
+    COMPARE_LAYER: 0,
+    COMPARE_HEAD: 0,
+    COMPARE_REQUESTS: [],
     IMAGE_FORMAT: "png",
+    GENERATIONS: {},
+    GENERATE_NOW: False,
+    GEN_LAYER: 0,
+    GEN_HEAD: 0,
 }
 
 
@@ -153,6 +179,6 @@ SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE,
 
 def init_state() -> None:
     for key, value in DEFAULTS.items():
-        st.session_state.setdefault(key, list(value) if isinstance(value, list) else value)  # no shared lists
+        st.session_state.setdefault(key, type(value)(value) if isinstance(value, (list, dict)) else value)  # unshared
     for key in SHARED_WIDGETS:
         st.session_state[key] = st.session_state[key]

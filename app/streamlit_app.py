@@ -18,6 +18,8 @@ pages = [
     st.Page(PAGES / "context_collapse.py", title="Context collapse", icon=":material/compress:"),
     st.Page(PAGES / "prompts.py", title="Prompts", icon=":material/library_books:"),
     st.Page(PAGES / "batch.py", title="Batch", icon=":material/stacked_line_chart:"),
+    st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare:"),
+    st.Page(PAGES / "generation.py", title="Generation", icon=":material/edit_note:"),
 ]
 navigation = st.navigation(pages)
 common.sidebar()

@@ -178,6 +178,49 @@ def batch(model: Model, prompts: Sequence, *, study: str = "stats", progress: Pr
     return study_module.run(source(model, cache), named, study=study, settings=settings, progress=progress)
 
 
+def generate(model: Model, text: Text, *, max_new_tokens: int | None = None, sample: bool = False,
+             temperature: float | None = None, top_p: float | None = None, seed: int = 0, chat: str = "auto",
+             time_limit: float | None = None, on_token=None, progress: ProgressFn | None = None):
+    """The model continues the text (greedy, or sampled with temperature / top_p / seed; as one user turn of its chat
+    template when it has one, unless chat="off"), and every step's attention is measured: per layer and head, the
+    entropy, max weight, weight on the first token and mean distance of the generated token's query row.
+
+    on_token(text_so_far) streams the continuation. Returns an attnscope.studies.generation.GenerationResult; its
+    `text_ids` (prompt and continuation) give the maps of the whole text: attnscope.maps(model, result.text_ids).
+    """
+    from attnscope import settings as S
+    from attnscope.studies import generation as study
+
+    checked = {key: S.check(key, value) for key, value in (
+        ("max_new_tokens", S.default("max_new_tokens") if max_new_tokens is None else max_new_tokens),
+        ("temperature", S.default("temperature") if temperature is None else temperature),
+        ("top_p", S.default("top_p") if top_p is None else top_p), ("seed", seed), ("chat", chat))}
+    return study.run(source(model), text, sample=sample, time_limit=time_limit, on_token=on_token,
+                     progress=progress, **checked)
+
+
+def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: Text | None = None,
+            layer: int | None = 0, head: int = 0, max_tokens: int | None = None, keep: str = "start",
+            cell_limit: int | None = None, reduce: str = "mean", hide_sink: bool = False,
+            progress: ProgressFn | None = None, cache: bool = False):
+    """Two runs side by side: side A is the model on the text, side B model_b (default: the same model) on text_b
+    (default: the same text). Both sides' per-head statistics and B - A (head by head when the models have the same
+    layers x heads, else each common layer's mean over heads), and one head's maps of both with their difference when
+    both texts have the same number of tokens.
+
+    layer, head: the head whose maps are drawn (it must exist in both models); layer=None draws no maps.
+    Returns an attnscope.studies.compare.CompareResult.
+    """
+    from attnscope.studies import compare as study
+
+    model_b = model if model_b is None else model_b
+    source_a = source(model, cache)
+    source_b = source_a if model_b is model else source(model_b, cache)  # one model keeps at most one capture
+    return study.run(source_a, text, model.cut(max_tokens, keep), source_b, text if text_b is None else text_b,
+                     model_b.cut(max_tokens, keep), layer=layer, head=head, cell_limit=cell_limit, reduce=reduce,
+                     hide_sink=hide_sink, progress=progress)
+
+
 def open(path) -> Result:  # noqa: A001 - attnscope.open(path) reads what result.save(path) wrote
     """Read a result saved as .json or .parquet."""
     return open_result(path)

@@ -5,6 +5,10 @@
     attnscope maps     ... [--layer L] [--heads 0,3] [--cell-limit N] [--reduce mean|max] [--hide-sink 1]
     attnscope taylor   ... [--max-order N] [--n-tokens N] [--clamp none|upper|both] [--clamp-value C] [--tolerance T]
     attnscope collapse ... [--max-length L] [--windows W] [--rows R] [--vectors values|hidden]  (no text: built-in)
+    attnscope generate --model M --text "..."|--text-file F --max-new-tokens N [--sample 1 --temperature T --top-p P
+                       --seed S] [--chat auto|on|off] --out FILE   (without --out: the continuation and findings)
+    attnscope compare  --model M [--model-b M2] --text "..."|--text-file F [--text-b "..."|--text-file-b F2]
+                       [--layer L --head H] --out FILE   (side B defaults to side A's model and text)
     attnscope app [streamlit options]
 
 Options and their defaults come from attnscope.settings, the table the dashboard's widgets and links read. Progress
@@ -32,12 +36,16 @@ STUDY_SETTINGS = {  # study -> settings it takes (beyond model, text and the tok
     "maps": ("layer", "cell_limit", "reduce", "hide_sink"),
     "taylor": ("max_order", "n_tokens", "clamp", "clamp_value", "tolerance"),
     "collapse": ("max_length", "windows", "rows", "vectors"),
+    "generate": ("max_new_tokens", "sample", "temperature", "top_p", "seed", "chat"),
+    "compare": ("layer", "head", "cell_limit", "reduce", "hide_sink"),
 }
 HELP = {
     "stats": "every head's entropy, max weight, sink mass and mean distance",
     "maps": "attention maps of one layer's heads, pooled into tiles when long",
     "taylor": "softmax against its order-n Taylor expansion, every head",
     "collapse": "context collapse over context lengths, each figure against its bound",
+    "generate": "continue the text and measure each generated token's attention",
+    "compare": "two texts, two models, or both, side by side: every head's statistics, one head's maps, and B - A",
 }
 
 
@@ -74,14 +82,15 @@ def _heads(text: str) -> tuple[int, ...]:
     return heads
 
 
-def _read_text(args) -> str | None:
-    if args.text is not None:
-        return args.text
-    if args.text_file is None:
+def _read_text(text: str | None, text_file: str | None) -> str | None:
+    """The text of --text, or of --text-file (- : standard input); None when neither was given."""
+    if text is not None:
+        return text
+    if text_file is None:
         return None
-    if args.text_file == "-":
+    if text_file == "-":
         return sys.stdin.read()
-    path = Path(args.text_file)
+    path = Path(text_file)
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -117,9 +126,10 @@ def _run_study(args) -> int:
     import attnscope
 
     transformers.utils.logging.disable_progress_bar()  # attnscope's own bar says what is happening
-    text = _read_text(args)
+    text = _read_text(args.text, args.text_file)
     if text is None and args.command != "collapse":
         raise CommandError("Give a text: --text-file FILE (or - for standard input), or --text '...'.")
+    text_b = _text_b(args) if args.command == "compare" else None
     if args.out is not None and Path(args.out).suffix.lower() not in (".json", ".csv", ".parquet", ".html"):
         raise CommandError(f"--out {args.out}: the file must end in .json, .csv, .parquet or .html.")
     progress = _Progress(args.quiet)
@@ -127,24 +137,49 @@ def _run_study(args) -> int:
         model = attnscope.load(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                                quantize=args.quantize, trust_remote_code=args.trust_remote_code, progress=progress)
         options = {key: getattr(args, key) for key in STUDY_SETTINGS[args.command]}
-        common = {"max_tokens": args.tokens, "progress": progress, "cache": not args.no_cache}
+        common = {"max_tokens": getattr(args, "tokens", None), "progress": progress,
+                  "cache": not getattr(args, "no_cache", True)}
         if args.command == "stats":
             result = attnscope.stats(model, text, keep=args.keep, **common)
         elif args.command == "maps":
             result = attnscope.maps(model, text, heads=args.heads, keep=args.keep, **options, **common)
         elif args.command == "taylor":
             result = attnscope.taylor(model, text, keep=args.keep, **options, **common)
+        elif args.command == "generate":
+            result = attnscope.generate(model, text, progress=progress, **options)
+        elif args.command == "compare":
+            result = attnscope.compare(model, text, model_b=_model_b(args, model, progress), keep=args.keep,
+                                       text_b=text_b, **options, **common)
         else:
             result = attnscope.collapse(model, text, **options, **common)
     finally:
         progress.close()
     if args.out is None:
+        if args.command == "generate":
+            print(result.generated_text)
         for finding in result.findings():
             print(finding.text())
     else:
         path = result.save(args.out)
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _model_b(args, model, progress):
+    """Side B's model: --model-b placed like side A, or side A's own model."""
+    import attnscope
+
+    if args.model_b is None or args.model_b == args.model:
+        return model
+    return attnscope.load(args.model_b, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                          progress=progress)
+
+
+def _text_b(args) -> str | None:
+    """Side B's text (None: side A's)."""
+    if args.text_file == args.text_file_b == "-":
+        raise CommandError("Only one of --text-file and --text-file-b can be standard input (-).")
+    return _read_text(args.text_b, args.text_file_b)
 
 
 def _prepare(args) -> int:
@@ -203,10 +238,18 @@ def parser() -> argparse.ArgumentParser:
         texts.add_argument("--text-file", metavar="FILE", help="UTF-8 text to analyse; - reads standard input"
                            + (" (default: the built-in long document)" if name == "collapse" else ""))
         texts.add_argument("--text", help="the text itself")
-        tokens = S.setting("max_tokens")
-        study.add_argument("--tokens", type=_type(tokens), default=None, metavar="N",
-                           help="analyse at most N tokens of the text (default: the model's positions)")
-        if name != "collapse":
+        if name == "compare":
+            study.add_argument("--model-b", default=None, help="side B's model, loaded at its default revision "
+                               "without remote code and placed like side A (default: side A's model)")
+            texts_b = study.add_mutually_exclusive_group()
+            texts_b.add_argument("--text-file-b", metavar="FILE", help="side B's text; - reads standard input "
+                                 "(default: side A's text)")
+            texts_b.add_argument("--text-b", help="side B's text itself")
+        if name != "generate":  # a prompt is read whole (up to the model's positions)
+            tokens = S.setting("max_tokens")
+            study.add_argument("--tokens", type=_type(tokens), default=None, metavar="N",
+                               help="analyse at most N tokens of the text (default: the model's positions)")
+        if name not in ("collapse", "generate"):
             _add_setting(study, "keep")
         if name == "maps":
             study.add_argument("--heads", type=_heads, default=None, help="heads to draw, e.g. 0,3 (default: all)")
@@ -214,8 +257,9 @@ def parser() -> argparse.ArgumentParser:
             _add_setting(study, key)
         study.add_argument("--out", metavar="FILE", help="write the result: .json (reopen with attnscope.open), "
                            ".parquet (the table; reopens too), .csv (the table), .html (findings and figures)")
-        study.add_argument("--no-cache", action="store_true", help="compute again instead of reading the result "
-                           "cache")
+        if name != "generate":
+            study.add_argument("--no-cache", action="store_true", help="compute again instead of reading the result "
+                               "cache")
         study.add_argument("--quiet", action="store_true", help="no progress bar")
         study.set_defaults(run=_run_study)
     return root

@@ -15,6 +15,8 @@ Every input has a limit, applied before work is done on it (hosted default / loc
 | ATTNSCOPE_MAX_PROMPTS | prompts in one session's library | 200 | 2000 |
 | ATTNSCOPE_MAX_LIBRARY_MB | megabytes of text in one session's library | 20 | 2000 |
 | ATTNSCOPE_MAX_BATCH | prompts one batch run analyses | 20 | 500 |
+| ATTNSCOPE_MAX_NEW_TOKENS | tokens one generation may add | 64 | 1024 |
+| ATTNSCOPE_GENERATION_SECONDS | seconds one generation may run (it stops after the step in progress) | 60 | 3600 |
 
 The server must refuse larger uploads before reading them, which only Streamlit's own `server.maxUploadSize` can do:
 deploy/start.sh and the Dockerfile set it from ATTNSCOPE_MAX_UPLOAD_MB, and `upload_limit_mismatch` says when a
@@ -31,6 +33,7 @@ from attnscope.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
 from attnscope.tokens import Cut, max_chars
 
 TOKEN_CEILING = 32768  # the most tokens any setting can ask for
+NEW_TOKEN_CEILING = 4096  # the most new tokens any generation can ask for
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")  # use with fullmatch
 REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")  # use with fullmatch
 _PATH = re.compile(r"file://\S+|(?<![\w.:/])(?:/|~/)[^\s'\"`,;:()]+")  # an absolute path inside a message
@@ -50,6 +53,8 @@ class Policy:
     max_prompts: int = 2000  # prompts in one session's library
     max_library_mb: int = 2000  # megabytes of text (UTF-8) in one session's library
     max_batch: int = 500  # prompts one batch run analyses
+    max_new_tokens: int = 1024  # tokens one generation may add
+    generation_seconds: int = 3600  # seconds one generation may run
 
     @property
     def max_upload_bytes(self) -> int:
@@ -130,7 +135,7 @@ def policy_from_env(environ=None) -> Policy:
     environ = os.environ if environ is None else environ
     hosted = environ.get("ATTNSCOPE_HOSTED", "").strip().lower() in ("1", "true", "yes", "on")
     defaults = Policy(max_tokens=1024, max_upload_mb=2, max_files=10, max_prompts=200, max_library_mb=20,
-                      max_batch=20) if hosted else Policy()
+                      max_batch=20, max_new_tokens=64, generation_seconds=60) if hosted else Policy()
     return Policy(
         hosted=hosted,
         allowed_models=_allowlist(environ) if hosted else (),
@@ -140,6 +145,8 @@ def policy_from_env(environ=None) -> Policy:
         max_prompts=_number(environ, "ATTNSCOPE_MAX_PROMPTS", defaults.max_prompts),
         max_library_mb=_number(environ, "ATTNSCOPE_MAX_LIBRARY_MB", defaults.max_library_mb),
         max_batch=_number(environ, "ATTNSCOPE_MAX_BATCH", defaults.max_batch),
+        max_new_tokens=min(_number(environ, "ATTNSCOPE_MAX_NEW_TOKENS", defaults.max_new_tokens), NEW_TOKEN_CEILING),
+        generation_seconds=_number(environ, "ATTNSCOPE_GENERATION_SECONDS", defaults.generation_seconds),
     )
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from attnscope.hosting import TOKEN_CEILING
+from attnscope.hosting import NEW_TOKEN_CEILING, TOKEN_CEILING
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,19 @@ _TABLE: tuple[Setting, ...] = (
                                                                       "hidden": "hidden states (layer input)"}),
             "Token vectors xᵢ", url="vectors"),
     Setting("fixed_length", 2048, Integer(32, TOKEN_CEILING), "Fixed L (distance vs N, N_s/N)", url="fixed_L"),
+    # generation (not carried by links: a link reproduces a view, and a generation is rerun on request)
+    Setting("max_new_tokens", 48, Integer(1, NEW_TOKEN_CEILING), "New tokens",
+            "The model stops earlier when it ends its answer or reaches its position limit."),
+    Setting("sample", False, Flag(), "Sample",
+            "Draw each token from the model's distribution (temperature, top-p, seed) instead of taking the most "
+            "likely one."),
+    Setting("temperature", 0.7, Number(0.0, 10.0), "Temperature", "Sampling only: logits are divided by it."),
+    Setting("top_p", 0.95, Number(0.0, 1.0), "Top-p",
+            "Sampling only: draw from the smallest set of tokens whose probability reaches this."),
+    Setting("seed", 0, Integer(0, 2**31 - 1), "Seed", "Sampling only: the same seed gives the same text."),
+    Setting("chat", "auto", Choice(("auto", "on", "off"), labels={
+                "auto": "when the model has one", "on": "always", "off": "never (continue the raw text)"}),
+            "Chat template", "Wrap the text as a user turn of the model's chat template, as instruct models expect."),
 )
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in _TABLE}

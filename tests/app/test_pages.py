@@ -426,3 +426,89 @@ def test_batch_over_the_library_matches_each_prompt():
     next(b for b in at.button if b.label.startswith("Run over")).click().run()
     assert not at.exception
     assert any("fewer than 32" in i.value for i in at.info)
+
+
+def test_generation_page_streams_measures_and_marks_the_generated_tokens():
+    """The sidebar's Generate opens the Generation page and runs; its numbers are the API's (greedy), the whole
+    text's map marks where the continuation starts, and an encoder gets one sentence."""
+    import attnscope
+
+    at = _app().run()
+    at.session_state[state.MAX_NEW_TOKENS] = 6
+    next(b for b in at.sidebar.button if b.label == "Generate from this text").click().run()
+    assert not at.exception and [t.value for t in at.title] == ["Generation"]
+    result = next(iter(at.session_state[state.GENERATIONS].values()))
+    api = attnscope.generate(attnscope.load("smollm2-135m"), state.EXAMPLES["Capital cities"], max_new_tokens=6)
+    assert result.generated_ids == api.generated_ids
+    np.testing.assert_allclose(result.entropy, api.entropy, rtol=1e-5, atol=1e-6)
+    from attnscope.app.common import literal
+
+    assert any(literal(api.generated_text) in m.value for m in at.markdown)
+    shapes = _chart(at, "gen_map")["layout"]["shapes"]
+    assert {s["type"] for s in shapes} == {"line"} and len(shapes) == 2
+    assert shapes[0]["x0"] == len(api.prompt_ids) - 0.5
+    assert len(_chart(at, "gen_timeline")["data"]) == 3 * 4  # band edges and mean, per statistic
+
+    at.selectbox(key=state.MODEL_CHOICE).set_value("minilm-l6").run()
+    assert not at.exception and any("is an encoder" in i.value for i in at.info)
+
+
+def test_compare_page_draws_b_minus_a_of_the_api_and_keeps_the_sidebar_text():
+    """Side B's text against the sidebar's: the B − A heatmap holds the difference of two attnscope.stats calls; an
+    empty text B or a model B that cannot load gets one sentence, and the sidebar text stays."""
+    import base64
+
+    import attnscope
+
+    def z(chart: dict) -> np.ndarray:
+        values = chart["data"][0]["z"]
+        if isinstance(values, dict):  # a typed array: {"dtype", "bdata", "shape"}
+            shape = tuple(int(n) for n in str(values["shape"]).split(","))
+            return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).reshape(shape)
+        return np.array(values, dtype=float)
+
+    text_a, text_b = state.EXAMPLES["Capital cities"], state.EXAMPLES["Code"]
+    at = _app().run().switch_page("app_pages/compare.py").run()
+    assert not at.exception and [t.value for t in at.title] == ["Compare"]
+    assert at.text_area(key=state.COMPARE_TEXT).value == text_a  # side B starts from the sidebar text
+    at.text_area(key=state.COMPARE_TEXT).input(text_b).run()
+    next(b for b in at.button if b.label == "Compare").click().run()
+    assert not at.exception
+    model = attnscope.load("smollm2-135m")
+    expected = attnscope.stats(model, text_b).entropy - attnscope.stats(model, text_a).entropy
+    np.testing.assert_allclose(z(_chart(at, "compare_entropy-difference")), expected, rtol=1e-6, atol=1e-7)
+    assert any("Both have 30 layers × 9 heads" in m.value for m in at.markdown)
+    assert any("No difference map" in i.value for i in at.info)  # the texts have different token counts
+    at.selectbox(key=state.COMPARE_STAT).set_value("sink_mass").run()
+    expected = attnscope.stats(model, text_b).sink_mass - attnscope.stats(model, text_a).sink_mass
+    np.testing.assert_allclose(z(_chart(at, "compare_sink_mass-difference")), expected, rtol=1e-6, atol=1e-7)
+
+    at.text_area(key=state.COMPARE_TEXT).input("   ").run()
+    next(b for b in at.button if b.label == "Compare").click().run()
+    assert not at.exception and any("Text B is empty" in e.value for e in at.error)
+    at.text_area(key=state.COMPARE_TEXT).input(text_b).run()
+    at.selectbox(key=state.COMPARE_MODEL).set_value(state.CUSTOM_MODEL).run()
+    at.text_input(key=state.COMPARE_CUSTOM_NAME).input("/no/such/model/folder").run()
+    next(b for b in at.button if b.label == "Compare").click().run()
+    assert not at.exception and any("does not exist" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.session_state[state.TEXT] == text_a and at.text_area(key=state.TEXT).value == text_a
+
+
+def test_hosted_generation_is_capped_in_tokens_and_time(monkeypatch):
+    """In hosted mode the policy caps new tokens (the widget and what runs); its time budget is at least a second
+    (the stop at a time limit is tested in tests/unit/test_generation.py)."""
+    monkeypatch.setenv("ATTNSCOPE_HOSTED", "1")
+    monkeypatch.setenv("ATTNSCOPE_MAX_NEW_TOKENS", "3")
+    at = _app().run().switch_page("app_pages/generation.py")
+    at.session_state[state.MAX_NEW_TOKENS] = 40
+    at.session_state["chat"] = "off"
+    at.run()
+    assert not at.exception and at.number_input(key=state.MAX_NEW_TOKENS).value == 3
+    next(b for b in at.button if b.label == "Generate").click().run()
+    result = next(iter(at.session_state[state.GENERATIONS].values()))
+    assert len(result.generated_ids) == 3 and result.stop == "max_new_tokens"
+    monkeypatch.setenv("ATTNSCOPE_GENERATION_SECONDS", "0")
+    from attnscope.hosting import PolicyError, policy_from_env
+
+    with pytest.raises(PolicyError, match="ATTNSCOPE_GENERATION_SECONDS must be at least 1"):
+        policy_from_env()

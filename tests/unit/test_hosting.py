@@ -24,9 +24,13 @@ def test_hosted_defaults_and_overrides():
     policy = policy_from_env({"ATTNSCOPE_HOSTED": "1", "ATTNSCOPE_ALLOWED_MODELS": "gpt2, org/model@v1.0 ,",
                               "ATTNSCOPE_MAX_TOKENS": "512", "ATTNSCOPE_MAX_UPLOAD_MB": "1", "ATTNSCOPE_MAX_FILES": "3",
                               "ATTNSCOPE_MAX_PROMPTS": "50", "ATTNSCOPE_MAX_LIBRARY_MB": "4",
-                              "ATTNSCOPE_MAX_BATCH": "5"})
+                              "ATTNSCOPE_MAX_BATCH": "5", "ATTNSCOPE_MAX_NEW_TOKENS": "16",
+                              "ATTNSCOPE_GENERATION_SECONDS": "9"})
     assert policy == Policy(hosted=True, allowed_models=("gpt2", "org/model@v1.0"), max_tokens=512, max_upload_mb=1,
-                            max_files=3, max_prompts=50, max_library_mb=4, max_batch=5)
+                            max_files=3, max_prompts=50, max_library_mb=4, max_batch=5, max_new_tokens=16,
+                            generation_seconds=9)
+    assert (hosted.max_new_tokens, hosted.generation_seconds) == (64, 60)
+    assert policy_from_env({"ATTNSCOPE_MAX_NEW_TOKENS": "99999"}).max_new_tokens == 4096  # the settings' ceiling
     assert [(s.name, s.revision) for s in policy.hub_models()] == [("gpt2", None), ("org/model", "v1.0")]
     policy.check(ModelSpec("smollm2-135m"))
     policy.check(ModelSpec("gpt2"))

@@ -1,0 +1,95 @@
+"""Generation: the model continues the sidebar text, streamed here; then each new token's attention, step by step, and
+the maps of the whole text with the generated tokens marked."""
+
+import streamlit as st
+
+from attnscope.app import cached, common, state
+from attnscope.app.widgets import widget
+from attnscope.figures import generation as figures
+from attnscope.studies import generation as study
+from attnscope.studies import maps as maps_study
+
+KEPT = 4  # generations remembered per session (switching settings back shows an earlier one again)
+
+st.title("Generation")
+st.caption("The model continues the sidebar text (as one user turn of its chat template, when it has one). Each "
+           "step's query row, the token being read against every key in the KV cache, is measured with the same "
+           "kernel as the other pages; a step's numbers are those of the same row of one pass over the whole text.")
+spec = common.current_spec()
+text = st.session_state[state.TEXT]
+if spec is None or not text.strip():
+    st.info("Choose a model and type a text in the sidebar first.")
+    st.stop()
+loaded = common.load(spec)
+if loaded is None:
+    st.stop()
+if loaded.kind != "decoder":
+    st.info(f"{common.literal(spec.name)} is an encoder: it reads a whole text at once and does not generate. Pick a "
+            "decoder in the sidebar.")
+    st.stop()
+limits = common.policy()
+st.session_state[state.MAX_NEW_TOKENS] = min(int(st.session_state[state.MAX_NEW_TOKENS]), limits.max_new_tokens)
+columns = st.columns([1.2, 0.8, 1, 1, 1, 1.6])
+widget("max_new_tokens", columns[0], max_value=limits.max_new_tokens)
+sample = widget("sample", columns[1])
+for column, key in zip(columns[2:5], ("temperature", "top_p", "seed")):
+    widget(key, column, disabled=not sample)
+widget("chat", columns[5])
+settings = {key: st.session_state[key] for key in ("max_new_tokens", "sample", "temperature", "top_p", "seed", "chat")}
+if limits.hosted:
+    st.caption(f"This demo generates at most {limits.max_new_tokens} tokens and {limits.generation_seconds} s per "
+               "request.")
+request = (spec, text, tuple(sorted(settings.items())))
+done = st.session_state[state.GENERATIONS]
+asked = st.button("Generate", type="primary") or st.session_state[state.GENERATE_NOW]
+st.session_state[state.GENERATE_NOW] = False
+if asked:
+    stream, bar = st.empty(), st.progress(0.0, "Reading the prompt")
+    try:
+        with common.model_turn(spec):
+            result = study.run(cached.AppSource(spec), text, **settings, time_limit=limits.generation_seconds,
+                               on_token=lambda so_far: stream.markdown(f"> {common.literal(so_far)}"),
+                               progress=lambda fraction, message: bar.progress(fraction, message))
+    except ValueError as error:  # a chat template that fails, a prompt at the position limit: nothing is lost
+        common.say("error", str(error))
+        st.stop()
+    finally:
+        bar.empty()
+    stream.empty()
+    done.pop(request, None)
+    done[request] = result
+    while len(done) > KEPT:
+        done.pop(next(iter(done)))
+result = done.get(request)
+if result is None:
+    st.info("Press Generate to let the model continue the text.")
+    st.stop()
+
+st.markdown(f"**Prompt** ({len(result.prompt_ids)} tokens{', chat template' if result.meta['chat_template'] else ''})"
+            f"  \n**Continuation** ({len(result.generated_ids)} tokens): {common.literal(result.generated_text)}")
+for item in result.findings():
+    common.finding(item)
+shown = result.figures()
+common.chart(shown["timeline"], key="gen_timeline", name="generation-timeline")
+left, right = st.columns(2)
+for column, name in zip((left, right), ("entropy-by-layer", "max_weight-by-layer")):
+    with column:
+        common.chart(shown[name], key=f"gen_{name}", name=f"generation-{name}")
+
+st.subheader("Maps of the whole text")
+n_layers, n_heads = result.entropy.shape[1:]
+controls = st.columns(3)
+layer = controls[0].selectbox("Layer", range(n_layers), key=state.GEN_LAYER)
+head = controls[1].selectbox("Head", range(n_heads), key=state.GEN_HEAD)
+cell_limit = widget("cell_limit", controls[2], kind="slider")
+source = cached.AppSource(spec)
+cut = common.cut_for(loaded, requested=len(result.text_ids))
+with common.model_turn(spec), st.spinner("Computing the map"):
+    maps = maps_study.maps(source, result.text_ids, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit)
+(name, figure), = maps.figures().items()
+figures.mark_generated(figure, n_prompt=len(result.prompt_ids), block=maps.block)
+common.chart(figure, key="gen_map", name=f"generation-{name}")
+st.download_button("Per-step statistics as CSV", lambda: result.to_frame().to_csv(index=False),
+                   file_name="generation-steps.csv", mime="text/csv", on_click="ignore")
+common.report_button("Generation", {**settings, "new tokens": len(result.generated_ids), "stop": result.stop},
+                     findings=result.findings())

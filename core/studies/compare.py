@@ -1,0 +1,234 @@
+"""Two runs side by side: the same model on two texts, two models on one text, or both different.
+
+Side A and side B each run the Attention maps study's own units (attnscope.studies.maps: model_stats for every head's
+statistics, layer_maps and layer_stats for one head's map), so every number is cached exactly as on that page, and
+the only new arithmetic is the subtraction B - A.
+
+What B - A is taken over:
+- both models have the same layers x heads: head by head, (layers, heads). Between two different models this means
+  something only when one is derived from the other (a fine-tune keeps its heads' roles and numbers); the findings
+  say so.
+- different shapes: head numbers do not correspond, so each side's mean over heads is compared layer by layer, on
+  the layers both have (layers 0 .. min - 1), (layers, 1). Layer i then sits at a different depth in each model.
+- one head's map: cell by cell when both texts have the same number of tokens and so the same tiles (positions are
+  compared, whatever the tokens); otherwise no difference map, and the result says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from attnscope.figures import compare as figures
+from attnscope.figures import maps as map_figures
+from attnscope.studies import maps as maps_study
+from attnscope.studies.base import Finding, ProgressFn, Result, Source
+from attnscope.tokens import Cut
+
+CHANGED = ("entropy", "max_weight", "sink_mass")  # the statistics whose largest changes the findings name
+TOP_CHANGES = 3  # heads (or layers) named per statistic
+MEAN_OVER_HEADS = "mean over heads"
+
+
+@dataclass
+class CompareResult(Result):
+    """Side A and side B: every head's statistics of each, B - A, and optionally one head's maps of each."""
+
+    kind = "compare"
+    title = "attnscope: compare two runs"
+
+    meta: dict
+    a: maps_study.StatsResult
+    b: maps_study.StatsResult
+    difference: dict  # statistic -> B - A: (layers, heads) when the shapes match, else (common layers, 1) of means
+    maps_a: maps_study.MapsResult | None = None  # one head of one layer, when a layer was asked for
+    maps_b: maps_study.MapsResult | None = None
+    map_difference: np.ndarray | None = None  # (rows, cols) B - A of the two maps; None: see map_note
+    map_note: str = ""  # why no difference map is drawn, or what the one drawn compares
+
+    @property
+    def per_head(self) -> bool:
+        """True when B - A is taken head by head (both sides have the same layers x heads)."""
+        return self.a.shape == self.b.shape
+
+    @property
+    def columns(self) -> list[str]:
+        """The difference arrays' column labels: the heads, or the one mean over heads."""
+        return [f"H{h}" for h in range(self.a.shape[1])] if self.per_head else [MEAN_OVER_HEADS]
+
+    def side(self, which: str) -> str:
+        """"A: smollm2-135m, 19 tokens" for which = "a" or "b"."""
+        stats = self.a if which == "a" else self.b
+        return f"{which.upper()}: {stats.meta['model']}, {len(stats.tokens)} tokens"
+
+    def findings(self) -> list[Finding]:
+        meta, (layers_a, heads_a), (layers_b, heads_b) = self.meta, self.a.shape, self.b.shape
+        what = {(True, True): "the same model on the same text", (True, False): "the same model on two texts",
+                (False, True): "two models on the same text", (False, False): "two models on two texts"}[
+            (meta["same_model"], meta["same_text"])]
+        out = [Finding("Compared", f"{what}: {self.side('a')}; {self.side('b')}.")]
+        if self.per_head:
+            caveat = "" if meta["same_model"] else (" Between two models this means something only when one is "
+                                                    "derived from the other (a fine-tune keeps its heads' numbers).")
+            out.append(Finding("Shapes", f"Both have {layers_a} layers × {heads_a} heads: B − A is taken head by "
+                                         f"head.{caveat}"))
+        else:
+            common = min(layers_a, layers_b)
+            out.append(Finding("Shapes", f"A has {layers_a} layers × {heads_a} heads and B {layers_b} layers × "
+                                         f"{heads_b} heads: head numbers do not correspond between the two models, "
+                                         f"so B − A is taken on each layer's mean over heads, for the {common} "
+                                         f"layers both have (layer i sits at a different depth in each model)."))
+        if len(self.a.tokens) != len(self.b.tokens):
+            out.append(Finding("Text lengths", f"A has {len(self.a.tokens)} tokens and B {len(self.b.tokens)}: "
+                                               "entropy grows with the number of keys a query sees (at most their "
+                                               "log), so the normalised entropy compares the two more fairly."))
+        if all(np.array_equal(getattr(self.a, name), getattr(self.b, name), equal_nan=True)
+               for name in maps_study.STATISTICS):
+            out.append(Finding("No change", "B − A is exactly 0 for every head and every statistic."))
+        else:
+            out += [self._largest_changes(name) for name in CHANGED]
+        if self.maps_a is not None:
+            out.append(Finding("Maps", f"Layer {self.maps_a.layer}, head {self.maps_a.heads[0]}: "
+                               + (self.map_note or self._drawn())))
+        return out
+
+    def _drawn(self) -> str:
+        block = self.maps_a.block
+        return "B − A drawn cell by cell." if block == 1 else f"B − A drawn tile by tile ({block}×{block} tokens)."
+
+    def _largest_changes(self, name: str) -> Finding:
+        label = maps_study.STATISTICS[name][0]
+        a, b = self._compared(getattr(self.a, name)), self._compared(getattr(self.b, name))
+        change = self.difference[name]
+        order = np.argsort(-np.nan_to_num(np.abs(change), nan=-1.0), axis=None, kind="stable")[:TOP_CHANGES]
+        cells = [np.unravel_index(index, change.shape) for index in order]
+        where = (lambda cell: f"L{cell[0]}H{cell[1]}") if self.per_head else (lambda cell: f"layer {cell[0]}")
+        listed = ", ".join(f"{where(cell)} {a[cell]:.3f} → {b[cell]:.3f} ({change[cell]:+.3f})" for cell in cells)
+        scope = "heads" if self.per_head else "layers (means over heads)"
+        mean_a, mean_b = float(np.nanmean(getattr(self.a, name))), float(np.nanmean(getattr(self.b, name)))
+        return Finding(f"{label.capitalize()}: B − A", f"the {scope} that changed most: {listed}; the mean over "
+                                                        f"every head goes {mean_a:.3f} → {mean_b:.3f} "
+                                                        f"({mean_b - mean_a:+.3f}).")
+
+    def _compared(self, values: np.ndarray) -> np.ndarray:
+        return comparable(values, self.a.shape, self.b.shape)
+
+    def figures(self, statistic: str | None = None) -> dict[str, object]:
+        """A, B and B - A of one statistic (every statistic when None), then A, B and B - A of the one head's map."""
+        out = {}
+        for name in [statistic] if statistic else list(self.difference):
+            label = maps_study.STATISTICS.get(name, maps_study.LEARNED_SINK)[0]
+            for which, stats in (("a", self.a), ("b", self.b)):
+                out[f"{name}-{which}"] = map_figures.stat_heatmap(getattr(stats, name), label=label,
+                                                                  title=f"{self.side(which)}: {label}")
+            scope = "per head" if self.per_head else "per layer, mean over heads"
+            out[f"{name}-difference"] = figures.difference_heatmap(
+                self.difference[name], columns=self.columns, label=label, title=f"B − A: {label} {scope}")
+        if self.maps_a is not None:
+            where = f"layer {self.maps_a.layer}, head {self.maps_a.heads[0]}"
+            sink = " (sink hidden)" if self.maps_a.hide_sink else ""
+            for which, result in (("a", self.maps_a), ("b", self.maps_b)):
+                out[f"map-{which}"] = map_figures.head_heatmap(
+                    result.values[0], tokens=result.tokens, block=result.block, reduce=result.reduce,
+                    title=f"{self.side(which)}: {where}{sink}")
+            if self.map_difference is not None:
+                tokens = [t if t == u else f"{t}|{u}" for t, u in zip(self.maps_a.tokens, self.maps_b.tokens)]
+                out["map-difference"] = figures.difference_map(self.map_difference, tokens=tokens,
+                                                               block=self.maps_a.block, reduce=self.maps_a.reduce,
+                                                               title=f"B − A: {where}{sink}")
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per statistic and head (per layer when the shapes differ: then a and b are means over heads)."""
+        rows = []
+        for name, change in self.difference.items():
+            a, b = self._compared(getattr(self.a, name)), self._compared(getattr(self.b, name))
+            for layer in range(change.shape[0]):
+                for column in range(change.shape[1]):
+                    rows.append({"statistic": name, "layer": layer, **({"head": column} if self.per_head else {}),
+                                 "a": float(a[layer, column]), "b": float(b[layer, column]),
+                                 "difference": float(change[layer, column])})
+        return pd.DataFrame(rows)
+
+
+# ---- entry point --------------------------------------------------------------------------------------------------
+
+
+def comparable(values: np.ndarray, shape_a: tuple[int, int], shape_b: tuple[int, int]) -> np.ndarray:
+    """One side's (layers, heads) statistic as B - A takes it: unchanged when both sides have the same shape, else
+    each of the common layers' mean over heads, (min(layers), 1)."""
+    if shape_a == shape_b:
+        return values
+    return np.nanmean(values[:min(shape_a[0], shape_b[0])], axis=1, keepdims=True)
+
+
+def _same(text_a, text_b) -> bool:
+    return (text_a if isinstance(text_a, str) else tuple(text_a)) == (text_b if isinstance(text_b, str) else
+                                                                     tuple(text_b))
+
+
+def _map_difference(maps_a: maps_study.MapsResult, maps_b: maps_study.MapsResult) -> tuple[np.ndarray | None, str]:
+    n_a, n_b = len(maps_a.tokens), len(maps_b.tokens)
+    if n_a != n_b:
+        return None, (f"no difference map: A has {n_a} tokens and B {n_b}, and a map is compared cell by cell, "
+                      "which needs the same positions on both sides.")
+    if maps_a.block != maps_b.block:
+        return None, (f"no difference map: A is pooled into {maps_a.block}-token tiles and B into "
+                      f"{maps_b.block}-token tiles.")
+    changed = sum(t != u for t, u in zip(maps_a.tokens, maps_b.tokens))
+    note = (f"B − A compares positions: the tokens differ at {changed} of {n_a} positions (shown as A|B)."
+            if changed else "")
+    return maps_b.values[0] - maps_a.values[0], note
+
+
+def run(source_a: Source, text_a, cut_a: Cut, source_b: Source, text_b, cut_b: Cut, *, layer: int | None = 0,
+        head: int = 0, cell_limit: int | None = None, reduce: str = "mean", hide_sink: bool = False,
+        progress: ProgressFn | None = None) -> CompareResult:
+    """Side A (source_a's model on text_a, cut_a) against side B.
+
+    Args:
+        layer, head: the head whose maps are drawn on both sides (it must exist in both models); layer None: no maps.
+        cell_limit, reduce, hide_sink: as for attnscope.studies.maps.maps.
+        progress: progress(fraction, message) between units.
+
+    Returns:
+        A CompareResult; its difference arrays are (layers, heads) or, when the models' shapes differ,
+        (common layers, 1).
+    """
+    steps = [("a", source_a, text_a, cut_a), ("b", source_b, text_b, cut_b)]
+    if layer is not None:
+        for name, source in (("A", source_a), ("B", source_b)):
+            n_layers, n_heads = source.model.info["n_layers"], source.model.info["n_heads"]
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(f"Layer {layer}, head {head} does not exist in model {name} "
+                                 f"({source.model.spec.name}: layers 0..{n_layers - 1}, heads 0..{n_heads - 1}); "
+                                 "choose a head both models have.")
+    total = 2 * len(steps) if layer is not None else len(steps)
+    report = progress or (lambda fraction, message: None)
+    stats = {}
+    for index, (which, source, text, cut) in enumerate(steps):
+        report(index / total, f"Side {which.upper()}: per-head statistics of every layer")
+        stats[which] = maps_study.stats(source, text, cut=cut)
+    a, b = stats["a"], stats["b"]
+    names = [*maps_study.STATISTICS, *(["learned_sink_mass"] if a.learned_sink_mass is not None
+                                       and b.learned_sink_mass is not None else [])]
+    difference = {name: comparable(getattr(b, name), a.shape, b.shape)
+                  - comparable(getattr(a, name), a.shape, b.shape) for name in names}
+    maps, map_difference, map_note = {}, None, ""
+    if layer is not None:
+        for index, (which, source, text, cut) in enumerate(steps):
+            report((len(steps) + index) / total, f"Side {which.upper()}: map of layer {layer}, head {head}")
+            maps[which] = maps_study.maps(source, text, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit,
+                                          reduce=reduce, hide_sink=hide_sink)
+        map_difference, map_note = _map_difference(maps["a"], maps["b"])
+    report(1.0, "Compared")
+    spec_a, spec_b = source_a.model.spec, source_b.model.spec
+    meta = {"model_a": a.meta["model"], "model_b": b.meta["model"], "tokens_a": len(a.tokens),
+            "tokens_b": len(b.tokens),
+            "same_model": (spec_a.name, spec_a.revision) == (spec_b.name, spec_b.revision),
+            "same_text": _same(text_a, text_b), "layer": layer, "head": head, "cell_limit": cell_limit,
+            "reduce": reduce, "hide_sink": hide_sink, "attnscope": a.meta["attnscope"]}
+    return CompareResult(meta=meta, a=a, b=b, difference=difference, maps_a=maps.get("a"), maps_b=maps.get("b"),
+                         map_difference=map_difference, map_note=map_note)
