@@ -25,3 +25,16 @@ def key_tile_scores(
     if CAUSAL:
         visible = visible & (o_n[None, :] <= pos_m[:, None])
     return b_s, visible
+
+
+@triton.jit
+def soft_capped(b_s, softcap):
+    """softcap * tanh(b_s / softcap), fp32. Triton has no tanh its interpreter runs, so tanh(x) = (1 - e) / (1 + e)
+    with e = exp(-2|x|), signed; below |x| = 0.1 its Taylor polynomial, where 1 - e would cancel (error < 1e-10)."""
+    x = b_s / softcap
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
+    x2 = x * x
+    small = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
+    large = tl.where(x < 0, -1.0, 1.0) * (1.0 - e) / (1.0 + e)
+    return softcap * tl.where(a < 0.1, small, large)

@@ -39,6 +39,7 @@ kernel's max weight, entropy and weight on key 0 (fp32). How the work is organis
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,6 +108,7 @@ class LayerRows:
     sensitivity: np.ndarray | None = None  # (H, R, len(EPSILONS), len(TEMPERATURES)) random-direction probe
     jacobian_norm: np.ndarray | None = None  # (H, R, len(TEMPERATURES)) exact ||J||_2 = lambda_max / T
     window: int = 0  # the layer's sliding window (its rows see at most this many keys), 0 for a global layer
+    learned_sink_mass: np.ndarray | None = None  # (H, R) weight of the learned sink cell (gpt-oss), else None
 
 
 def analyse_layer(layer: LayerCapture, *, rows: int, hidden: torch.Tensor | None = None,
@@ -143,11 +145,9 @@ def analyse_layers(layers: Sequence[LayerCapture], *, rows: int, hidden: Sequenc
     if len(seeds) != len(layers):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(layers)} layers; give one per layer or None.")
     for layer in layers:
-        if layer.mask is not None or layer.softcap is not None or layer.sinks is not None:
-            kind = ("an explicit mask" if layer.mask is not None else "soft-capped logits" if layer.softcap is not None
-                    else "learned sinks")
-            raise ValueError(f"This layer has {kind}; the collapse analysis takes causal (also sliding-window) or "
-                             "bidirectional softmax attention only so far.")
+        if layer.mask is not None:
+            raise ValueError("This layer has an explicit (padding) mask; the collapse analysis runs on unpadded text "
+                             "windows under the causal rule (also sliding windows) or full visibility.")
     out: list[LayerRows] = []
     logits, directions = [], []
     start = 0
@@ -195,8 +195,9 @@ def _foldable(layers: Sequence[LayerCapture], hidden, start: int, stop: int, row
     """Whether layers[start:stop] can be analysed as one batch: same shapes, mask rule and scale, and the work
     within WORK_ELEMENTS and FOLD_SCORES."""
     first, last = layers[start], layers[stop - 1]
-    if (first.q.shape, first.k.shape, first.v.shape, first.causal, first.scale, first.window) != (
-            last.q.shape, last.k.shape, last.v.shape, last.causal, last.scale, last.window):
+    if (first.q.shape, first.k.shape, first.v.shape, first.causal, first.scale, first.window, first.softcap,
+            first.sinks is None) != (last.q.shape, last.k.shape, last.v.shape, last.causal, last.scale, last.window,
+                                     last.softcap, last.sinks is None):
         return False
     if hidden is not None and hidden[start].shape != hidden[stop - 1].shape:
         return False
@@ -216,7 +217,12 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     """The analysis of layers of one shape, their heads stacked layer after layer: H = layers x heads query heads,
     G = layers x kv heads key/value heads (query head h reads kv head h // groups), and X token-vector sets (G value
     sets, or one hidden-state set per layer), query head h reading set h // (H / X). Returns the layers' rows
-    (without the temperature sweep) and the scaled logits (H, R, L), -inf where hidden."""
+    (without the temperature sweep) and the scaled logits (H, R, L), -inf where hidden.
+
+    Softcapped logits (Gemma 2) are the capped ones throughout, and Corollary 1's Delta is at most the cap. A learned
+    sink (gpt-oss) is one more cell of every row, after the keys: its logit z_h, a zero token vector (it has no value)
+    and a place in the ranking like any key, so the row's weights over its L + 1 cells sum to 1 and every quantity
+    below counts L + 1 cells; Delta also bounds |z_h|."""
     first = layers[0]
     n_queries, length = first.q.shape[2], first.k.shape[2]
     rows = _picked_rows(first, rows)
@@ -225,25 +231,35 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     k = torch.cat([layer.k[0] for layer in layers])  # (G, L, D)
     n_heads, n_kv = q.shape[0], k.shape[0]
     groups = n_heads // n_kv
+    sinks = None if first.sinks is None else torch.cat([layer.sinks.cpu() for layer in layers]).double()  # (H,)
     stats = kernels.attention_stats(q[None], k[None], None, causal=first.causal, scale=first.scale,
-                                    window=first.window, topk=min(max(N_GRID), length))
-    visible_mask = first.visible(picked)[0, 0]  # (R, L)
-    visible = visible_mask.sum(-1)  # (R,): at most the window in a sliding-window layer
-    visible_f = visible.double()
-    fewest = int(visible.min())  # the selected sets stay below every analysed row's visible count
+                                    window=first.window, softcap=first.softcap,
+                                    sinks=None if sinks is None else sinks.float().to(q.device),
+                                    topk=min(max(N_GRID), length))
+    visible_mask = key_mask = first.visible(picked)[0, 0]  # (R, L)
     # Keys before this are visible to every analysed row (under the causal rule); a sliding window hides the oldest
     # keys instead, so then every key is masked explicitly.
-    hidden_from = fewest if first.window is None else 0
+    hidden_from = int(visible_mask.sum(-1).min()) if first.window is None else 0
 
     k64 = k.double()
     logits = torch.matmul(q.double().view(n_kv, groups * rows, -1), k64.transpose(1, 2)).view(n_heads, rows, length)
     logits = logits.mul_(first.scale)
+    if first.softcap is not None:
+        logits = first.softcap * torch.tanh(logits / first.softcap)
     logits[..., hidden_from:].masked_fill_(~visible_mask[:, hidden_from:], -math.inf)  # (H, R, L)
-    alpha = torch.softmax(logits, -1)
     if hidden is None:
         x = torch.cat([layer.v[0] for layer in layers]).double()  # (X = G, L, d)
     else:  # the states of the layer's keys: a causal prefix keeps the first L
         x = torch.stack([states[0, :length] for states in hidden]).double()  # (X = layers, L, d)
+    if sinks is not None:  # the sink cell: last, seen by every row, no token vector
+        logits = torch.cat([logits, sinks[:, None, None].expand(-1, rows, 1)], -1)
+        visible_mask = torch.cat([visible_mask, torch.ones(rows, 1, dtype=torch.bool)], -1)
+        x = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], 1)
+        length += 1
+    visible = visible_mask.sum(-1)  # (R,): at most the window in a sliding-window layer (+ 1 with a sink cell)
+    visible_f = visible.double()
+    fewest = int(visible.min())  # the selected sets stay below every analysed row's visible count
+    alpha = torch.softmax(logits, -1)
     n_sets = x.shape[0]
     per_set = n_heads // n_sets
     of_head = torch.arange(n_heads) // per_set  # (H,) token-vector set of each head
@@ -260,8 +276,12 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
 
     # Corollary 1 band, Delta = ||q_t|| max_i ||k_i|| * scale.
     q_norm = q.double().norm(dim=-1)  # (H, R)
-    k_max = k64.norm(dim=-1)[:, None, :].masked_fill(~visible_mask[None], -math.inf).amax(-1)  # (G, R)
+    k_max = k64.norm(dim=-1)[:, None, :].masked_fill(~key_mask[None], -math.inf).amax(-1)  # (G, R)
     delta = q_norm * k_max.repeat_interleave(groups, 0) * first.scale
+    if first.softcap is not None:  # every capped logit lies in [-c, c]
+        delta = delta.clamp(max=first.softcap)
+    if sinks is not None:
+        delta = torch.maximum(delta, sinks.abs()[:, None])
     band_low = torch.exp(-2 * delta) / visible
     band_high = torch.exp(2 * delta) / visible
 
@@ -269,7 +289,10 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     bound_ns = tuple(n for n in BOUND_NS if n in n_values)
     sizes = torch.tensor(n_values, dtype=torch.float64)  # (P,)
     largest = max(n_values, default=1)
-    indices = stats.topk_indices[0][..., :largest]  # (H, R, K) by descending weight
+    if sinks is None:
+        indices = stats.topk_indices[0][..., :largest]  # (H, R, K) by descending weight
+    else:  # the kernel ranks the keys only; the sink cell competes here
+        indices = alpha.topk(largest, -1).indices
     weights = alpha.gather(-1, indices)  # (H, R, K)
     left_x, right_x = _square_factors(x, norms_sq)  # (X, L, d + 2) each
     selected_left, selected_right = _rows_of(left_x, of_head, indices), _rows_of(right_x, of_head, indices)
@@ -316,7 +339,7 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
     for index in range(len(layers)):
         own = slice(index * heads, (index + 1) * heads)
         results.append(LayerRows(
-            length=length, visible=visible.numpy(), max_weight=stats.max_weight[0, own].double().numpy(),
+            length=first.k.shape[2], visible=visible.numpy(), max_weight=stats.max_weight[0, own].double().numpy(),
             min_weight=min_weight[own].numpy(), entropy=stats.entropy[0, own].double().numpy(),
             sink_mass=stats.sink_mass[0, own].double().numpy(), band_low=band_low[own].numpy(),
             band_high=band_high[own].numpy(), n_values=n_values, d_sum=d_sum[own].numpy(),
@@ -324,6 +347,7 @@ def _analyse_fold(layers: Sequence[LayerCapture], *, rows: int, hidden) -> tuple
             ratio=ratio[own].numpy(), theorem2_low=theorem2_low[own].numpy(),
             theorem2_high=theorem2_high[own].numpy(), bound_ns=bound_ns, bound=bound[own].numpy(),
             window=first.window or 0,
+            learned_sink_mass=None if sinks is None else stats.learned_sink_mass[0, own].double().cpu().numpy(),
         ))
     return results, logits
 
@@ -580,19 +604,28 @@ class LengthSummary:
     jacobian_norm: np.ndarray | None = None  # (Ly, H, T) mean over rows
     windows: int = 1
     layer_windows: tuple = ()  # per layer: its sliding window, 0 for a global layer
+    learned_sink_mass: np.ndarray | None = None  # (Ly, H) mean over rows, models with learned sinks
 
 
 def summarise(layers: Sequence[LayerRows]) -> LengthSummary:
     """Means over the analysed rows of one window's layers (all at the same length)."""
     first = layers[0]
+    # Local layers see fewer keys than global ones, so they measure fewer N: keep the sizes every layer has.
     n = min(len(layer.n_values) for layer in layers)
+    bound_ns = min((layer.bound_ns for layer in layers), key=len)
 
     def mean(name: str, cut: bool = False) -> np.ndarray:
-        return np.stack([getattr(layer, name)[..., :n].mean(1) if cut else getattr(layer, name).mean(1)
-                         for layer in layers])
+        values = [getattr(layer, name)[..., :n] if cut else getattr(layer, name) for layer in layers]
+        if name == "bound":
+            values = [value[..., :len(bound_ns)] for value in values]
+        if name.startswith("theorem2"):  # undefined (0 / 0) where I_N holds only a learned sink's zero vector
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return np.stack([np.nanmean(value, 1) for value in values])
+        return np.stack([value.mean(1) for value in values])
 
     summary = LengthSummary(
-        length=first.length, n_values=first.n_values[:n], bound_ns=first.bound_ns,
+        length=first.length, n_values=first.n_values[:n], bound_ns=bound_ns,
         max_weight=mean("max_weight"), entropy=mean("entropy"), sink_mass=mean("sink_mass"),
         band_low=np.stack([np.median(layer.band_low, 1) for layer in layers]),
         band_high=np.stack([np.median(layer.band_high, 1) for layer in layers]),
@@ -600,6 +633,8 @@ def summarise(layers: Sequence[LayerRows]) -> LengthSummary:
         expected_norm=mean("expected_norm", True),
         ratio=mean("ratio", True), theorem2_low=mean("theorem2_low", True), theorem2_high=mean("theorem2_high", True),
         bound=mean("bound"), layer_windows=tuple(int(layer.window) for layer in layers),
+        learned_sink_mass=(np.stack([layer.learned_sink_mass.mean(1) for layer in layers])
+                           if all(layer.learned_sink_mass is not None for layer in layers) else None),
     )
     for layer in layers:
         columns = [layer.n_values.index(b) for b in layer.bound_ns]
@@ -626,6 +661,8 @@ def average_windows(summaries: Sequence[LengthSummary]) -> LengthSummary:
     out.bound_rows = sum(s.bound_rows for s in summaries)
     out.bound_violations = sum(s.bound_violations for s in summaries)
     out.corollary_violations = sum(s.corollary_violations for s in summaries)
+    if all(s.learned_sink_mass is not None for s in summaries):
+        out.learned_sink_mass = np.mean([s.learned_sink_mass for s in summaries], axis=0)
     if all(s.sensitivity is not None for s in summaries):
         out.sensitivity = np.mean([s.sensitivity for s in summaries], axis=0)
         out.jacobian_norm = np.mean([s.jacobian_norm for s in summaries], axis=0)

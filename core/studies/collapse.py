@@ -195,15 +195,25 @@ class CollapseResult(Result):
             "not model the first-token sink.")]
 
     def _local(self) -> list[Finding]:
-        """Sliding-window layers, when the model has them: their visible context stops at the window."""
-        windows = np.asarray(self.summaries[-1].layer_windows or (0,) * self.n_layers)
+        """Sliding-window layers and learned sinks, when the model has them."""
+        out = []
+        first, last = self.summaries[0], self.summaries[-1]
+        if last.learned_sink_mass is not None:
+            out.append(Finding(
+                "Learned sinks",
+                f"the learned sink cells take {first.learned_sink_mass.mean():.3f} of the weight at L = "
+                f"{self.lengths[0]} and {last.learned_sink_mass.mean():.3f} at L = {self.lengths[-1]}, beside "
+                f"{first.sink_mass.mean():.3f} → {last.sink_mass.mean():.3f} on the first token. Each is analysed as "
+                "one more cell with no token vector, so the weights over the L + 1 cells sum to 1.",
+                "paper B models no sink; a learned sink is a built-in one (THEORY.md)."))
+        windows = np.asarray(last.layer_windows or (0,) * self.n_layers)
         local = windows > 0
         if not local.any():
-            return []
+            return out
         last, window = self.summaries[-1], int(windows[local].min())
         global_part = (f", against {last.max_weight[~local].mean():.3f} in the {int((~local).sum())} global layers"
                        if (~local).any() else "")
-        return [Finding(
+        return out + [Finding(
             "Local (sliding-window) layers",
             f"{int(local.sum())} of {self.n_layers} layers see only their last {window:,} keys "
             f"(layers {', '.join(map(str, np.flatnonzero(local)[:24]))}). At L = {self.lengths[-1]} their mean max "

@@ -51,9 +51,8 @@ def attention_stats(
             Triton kernel tracks it at no cost, and leaves it out as asked.
         window: sliding window (with causal=True, no mask): row i sees keys i + S - T - window < j <= i + S - T.
         sinks: (Hq,) learned sink logits (gpt-oss's s_aux): an extra cell of every row's softmax with no value.
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With a mask or softcap, "auto" is
-            the torch path and "triton" raises ValueError: the Triton kernel does not take them yet. It takes window and
-        sinks.
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch". With an explicit mask "auto" is the
+            torch path and "triton" raises ValueError; the Triton kernel takes window, sinks and softcap.
 
     Returns:
         AttentionStats with (B, Hq, T) fields lse, entropy, max_weight, argmax (None with argmax=False),
@@ -69,13 +68,12 @@ def attention_stats(
     mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
     window, sinks = check_window(window, causal=causal, mask=mask), check_sinks(sinks, q)
     scale = default_scale(scale, q.shape[-1])
-    extras = mask is not None or softcap is not None
-    if resolve_backend(backend, q.device, masked_or_softcapped=extras) == "torch":
+    if resolve_backend(backend, q.device, unsupported="explicit mask" if mask is not None else None) == "torch":
         return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk, mask=mask, softcap=softcap,
                                        argmax=argmax, window=window, sinks=sinks)
     from attnscope.kernels.attention_stats import fused  # imports triton
 
-    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk, window=window, sinks=sinks)
+    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk, window=window, sinks=sinks, softcap=softcap)
     if not argmax:
         stats.argmax = None
     return stats

@@ -7,7 +7,8 @@ follows m. Top-k keeps, per row, TOPK candidate logits; each key tile offers its
 current smallest candidate when larger. Memory is O(T) per head; the (T, S) matrix never exists.
 
 Grouped-query attention: program (tile, b * Hq + h) reads key/value head h // (Hq // Hkv) in place. A sliding window
-starts the key loop at the tile left of the first row's window and hides the keys left of each row's; a learned sink
+starts the key loop at the tile left of the first row's window and hides the keys left of each row's; a softcap maps
+the tile's logits through c tanh(s / c) (kernels.tiles.soft_capped); a learned sink
 z joins at the end (m' = max(m, z), l' = l exp(m - m') + exp(z - m'), the sums rescaled alike, E[s] gains z's term).
 """
 
@@ -18,7 +19,7 @@ import triton
 import triton.language as tl
 
 from attnscope.kernels.attention_stats.naive import AttentionStats
-from attnscope.kernels.tiles import key_tile_scores
+from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
     check_qkv,
     default_scale,
@@ -39,8 +40,8 @@ def attention_stats_kernel(
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
-    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale, window,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr,
+    n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale, window, softcap,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr, SOFTCAP: tl.constexpr,
     TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, WITH_V: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -84,6 +85,8 @@ def attention_stats_kernel(
         m_n = o_n < n_keys
         b_s, visible = key_tile_scores(b_q, k_ptr + i_b * stride_kb + i_kv * stride_kh, o_n, o_d, m_m, pos_m, n_keys,
                                        head_dim, stride_ks, stride_kd, scale, CAUSAL, DOT_PRECISION, DOT_UPCAST)
+        if SOFTCAP:
+            b_s = soft_capped(b_s, softcap)
         if WINDOW:
             visible = visible & (o_n[None, :] > pos_m[:, None] - window)
         b_s = tl.where(visible, b_s, float("-inf"))
@@ -159,7 +162,8 @@ def attention_stats_kernel(
 
 
 def _launch(q, k, v, *, causal: bool, scale: float, topk: int, window: int | None = None,
-            sinks: torch.Tensor | None = None, block_m: int = 64, block_n: int = 64) -> AttentionStats:
+            sinks: torch.Tensor | None = None, softcap: float | None = None, block_m: int = 64,
+            block_n: int = 64) -> AttentionStats:
     batch, n_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
     value_dim = v.shape[-1] if v is not None else 1
@@ -181,8 +185,8 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, window: int | Non
         out.lse, out.entropy, out.max_weight, out.argmax, out.sink_mass, out.mean_distance,
         topk_weights, topk_indices, output, out.lse if sinks is None else sinks.contiguous(), learned,
         *q.stride(), *k.stride(), *v_arg.stride(),
-        n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale, window or 0,
-        CAUSAL=causal, WINDOW=window is not None, SINKS=sinks is not None, TOPK=topk, TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
+        n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale, window or 0, softcap or 1.0,
+        CAUSAL=causal, WINDOW=window is not None, SINKS=sinks is not None, SOFTCAP=softcap is not None, TOPK=topk, TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from attnscope.kernels.attention_stats import attention_stats
-from attnscope.kernels.tiles import key_tile_scores
+from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
     check_qkv,
     default_scale,
@@ -32,19 +32,6 @@ from attnscope.kernels.utils import (
     interpreter_dot_upcast,
     resolve_backend,
 )
-
-
-@triton.jit
-def soft_capped(b_s, softcap):
-    """softcap * tanh(b_s / softcap), fp32. Triton has no tanh its interpreter runs, so tanh(x) = (1 - e) / (1 + e)
-    with e = exp(-2|x|), signed; below |x| = 0.1 its Taylor polynomial, where 1 - e would cancel (error < 1e-10)."""
-    x = b_s / softcap
-    a = tl.abs(x)
-    e = tl.exp(-2.0 * a)
-    x2 = x * x
-    small = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
-    large = tl.where(x < 0, -1.0, 1.0) * (1.0 - e) / (1.0 + e)
-    return softcap * tl.where(a < 0.1, small, large)
 
 
 @triton.jit

@@ -8,7 +8,7 @@ exp(s) ("softmax", so exp never overflows), the count of visible keys ("none"), 
 which normalises the finished numerator over the value dimension). Negative weights and denominators near zero are
 returned as the mathematics gives them.
 
-Real models' masks (naive.py's module docstring): the logits are softcapped before the clamp (pooled_map's
+Real models' masks (naive.py's module docstring): the logits are softcapped before the clamp (kernels.tiles'
 soft_capped), a sliding window hides keys at or before a row's position - w and the key loop starts at the first key
 the tile's first row sees (O(T w) work), and a learned sink joins the denominator at the end, as its order-ORDER
 polynomial ("taylor") or its exp merged into the online softmax sum ("softmax"). The explicit mask stays on the
@@ -21,10 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from attnscope.kernels.pooled_map.fused import soft_capped
 from attnscope.kernels.taylor import chunked
 from attnscope.kernels.taylor.naive import DENOMINATORS
-from attnscope.kernels.tiles import key_tile_scores
+from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
     check_qkv,
     default_scale,

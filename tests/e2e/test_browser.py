@@ -79,6 +79,25 @@ def test_softmax_vs_taylor_page_in_a_browser(server, browser, output_dir):
     page.close()
 
 
+def test_generate_from_the_sidebar_streams_and_marks_the_continuation(server, browser, output_dir):
+    """The sidebar's button opens the Generation page, which streams the continuation and draws the timeline and
+    the whole text's map with the generated part marked; the sidebar text survives."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    page.get_by_role("heading", name="Attention maps").wait_for(timeout=120_000)
+    page.get_by_role("button", name="Generate from this text").click()
+    page.get_by_role("heading", name="Generation").wait_for(timeout=60_000)
+    page.get_by_text("Continuation (").wait_for(timeout=180_000)
+    page.locator(".js-plotly-plot .gtitle", has_text="Each generated token's attention").wait_for(timeout=60_000)
+    marks = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => "
+                          "((p.layout || {}).annotations || []).map(a => a.text))")
+    assert "generated →" in marks, marks
+    text = page.get_by_role("textbox", name="Text to analyse").input_value()
+    assert text.startswith("The capital of France"), f"generation lost the sidebar text: {text!r}"
+    page.screenshot(path=str(output_dir / "e2e-generation.png"), full_page=True)
+    page.close()
+
+
 UPLOADS = [  # (file name, bytes, text the page must show)
     ("notes.txt", b"Plain notes about attention.", "'notes.txt': 1 prompt(s) added."),
     ("story.md", "# A story\n\nThe fox jumped.".encode(), "'story.md': 1 prompt(s) added."),

@@ -130,13 +130,12 @@ def test_argmax_can_be_left_out():
         torch.testing.assert_close(getattr(without, field), getattr(with_argmax, field), rtol=0, atol=0)
 
 
-def test_mask_or_softcap_is_the_torch_path_until_the_triton_kernel_takes_them():
+def test_an_explicit_mask_is_the_torch_path():
     q, k, v = make_qkv((1, 2, 1, 8, 8, 16, True), torch.float32)
     mask = make_mask("sliding", (1, 2, 1, 8, 8, 16, True))
-    for extra in (dict(mask=mask), dict(softcap=5.0)):
-        with pytest.raises(ValueError, match="Triton kernels take no explicit mask or softcap"):
-            attention_stats(q, k, v, backend="triton", **extra)
-    assert resolve_backend("auto", torch.device("cuda"), masked_or_softcapped=True) == "torch"
+    with pytest.raises(ValueError, match="Triton kernels take no explicit mask"):
+        attention_stats(q, k, v, backend="triton", mask=mask)
+    assert resolve_backend("auto", torch.device("cuda"), unsupported="explicit mask") == "torch"
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
 
 
@@ -407,7 +406,8 @@ def test_bad_window_and_sinks(bad, message):
         attention_stats(q, k, v, **bad)
 
 
-TRITON_EXTRAS = [dict(window=5), dict(sinks=True), dict(window=40, sinks=True), dict(window=1)]
+TRITON_EXTRAS = [dict(window=5), dict(sinks=True), dict(window=40, sinks=True), dict(window=1), dict(softcap=2.0),
+                 dict(window=5, softcap=1.0, sinks=True)]
 
 
 TRITON_CASES = [(shape, name) for shape, name in CASES if name != "fp16"]  # the interpreter is slow: fp32 and bf16
@@ -418,7 +418,7 @@ TRITON_CASES = [(shape, name) for shape, name in CASES if name != "fp16"]  # the
 def test_triton_window_and_sinks_match_reference(shape, dtype_name, extra):
     if "window" in extra and not shape[-1]:
         pytest.skip("a sliding window narrows the causal rule")
-    q, k, v = make_qkv(shape, DTYPES[dtype_name])
+    q, k, v = make_qkv(shape, DTYPES[dtype_name], logit_scale=3.0 if "softcap" in extra else 1.0)
     extra = dict(extra, sinks=make_sinks(shape[1]) if extra.get("sinks") else None)
     causal, topk = shape[-1], min(5, shape[4])
     result = attention_stats(q, k, v, causal=causal, topk=topk, backend="triton", **extra)

@@ -84,3 +84,21 @@ def test_sampling_follows_temperature_and_top_p():
     draws = [choose(logits, sample=True, temperature=100.0, top_p=1.0, generator=torch.Generator().manual_seed(s))
              for s in range(200)]
     assert set(draws) == {0, 1, 2, 3}  # nearly uniform at a high temperature
+
+
+def test_a_chat_template_that_is_missing_or_fails_is_one_sentence():
+    from attnscope.generation import chat_prompt
+
+    class NoTemplate:
+        chat_template = None
+
+    class Broken:
+        chat_template = "{{ raise_exception('only system and user turns alternate') }}"
+
+        def apply_chat_template(self, *args, **kwargs):
+            raise RuntimeError("only system and user turns alternate")
+
+    with pytest.raises(ValueError, match="has no chat template: generate without it"):
+        chat_prompt(NoTemplate(), "hello")
+    with pytest.raises(ValueError, match=r"chat template failed on this text \(RuntimeError: only system"):
+        chat_prompt(Broken(), "hello")
