@@ -29,7 +29,7 @@ if loaded.kind != "decoder":
     st.stop()
 limits = common.policy()
 st.session_state[state.MAX_NEW_TOKENS] = min(int(st.session_state[state.MAX_NEW_TOKENS]), limits.max_new_tokens)
-columns = st.columns([1.2, 0.8, 1, 1, 1, 1.6])
+columns = st.columns([1.1, 1.1, 1, 1, 0.9, 1.6])
 widget("max_new_tokens", columns[0], max_value=limits.max_new_tokens)
 sample = widget("sample", columns[1])
 for column, key in zip(columns[2:5], ("temperature", "top_p", "seed")):

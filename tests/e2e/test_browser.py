@@ -89,6 +89,7 @@ def test_generate_from_the_sidebar_streams_and_marks_the_continuation(server, br
     page.get_by_role("heading", name="Generation").wait_for(timeout=60_000)
     page.get_by_text("Continuation (").wait_for(timeout=180_000)
     page.locator(".js-plotly-plot .gtitle", has_text="Each generated token's attention").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot .gtitle", has_text="Layer 0, head 0").wait_for(timeout=120_000)  # the whole map
     marks = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => "
                           "((p.layout || {}).annotations || []).map(a => a.text))")
     assert "generated →" in marks, marks
