@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["batch", "collapse", "compare", "generate", "load", "maps", "open", "stats", "taylor"]
+__all__ = ["atlas", "batch", "collapse", "compare", "generate", "load", "maps", "open", "stats", "taylor"]
 __version__ = "0.1.0"
 
 

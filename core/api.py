@@ -221,6 +221,24 @@ def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: T
                      hide_sink=hide_sink, progress=progress)
 
 
+def atlas(model: Model, corpus, out, *, engine: str = "local", address: str | None = None, workers: int = 2,
+          max_tokens: int = 512, limit: int | None = None, seed: int = 0, shard_size: int = 16,
+          text_column: str = "text", progress: ProgressFn | None = None) -> dict:
+    """Every head's fingerprint over a corpus (a folder of .txt/.md, a .jsonl/.csv/.parquet file with a text column,
+    or a datasets folder), written to the folder `out` as Parquet shards; a second call resumes what is missing.
+    engine "ray" spreads documents over `workers` Ray actors (a local instance, or the cluster at `address`).
+
+    Returns the manifest (documents, problems with their reasons, shards); attnscope.studies.atlas.read(out) gives
+    the rows (document, layer, head, fingerprint, induction score).
+    """
+    from attnscope.studies import atlas as study
+
+    settings = study.Settings(max_tokens=max_tokens, limit=limit, seed=seed, shard_size=shard_size,
+                              text_column=text_column)
+    return study.run(model, corpus, out, settings=settings, engine=engine, address=address, workers=workers,
+                     progress=progress)
+
+
 def open(path) -> Result:  # noqa: A001 - attnscope.open(path) reads what result.save(path) wrote
     """Read a result saved as .json or .parquet."""
     return open_result(path)

@@ -9,6 +9,7 @@
                        --seed S] [--chat auto|on|off] --out FILE   (without --out: the continuation and findings)
     attnscope compare  --model M [--model-b M2] --text "..."|--text-file F [--text-b "..."|--text-file-b F2]
                        [--layer L --head H] --out FILE   (side B defaults to side A's model and text)
+    attnscope atlas --corpus PATH --out DIR [--model M] [--engine local|ray] [--address A] [--tokens N] [--limit N]
     attnscope app [streamlit options]
 
 Options and their defaults come from attnscope.settings, the table the dashboard's widgets and links read. Progress
@@ -182,6 +183,28 @@ def _text_b(args) -> str | None:
     return _read_text(args.text_b, args.text_file_b)
 
 
+def _atlas(args) -> int:
+    import transformers
+
+    import attnscope
+
+    transformers.utils.logging.disable_progress_bar()
+    progress = _Progress(args.quiet)
+    try:
+        model = attnscope.load(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
+                               progress=progress)
+        manifest = attnscope.atlas(model, args.corpus, args.out, engine=args.engine, address=args.address,
+                                   workers=args.workers, max_tokens=args.tokens, limit=args.limit, seed=args.seed,
+                                   shard_size=args.shard_size, text_column=args.text_column, progress=progress)
+    finally:
+        progress.close()
+    print(f"{manifest['documents']} documents in {len(manifest['shards'])} shard(s) under {args.out}; "
+          f"{len(manifest['problems'])} left out", file=sys.stderr)
+    for problem in manifest["problems"][:20]:
+        print(f"  left out: {problem['reason']}", file=sys.stderr)
+    return 0
+
+
 def _prepare(args) -> int:
     spec = ModelSpec(name=args.model)
     if not needs_preparation(spec):
@@ -215,6 +238,29 @@ def parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="dequantize a packaged model once, ahead of the first start")
     prepare.add_argument("model", nargs="?", default=DEFAULT_MODEL, choices=sorted(PACKAGED_MODELS))
     prepare.set_defaults(run=_prepare)
+
+    atlas = commands.add_parser("atlas", help="every head's fingerprint over a corpus, as resumable Parquet shards")
+    atlas.add_argument("--model", default=DEFAULT_MODEL, help=f"packaged alias, hub id or folder (default: "
+                                                              f"{DEFAULT_MODEL})")
+    atlas.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    atlas.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or map")
+    atlas.add_argument("--dtype", default="auto", choices=tuple(DTYPES))
+    atlas.add_argument("--corpus", required=True, metavar="PATH", help="a folder of .txt/.md, a .jsonl/.csv/.parquet "
+                       "file with a text column, or a datasets folder (save_to_disk)")
+    atlas.add_argument("--text-column", default="text", help="the text column of a table (default: text)")
+    atlas.add_argument("--engine", default="local", choices=("local", "ray"),
+                       help="local: in this process; ray: Ray actors that hold the model once (default: local)")
+    atlas.add_argument("--address", default=None, help="with --engine ray: join this cluster (default: start a local "
+                                                       "Ray instance)")
+    atlas.add_argument("--workers", type=int, default=2, help="Ray actors (default: 2)")
+    atlas.add_argument("--tokens", type=int, default=512, help="tokens analysed per document, from its start "
+                                                               "(default: 512)")
+    atlas.add_argument("--limit", type=int, default=None, help="read at most this many documents")
+    atlas.add_argument("--seed", type=int, default=0, help="the induction test's random tokens (default: 0)")
+    atlas.add_argument("--shard-size", type=int, default=16, help="documents per Parquet shard (default: 16)")
+    atlas.add_argument("--out", required=True, metavar="DIR", help="the atlas folder; an existing one is resumed")
+    atlas.add_argument("--quiet", action="store_true", help="no progress bar")
+    atlas.set_defaults(run=_atlas)
 
     app = commands.add_parser("app", help="start the dashboard (further options go to streamlit run)")
     app.add_argument("--port", type=int, default=8501)

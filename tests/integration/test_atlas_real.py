@@ -1,0 +1,76 @@
+"""The head atlas on the packaged SmolLM2: in-process and on local Ray the same rows; an interrupted run resumes
+without counting a document twice; unusable documents are listed with their reason; the CLI says what went wrong."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import attnscope
+from attnscope.studies import atlas
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model():
+    return attnscope.load("smollm2-135m")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Fourteen short documents, one empty and one not a string: a JSONL file the test writes."""
+    path = tmp_path / "corpus.jsonl"
+    lines = [json.dumps({"text": f"Document {i}. The {'cat' if i % 2 else 'dog'} sat on mat number {i}; then it "
+                                 f"sat on mat number {i} again."}) for i in range(14)]
+    lines[3], lines[8] = json.dumps({"text": ""}), json.dumps({"text": 42})
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _rows(folder) -> pd.DataFrame:
+    return atlas.read(folder).sort_values(["id", "layer", "head"]).reset_index(drop=True)
+
+
+def test_local_and_ray_write_the_same_atlas(model, corpus, tmp_path):
+    local = attnscope.atlas(model, corpus, tmp_path / "local", max_tokens=48, shard_size=5)
+    ray = attnscope.atlas(model, corpus, tmp_path / "ray", engine="ray", workers=2, max_tokens=48, shard_size=5)
+    assert local["documents"] == ray["documents"] == 12
+    reasons = sorted(p["reason"] for p in local["problems"])
+    assert reasons == ["corpus.jsonl:4: empty.", "corpus.jsonl:9: its text is a int, not a string."]
+    assert sorted(p["reason"] for p in ray["problems"]) == reasons
+    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert len(a) == 12 * 30 * 9 and a["id"].nunique() == 12
+    pd.testing.assert_frame_equal(a, b)
+    assert np.isfinite(a["entropy"]).all() and a["induction"].max() > 0.5
+
+
+def test_an_interrupted_run_resumes_and_counts_each_document_once(model, corpus, tmp_path):
+    out = tmp_path / "atlas"
+    first = attnscope.atlas(model, corpus, out, max_tokens=48, shard_size=3, limit=7)
+    assert first["documents"] == 6  # 7 read, one of them empty
+    kept = {path.name: path.stat().st_mtime_ns for path in out.glob("shard-*.parquet")}
+    final = attnscope.atlas(model, corpus, out, max_tokens=48, shard_size=3)
+    assert final["documents"] == 12
+    assert all(path.stat().st_mtime_ns == kept[path.name] for path in out.glob("shard-*.parquet")
+               if path.name in kept)  # the first run's shards were not written again
+    rows = atlas.read(out)
+    assert rows.groupby("id").size().eq(30 * 9).all() and rows["id"].nunique() == 12
+    assert sorted(atlas.done_ids(out)) == sorted(f"corpus.jsonl:{i}" for i in range(1, 15))
+    with pytest.raises(ValueError, match="holds an atlas of smollm2-135m with other settings"):
+        attnscope.atlas(model, corpus, out, max_tokens=64)
+
+
+def test_cli_atlas_and_its_errors(corpus, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "attnscope", "atlas", *args], capture_output=True, text=True,
+                              timeout=600)
+
+    done = cli("--corpus", str(corpus), "--out", str(tmp_path / "cli"), "--tokens", "48", "--limit", "4", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "3 documents in 1 shard(s)" in done.stderr and "left out: corpus.jsonl:4: empty." in done.stderr
+    missing = cli("--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "x"), "--quiet")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
