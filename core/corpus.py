@@ -13,16 +13,14 @@ Each document has a stable id (the file's path relative to the corpus, `file:lin
 used (empty, not UTF-8 text, no text field, not a string) is still yielded, with `problem` set to one sentence and
 no text, so the caller can list it in its manifest and go on.
 
-Standard library and pyarrow for the formats (json, csv; pyarrow for Parquet, which pandas would read whole), and
+The standard library's json for JSONL, pyarrow's streaming readers for CSV and Parquet (pandas would read them whole), and
 `datasets` only when a dataset folder is given.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,17 +84,30 @@ def _jsonl(path: Path, column: str) -> Iterator[Document]:
 
 
 def _csv(path: Path, column: str) -> Iterator[Document]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # whole documents in one cell
-    with path.open(newline="", encoding="utf-8", errors="strict") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            found = ", ".join(reader.fieldnames or []) or "none"
-            raise ValueError(f"{path.name} has no '{column}' column (columns: {found}); pass text_column=... .")
-        try:
-            for number, row in enumerate(reader, start=1):
-                yield _checked(f"{path.name}:{number}", row[column])
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path.name} is not UTF-8 text (byte {error.start:,}).") from None
+    """Rows by record batches (pyarrow's streaming reader: quoted cells may span lines and hold whole documents,
+    with no process-wide field-size limit to raise, as the csv module would need)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    options = dict(parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                   read_options=pacsv.ReadOptions(block_size=1 << 24),
+                   convert_options=pacsv.ConvertOptions(column_types={column: pa.string()}))  # "42" is a text
+    try:
+        reader = pacsv.open_csv(path, **options)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
+        raise ValueError(f"{path.name} cannot be read as CSV: {str(error).splitlines()[0]}") from None
+    names = reader.schema.names
+    if column not in names:
+        raise ValueError(f"{path.name} has no '{column}' column (columns: {', '.join(names) or 'none'}); pass "
+                         "text_column=... .")
+    number = 0
+    try:
+        for batch in reader:
+            for value in batch.column(names.index(column)).to_pylist():
+                number += 1
+                yield _checked(f"{path.name}:{number}", value)
+    except pa.ArrowInvalid as error:
+        raise ValueError(f"{path.name} row {number + 1} cannot be read as CSV: {str(error).splitlines()[0]}") from None
 
 
 def _parquet(path: Path, column: str) -> Iterator[Document]:

@@ -41,6 +41,9 @@ def test_jsonl_csv_and_parquet_rows(tmp_path):
     assert _docs(table, text_column="body") == [("t.csv:1", "multi\nline", None), ("t.csv:2", None, "t.csv:2: empty.")]
     with pytest.raises(ValueError, match="t.csv has no 'text' column \\(columns: name, body\\)"):
         read_corpus(table)
+    numbers = tmp_path / "n.csv"
+    numbers.write_text("text\n42\n7\n")  # a column that looks numeric is still text
+    assert _docs(numbers) == [("n.csv:1", "42", None), ("n.csv:2", "7", None)]
     parquet = tmp_path / "p.parquet"
     pq.write_table(pa.table({"text": [f"doc {i}" for i in range(600)] + [None]}), parquet)
     docs = _docs(parquet)
