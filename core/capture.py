@@ -62,10 +62,13 @@ class LayerCapture:
     window: int | None = None  # with causal and no mask: key j visible to query i iff i + S - T - window < j
     sinks: torch.Tensor | None = None  # (Hq,) learned sink logits (gpt-oss's s_aux), fp32
 
-    def rule(self, heads: list[int] | None = None) -> dict:
+    def rule(self, heads: list[int] | None = None, *, first_sequence: bool = False) -> dict:
         """The keyword arguments the kernels take for this layer's visibility and logits (causal, mask, softcap,
-        window, sinks), restricted to query heads `heads` (default all); the mask keeps its batch axis."""
+        window, sinks), restricted to query heads `heads` (default all); the mask keeps its batch axis, or only its
+        first sequence's rows with first_sequence=True (for kernels run on q[:1])."""
         mask, sinks = self.mask, self.sinks
+        if mask is not None and first_sequence:
+            mask = mask[:1]
         if heads is not None and heads != list(range(self.n_heads)):
             if mask is not None and mask.shape[1] > 1:
                 mask = mask[:, heads]

@@ -7,9 +7,9 @@ once to per-head means (:func:`attnscope.analyses.maps.summarise`). Then the lay
 caller asked to keep that layer. So memory is that of a plain forward plus one layer's statistics, instead of every
 layer's q/k/v (run_with_capture) followed by a second pass per layer (maps.head_stats).
 
-Every layer's rule goes to the same kernel: causal or full, a sliding window, learned sinks (Triton on CUDA), an
-explicit padding mask or a logit softcap (its torch path). The statistics read the first sequence of the batch, like attnscope.analyses.maps; the output is computed for
-every sequence. Inference only: attention dropout is not applied. Token log-probabilities are computed from the
+Every layer's rule goes to the same kernel: causal or full, a sliding window, learned sinks, a logit softcap (Triton
+on CUDA), or an explicit padding mask (its torch path). The statistics read the first sequence of the batch, like
+attnscope.analyses.maps; the output is computed for every sequence. Inference only: attention dropout is not applied. Token log-probabilities are computed from the
 logits a block of rows at a time, so no (T, V) copy is made next to the logits.
 
 Cost: benchmarks/bench_engine.py against the plain forward (results/engine-cpu.json). The memory is the plain
@@ -24,7 +24,7 @@ forward's. On the CPU the kernel's torch path takes about 1.5x SDPA's time per l
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -74,9 +74,10 @@ class EngineRun:
 class _Engine:
     """The streaming consumer: one fused kernel pass per layer, its summary kept, q/k/v kept only when asked."""
 
-    def __init__(self, keep: set[int], backend: str):
+    def __init__(self, keep: set[int], backend: str, on_layer=None):
         self.keep = keep
         self.backend = backend
+        self.on_layer = on_layer
         self.head_stats: dict[int, maps.HeadStats] = {}
         self.kept: dict[int, LayerCapture] = {}
         self.windows: dict[int, int | None] = {}
@@ -88,6 +89,8 @@ class _Engine:
         self.head_stats[index] = maps.summarise(stats, maps.visible_keys(layer))
         self.n_heads = layer.n_heads
         self.windows[index] = layer.window
+        if self.on_layer is not None:
+            self.on_layer(index, layer, stats)
         if index in self.keep:
             self.kept[index] = dataclasses.replace(
                 layer, q=layer.q.detach().clone(), k=layer.k.detach().clone(), v=layer.v.detach().clone(),
@@ -97,7 +100,8 @@ class _Engine:
 
 @torch.no_grad()
 def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-        keep_layers: Iterable[int] = (), hidden_states: bool = False, backend: str = "auto") -> EngineRun:
+        keep_layers: Iterable[int] = (), hidden_states: bool = False, backend: str = "auto",
+        on_layer: Callable[[int, LayerCapture, kernels.AttentionStats], None] | None = None) -> EngineRun:
     """Run `model` on `input_ids` (B, T) once, computing every layer's head statistics as it goes.
 
     Args:
@@ -108,13 +112,15 @@ def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torc
         hidden_states: also keep the residual stream entering each kept layer (transformers' output_hidden_states;
             the model then holds every layer's until it returns).
         backend: the kernels' backend, "auto" (Triton on CUDA tensors, torch elsewhere), "triton" or "torch".
-            A layer with an explicit mask or a softcap takes the torch path under "auto" (see kernels.attention_stats).
+            A layer with an explicit (padding) mask takes the torch path under "auto" (see kernels.attention_stats).
+        on_layer: on_layer(index, layer, stats) after each layer's kernel call, with its live LayerCapture and
+            kernels.AttentionStats, for a caller that measures more from the same pass (attnscope.analyses.fingerprint).
 
     Returns:
         EngineRun with head_stats for every layer, kept for keep_layers, token_logprobs for decoders.
     """
     keep = set(keep_layers)
-    engine = _Engine(keep, backend)
+    engine = _Engine(keep, backend, on_layer)
     options = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
     device = input_device(model)
     with streaming(engine):

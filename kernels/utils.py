@@ -32,18 +32,14 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device, *, masked_or_softcapped: bool = False,
-                    unsupported: str | None = None) -> str:
+def resolve_backend(backend: str, device: torch.device, *, unsupported: str | None = None) -> str:
     """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU only under the interpreter.
 
     `unsupported` names what the call asks for that its Triton kernel does not take (e.g. "explicit mask"):
-    then "auto" is the torch path and "triton" raises ValueError. masked_or_softcapped=True is the older spelling
-    of unsupported="explicit mask or softcap".
+    then "auto" is the torch path and "triton" raises ValueError.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-    if masked_or_softcapped and unsupported is None:
-        unsupported = "explicit mask or softcap"
     if unsupported:
         if backend == "triton":
             raise ValueError(f"The Triton kernels take no {unsupported} yet; use backend='torch' or 'auto' (which "

@@ -8,8 +8,8 @@ the key just after their token's previous occurrence (period P: the key P - 1 po
 heads complete (Olsson et al. 2022; TransformerLens's detector measures the same): a property of the model, measured
 once on random tokens, not per document.
 
-Both scores come from the same streaming pass as the statistics (attnscope.capture.streaming; no layer's q/k/v is
-kept): the weight on the key `offset` positions back is exp(s - lse) with s that key's logit (the layer's scale, its
+Both scores come from the same streaming pass as the statistics (attnscope.engine.run's on_layer; no layer's q/k/v
+is kept): the weight on the key `offset` positions back is exp(s - lse) with s that key's logit (the layer's scale, its
 softcap) and lse the row's log-normaliser from kernels.attention_stats (learned sinks included), over the rows that
 see that key under the layer's rule (a sliding window narrower than the offset hides it).
 """
@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from attnscope import kernels
-from attnscope.analyses import maps
-from attnscope.capture import LayerCapture, input_device, no_attention_message, streaming
+from attnscope.capture import LayerCapture
 
 STATISTICS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")
 PREVIOUS_TOKEN = "previous_token"
@@ -52,42 +51,28 @@ def offset_weights(layer: LayerCapture, lse: torch.Tensor, offset: int, rows: sl
     return torch.where(counts > 0, weights.sum(-1) / counts.clamp(min=1), float("nan"))
 
 
-class _Fingerprinter:
-    """The streaming consumer: each layer's output and row statistics from one kernel call, reduced to head means
-    and the weight on the key `offset` positions back (over `rows`)."""
+def _run(model: torch.nn.Module, input_ids: torch.Tensor, offset: int, rows: slice | None):
+    """engine.run (the statistics, the layers' outputs) with each layer's weight on the key `offset` back, measured
+    from the same pass: (the EngineRun, layer index -> (Hq,) scores)."""
+    from attnscope import engine
 
-    def __init__(self, offset: int, rows: slice | None):
-        self.offset, self.rows = offset, rows
-        self.heads: dict[int, maps.HeadStats] = {}
-        self.scores: dict[int, torch.Tensor] = {}
+    scores: dict[int, torch.Tensor] = {}
 
-    def __call__(self, index: int, layer: LayerCapture) -> torch.Tensor:
-        stats = kernels.attention_stats(layer.q, layer.k, layer.v, scale=layer.scale, argmax=False, **layer.rule())
-        self.heads[index] = maps.summarise(stats, maps.visible_keys(layer))
-        self.scores[index] = offset_weights(layer, stats.lse, self.offset, self.rows)
-        return stats.output
+    def measure(index: int, layer: LayerCapture, stats: kernels.AttentionStats) -> None:
+        scores[index] = offset_weights(layer, stats.lse, offset, rows)
 
-
-@torch.no_grad()
-def _run(model: torch.nn.Module, input_ids: torch.Tensor, offset: int, rows: slice | None) -> _Fingerprinter:
-    consumer = _Fingerprinter(offset, rows)
-    options = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
-    with streaming(consumer):
-        model(input_ids=input_ids.to(input_device(model)), **options)
-    if not consumer.heads:
-        raise ValueError(no_attention_message(model, "streamed"))
-    return consumer
+    return engine.run(model, input_ids, on_layer=measure), scores
 
 
 def document_fingerprint(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, np.ndarray]:
     """Name -> (layers, heads) float32 for one document (1, T): STATISTICS, the learned sink's mass when the model
     has learned sinks, and PREVIOUS_TOKEN."""
-    run = _run(model, input_ids, 1, None)
-    layers = sorted(run.heads)
-    out = {name: np.stack([getattr(run.heads[i], name).numpy() for i in layers]) for name in STATISTICS}
-    if all(run.heads[i].learned_sink_mass is not None for i in layers):
-        out["learned_sink_mass"] = np.stack([run.heads[i].learned_sink_mass.numpy() for i in layers])
-    out[PREVIOUS_TOKEN] = np.stack([run.scores[i].numpy() for i in layers]).astype(np.float32)
+    run, scores = _run(model, input_ids, 1, None)
+    layers = sorted(run.head_stats)
+    out = {name: run.stacked(name).numpy() for name in STATISTICS}
+    if run.has_learned_sinks:
+        out["learned_sink_mass"] = run.stacked("learned_sink_mass").numpy()
+    out[PREVIOUS_TOKEN] = np.stack([scores[i].numpy() for i in layers]).astype(np.float32)
     return out
 
 
@@ -107,5 +92,5 @@ def induction_scores(model: torch.nn.Module, input_ids: torch.Tensor, *, period:
     """(layers, heads) induction score on repeated tokens `input_ids` (its last 2 `period` ids are the two copies):
     the mean weight rows of the second copy put on the key period - 1 positions back."""
     n_tokens = input_ids.shape[1]
-    run = _run(model, input_ids, period - 1, slice(n_tokens - period, n_tokens))
-    return np.stack([run.scores[i].numpy() for i in sorted(run.scores)]).astype(np.float32)
+    _, scores = _run(model, input_ids, period - 1, slice(n_tokens - period, n_tokens))
+    return np.stack([scores[i].numpy() for i in sorted(scores)]).astype(np.float32)

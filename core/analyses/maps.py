@@ -58,9 +58,7 @@ def _validate(layer: LayerCapture, heads: Sequence[int], block: int, reduce: str
 def _kernel_inputs(layer: LayerCapture, heads: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(q, k, the kernels' rule keywords) of the first sequence for `heads`: all heads keep the grouped layout; a
     subset gets its own K rows (and its own rows of a per-head mask, its own sinks)."""
-    rule = layer.rule(heads)
-    if rule["mask"] is not None:
-        rule["mask"] = rule["mask"][:1]
+    rule = layer.rule(heads, first_sequence=True)
     if heads == list(range(layer.n_heads)):
         return layer.q[:1], layer.k[:1], rule
     return layer.q[:1, heads], layer.k[:1, [layer.kv_head(h) for h in heads]], rule

@@ -83,14 +83,6 @@ class ModelSweep:
         })
 
 
-def _first_sequence_rule(layer: LayerCapture) -> dict:
-    """The layer's rule keywords for the kernels (window, sinks, softcap, mask), the mask cut to the first sequence."""
-    rule = layer.rule()
-    if rule["mask"] is not None:
-        rule["mask"] = rule["mask"][:1]
-    return rule
-
-
 def _check_recurrent(layer: LayerCapture) -> None:
     """The RNN form needs (q.k)^n to factor into Kronecker powers over a growing prefix: no softcap (tanh does not
     factor), no sliding window or explicit mask (keys leave the state), no learned sink (a cell outside the state)."""
@@ -106,7 +98,7 @@ def sweep_layer(layer: LayerCapture, *, max_order: int, clamp: Clamp = None, bac
     """All orders 0..max_order and all denominators for one captured layer (first sequence of the batch), under the
     layer's own rule: a sliding window, a softcap (the series of the capped logit), learned sinks, a padding mask."""
     sweep = kernels.taylor_sweep(layer.q[:1], layer.k[:1], layer.v[:1], max_order=max_order, clamp=clamp,
-                                 scale=layer.scale, backend=backend, **_first_sequence_rule(layer))
+                                 scale=layer.scale, backend=backend, **layer.rule(first_sequence=True))
     sweep = sweep.to("cpu")  # (orders, heads, rows) summaries: small next to the layer
     target_norm = sweep.target_norm[0].double()  # (H, T)
     error = {}

@@ -64,14 +64,15 @@ def fingerprint_rows(model, documents: Iterable[Document], max_tokens: int) -> t
     return frame, pd.DataFrame(problems, columns=["id", "reason"])
 
 
-def done_ids(out: Path) -> set[str]:
-    """Every document id the shards and problem files in `out` already hold."""
+def _ids(paths: Iterable[Path]) -> set[str]:
     import pyarrow.parquet as pq
 
-    ids: set[str] = set()
-    for path in sorted(out.glob("shard-*.parquet")) + sorted(out.glob("problems-*.parquet")):
-        ids.update(pq.read_table(path, columns=["id"]).column(0).to_pylist())
-    return ids
+    return {doc_id for path in paths for doc_id in pq.read_table(path, columns=["id"]).column(0).to_pylist()}
+
+
+def done_ids(out: Path) -> set[str]:
+    """Every document id the shards and problem files in `out` already hold."""
+    return _ids([*out.glob("shard-*.parquet"), *out.glob("problems-*.parquet")])
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
@@ -90,7 +91,7 @@ def write_batch(out: Path, rows: pd.DataFrame, problems: pd.DataFrame, first: st
         _write(problems, out / f"problems-{stamp}-{first}.parquet")
 
 
-def _safe(doc_id: str) -> str:
+def safe_label(doc_id: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in doc_id)[:40]
 
 
@@ -126,10 +127,10 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
         done = 0
         for batch in _batches(documents, settings.shard_size):
             rows, problems = fingerprint_rows(model, batch, settings.max_tokens)
-            write_batch(out, rows, problems, _safe(batch[0].id))
+            write_batch(out, rows, problems, safe_label(batch[0].id))
             done += len(batch)
-            if progress is not None:
-                progress(min(0.99, done / max(done, settings.limit or done + 1)), f"{done} documents fingerprinted")
+            if progress is not None:  # a stream has no known length: the fraction is of the limit, when there is one
+                progress(min(0.99, done / (settings.limit or done + 1)), f"{done} documents fingerprinted")
     else:
         from attnscope.studies import atlas_ray
 
@@ -153,8 +154,6 @@ def _check_same_run(out: Path, model, settings: Settings) -> None:
 
 def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *, seconds: float) -> dict:
     """Count what the shards hold, measure the induction scores once, and write manifest.json."""
-    import pyarrow.parquet as pq
-
     induction = out / "induction.parquet"
     if not induction.exists():
         tokenizer = model.tokenizer
@@ -168,7 +167,7 @@ def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *,
     problem_files = sorted(out.glob("problems-*.parquet"))
     problems = pd.concat([pd.read_parquet(p) for p in problem_files]) if problem_files else pd.DataFrame(
         columns=["id", "reason"])
-    documents = sum(len(set(pq.read_table(out / s, columns=["id"]).column(0).to_pylist())) for s in shards)
+    documents = len(_ids(out / name for name in shards))
     manifest = {
         "attnscope_atlas": FORMAT, "model": model.spec.name, "model_fingerprint": model.fingerprint,
         "corpus": str(corpus), "settings": asdict(settings), "engine": engine, "shards": shards,

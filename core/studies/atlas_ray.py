@@ -77,7 +77,7 @@ def run(spec, documents: Iterable[Document], out: Path, settings, *, address: st
             batch = _numpy_dtypes(batch)
             problems = batch[batch["layer"] == -1][["id", "reason"]]
             rows = batch[batch["layer"] != -1].drop(columns=["reason"])
-            first = atlas._safe(str(batch["id"].iloc[0]))
+            first = atlas.safe_label(str(batch["id"].iloc[0]))
             atlas.write_batch(out, rows.reset_index(drop=True), problems.reset_index(drop=True), first)
             done += batch["id"].nunique()
             if progress is not None:

@@ -168,11 +168,9 @@ def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_s
             softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     batch, n_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
-    # attention_stats' Triton kernel takes no softcap yet: "auto" then gives its torch path (on the GPU too).
-    lse = attention_stats(q, k, causal=causal, scale=scale, window=window, softcap=softcap,
-                          backend="triton" if softcap is None else "auto").lse.contiguous()  # the torch path's is not
-    if sinks is not None:  # over the real keys above; the sink is one more term of the normaliser
-        lse = torch.logaddexp(lse, sinks[None, :, None])
+    # The rows' log-normalisers, the learned sink's term included
+    lse = attention_stats(q, k, causal=causal, scale=scale, window=window, softcap=softcap, sinks=sinks,
+                          backend="triton").lse
     n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
     out = empty_output(batch, n_heads, n_row_blocks, n_key_blocks, device=q.device, dtype=torch.float32)
     common = dict(

@@ -131,9 +131,7 @@ def taylor_error(
     model = _check_model(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
     for order in orders:
         _check_taylor(order, denominator, clamp)
-    # attention_stats' Triton kernel takes no softcap yet: "auto" then computes the target on its torch path.
-    stats_backend = "auto" if backend == "triton" and softcap is not None else backend
-    target = attention_stats(q, k, v, causal=causal, scale=scale, **model, backend=stats_backend).output.float()
+    target = attention_stats(q, k, v, causal=causal, scale=scale, **model, backend=backend).output.float()
     if denominator == "l2":
         target = target / target.norm(dim=-1, keepdim=True)
     target_norm = target.norm(dim=-1)
