@@ -42,7 +42,7 @@ class Settings:
     text_column: str = "text"
 
 
-def fingerprint_rows(model, documents: Iterable[Document], max_tokens: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def fingerprint_rows(model, documents: Iterable[Document], settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows, problems) for some documents: one row per (document, layer, head), one problem per unusable one."""
     rows, problems = [], []
     limit = model.max_positions
@@ -50,8 +50,8 @@ def fingerprint_rows(model, documents: Iterable[Document], max_tokens: int) -> t
         if document.text is None:
             problems.append({"id": document.id, "reason": document.problem})
             continue
-        tokens = model.tokenize(document.text, max_tokens=max_tokens)
-        if limit and tokens.n_text_tokens > limit and max_tokens > limit:
+        tokens = model.tokenize(document.text, max_tokens=settings.max_tokens)
+        if limit and tokens.n_text_tokens > limit and settings.max_tokens > limit:
             problems.append({"id": document.id, "reason": f"{document.id}: {tokens.n_text_tokens:,} tokens, over "
                                                           f"the model's {limit:,} positions."})
             continue
@@ -126,7 +126,7 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
     if engine == "local":
         done = 0
         for batch in _batches(documents, settings.shard_size):
-            rows, problems = fingerprint_rows(model, batch, settings.max_tokens)
+            rows, problems = fingerprint_rows(model, batch, settings)
             write_batch(out, rows, problems, safe_label(batch[0].id))
             done += len(batch)
             if progress is not None:  # a stream has no known length: the fraction is of the limit, when there is one

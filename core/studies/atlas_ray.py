@@ -24,7 +24,7 @@ WORKER_CPUS = 0.5  # per actor: leaves room for Ray Data's read and split tasks 
 class _Fingerprinter:
     """A Ray Data actor: the model, loaded once, fingerprints each batch of documents."""
 
-    def __init__(self, spec, max_tokens: int, threads: int):
+    def __init__(self, spec, settings, threads: int):
         import torch
 
         from attnscope.api import Model
@@ -32,12 +32,12 @@ class _Fingerprinter:
 
         torch.set_num_threads(threads)
         self.model = Model(load_model(spec))
-        self.max_tokens = max_tokens
+        self.settings = settings
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         documents = [Document(row.id, None if isinstance(row.problem, str) else row.text,
                               row.problem if isinstance(row.problem, str) else None) for row in batch.itertuples()]
-        rows, problems = atlas.fingerprint_rows(self.model, documents, self.max_tokens)
+        rows, problems = atlas.fingerprint_rows(self.model, documents, self.settings)
         # One frame per batch whatever it holds: problem documents as rows with layer -1 and their reason.
         problems = problems.assign(layer=-1, head=-1, tokens=0)
         rows = rows.assign(reason=None) if len(rows) else rows
@@ -69,7 +69,7 @@ def run(spec, documents: Iterable[Document], out: Path, settings, *, address: st
     try:
         threads = max(1, int((os.cpu_count() or 1) // max(1, workers)))
         results = ray.data.from_items(items).map_batches(
-            _Fingerprinter, fn_constructor_args=(spec, settings.max_tokens, threads), batch_size=settings.shard_size,
+            _Fingerprinter, fn_constructor_args=(spec, settings, threads), batch_size=settings.shard_size,
             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=WORKER_CPUS,
             max_restarts=-1, max_task_retries=-1)  # (ray_remote_args: deprecated in Ray 2.60, still honoured)
         done = 0
