@@ -223,22 +223,28 @@ def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: T
 
 def atlas(model: Model, corpus, out, *, engine: str = "local", address: str | None = None, workers: int = 2,
           max_tokens: int = 512, limit: int | None = None, seed: int = 0, shard_size: int = 16,
-          text_column: str = "text", progress: ProgressFn | None = None) -> dict:
+          text_column: str = "text", taylor_tokens: int = 128, progress: ProgressFn | None = None):
     """Every head's fingerprint over a corpus (a folder of .txt/.md, a .jsonl/.csv/.parquet file with a text column,
     or a datasets folder), written to the folder `out` as Parquet shards; a second call resumes what is missing.
     engine "ray" spreads documents over `workers` Ray actors (a local instance, or the cluster at `address`).
 
-    Returns the manifest (documents, problems with their reasons, shards); attnscope.studies.atlas.read(out) gives
-    the rows (document, layer, head, fingerprint, induction score).
+    Returns the AtlasResult (per-head means over documents with spread and 95% intervals, findings, figures,
+    .diff(other)); attnscope.open(out) reopens it and attnscope.studies.atlas.read(out) gives the per-document rows.
     """
     from attnscope.studies import atlas as study
 
     settings = study.Settings(max_tokens=max_tokens, limit=limit, seed=seed, shard_size=shard_size,
-                              text_column=text_column)
+                              text_column=text_column, taylor_tokens=taylor_tokens)
     return study.run(model, corpus, out, settings=settings, engine=engine, address=address, workers=workers,
                      progress=progress)
 
 
 def open(path) -> Result:  # noqa: A001 - attnscope.open(path) reads what result.save(path) wrote
-    """Read a result saved as .json or .parquet."""
+    """Read a result saved as .json or .parquet, or summarise an atlas folder."""
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        from attnscope.studies import atlas as study
+
+        return study.open_atlas(path)
     return open_result(path)

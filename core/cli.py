@@ -10,6 +10,8 @@
     attnscope compare  --model M [--model-b M2] --text "..."|--text-file F [--text-b "..."|--text-file-b F2]
                        [--layer L --head H] --out FILE   (side B defaults to side A's model and text)
     attnscope atlas --corpus PATH --out DIR [--model M] [--engine local|ray] [--address A] [--tokens N] [--limit N]
+                    [--report FILE]   (the findings on stdout; the summary in DIR/atlas.parquet)
+    attnscope atlas-diff A B [--out FILE]   (two atlases of same-shape models, B - A per head)
     attnscope app [streamlit options]
 
 Options and their defaults come from attnscope.settings, the table the dashboard's widgets and links read. Progress
@@ -193,16 +195,34 @@ def _atlas(args) -> int:
     try:
         model = attnscope.load(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
                                progress=progress)
-        manifest = attnscope.atlas(model, args.corpus, args.out, engine=args.engine, address=args.address,
-                                   workers=args.workers, max_tokens=args.tokens, limit=args.limit, seed=args.seed,
-                                   shard_size=args.shard_size, text_column=args.text_column, progress=progress)
+        result = attnscope.atlas(model, args.corpus, args.out, engine=args.engine, address=args.address,
+                                 workers=args.workers, max_tokens=args.tokens, limit=args.limit, seed=args.seed,
+                                 shard_size=args.shard_size, text_column=args.text_column,
+                                 taylor_tokens=args.taylor_tokens, progress=progress)
     finally:
         progress.close()
-    print(f"{manifest['documents']} documents in {len(manifest['shards'])} shard(s) under {args.out}; "
-          f"{len(manifest['problems'])} left out", file=sys.stderr)
-    for problem in manifest["problems"][:20]:
-        print(f"  left out: {problem['reason']}", file=sys.stderr)
+    print(f"{result.meta['documents']} documents under {args.out} (summary: {Path(args.out) / 'atlas.parquet'}); "
+          f"{len(result.problems)} left out", file=sys.stderr)
+    for reason in result.problems[:20]:
+        print(f"  left out: {reason}", file=sys.stderr)
+    _show(result, args.report)
     return 0
+
+
+def _atlas_diff(args) -> int:
+    import attnscope
+
+    _show(attnscope.open(args.a).diff(attnscope.open(args.b)), args.out)
+    return 0
+
+
+def _show(result, out: str | None) -> None:
+    """The findings on stdout, or the result saved to `out`."""
+    if out is None:
+        for finding in result.findings():
+            print(finding.text())
+    else:
+        print(f"wrote {result.save(out)}", file=sys.stderr)
 
 
 def _prepare(args) -> int:
@@ -258,9 +278,20 @@ def parser() -> argparse.ArgumentParser:
     atlas.add_argument("--limit", type=int, default=None, help="read at most this many documents")
     atlas.add_argument("--seed", type=int, default=0, help="the induction test's random tokens (default: 0)")
     atlas.add_argument("--shard-size", type=int, default=16, help="documents per Parquet shard (default: 16)")
+    atlas.add_argument("--taylor-tokens", type=int, default=128, help="tokens of each document the Taylor order is "
+                                                                      "measured on (default: 128)")
     atlas.add_argument("--out", required=True, metavar="DIR", help="the atlas folder; an existing one is resumed")
+    atlas.add_argument("--report", default=None, metavar="FILE", help="also save the summary as .html, .csv, .json "
+                                                                      "or .parquet (default: print the findings)")
     atlas.add_argument("--quiet", action="store_true", help="no progress bar")
     atlas.set_defaults(run=_atlas)
+
+    atlas_diff = commands.add_parser("atlas-diff", help="two atlases of models of the same shape, B - A head by head")
+    atlas_diff.add_argument("a", metavar="A", help="an atlas folder or its atlas.parquet")
+    atlas_diff.add_argument("b", metavar="B", help="the other atlas")
+    atlas_diff.add_argument("--out", default=None, metavar="FILE", help="save as .html, .csv, .json or .parquet "
+                                                                        "(default: print the findings)")
+    atlas_diff.set_defaults(run=_atlas_diff)
 
     app = commands.add_parser("app", help="start the dashboard (further options go to streamlit run)")
     app.add_argument("--port", type=int, default=8501)

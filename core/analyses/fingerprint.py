@@ -12,6 +12,21 @@ Both scores come from the same streaming pass as the statistics (attnscope.engin
 is kept): the weight on the key `offset` positions back is exp(s - lse) with s that key's logit (the layer's scale, its
 softcap) and lse the row's log-normaliser from kernels.attention_stats (learned sinks included), over the rows that
 see that key under the layer's rule (a sliding window narrower than the offset hides it).
+
+The same pass also gives, per head:
+- **collapse slopes** (paper B's vanishing attention): the least-squares slope of max weight and of entropy against
+  log L, L the number of keys a row sees, over the rows that see at least MIN_KEYS keys. Under the causal rule each row
+  is its own context length (row t's weights do not depend on later tokens, so row t is the model at L = t + 1, the
+  reading the context-collapse page takes from prefixes); a bidirectional model's rows all see the whole text, so its
+  slopes come from extra passes on the document's prefixes of T/4 and T/2 tokens. Uniform attention has an entropy
+  slope of 1 and a max-weight slope of -1/L; a head whose attention vanishes as the context grows has a positive
+  entropy slope and a negative max-weight slope.
+- **Taylor order needed** (paper A): the smallest order n <= TAYLOR_MAX_ORDER whose truncated softmax (exact softmax
+  denominator) reproduces the head's outputs on the first `taylor_tokens` rows with relative error below
+  TAYLOR_TOLERANCE, as on the Softmax vs Taylor page; TAYLOR_MAX_ORDER + 1 when no order up to it does.
+- **N_s/N** (paper B's distinguishability) at N = SATURATION_N on the last COLLAPSE_ROWS rows, as on the context
+  collapse page, and whether it lies in the paper's saturated band (0.70-0.85); NaN when a row sees too few keys for
+  N = SATURATION_N.
 """
 
 from __future__ import annotations
@@ -22,12 +37,23 @@ import numpy as np
 import torch
 
 from attnscope import kernels
+from attnscope.analyses import collapse, maps, taylor
 from attnscope.capture import LayerCapture
 
 STATISTICS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")
 PREVIOUS_TOKEN = "previous_token"
+SLOPES = ("max_weight_slope", "entropy_slope")
+TAYLOR_ORDER = "taylor_order"
+RATIO, SATURATED = "ns_ratio", "saturated"
 INDUCTION = "induction"
 INDUCTION_PERIOD = 64  # random tokens per copy: long enough that chance hits are rare, short enough to be quick
+INDUCTION_SEQUENCES = 4  # random sequences the induction score is averaged over (its spread is reported)
+MIN_KEYS = 32  # rows seeing fewer keys are left out of the slopes (the context-collapse page starts at L = 32)
+TAYLOR_MAX_ORDER, TAYLOR_TOLERANCE, TAYLOR_DENOMINATOR = 10, 1e-2, "softmax"  # the Taylor page's defaults
+TAYLOR_TOKENS = 128  # rows the Taylor sweep reads: its cost grows with T^2 x orders, its answer with the logits' size
+COLLAPSE_ROWS = 8  # the context-collapse page's analysed rows (the last ones)
+SATURATION_N = 16  # the N at which paper B reads N_s/N (fig. 3)
+_OFFSET = "offset"  # _run's name for the weight on the key `offset` back (offset 1: PREVIOUS_TOKEN)
 
 
 def offset_weights(layer: LayerCapture, lse: torch.Tensor, offset: int, rows: slice | None = None) -> torch.Tensor:
@@ -51,29 +77,85 @@ def offset_weights(layer: LayerCapture, lse: torch.Tensor, offset: int, rows: sl
     return torch.where(counts > 0, weights.sum(-1) / counts.clamp(min=1), float("nan"))
 
 
-def _run(model: torch.nn.Module, input_ids: torch.Tensor, offset: int, rows: slice | None):
+def log_slope(n_keys: torch.Tensor, values: torch.Tensor, *, min_keys: int = MIN_KEYS) -> torch.Tensor:
+    """(H,) least-squares slope of values (H, T) against log n_keys (T,) over the rows seeing >= min_keys keys; NaN
+    when those rows see fewer than two different numbers of keys."""
+    n_keys = n_keys.double().cpu()
+    values = values.double().cpu()
+    used = n_keys >= min_keys
+    x = n_keys[used].log()
+    if x.numel() < 2 or float(x.max() - x.min()) == 0.0:
+        return torch.full((values.shape[0],), float("nan"))
+    x = x - x.mean()
+    y = values[:, used]
+    return ((y - y.mean(-1, keepdim=True)) @ x / (x @ x)).float()
+
+
+def _per_layer(layer: LayerCapture, stats: kernels.AttentionStats, taylor_tokens: int) -> dict[str, torch.Tensor]:
+    """The fields one layer's live q/k/v give beyond the engine's statistics: each (Hq,)."""
+    n_keys = maps.visible_keys(layer)[0]  # (T,): a padding mask would differ per head, but the atlas never pads
+    out = {"max_weight_slope": log_slope(n_keys, stats.max_weight[0]),
+           "entropy_slope": log_slope(n_keys, stats.entropy[0])}
+    part = layer.prefix(taylor_tokens) if layer.causal and layer.mask is None else layer
+    sweep = taylor.sweep_layer(part, max_order=TAYLOR_MAX_ORDER)
+    needed = taylor.order_needed(sweep.error[TAYLOR_DENOMINATOR], TAYLOR_TOLERANCE)
+    out[TAYLOR_ORDER] = torch.from_numpy(np.where(needed < 0, TAYLOR_MAX_ORDER + 1, needed).astype(np.float32))
+    rows = collapse.analyse_layer(layer, rows=COLLAPSE_ROWS)
+    if SATURATION_N in rows.n_values:
+        ratio = torch.from_numpy(rows.ratio[..., rows.n_values.index(SATURATION_N)].mean(1)).float()
+        low, high = collapse.SATURATED_BAND
+        out[RATIO], out[SATURATED] = ratio, ((ratio >= low) & (ratio <= high)).float()
+    else:
+        out[RATIO] = out[SATURATED] = torch.full((layer.n_heads,), float("nan"))
+    return out
+
+
+def _run(model: torch.nn.Module, input_ids: torch.Tensor, offset: int, rows: slice | None, *,
+         taylor_tokens: int | None = None):
     """engine.run (the statistics, the layers' outputs) with each layer's weight on the key `offset` back, measured
-    from the same pass: (the EngineRun, layer index -> (Hq,) scores)."""
+    from the same pass, and with taylor_tokens the per-layer fields of _per_layer: (the EngineRun, layer index ->
+    name -> (Hq,), whether the layers were causal)."""
     from attnscope import engine
 
-    scores: dict[int, torch.Tensor] = {}
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    causal: list[bool] = []
 
     def measure(index: int, layer: LayerCapture, stats: kernels.AttentionStats) -> None:
-        scores[index] = offset_weights(layer, stats.lse, offset, rows)
+        found[index] = {_OFFSET: offset_weights(layer, stats.lse, offset, rows)}
+        if taylor_tokens is not None:
+            found[index].update(_per_layer(layer, stats, taylor_tokens))
+        causal.append(layer.causal)
 
-    return engine.run(model, input_ids, on_layer=measure), scores
+    return engine.run(model, input_ids, on_layer=measure), found, all(causal)
 
 
-def document_fingerprint(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, np.ndarray]:
+def _prefix_slopes(model: torch.nn.Module, input_ids: torch.Tensor, run) -> dict[str, np.ndarray]:
+    """A bidirectional model's slopes: each pass's mean over rows at T/4, T/2 (at least MIN_KEYS tokens) and T."""
+    n_tokens = input_ids.shape[1]
+    lengths = [n for n in (n_tokens // 4, n_tokens // 2) if n >= MIN_KEYS] + [n_tokens]
+    runs = [_run(model, input_ids[:, :n], 1, None)[0] for n in lengths[:-1]] + [run]
+    x = torch.tensor(lengths, dtype=torch.float64)
+    out = {}
+    for name, field in (("max_weight_slope", "max_weight"), ("entropy_slope", "entropy")):
+        values = torch.stack([r.stacked(field) for r in runs], -1)  # (layers, heads, lengths)
+        out[name] = log_slope(x, values.flatten(0, 1)).reshape(values.shape[:2]).numpy()
+    return out
+
+
+def document_fingerprint(model: torch.nn.Module, input_ids: torch.Tensor, *, taylor_tokens: int = TAYLOR_TOKENS
+                         ) -> dict[str, np.ndarray]:
     """Name -> (layers, heads) float32 for one document (1, T): STATISTICS, the learned sink's mass when the model
-    has learned sinks, and PREVIOUS_TOKEN."""
-    run, scores = _run(model, input_ids, 1, None)
+    has learned sinks, PREVIOUS_TOKEN, SLOPES, TAYLOR_ORDER, RATIO and SATURATED."""
+    run, found, causal = _run(model, input_ids, 1, None, taylor_tokens=taylor_tokens)
     layers = sorted(run.head_stats)
     out = {name: run.stacked(name).numpy() for name in STATISTICS}
     if run.has_learned_sinks:
         out["learned_sink_mass"] = run.stacked("learned_sink_mass").numpy()
-    out[PREVIOUS_TOKEN] = np.stack([scores[i].numpy() for i in layers]).astype(np.float32)
-    return out
+    for name in found[layers[0]]:
+        out[PREVIOUS_TOKEN if name == _OFFSET else name] = np.stack([found[i][name].numpy() for i in layers])
+    if not causal:
+        out.update(_prefix_slopes(model, input_ids, run))
+    return {name: values.astype(np.float32) for name, values in out.items()}
 
 
 def repeated_tokens(vocab_size: int, *, period: int = INDUCTION_PERIOD, seed: int = 0, start: Sequence[int] = (),
@@ -92,5 +174,5 @@ def induction_scores(model: torch.nn.Module, input_ids: torch.Tensor, *, period:
     """(layers, heads) induction score on repeated tokens `input_ids` (its last 2 `period` ids are the two copies):
     the mean weight rows of the second copy put on the key period - 1 positions back."""
     n_tokens = input_ids.shape[1]
-    _, scores = _run(model, input_ids, period - 1, slice(n_tokens - period, n_tokens))
-    return np.stack([scores[i].numpy() for i in sorted(scores)]).astype(np.float32)
+    _, found, _ = _run(model, input_ids, period - 1, slice(n_tokens - period, n_tokens))
+    return np.stack([found[i][_OFFSET].numpy() for i in sorted(found)]).astype(np.float32)

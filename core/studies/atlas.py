@@ -7,7 +7,13 @@ either whole or absent. Documents that cannot be used (empty, not text, longer t
 `out/problems-*.parquet` with the reason. The shards are the record of what is done: a run that starts where shards
 exist skips every document they hold, so an interrupted run resumes and no document is counted twice.
 `out/manifest.json` (rewritten at the end) names the model, the settings, the shards, the problems and the counts;
-`out/induction.parquet` holds the model's induction score per head (one pass on repeated random tokens).
+`out/induction.parquet` holds the model's induction score per head and random sequence (INDUCTION_SEQUENCES passes
+on repeated random tokens), and `out/atlas.parquet` the per-head summary (AtlasResult, reopened by attnscope.open).
+
+AtlasResult is what the API, the CLI and the Head atlas page show: every field's per-head mean over documents with its
+spread and 95% interval (attnscope.analyses.atlas), the findings (each paper's claim beside what the corpus shows),
+a layers x heads map of any field, the 2-D embedding of all heads coloured by cluster, and `diff` against another
+atlas of a model of the same shape (AtlasDiff: B - A per head, Welch's t test, Benjamini-Hochberg).
 
 Engines: "local" runs in this process; "ray" hands batches of documents to Ray Data actors that each hold the model
 once (attnscope.studies.atlas_ray), on a local Ray instance or the cluster at `address`. Both write the same rows.
@@ -25,12 +31,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnscope.analyses import fingerprint
+from attnscope.analyses import atlas as analysis
+from attnscope.analyses import collapse, fingerprint
 from attnscope.corpus import Document, read_corpus
+from attnscope.studies.base import Finding, Result
 
 ENGINES = ("local", "ray")
 MANIFEST = "manifest.json"
-FORMAT = 1
+SUMMARY = "atlas.parquet"
+FORMAT = 2  # 2: slopes, Taylor order and N_s/N in the shards; the induction score per random sequence
+SAMPLE_CHARS = 20_000  # characters of the first usable document kept as the sample the page opens heads on
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class Settings:
     seed: int = 0  # the induction test's random tokens
     shard_size: int = 16  # documents per shard
     text_column: str = "text"
+    taylor_tokens: int = fingerprint.TAYLOR_TOKENS  # rows of each document the Taylor sweep reads
 
 
 def fingerprint_rows(model, documents: Iterable[Document], settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -55,7 +66,8 @@ def fingerprint_rows(model, documents: Iterable[Document], settings: Settings) -
             problems.append({"id": document.id, "reason": f"{document.id}: {tokens.n_text_tokens:,} tokens, over "
                                                           f"the model's {limit:,} positions."})
             continue
-        found = fingerprint.document_fingerprint(model.module, tokens.as_tensor())
+        found = fingerprint.document_fingerprint(model.module, tokens.as_tensor(),
+                                                 taylor_tokens=settings.taylor_tokens)
         n_layers, n_heads = found["entropy"].shape
         layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
         rows.append(pd.DataFrame({"id": document.id, "tokens": len(tokens), "layer": layer.ravel(),
@@ -114,8 +126,12 @@ def pending(corpus: str | Path, out: Path, settings: Settings) -> Iterator[Docum
 
 
 def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Settings(), engine: str = "local",
-        address: str | None = None, workers: int = 2, progress: Callable[[float, str], None] | None = None) -> dict:
-    """Fingerprint every document of `corpus` into `out` (resuming what is there); returns the manifest."""
+        address: str | None = None, workers: int = 2, progress: Callable[[float, str], None] | None = None,
+        deadline: float | None = None) -> AtlasResult:
+    """Fingerprint every document of `corpus` into `out` (resuming what is there), then summarise the folder.
+
+    deadline: a time.monotonic() after which the local engine starts no new batch (hosted runs); what was written
+    stays, and a later run resumes from it. Returns the AtlasResult, also saved as out/atlas.parquet."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}.")
     out = Path(out)
@@ -126,6 +142,8 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
     if engine == "local":
         done = 0
         for batch in _batches(documents, settings.shard_size):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             rows, problems = fingerprint_rows(model, batch, settings)
             write_batch(out, rows, problems, safe_label(batch[0].id))
             done += len(batch)
@@ -135,7 +153,10 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
         from attnscope.studies import atlas_ray
 
         atlas_ray.run(model.spec, documents, out, settings, address=address, workers=workers, progress=progress)
-    return write_manifest(model, corpus, out, settings, engine, seconds=time.perf_counter() - started)
+    manifest = write_manifest(model, corpus, out, settings, engine, seconds=time.perf_counter() - started)
+    result = summarise(out, manifest)
+    result.save(out / SUMMARY)
+    return result
 
 
 def _check_same_run(out: Path, model, settings: Settings) -> None:
@@ -144,9 +165,10 @@ def _check_same_run(out: Path, model, settings: Settings) -> None:
     if not path.exists():
         return
     manifest = json.loads(path.read_text())
-    mine = {"model": model.fingerprint, "max_tokens": settings.max_tokens, "seed": settings.seed}
-    theirs = {"model": manifest.get("model_fingerprint"), "max_tokens": manifest["settings"].get("max_tokens"),
-              "seed": manifest["settings"].get("seed")}
+    mine = {"format": FORMAT, "model": model.fingerprint, "max_tokens": settings.max_tokens, "seed": settings.seed,
+            "taylor_tokens": settings.taylor_tokens}
+    theirs = {"format": manifest.get("attnscope_atlas"), "model": manifest.get("model_fingerprint"),
+              **{key: manifest["settings"].get(key) for key in ("max_tokens", "seed", "taylor_tokens")}}
     if mine != theirs:
         raise ValueError(f"{out} holds an atlas of {manifest.get('model')} with other settings ({theirs}); give "
                          "another --out folder, or the same model and settings to resume it.")
@@ -158,11 +180,18 @@ def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *,
     if not induction.exists():
         tokenizer = model.tokenizer
         start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        ids = fingerprint.repeated_tokens(len(tokenizer), seed=settings.seed, start=start,
-                                          avoid=tokenizer.all_special_ids)
-        scores = fingerprint.induction_scores(model.module, ids, period=fingerprint.INDUCTION_PERIOD)
-        layer, head = np.meshgrid(np.arange(scores.shape[0]), np.arange(scores.shape[1]), indexing="ij")
-        _write(pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "induction": scores.ravel()}), induction)
+        frames = []
+        for sequence in range(fingerprint.INDUCTION_SEQUENCES):
+            ids = fingerprint.repeated_tokens(len(tokenizer), seed=settings.seed + sequence, start=start,
+                                              avoid=tokenizer.all_special_ids)
+            scores = fingerprint.induction_scores(model.module, ids, period=fingerprint.INDUCTION_PERIOD)
+            layer, head = np.meshgrid(np.arange(scores.shape[0]), np.arange(scores.shape[1]), indexing="ij")
+            frames.append(pd.DataFrame({"sequence": sequence, "layer": layer.ravel(), "head": head.ravel(),
+                                        "induction": scores.ravel()}))
+        _write(pd.concat(frames, ignore_index=True), induction)
+    previous = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {}
+    sample = previous.get("sample") or next((d.text[:SAMPLE_CHARS] for d in read_corpus(
+        corpus, text_column=settings.text_column, limit=settings.limit) if d.text is not None), "")
     shards = sorted(p.name for p in out.glob("shard-*.parquet"))
     problem_files = sorted(out.glob("problems-*.parquet"))
     problems = pd.concat([pd.read_parquet(p) for p in problem_files]) if problem_files else pd.DataFrame(
@@ -172,7 +201,7 @@ def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *,
         "attnscope_atlas": FORMAT, "model": model.spec.name, "model_fingerprint": model.fingerprint,
         "corpus": str(corpus), "settings": asdict(settings), "engine": engine, "shards": shards,
         "documents": documents, "problems": problems.to_dict("records"), "induction": induction.name,
-        "seconds_this_run": round(seconds, 2),
+        "seconds_this_run": round(seconds, 2), "sample": sample,
     }
     temporary = out / f".{MANIFEST}.tmp"
     temporary.write_text(json.dumps(manifest, indent=1))
@@ -181,12 +210,290 @@ def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *,
 
 
 def read(out: str | Path) -> pd.DataFrame:
-    """Every (document, layer, head) row of an atlas folder, the induction score joined per head."""
-    out = Path(out)
+    """Every (document, layer, head) row of an atlas folder, the induction score (mean over sequences) joined per
+    head."""
+    rows = _shard_rows(Path(out))
+    induction = Path(out) / "induction.parquet"
+    if not induction.exists():
+        return rows
+    return rows.merge(pd.read_parquet(induction).groupby(["layer", "head"], as_index=False)["induction"].mean(),
+                      on=["layer", "head"])
+
+
+def _shard_rows(out: Path) -> pd.DataFrame:
     shards = sorted(out.glob("shard-*.parquet"))
     if not shards:
-        raise ValueError(f"{out} holds no atlas shards (shard-*.parquet).")
+        raise ValueError(f"{out} holds no atlas shards (shard-*.parquet): run `attnscope atlas` into it first.")
     rows = pd.concat([pd.read_parquet(path) for path in shards], ignore_index=True)
     rows["id"] = rows["id"].astype("string")  # one dtype whichever engine wrote the shard
+    return rows
+
+
+def summarise(out: str | Path, manifest: dict | None = None) -> AtlasResult:
+    """The AtlasResult of an atlas folder: every field's per-head summary over its documents (and the induction score
+    over its random sequences)."""
+    out = Path(out)
+    if manifest is None:
+        if not (out / MANIFEST).exists():
+            raise ValueError(f"{out} has no {MANIFEST}: it is not an atlas folder, or its run never finished a batch.")
+        manifest = json.loads((out / MANIFEST).read_text())
+    if manifest.get("attnscope_atlas") != FORMAT:
+        raise ValueError(f"{out} holds an atlas of format {manifest.get('attnscope_atlas')}; this attnscope reads "
+                         f"format {FORMAT}. Run it again into a new folder.")
+    rows = _shard_rows(out)
+    n_layers, n_heads = int(rows["layer"].max()) + 1, int(rows["head"].max()) + 1
+    summary = analysis.summarise(rows, n_layers, n_heads)
     induction = out / "induction.parquet"
-    return rows.merge(pd.read_parquet(induction), on=["layer", "head"]) if induction.exists() else rows
+    if induction.exists():
+        per_sequence = pd.read_parquet(induction).rename(columns={"sequence": "id"})
+        summary = analysis.join(summary, analysis.summarise(per_sequence, n_layers, n_heads))
+    meta = {key: manifest[key] for key in ("model", "model_fingerprint", "corpus", "engine", "documents")}
+    meta["settings"] = {k: v for k, v in manifest["settings"].items() if k not in ("shard_size", "limit")}
+    return AtlasResult(meta=meta, summary=summary, problems=tuple(p["reason"] for p in manifest["problems"]),
+                       sample=manifest.get("sample", ""))
+
+
+def open_atlas(path: str | Path) -> AtlasResult:
+    """An atlas folder (its shards are summarised) or a saved AtlasResult (.parquet or .json)."""
+    from attnscope.studies.base import open_result
+
+    path = Path(path)
+    if path.is_dir():
+        return summarise(path)
+    result = open_result(path)
+    if not isinstance(result, AtlasResult):
+        raise ValueError(f"{path.name} holds a {result.kind} result, not a head atlas.")
+    return result
+
+
+# ---- the result -----------------------------------------------------------------------------------------------------
+
+LABELS = {
+    "entropy": "Entropy (nats)", "normalized_entropy": "Entropy / log(keys seen)", "max_weight": "Max weight",
+    "sink_mass": "First-token sink mass", "learned_sink_mass": "Learned-sink mass",
+    "mean_distance": "Mean distance (tokens)", "previous_token": "Previous-token score",
+    "max_weight_slope": "Slope of max weight vs log L", "entropy_slope": "Slope of entropy vs log L",
+    "taylor_order": f"Taylor order needed at {fingerprint.TAYLOR_TOLERANCE:g}",
+    "ns_ratio": f"N_s/N at N = {fingerprint.SATURATION_N}", "saturated": "Saturated (N_s/N in 0.70-0.85)",
+    "induction": "Induction score",
+}
+INDUCTION_HEAD, PREVIOUS_TOKEN_HEAD, SINK_HEAD = 0.3, 0.5, 0.5  # mean scores the findings call a head of that kind
+NAMED = 3  # heads named per finding
+MIN_CLUSTER_HEADS = 4  # fewer heads than this are not embedded or clustered
+
+
+def label(field: str) -> str:
+    return LABELS.get(field, field)
+
+
+def _head(index: int, n_heads: int) -> str:
+    return f"L{index // n_heads}H{index % n_heads}"
+
+
+@dataclass
+class Embedding:
+    """Every head (layer-major order) in 2-D, its cluster, and what the axes and clusters are."""
+
+    coords: np.ndarray  # (heads, 2)
+    labels: np.ndarray  # (heads,) cluster
+    names: list[str]  # per cluster: the fields that set it apart
+    axis: str  # "PCA: 41% + 22% of the variance"
+    features: list[str]  # the fields embedded (those that vary across heads)
+
+
+@dataclass
+class AtlasResult(Result):
+    """Per-head fingerprints of one model over a corpus: each field's mean over documents, spread and interval."""
+
+    kind = "atlas"
+    title = "attnscope: head atlas"
+
+    meta: dict  # model, its fingerprint, corpus, engine, documents, settings
+    summary: analysis.Summary
+    problems: tuple = ()  # why each left-out document was left out
+    sample: str = ""  # the start of the first usable document: the page opens a head's maps on it
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.summary.mean.shape[1], self.summary.mean.shape[2]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.summary.fields
+
+    def values(self, field: str, statistic: str = "mean") -> np.ndarray:
+        """(layers, heads) of one field's statistic: mean, std, low, high, median, q25, q75 or count."""
+        if field not in self.fields:
+            raise ValueError(f"This atlas has no field {field!r}; it has {', '.join(self.fields)}.")
+        return getattr(self.summary, statistic)[self.fields.index(field)]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: each field's mean, then its std, 95% interval, median and document count."""
+        n_layers, n_heads = self.shape
+        layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+        columns = {"layer": layer.ravel(), "head": head.ravel()}
+        for field in self.fields:
+            columns[field] = self.values(field).ravel()
+        for field in self.fields:
+            for statistic in ("std", "low", "high", "median", "count"):
+                columns[f"{field}_{statistic}"] = self.values(field, statistic).ravel()
+        return pd.DataFrame(columns)
+
+    def embedding(self, method: str = "pca") -> Embedding:
+        values, names = analysis.features(self.summary.mean, self.fields)
+        if len(values) < MIN_CLUSTER_HEADS or not names:
+            raise ValueError(f"{len(values)} heads with {len(names)} varying fields: too few to embed.")
+        coords, axis = analysis.embed(values, method)
+        labels = analysis.clusters(values)
+        return Embedding(coords=coords, labels=labels, names=analysis.describe_clusters(values, names, labels),
+                         axis=axis, features=names)
+
+    def strongest(self, field: str, count: int = NAMED) -> str:
+        """'L18H6 0.92 [0.90, 0.94], ...': the heads with the largest mean of a field, with their intervals."""
+        mean, low, high = (self.values(field, s).ravel() for s in ("mean", "low", "high"))
+        order = [i for i in np.argsort(-np.nan_to_num(mean, nan=-np.inf))[:count] if np.isfinite(mean[i])]
+        n_heads = self.shape[1]
+        return ", ".join(f"{_head(i, n_heads)} {mean[i]:.2f}" + (f" [{low[i]:.2f}, {high[i]:.2f}]"
+                                                                 if np.isfinite(low[i]) else "") for i in order)
+
+    def findings(self) -> list[Finding]:
+        n_layers, n_heads = self.shape
+        total = n_layers * n_heads
+        settings = self.meta["settings"]
+        out = [Finding("Corpus", f"{self.meta['documents']} documents, up to {settings['max_tokens']} tokens each, "
+                                 f"{total} heads ({n_layers} layers x {n_heads}); {len(self.problems)} documents left "
+                                 "out. Intervals are 95% t intervals of the mean over documents.")]
+        if "induction" in self.fields:
+            strong = int((self.values("induction") > INDUCTION_HEAD).sum())
+            out.append(Finding(
+                "Induction heads",
+                f"{strong} of {total} heads put more than {INDUCTION_HEAD} of their weight on the token after the "
+                f"earlier occurrence, over {fingerprint.INDUCTION_SEQUENCES} sequences of "
+                f"{fingerprint.INDUCTION_PERIOD} random tokens repeated; the strongest: {self.strongest('induction')}.",
+                "induction heads attend from a repeated token to the token that followed its earlier occurrence "
+                "(Olsson et al. 2022)."))
+        strong = int((self.values("previous_token") > PREVIOUS_TOKEN_HEAD).sum())
+        out.append(Finding("Previous-token heads", f"{strong} of {total} heads put more than {PREVIOUS_TOKEN_HEAD} of "
+                                                   f"their weight on the previous token, on average over documents; the "
+                                                   f"strongest: {self.strongest('previous_token')}."))
+        strong = int((self.values("sink_mass") > SINK_HEAD).sum())
+        out.append(Finding("First-token sinks", f"{strong} of {total} heads put more than {SINK_HEAD} of their weight "
+                                                f"on the first token; the strongest: {self.strongest('sink_mass')}."))
+        out += self._collapse_findings(total) + self._taylor_findings(total)
+        return out
+
+    def _collapse_findings(self, total: int) -> list[Finding]:
+        max_slope, entropy_slope = self.values("max_weight_slope"), self.values("entropy_slope")
+        falls = int((self.values("max_weight_slope", "high") < 0).sum())
+        rises = int((self.values("entropy_slope", "low") > 0).sum())
+        measured = int(np.isfinite(max_slope).sum())
+        top = float(np.nanmax(self.values("normalized_entropy", "q75"))) if measured else float("nan")
+        out = [Finding(
+            "Vanishing attention",
+            f"of {measured} heads with a slope, the max weight falls with log L in {falls} (95% interval below 0) and "
+            f"the entropy rises in {rises} (interval above 0); median slopes {np.nanmedian(max_slope):+.3f} (max "
+            f"weight) and {np.nanmedian(entropy_slope):+.3f} (entropy, nats per unit of log L; uniform attention: "
+            f"+1). Entropy never exceeds log(keys seen): the largest upper-quartile normalised entropy is {top:.3f}.",
+            "as L grows every weight tends to 1/L and the entropy approaches log L (Mudarisov et al., Lemma 1).")]
+        if "ns_ratio" in self.fields:
+            ratio = self.values("ns_ratio")
+            low, high = collapse.SATURATED_BAND
+            band = int(((ratio >= low) & (ratio <= high)).sum())
+            out.append(Finding(
+                "Saturated heads",
+                f"{band} of {int(np.isfinite(ratio).sum())} heads have a mean N_s/N in [{low}, {high}] at N = "
+                f"{fingerprint.SATURATION_N} (median {np.nanmedian(ratio):.2f}); a head is in the band in "
+                f"{np.nanmean(self.values('saturated')):.0%} of its documents on average.",
+                "N_s/N saturates at 0.70-0.85; 70-80% means a saturated head (Mudarisov et al., fig. 3)."))
+        return out
+
+    def _taylor_findings(self, total: int) -> list[Finding]:
+        order = self.values("taylor_order")
+        reached = int((order <= fingerprint.TAYLOR_MAX_ORDER).sum())
+        median = float(np.nanmedian(order))
+        said = f"> {fingerprint.TAYLOR_MAX_ORDER}" if median > fingerprint.TAYLOR_MAX_ORDER else f"{median:.1f}"
+        return [Finding(
+            "Taylor order needed",
+            f"{reached} of {total} heads reproduce their outputs within {fingerprint.TAYLOR_TOLERANCE:g} relative error "
+            f"by order {fingerprint.TAYLOR_MAX_ORDER} on average over documents (first "
+            f"{self.meta['settings'].get('taylor_tokens')} tokens, exact softmax denominator); median order {said}.",
+            "adding orders up to n = 10 nearly matches softmax (Mongaras & Larson).")]
+
+    def figures(self, field: str | None = None, embedding: str = "pca") -> dict[str, object]:
+        """The layers x heads map of `field` (every field when None), then the embedding of all heads."""
+        from attnscope.figures import atlas as atlas_figures
+        from attnscope.figures.maps import stat_heatmap
+
+        out = {f"map-{name}": stat_heatmap(self.values(name), title=f"{label(name)}: mean over documents",
+                                           label=label(name)) for name in ([field] if field else self.fields)}
+        try:
+            found = self.embedding(embedding)
+        except ValueError:
+            return out
+        n_heads = self.shape[1]
+        means = {name: self.values(name).ravel() for name in found.features}
+        hover = ["<br>".join(f"{label(name)} {means[name][i]:.3g}" for name in found.features)
+                 for i in range(len(found.coords))]
+        out["embedding"] = atlas_figures.embedding(
+            found.coords, found.labels, n_heads=n_heads, names=found.names, hover=hover, axis=found.axis,
+            title=f"Every head of {self.meta['model']}, by its fingerprint")
+        return out
+
+    def diff(self, other: AtlasResult) -> AtlasDiff:
+        """B - A head by head, with `self` as A and `other` as B."""
+        return AtlasDiff(meta={"a": _side(self), "b": _side(other)},
+                         difference=analysis.difference(self.summary, other.summary))
+
+
+def _side(result: AtlasResult) -> str:
+    return f"{result.meta['model']} on {result.meta['documents']} documents of {result.meta['corpus']}"
+
+
+@dataclass
+class AtlasDiff(Result):
+    """Two atlases of models of the same shape, B - A per head."""
+
+    kind = "atlas-diff"
+    title = "attnscope: two head atlases, B - A"
+
+    meta: dict  # "a", "b": what each side is
+    difference: analysis.Difference
+
+    def values(self, field: str, what: str = "delta") -> np.ndarray:
+        if field not in self.difference.fields:
+            raise ValueError(f"Both atlases have {', '.join(self.difference.fields)}; not {field!r}.")
+        return getattr(self.difference, what)[self.difference.fields.index(field)]
+
+    def findings(self) -> list[Finding]:
+        out = [Finding("Sides", f"A: {self.meta['a']}. B: {self.meta['b']}. A head changed when Welch's t test "
+                                f"separates its means at a false-discovery rate of {analysis.FDR:.0%} over every head "
+                                "and field (Benjamini-Hochberg).")]
+        n_heads = self.difference.delta.shape[2]
+        for field in self.difference.fields:
+            delta, significant = self.values(field).ravel(), self.values(field, "significant").ravel()
+            order = np.argsort(-np.abs(np.nan_to_num(delta)))[:NAMED]
+            largest = ", ".join(f"{_head(i, n_heads)} {delta[i]:+.3g}" for i in order
+                                if np.isfinite(delta[i]) and delta[i] != 0)
+            out.append(Finding(label(field), f"{int(significant.sum())} of {delta.size} heads changed; the largest "
+                                             f"changes: {largest or 'none'}."))
+        return out
+
+    def figures(self, field: str | None = None) -> dict[str, object]:
+        from attnscope.figures import atlas as atlas_figures
+        from attnscope.figures.compare import difference_heatmap
+
+        out = {}
+        for name in [field] if field else self.difference.fields:
+            delta = self.values(name)
+            figure = difference_heatmap(delta, columns=[f"H{h}" for h in range(delta.shape[1])],
+                                        title=f"{label(name)}: B - A", label=label(name))
+            out[f"diff-{name}"] = atlas_figures.mark_significant(figure, self.values(name, "significant"))
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        fields, delta = self.difference.fields, self.difference.delta
+        f, layer, head = np.meshgrid(np.arange(len(fields)), np.arange(delta.shape[1]), np.arange(delta.shape[2]),
+                                     indexing="ij")
+        return pd.DataFrame({"field": np.array(fields)[f.ravel()], "layer": layer.ravel(), "head": head.ravel(),
+                             "delta": delta.ravel(), "p_value": self.difference.p_value.ravel(),
+                             "significant": self.difference.significant.ravel()})

@@ -38,10 +38,10 @@ def _rows(folder) -> pd.DataFrame:
 def test_local_and_ray_write_the_same_atlas(model, corpus, tmp_path):
     local = attnscope.atlas(model, corpus, tmp_path / "local", max_tokens=48, shard_size=5)
     ray = attnscope.atlas(model, corpus, tmp_path / "ray", engine="ray", workers=2, max_tokens=48, shard_size=5)
-    assert local["documents"] == ray["documents"] == 12
-    reasons = sorted(p["reason"] for p in local["problems"])
+    assert local.meta["documents"] == ray.meta["documents"] == 12
+    reasons = sorted(local.problems)
     assert reasons == ["corpus.jsonl:4: empty.", "corpus.jsonl:9: its text is a int, not a string."]
-    assert sorted(p["reason"] for p in ray["problems"]) == reasons
+    assert sorted(ray.problems) == reasons
     a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert len(a) == 12 * 30 * 9 and a["id"].nunique() == 12
     pd.testing.assert_frame_equal(a, b)
@@ -51,10 +51,10 @@ def test_local_and_ray_write_the_same_atlas(model, corpus, tmp_path):
 def test_an_interrupted_run_resumes_and_counts_each_document_once(model, corpus, tmp_path):
     out = tmp_path / "atlas"
     first = attnscope.atlas(model, corpus, out, max_tokens=48, shard_size=3, limit=7)
-    assert first["documents"] == 6  # 7 read, one of them empty
+    assert first.meta["documents"] == 6  # 7 read, one of them empty
     kept = {path.name: path.stat().st_mtime_ns for path in out.glob("shard-*.parquet")}
     final = attnscope.atlas(model, corpus, out, max_tokens=48, shard_size=3)
-    assert final["documents"] == 12
+    assert final.meta["documents"] == 12
     assert all(path.stat().st_mtime_ns == kept[path.name] for path in out.glob("shard-*.parquet")
                if path.name in kept)  # the first run's shards were not written again
     rows = atlas.read(out)
