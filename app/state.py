@@ -96,6 +96,19 @@ COMPARE_STAT = "compare_stat"
 COMPARE_LAYER = "compare_layer"
 COMPARE_HEAD = "compare_head"
 COMPARE_REQUESTS = "compare_requests"  # comparisons the user asked for in this session (the last few)
+# Head atlas page
+ATLAS = "atlas"  # the AtlasResult shown (opened or run in this session), or None
+ATLAS_B = "atlas_b"  # the atlas compared with it (B), or None
+ATLAS_OPENED = "atlas_opened"  # upload file ids already opened (as A, as B): a rerun does not open them again
+ATLAS_FIELD = "atlas_field"
+ATLAS_EMBEDDING = "atlas_embedding"  # attnscope.analyses.atlas.EMBEDDINGS
+ATLAS_HEAD = "atlas_head"  # (layer, head) clicked in the embedding, or None
+ATLAS_CHART = "atlas_chart"
+ATLAS_FOLDER = "atlas_folder"  # an atlas folder or file on this machine (not in hosted mode)
+ATLAS_CORPUS = "atlas_corpus"  # a corpus path on this machine (not in hosted mode)
+ATLAS_DOCUMENTS = "atlas_documents"
+ATLAS_TOKENS = "atlas_tokens"
+ATLAS_TEXT_COLUMN = "atlas_text_column"
 IMAGE_FORMAT = "image_format"  # what each chart's camera button saves: png or svg
 REPORT_FIGURES = "report_figures"  # (name, figure) pairs drawn in this run, for the HTML report
 SOURCE_BUILTIN, SOURCE_SIDEBAR = S.SOURCES.values
@@ -166,6 +179,17 @@ DEFAULTS = {
     GENERATIONS: {},
     GENERATE_NOW: False,
     GEN_LAYER: 0,
+    ATLAS: None,
+    ATLAS_B: None,
+    ATLAS_OPENED: {"a": None, "b": None},
+    ATLAS_FIELD: "induction",
+    ATLAS_EMBEDDING: "pca",
+    ATLAS_HEAD: None,
+    ATLAS_FOLDER: "",
+    ATLAS_CORPUS: "",
+    ATLAS_DOCUMENTS: 8,
+    ATLAS_TOKENS: 128,
+    ATLAS_TEXT_COLUMN: "text",
     GEN_HEAD: 0,
 }
 

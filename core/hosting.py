@@ -17,6 +17,12 @@ Every input has a limit, applied before work is done on it (hosted default / loc
 | ATTNSCOPE_MAX_BATCH | prompts one batch run analyses | 20 | 500 |
 | ATTNSCOPE_MAX_NEW_TOKENS | tokens one generation may add | 64 | 1024 |
 | ATTNSCOPE_GENERATION_SECONDS | seconds one generation may run (it stops after the step in progress) | 60 | 3600 |
+| ATTNSCOPE_MAX_ATLAS_DOCUMENTS | documents one head atlas run in the app reads | 16 | 1000 |
+| ATTNSCOPE_MAX_ATLAS_TOKENS | tokens per document of an atlas run in the app | 256 | 2048 |
+| ATTNSCOPE_ATLAS_SECONDS | seconds an atlas run in the app may take (it stops after the batch in progress) | 120 | 3600 |
+
+In hosted mode the Head atlas page opens only atlases the visitor uploads and runs only corpora the visitor uploads,
+in this process: it never reads a path typed on the page and never starts or joins a Ray cluster.
 
 The server must refuse larger uploads before reading them, which only Streamlit's own `server.maxUploadSize` can do:
 deploy/start.sh and the Dockerfile set it from ATTNSCOPE_MAX_UPLOAD_MB, and `upload_limit_mismatch` says when a
@@ -55,6 +61,9 @@ class Policy:
     max_batch: int = 500  # prompts one batch run analyses
     max_new_tokens: int = 1024  # tokens one generation may add
     generation_seconds: int = 3600  # seconds one generation may run
+    max_atlas_documents: int = 1000  # documents one atlas run in the app reads
+    max_atlas_tokens: int = 2048  # tokens per document of an atlas run in the app
+    atlas_seconds: int = 3600  # seconds an atlas run in the app may take
 
     @property
     def max_upload_bytes(self) -> int:
@@ -135,7 +144,8 @@ def policy_from_env(environ=None) -> Policy:
     environ = os.environ if environ is None else environ
     hosted = environ.get("ATTNSCOPE_HOSTED", "").strip().lower() in ("1", "true", "yes", "on")
     defaults = Policy(max_tokens=1024, max_upload_mb=2, max_files=10, max_prompts=200, max_library_mb=20,
-                      max_batch=20, max_new_tokens=64, generation_seconds=60) if hosted else Policy()
+                      max_batch=20, max_new_tokens=64, generation_seconds=60, max_atlas_documents=16,
+                      max_atlas_tokens=256, atlas_seconds=120) if hosted else Policy()
     return Policy(
         hosted=hosted,
         allowed_models=_allowlist(environ) if hosted else (),
@@ -147,6 +157,10 @@ def policy_from_env(environ=None) -> Policy:
         max_batch=_number(environ, "ATTNSCOPE_MAX_BATCH", defaults.max_batch),
         max_new_tokens=min(_number(environ, "ATTNSCOPE_MAX_NEW_TOKENS", defaults.max_new_tokens), NEW_TOKEN_CEILING),
         generation_seconds=_number(environ, "ATTNSCOPE_GENERATION_SECONDS", defaults.generation_seconds),
+        max_atlas_documents=_number(environ, "ATTNSCOPE_MAX_ATLAS_DOCUMENTS", defaults.max_atlas_documents),
+        max_atlas_tokens=min(_number(environ, "ATTNSCOPE_MAX_ATLAS_TOKENS", defaults.max_atlas_tokens, low=8),
+                             TOKEN_CEILING),
+        atlas_seconds=_number(environ, "ATTNSCOPE_ATLAS_SECONDS", defaults.atlas_seconds),
     )
 
 

@@ -387,15 +387,22 @@ class AtlasResult(Result):
         falls = int((self.values("max_weight_slope", "high") < 0).sum())
         rises = int((self.values("entropy_slope", "low") > 0).sum())
         measured = int(np.isfinite(max_slope).sum())
-        top = float(np.nanmax(self.values("normalized_entropy", "q75"))) if measured else float("nan")
-        out = [Finding(
-            "Vanishing attention",
-            f"of {measured} heads with a slope, the max weight falls with log L in {falls} (95% interval below 0) and "
-            f"the entropy rises in {rises} (interval above 0); median slopes {np.nanmedian(max_slope):+.3f} (max "
-            f"weight) and {np.nanmedian(entropy_slope):+.3f} (entropy, nats per unit of log L; uniform attention: "
-            f"+1). Entropy never exceeds log(keys seen): the largest upper-quartile normalised entropy is {top:.3f}.",
-            "as L grows every weight tends to 1/L and the entropy approaches log L (Mudarisov et al., Lemma 1).")]
-        if "ns_ratio" in self.fields:
+        top = float(np.nanmax(self.values("normalized_entropy")))
+        bound = (f"The largest mean normalised entropy of a head is {top:.3f} (entropy / log of the keys a row sees, "
+                 "at most 1).")
+        paper = "as L grows every weight tends to 1/L and the entropy approaches log L (Mudarisov et al., Lemma 1)."
+        if not measured:
+            out = [Finding("Vanishing attention", f"no slope: no row sees {fingerprint.MIN_KEYS} keys or more in these "
+                                                  f"documents, or none sees two different numbers of them. {bound}",
+                           paper)]
+        else:
+            out = [Finding(
+                "Vanishing attention",
+                f"of {measured} heads with a slope, the max weight falls with log L in {falls} (95% interval below 0) "
+                f"and the entropy rises in {rises} (interval above 0); median slopes {np.nanmedian(max_slope):+.3f} "
+                f"(max weight) and {np.nanmedian(entropy_slope):+.3f} (entropy, nats per unit of log L; uniform "
+                f"attention: +1). {bound}", paper)]
+        if "ns_ratio" in self.fields and np.isfinite(self.values("ns_ratio")).any():
             ratio = self.values("ns_ratio")
             low, high = collapse.SATURATED_BAND
             band = int(((ratio >= low) & (ratio <= high)).sum())

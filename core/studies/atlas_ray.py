@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from attnscope.corpus import Document
 from attnscope.studies import atlas
@@ -34,21 +35,16 @@ class _Fingerprinter:
         self.model = Model(load_model(spec))
         self.settings = settings
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
         documents = [Document(row.id, None if isinstance(row.problem, str) else row.text,
                               row.problem if isinstance(row.problem, str) else None) for row in batch.itertuples()]
         rows, problems = atlas.fingerprint_rows(self.model, documents, self.settings)
         # One frame per batch whatever it holds: problem documents as rows with layer -1 and their reason.
         problems = problems.assign(layer=-1, head=-1, tokens=0)
         rows = rows.assign(reason=None) if len(rows) else rows
-        return pd.concat([rows, problems], ignore_index=True)
-
-
-def _numpy_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Ray Data's pandas batches hold pyarrow-backed columns; the shards keep the local engine's numpy dtypes."""
-    converted = {name: frame[name].astype(frame[name].dtype.numpy_dtype) for name in frame.columns
-                 if isinstance(frame[name].dtype, pd.ArrowDtype) and frame[name].dtype.kind in "iuf"}
-    return frame.assign(**converted) if converted else frame
+        # Returned as Arrow with the frame's own types: from a pandas frame Ray Data infers them, and a field that is
+        # NaN for a whole batch (a slope of documents too short for one) would come back as a column of None.
+        return pa.Table.from_pandas(pd.concat([rows, problems], ignore_index=True), preserve_index=False)
 
 
 def run(spec, documents: Iterable[Document], out: Path, settings, *, address: str | None, workers: int,
@@ -73,8 +69,8 @@ def run(spec, documents: Iterable[Document], out: Path, settings, *, address: st
             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=WORKER_CPUS,
             max_restarts=-1, max_task_retries=-1)  # (ray_remote_args: deprecated in Ray 2.60, still honoured)
         done = 0
-        for batch in results.iter_batches(batch_format="pandas", batch_size=None):
-            batch = _numpy_dtypes(batch)
+        for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
+            batch = table.to_pandas()  # the local engine's numpy dtypes, NaN where Arrow holds a null
             problems = batch[batch["layer"] == -1][["id", "reason"]]
             rows = batch[batch["layer"] != -1].drop(columns=["reason"])
             first = atlas.safe_label(str(batch["id"].iloc[0]))

@@ -156,6 +156,17 @@ def _chart(at: AppTest, key: str) -> dict:
     return json.loads(next(c for c in at.get("plotly_chart") if key in c.proto.id).proto.spec)
 
 
+def _z(chart: dict) -> np.ndarray:
+    """The first trace's z of a plotly chart spec, as an array."""
+    import base64
+
+    values = chart["data"][0]["z"]
+    if isinstance(values, dict):  # a typed array: {"dtype", "bdata", "shape"}
+        shape = tuple(int(n) for n in str(values["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).reshape(shape)
+    return np.array(values, dtype=float)
+
+
 def test_softmax_vs_taylor_page_every_section():
     at = _taylor_page(_app().run())
     assert not at.exception
@@ -456,16 +467,7 @@ def test_generation_page_streams_measures_and_marks_the_generated_tokens():
 def test_compare_page_draws_b_minus_a_of_the_api_and_keeps_the_sidebar_text():
     """Side B's text against the sidebar's: the B − A heatmap holds the difference of two attnscope.stats calls; an
     empty text B or a model B that cannot load gets one sentence, and the sidebar text stays."""
-    import base64
-
     import attnscope
-
-    def z(chart: dict) -> np.ndarray:
-        values = chart["data"][0]["z"]
-        if isinstance(values, dict):  # a typed array: {"dtype", "bdata", "shape"}
-            shape = tuple(int(n) for n in str(values["shape"]).split(","))
-            return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).reshape(shape)
-        return np.array(values, dtype=float)
 
     text_a, text_b = state.EXAMPLES["Capital cities"], state.EXAMPLES["Code"]
     at = _app().run().switch_page("app_pages/compare.py").run()
@@ -476,12 +478,12 @@ def test_compare_page_draws_b_minus_a_of_the_api_and_keeps_the_sidebar_text():
     assert not at.exception
     model = attnscope.load("smollm2-135m")
     expected = attnscope.stats(model, text_b).entropy - attnscope.stats(model, text_a).entropy
-    np.testing.assert_allclose(z(_chart(at, "compare_entropy-difference")), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_z(_chart(at, "compare_entropy-difference")), expected, rtol=1e-6, atol=1e-7)
     assert any("Both have 30 layers × 9 heads" in m.value for m in at.markdown)
     assert any("No difference map" in i.value for i in at.info)  # the texts have different token counts
     at.selectbox(key=state.COMPARE_STAT).set_value("sink_mass").run()
     expected = attnscope.stats(model, text_b).sink_mass - attnscope.stats(model, text_a).sink_mass
-    np.testing.assert_allclose(z(_chart(at, "compare_sink_mass-difference")), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_z(_chart(at, "compare_sink_mass-difference")), expected, rtol=1e-6, atol=1e-7)
 
     at.text_area(key=state.COMPARE_TEXT).input("   ").run()
     next(b for b in at.button if b.label == "Compare").click().run()
@@ -512,3 +514,67 @@ def test_hosted_generation_is_capped_in_tokens_and_time(monkeypatch):
 
     with pytest.raises(PolicyError, match="ATTNSCOPE_GENERATION_SECONDS must be at least 1"):
         policy_from_env()
+
+
+@pytest.fixture(scope="module")
+def atlas_corpus(tmp_path_factory):
+    """Seven short documents (one empty) as JSONL, and the atlas the API writes of them."""
+    import attnscope
+
+    folder = tmp_path_factory.mktemp("atlas")
+    texts = [state.EXAMPLES[name] for name in state.EXAMPLES] + ["", "The cat sat on the mat. The cat sat on the mat."]
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": text}) for text in texts) + "\n")
+    attnscope.atlas(attnscope.load("smollm2-135m"), corpus, folder / "atlas", max_tokens=48, shard_size=3)
+    return corpus, folder / "atlas"
+
+
+def test_head_atlas_page_opens_runs_and_opens_a_head(atlas_corpus):
+    """Open an atlas folder: the page's findings and map are the API's; a clicked head gets its map on the sample
+    document; a path that is no atlas gets one sentence and the open atlas stays; a small run from a corpus path."""
+    import attnscope
+
+    corpus, folder = atlas_corpus
+    expected = attnscope.open(folder)
+    at = _app().run().switch_page("app_pages/head_atlas.py").run()
+    assert not at.exception and any("Open an atlas or run a small one" in i.value for i in at.info)
+    at.text_input(key=state.ATLAS_FOLDER).input(str(folder)).run()
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception and at.session_state[state.ATLAS].meta["documents"] == expected.meta["documents"]
+    shown = " ".join(m.value for m in at.markdown).replace("\\", "")
+    assert expected.strongest("induction") in shown and "Induction heads" in shown
+    np.testing.assert_allclose(_z(_chart(at, "atlas_map")), expected.values("induction"), rtol=1e-6)
+    at.selectbox(key=state.ATLAS_FIELD).set_value("entropy_slope").run()
+    np.testing.assert_allclose(_z(_chart(at, "atlas_map")), expected.values("entropy_slope"), rtol=1e-6)
+    assert any(state.ATLAS_CHART in c.proto.id for c in at.get("plotly_chart"))  # the embedding
+
+    at.session_state[state.ATLAS_HEAD] = (18, 6)  # what a click on the embedding stores
+    at.run()
+    assert not at.exception and any(s.value == "Layer 18, head 6 on the sample document" for s in at.subheader)
+    assert any("atlas_head_map" in c.proto.id for c in at.get("plotly_chart"))
+
+    at.text_input(key=state.ATLAS_FOLDER).input(str(corpus.parent / "missing")).run()
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception and any("No file at" in e.value for e in at.error)
+    assert at.session_state[state.ATLAS].meta["documents"] == expected.meta["documents"]  # what was open stays
+
+    at.text_input(key=state.ATLAS_CORPUS).input(str(corpus)).run()
+    at.number_input(key=state.ATLAS_DOCUMENTS).set_value(3).run()
+    at.number_input(key=state.ATLAS_TOKENS).set_value(32).run()
+    next(b for b in at.button if b.label == "Run the atlas").click().run()
+    assert not at.exception and at.session_state[state.ATLAS].meta["documents"] == 3
+    assert at.session_state[state.ATLAS].meta["settings"]["max_tokens"] == 32
+
+
+def test_hosted_head_atlas_reads_no_path_and_caps_runs(monkeypatch):
+    """Hosted: no path inputs (uploads only), and the run's documents and tokens capped by the policy."""
+    monkeypatch.setenv("ATTNSCOPE_HOSTED", "1")
+    monkeypatch.setenv("ATTNSCOPE_MAX_ATLAS_DOCUMENTS", "5")
+    at = _app().run().switch_page("app_pages/head_atlas.py").run()
+    assert not at.exception
+    keys = {w.key for w in at.text_input}
+    assert state.ATLAS_FOLDER not in keys and state.ATLAS_CORPUS not in keys
+    assert at.number_input(key=state.ATLAS_DOCUMENTS).max == 5
+    assert at.number_input(key=state.ATLAS_TOKENS).max == 256
+    next(b for b in at.button if b.label == "Run the atlas").click().run()
+    assert any(e.value == "Upload a corpus first." for e in at.error)

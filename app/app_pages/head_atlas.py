@@ -1,0 +1,190 @@
+"""Head atlas: every head's fingerprint over a corpus. Open an atlas or run a small one, then its maps, table,
+embedding (click a head to see its map on the sample document) and the difference with a second atlas."""
+
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from attnscope.analyses.atlas import EMBEDDINGS
+from attnscope.app import cached, common, state
+from attnscope.models import ModelSpec
+from attnscope.studies import atlas as study
+from attnscope.studies import maps as maps_study
+
+CORPUS_TYPES = ["txt", "md", "jsonl", "csv", "parquet"]
+
+
+def _open(upload, side: str) -> None:
+    """Open an uploaded atlas file as side A or B; a bad file gets one sentence and leaves what is open as it was."""
+    if upload is None or st.session_state[state.ATLAS_OPENED][side] == upload.file_id:
+        return
+    st.session_state[state.ATLAS_OPENED][side] = upload.file_id
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"atlas{Path(upload.name).suffix.lower()}"
+        path.write_bytes(upload.getvalue())
+        _use(path, side, upload.name)
+
+
+def _use(path: Path, side: str, name: str) -> None:
+    try:
+        result = study.open_atlas(path)
+    except (ValueError, OSError) as error:
+        common.say("error", f"{name}: {error}")
+        return
+    st.session_state[state.ATLAS if side == "a" else state.ATLAS_B] = result
+    if side == "a":
+        st.session_state[state.ATLAS_HEAD] = None
+
+
+def _corpus(uploads, folder: Path) -> Path:
+    """The uploaded corpus as a path read_corpus takes: one table file as it is, text files as a folder."""
+    if len(uploads) == 1 and Path(uploads[0].name).suffix.lower() in (".jsonl", ".csv", ".parquet"):
+        path = folder / Path(uploads[0].name).name
+        path.write_bytes(uploads[0].getvalue())
+        return path
+    (folder / "corpus").mkdir()
+    for upload in uploads:
+        (folder / "corpus" / Path(upload.name).name).write_bytes(upload.getvalue())
+    return folder / "corpus"
+
+
+def _run(corpus_uploads, limits) -> None:
+    spec = common.current_spec()
+    loaded = common.load(spec) if spec is not None else None
+    if loaded is None:
+        return
+    documents, tokens = int(st.session_state[state.ATLAS_DOCUMENTS]), int(st.session_state[state.ATLAS_TOKENS])
+    settings = study.Settings(max_tokens=tokens, limit=documents, shard_size=4,
+                              text_column=st.session_state[state.ATLAS_TEXT_COLUMN].strip() or "text")
+    bar = st.progress(0.0, "Fingerprinting the corpus")
+    deadline = time.monotonic() + limits.atlas_seconds
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = _corpus(corpus_uploads, Path(folder)) if corpus_uploads else st.session_state[state.ATLAS_CORPUS]
+        try:
+            with common.model_turn(spec), cached.model_lock(spec):
+                result = study.run(cached.get_handle(spec), corpus, Path(folder) / "atlas", settings=settings,
+                                   deadline=deadline,
+                                   progress=lambda done, message: bar.progress(done, message))
+        except (ValueError, OSError) as error:
+            common.say("error", str(error))
+            return
+        finally:
+            bar.empty()
+    if corpus_uploads:  # not the temporary folder they were written to
+        result.meta["corpus"] = f"{len(corpus_uploads)} uploaded file(s)"
+    if time.monotonic() > deadline:
+        st.info(f"Stopped at the time limit ({limits.atlas_seconds} s) after {result.meta['documents']} documents.")
+    st.session_state[state.ATLAS], st.session_state[state.ATLAS_HEAD] = result, None
+
+
+def _finding(item) -> None:
+    """A finding whose measured sentence may name what an uploaded file says (model, corpus): shown literally."""
+    measured = common.literal(common.policy().public(item.measured))
+    if item.paper is None:
+        st.markdown(f"**{item.topic}.** {measured}")
+        return
+    left, right = st.columns(2)
+    left.markdown(f"**{item.topic}.** Paper: {item.paper}")
+    right.markdown(f"**Measured here:** {measured}")
+
+
+def _clicked() -> None:
+    points = st.session_state[state.ATLAS_CHART].selection.points
+    if points:
+        st.session_state[state.ATLAS_HEAD] = tuple(int(v) for v in points[0]["customdata"])
+
+
+st.title("Head atlas")
+st.caption("Every head's fingerprint over many documents: what a head does across a corpus, not on one text. Large "
+           "corpora run from the command line (`attnscope atlas --engine ray` for a Ray cluster); open the "
+           "atlas.parquet it writes here.")
+limits = common.policy()
+opened, run = st.tabs(["Open an atlas", "Run a small atlas"])
+with opened:
+    _open(st.file_uploader("Atlas file (atlas.parquet or .json written by attnscope)", type=["parquet", "json"],
+                           max_upload_size=limits.max_upload_mb), "a")
+    if not limits.hosted:  # a hosted demo never reads a path a visitor types
+        folder = st.text_input("Or an atlas folder or file on this machine", key=state.ATLAS_FOLDER)
+        if st.button("Open") and folder.strip():
+            _use(Path(folder.strip()).expanduser(), "a", folder.strip())
+with run:
+    st.caption("Runs the sidebar's model in this process on the start of each document (at most "
+               f"{limits.max_atlas_documents} documents of {limits.max_atlas_tokens} tokens, "
+               f"{limits.atlas_seconds} s here).")
+    uploads = st.file_uploader("Corpus: text files, or one .jsonl/.csv/.parquet with a text column",
+                               type=CORPUS_TYPES, accept_multiple_files=True, max_upload_size=limits.max_upload_mb)
+    if not limits.hosted:
+        st.text_input("Or a corpus on this machine (folder, file or datasets folder)", key=state.ATLAS_CORPUS)
+    columns = st.columns(3)
+    columns[0].number_input("Documents", 1, limits.max_atlas_documents, key=state.ATLAS_DOCUMENTS)
+    columns[1].number_input("Tokens per document", 8, limits.max_atlas_tokens, key=state.ATLAS_TOKENS)
+    columns[2].text_input("Text column", key=state.ATLAS_TEXT_COLUMN, max_chars=100)
+    if st.button("Run the atlas", type="primary"):
+        if uploads or (not limits.hosted and st.session_state[state.ATLAS_CORPUS].strip()):
+            _run(uploads[:limits.max_files], limits)
+        else:
+            st.error("Upload a corpus first" + ("." if limits.hosted else ", or type its path on this machine."))
+
+result = st.session_state[state.ATLAS]
+if result is None:
+    st.info("Open an atlas or run a small one to see every head's fingerprint.")
+    st.stop()
+st.subheader(common.literal(f"{result.meta['model']}: {result.meta['documents']} documents"))
+for item in result.findings():
+    _finding(item)
+if st.session_state[state.ATLAS_FIELD] not in result.fields:
+    st.session_state[state.ATLAS_FIELD] = result.fields[0]
+controls = st.columns(2)
+field = controls[0].selectbox("Fingerprint", result.fields, key=state.ATLAS_FIELD, format_func=study.label)
+embeddings = [e for e in EMBEDDINGS if e != "umap" or importlib.util.find_spec("umap")]
+controls[1].radio("Embedding", embeddings, key=state.ATLAS_EMBEDDING, horizontal=True, format_func=str.upper)
+figures = result.figures(field, embedding=st.session_state[state.ATLAS_EMBEDDING])
+left, right = st.columns(2)
+with left:
+    common.chart(figures[f"map-{field}"], key="atlas_map", name=f"atlas-{field}")
+with right:
+    if "embedding" in figures:
+        common.chart(figures["embedding"], key=state.ATLAS_CHART, name="atlas-embedding", on_select=_clicked,
+                     selection_mode="points")
+        st.caption("Click a head to see its map on the atlas's sample document.")
+table = result.to_frame()
+st.dataframe(table[["layer", "head", *result.fields, f"{field}_low", f"{field}_high", f"{field}_count"]],
+             hide_index=True, width="stretch", height=320)
+
+picked = st.session_state[state.ATLAS_HEAD]
+if picked is not None and result.sample:
+    layer, head = picked
+    st.subheader(f"Layer {layer}, head {head} on the sample document")
+    current = common.current_spec()
+    spec = current if current is not None and current.name == result.meta["model"] else ModelSpec(result.meta["model"])
+    loaded = common.load(spec)
+    if loaded is not None:
+        cut = common.cut_for(loaded, requested=result.meta["settings"]["max_tokens"])
+        with common.model_turn(spec), st.spinner("Computing the map"):
+            maps = maps_study.maps(cached.AppSource(spec), result.sample, cut=cut, layer=layer, heads=[head],
+                                   cell_limit=st.session_state[state.CELL_LIMIT])
+        (name, figure), = maps.figures().items()
+        common.chart(figure, key="atlas_head_map", name=f"atlas-{name}")
+
+st.subheader("Compare with a second atlas (B − A)")
+_open(st.file_uploader("Atlas B: a model of the same shape (base vs fine-tuned, two precisions)",
+                       type=["parquet", "json"], max_upload_size=limits.max_upload_mb), "b")
+other = st.session_state[state.ATLAS_B]
+if other is not None:
+    try:
+        difference = result.diff(other)
+    except ValueError as error:
+        common.say("error", str(error))
+    else:
+        for item in difference.findings():
+            _finding(item)
+        common.chart(difference.figures(field)[f"diff-{field}"], key="atlas_diff", name=f"atlas-diff-{field}")
+with tempfile.TemporaryDirectory() as folder:
+    saved = result.save(Path(folder) / "atlas.parquet").read_bytes()
+st.download_button("Atlas (atlas.parquet, reopens here and in attnscope.open)", saved, file_name="atlas.parquet",
+                   on_click="ignore")
+common.report_button("Head atlas", {"model": result.meta["model"], "documents": result.meta["documents"],
+                                    "fingerprint": field}, findings=result.findings())
