@@ -22,8 +22,9 @@ The same pass also gives, per head:
   slope of 1 and a max-weight slope of -1/L; a head whose attention vanishes as the context grows has a positive
   entropy slope and a negative max-weight slope.
 - **Taylor order needed** (paper A): the smallest order n <= TAYLOR_MAX_ORDER whose truncated softmax (exact softmax
-  denominator) reproduces the head's outputs on the first `taylor_tokens` rows with relative error below
-  TAYLOR_TOLERANCE, as on the Softmax vs Taylor page; TAYLOR_MAX_ORDER + 1 when no order up to it does.
+  denominator) reproduces the head's outputs on the first `taylor_tokens` rows (a bidirectional model: every row,
+  since a prefix would change what its early tokens see) with relative error below TAYLOR_TOLERANCE, as on the
+  Softmax vs Taylor page; TAYLOR_MAX_ORDER + 1 when no order up to it does.
 - **N_s/N** (paper B's distinguishability) at N = SATURATION_N on the last COLLAPSE_ROWS rows, as on the context
   collapse page, and whether it lies in the paper's saturated band (0.70-0.85); NaN when a row sees too few keys for
   N = SATURATION_N.

@@ -12,13 +12,13 @@ from plotly.colors import qualitative
 from attnscope.figures.maps import escape
 
 
-def embedding(coords: np.ndarray, labels: np.ndarray, *, n_heads: int, names: Sequence[str], hover: Sequence[str],
-              title: str, axis: str) -> go.Figure:
+def embedding(coords: np.ndarray, labels: np.ndarray, *, n_heads: int, names: Sequence[str],
+              hover: Sequence[Sequence[str]], title: str, axis: str) -> go.Figure:
     """One point per head at `coords` (heads, 2), heads in layer-major order, one trace per cluster.
 
     Args:
         labels: (heads,) cluster of each head; names: each cluster's description.
-        hover: per head, the text shown under its name on hover.
+        hover: per head, the lines shown under its name on hover (plain text).
         axis: what the axes are ("PCA: 41% + 22% of the variance"), shown under the title.
     The points carry customdata (layer, head), so a selection on the page names the head.
     """
@@ -30,8 +30,8 @@ def embedding(coords: np.ndarray, labels: np.ndarray, *, n_heads: int, names: Se
             x=coords[members, 0], y=coords[members, 1], mode="markers",
             name=escape(f"cluster {cluster}: {names[cluster]}"),
             marker={"size": 9, "color": palette[cluster % len(palette)], "line": {"width": 0.5, "color": "white"}},
-            customdata=np.stack([members // n_heads, members % n_heads], 1),
-            text=[escape(str(hover[i])) for i in members],
+            customdata=np.stack([members // n_heads, members % n_heads], 1).tolist(),  # plain pairs for the selection
+            text=["<br>".join(escape(line) for line in hover[i]) for i in members],
             hovertemplate="L%{customdata[0]} H%{customdata[1]}<br>%{text}<extra></extra>",
         ))
     figure.update_layout(title=f"{escape(title)}<br><sup>{escape(axis)}</sup>", height=520, clickmode="event+select",

@@ -415,7 +415,7 @@ class AtlasResult(Result):
         return out
 
     def _taylor_findings(self, total: int) -> list[Finding]:
-        order = self.values("taylor_order")
+        order, settings = self.values("taylor_order"), self.meta["settings"]
         reached = int((order <= fingerprint.TAYLOR_MAX_ORDER).sum())
         median = float(np.nanmedian(order))
         said = f"> {fingerprint.TAYLOR_MAX_ORDER}" if median > fingerprint.TAYLOR_MAX_ORDER else f"{median:.1f}"
@@ -423,7 +423,8 @@ class AtlasResult(Result):
             "Taylor order needed",
             f"{reached} of {total} heads reproduce their outputs within {fingerprint.TAYLOR_TOLERANCE:g} relative error "
             f"by order {fingerprint.TAYLOR_MAX_ORDER} on average over documents (first "
-            f"{self.meta['settings'].get('taylor_tokens')} tokens, exact softmax denominator); median order {said}.",
+            f"{min(settings['taylor_tokens'], settings['max_tokens'])} tokens, exact softmax denominator); median "
+            f"order {said}.",
             "adding orders up to n = 10 nearly matches softmax (Mongaras & Larson).")]
 
     def figures(self, field: str | None = None, embedding: str = "pca") -> dict[str, object]:
@@ -439,8 +440,7 @@ class AtlasResult(Result):
             return out
         n_heads = self.shape[1]
         means = {name: self.values(name).ravel() for name in found.features}
-        hover = ["<br>".join(f"{label(name)} {means[name][i]:.3g}" for name in found.features)
-                 for i in range(len(found.coords))]
+        hover = [[f"{label(name)} {means[name][i]:.3g}" for name in found.features] for i in range(len(found.coords))]
         out["embedding"] = atlas_figures.embedding(
             found.coords, found.labels, n_heads=n_heads, names=found.names, hover=hover, axis=found.axis,
             title=f"Every head of {self.meta['model']}, by its fingerprint")

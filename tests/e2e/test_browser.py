@@ -159,3 +159,48 @@ def test_download_csv_and_html_report(server, browser):
     assert "The capital of France is Paris." in report and "smollm2-135m" in report
     assert report.count('class="plotly-graph-div"') == 1 and "plotly.js v" in report
     page.close()
+
+
+def test_head_atlas_upload_click_a_head_and_diff(server, browser, output_dir, tmp_path):
+    """Upload an atlas written by the API, click a head in the embedding to open its map on the sample document, and
+    upload it again as atlas B: nothing changed, head by head."""
+    import json
+
+    import attnscope
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"{SENTENCE}, said visitor number {i}."}) for i in range(4)))
+    attnscope.atlas(attnscope.load("smollm2-135m"), corpus, tmp_path / "atlas", max_tokens=32)
+    path = str(tmp_path / "atlas" / "atlas.parquet")
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server}/head_atlas")
+    page.get_by_role("heading", name="Head atlas").wait_for(timeout=120_000)
+    uploader = page.locator('[data-testid="stFileUploader"]')
+    uploader.filter(has_text="Atlas file").locator("input[type=file]").set_input_files(path)
+    page.get_by_text("Induction heads.").first.wait_for(timeout=60_000)
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                           ".some(p => p.data && p.data.some(t => (t.name || '').startsWith('cluster')))",
+                           timeout=60_000)
+    position = page.evaluate(
+        """() => {
+            const gd = [...document.querySelectorAll('.js-plotly-plot')]
+                .find(p => p.data && p.data.some(t => (t.name || '').startsWith('cluster')));
+            gd.scrollIntoView({block: 'center'});
+            const index = gd.data.findIndex(t => (t.name || '').startsWith('cluster'));
+            const trace = gd._fullData[index], fl = gd._fullLayout, box = gd.getBoundingClientRect();
+            return {x: box.left + fl._size.l + fl.xaxis.l2p(trace.x[0]),
+                    y: box.top + fl._size.t + fl.yaxis.l2p(trace.y[0]),
+                    layer: trace.customdata[0][0], head: trace.customdata[0][1]};
+        }""")
+    page.mouse.move(position["x"], position["y"])
+    page.mouse.click(position["x"], position["y"])
+    heading = f"Layer {position['layer']}, head {position['head']} on the sample document"
+    page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot .gtitle", has_text=f"Layer {position['layer']}, head {position['head']}").first \
+        .wait_for(timeout=60_000)
+
+    uploader.filter(has_text="Atlas B").locator("input[type=file]").set_input_files(path)
+    page.get_by_text("0 of 270 heads changed").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(output_dir / "e2e-head-atlas.png"), full_page=True)
+    page.close()

@@ -64,18 +64,17 @@ def _titles(root: psutil.Process) -> dict[int, str]:
     return titles
 
 
-def _kill_a_busy_worker(driver: subprocess.Popen, out, deadline: float) -> tuple[int, set[int]]:
-    """Once a shard is written, SIGKILL a map actor that is running a batch; (its pid, every map actor's pid then)."""
+def _kill_a_busy_worker(driver: subprocess.Popen, out, deadline: float) -> int:
+    """Once a shard is written, SIGKILL a map actor that is running a batch; its pid."""
     root = psutil.Process(driver.pid)
     while time.monotonic() < deadline and driver.poll() is None:
         if any(out.glob("shard-*.parquet")):
-            titles = _titles(root)
-            busy = [pid for pid, title in titles.items() if title == BUSY_TITLE]
+            busy = [pid for pid, title in _titles(root).items() if title == BUSY_TITLE]
             if busy:
                 victim = psutil.Process(busy[0])
                 victim.send_signal(signal.SIGKILL)
                 victim.wait(timeout=10)
-                return busy[0], {pid for pid, title in titles.items() if title.startswith(WORKER_TITLE)}
+                return busy[0]
         time.sleep(0.05)
     raise AssertionError("no map actor was seen running a batch after the first shard: nothing was killed")
 
@@ -101,7 +100,7 @@ def test_ray_atlas_recovers_from_a_killed_worker(model, corpus, tmp_path):
         driver = subprocess.Popen([sys.executable, "-c", RAY_RUN, str(corpus), str(out)], stdout=log,
                                   stderr=subprocess.STDOUT)
         try:
-            killed, workers = _kill_a_busy_worker(driver, out, started + RUN_SECONDS)
+            killed = _kill_a_busy_worker(driver, out, started + RUN_SECONDS)
             shards_at_kill = len(list(out.glob("shard-*.parquet")))
             try:
                 driver.wait(timeout=max(1.0, started + RUN_SECONDS - time.monotonic()))
@@ -111,7 +110,6 @@ def test_ray_atlas_recovers_from_a_killed_worker(model, corpus, tmp_path):
         finally:
             _stop(driver)
     assert driver.returncode == 0, log_path.read_text()[-3000:]
-    assert killed in workers and not psutil.pid_exists(killed)
     assert shards_at_kill < N_DOCUMENTS // SHARD_SIZE, "the worker was killed after every batch was written"
 
     ids = [f"corpus.jsonl:{i}" for i in range(1, N_DOCUMENTS + 1)]
