@@ -29,7 +29,7 @@ WORKER_TITLE = "ray::MapWorker(MapBatches(_Fingerprinter))"
 BUSY_TITLE = f"{WORKER_TITLE}.submit"  # the actor is running a batch
 N_DOCUMENTS, MAX_TOKENS, SHARD_SIZE, WORKERS = 30, 48, 3, 2
 ROWS_PER_DOCUMENT = 30 * 9  # SmolLM2-135M: layers x heads
-RUN_SECONDS = 240  # the Ray run takes ~30 s here, worker restart included
+RUN_SECONDS = 240  # the Ray run takes 30-60 s on two shared cores, the worker's restart included
 RAY_RUN = ("import sys, attnscope; attnscope.atlas(attnscope.load('smollm2-135m'), sys.argv[1], sys.argv[2], "
            f"engine='ray', workers={WORKERS}, max_tokens={MAX_TOKENS}, shard_size={SHARD_SIZE})")
 
@@ -45,9 +45,8 @@ def corpus(tmp_path):
     animals = ("cat", "dog", "heron", "otter", "fox", "owl")
     lines = []
     for i in range(N_DOCUMENTS):
-        text = f"Document {i}. The {animals[i % len(animals)]} sat on mat number {i}."
-        text += f" Then it walked to door {i * 7 % 11} and back, twice, before the {animals[(i + 1) % 6]} woke." * (i % 4)
-        lines.append(json.dumps({"text": text}))
+        walk = f" Then it walked to door {i * 7 % 11} and back, twice, before the {animals[(i + 1) % 6]} woke."
+        lines.append(json.dumps({"text": f"Document {i}. The {animals[i % 6]} sat on mat number {i}." + walk * (i % 4)}))
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -83,11 +82,15 @@ def _stop(driver: subprocess.Popen) -> None:
     """Kill the driver and everything it started (its local Ray: GCS, raylet, workers), if still running."""
     if driver.poll() is not None:
         return
-    family = [driver, *(psutil.Process(driver.pid).children(recursive=True))]
+    try:
+        family = psutil.Process(driver.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    driver.kill()
     for process in family:
         try:
             process.kill()
-        except (psutil.NoSuchProcess, ProcessLookupError):
+        except psutil.NoSuchProcess:
             continue
     driver.wait(timeout=30)
 
