@@ -41,12 +41,14 @@ def model():
 
 @pytest.fixture
 def corpus(tmp_path):
-    """N_DOCUMENTS documents of 15 to 70 tokens (cut at MAX_TOKENS), so some batches have slopes and some do not."""
+    """N_DOCUMENTS documents, short (~13 tokens) and long (cut at MAX_TOKENS) by turns of SHARD_SIZE: a batch of short
+    ones has no slope at all (NaN in every row), which Ray must bring back as NaN, not as None."""
     animals = ("cat", "dog", "heron", "otter", "fox", "owl")
     lines = []
     for i in range(N_DOCUMENTS):
         walk = f" Then it walked to door {i * 7 % 11} and back, twice, before the {animals[(i + 1) % 6]} woke."
-        lines.append(json.dumps({"text": f"Document {i}. The {animals[i % 6]} sat on mat number {i}." + walk * (i % 4)}))
+        text = f"Document {i}. The {animals[i % 6]} sat on mat number {i}." + walk * 2 * (i // SHARD_SIZE % 2)
+        lines.append(json.dumps({"text": text}))
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path

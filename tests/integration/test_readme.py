@@ -24,3 +24,4 @@ def test_every_python_block_of_the_readme_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Attention sinks" in printed
     assert (tmp_path / "stats.parquet").exists()
+    assert "L18H6" in printed and (tmp_path / "atlas" / "atlas.parquet").exists()  # the head atlas example
