@@ -9,8 +9,9 @@
                        --seed S] [--chat auto|on|off] --out FILE   (without --out: the continuation and findings)
     attnscope compare  --model M [--model-b M2] --text "..."|--text-file F [--text-b "..."|--text-file-b F2]
                        [--layer L --head H] --out FILE   (side B defaults to side A's model and text)
-    attnscope atlas --corpus PATH --out DIR [--model M] [--engine local|ray] [--address A] [--tokens N] [--limit N]
-                    [--report FILE]   (the findings on stdout; the summary in DIR/atlas.parquet)
+    attnscope atlas --corpus PATH --out DIR [--model M ...] [--engine local|ray] [--address A] [--tokens N ...]
+                    [--limit N] [--report FILE]   (the findings on stdout; the summary in DIR/atlas.parquet; several
+                    models or lengths: one atlas each in DIR/<model>-<N>tok)
     attnscope atlas-diff A B [--out FILE]   (two atlases of same-shape models, B - A per head)
     attnscope app [streamlit options]
 
@@ -186,26 +187,36 @@ def _text_b(args) -> str | None:
 
 
 def _atlas(args) -> int:
+    """One atlas, or one per model and --tokens value in out/<model>-<tokens>tok when several are given."""
     import transformers
 
     import attnscope
+    from attnscope.studies.atlas import safe_label
 
     transformers.utils.logging.disable_progress_bar()
-    progress = _Progress(args.quiet)
-    try:
-        model = attnscope.load(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
-                               progress=progress)
-        result = attnscope.atlas(model, args.corpus, args.out, engine=args.engine, address=args.address,
-                                 workers=args.workers, max_tokens=args.tokens, limit=args.limit, seed=args.seed,
-                                 shard_size=args.shard_size, text_column=args.text_column,
-                                 taylor_tokens=args.taylor_tokens, progress=progress)
-    finally:
-        progress.close()
-    print(f"{result.meta['documents']} documents under {args.out} (summary: {Path(args.out) / 'atlas.parquet'}); "
-          f"{len(result.problems)} left out", file=sys.stderr)
-    for reason in result.problems[:20]:
-        print(f"  left out: {reason}", file=sys.stderr)
-    _show(result, args.report)
+    grid = len(args.model) * len(args.tokens) > 1
+    for name in args.model:
+        for tokens in args.tokens:
+            label = f"{safe_label(name)}-{tokens}tok"
+            out = Path(args.out) / label if grid else Path(args.out)
+            progress = _Progress(args.quiet)
+            try:
+                model = attnscope.load(name, revision=args.revision, device=args.device, dtype=args.dtype,
+                                       progress=progress)
+                result = attnscope.atlas(model, args.corpus, out, engine=args.engine, address=args.address,
+                                         workers=args.workers, max_tokens=tokens, limit=args.limit, seed=args.seed,
+                                         shard_size=args.shard_size, text_column=args.text_column,
+                                         taylor_tokens=args.taylor_tokens, progress=progress)
+            finally:
+                progress.close()
+            print(f"{name}, {tokens} tokens: {result.meta['documents']} documents under {out} (summary: "
+                  f"{out / 'atlas.parquet'}); {len(result.problems)} left out", file=sys.stderr)
+            for reason in result.problems[:20]:
+                print(f"  left out: {reason}", file=sys.stderr)
+            report = args.report
+            if report is not None and grid:
+                report = str(Path(report).with_name(f"{Path(report).stem}-{label}{Path(report).suffix}"))
+            _show(result, report)
     return 0
 
 
@@ -260,8 +271,8 @@ def parser() -> argparse.ArgumentParser:
     prepare.set_defaults(run=_prepare)
 
     atlas = commands.add_parser("atlas", help="every head's fingerprint over a corpus, as resumable Parquet shards")
-    atlas.add_argument("--model", default=DEFAULT_MODEL, help=f"packaged alias, hub id or folder (default: "
-                                                              f"{DEFAULT_MODEL})")
+    atlas.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], help=f"packaged alias, hub id or folder; "
+                       f"several give one atlas each under --out (default: {DEFAULT_MODEL})")
     atlas.add_argument("--revision", default=None, help="hub branch, tag or commit")
     atlas.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or map")
     atlas.add_argument("--dtype", default="auto", choices=tuple(DTYPES))
@@ -273,8 +284,8 @@ def parser() -> argparse.ArgumentParser:
     atlas.add_argument("--address", default=None, help="with --engine ray: join this cluster (default: start a local "
                                                        "Ray instance)")
     atlas.add_argument("--workers", type=int, default=2, help="Ray actors (default: 2)")
-    atlas.add_argument("--tokens", type=int, default=512, help="tokens analysed per document, from its start "
-                                                               "(default: 512)")
+    atlas.add_argument("--tokens", type=int, nargs="+", default=[512], help="tokens analysed per document, from "
+                       "its start; several context lengths give one atlas each under --out (default: 512)")
     atlas.add_argument("--limit", type=int, default=None, help="read at most this many documents")
     atlas.add_argument("--seed", type=int, default=0, help="the induction test's random tokens (default: 0)")
     atlas.add_argument("--shard-size", type=int, default=16, help="documents per Parquet shard (default: 16)")

@@ -52,6 +52,12 @@ class Settings:
     text_column: str = "text"
     taylor_tokens: int = fingerprint.TAYLOR_TOKENS  # rows of each document the Taylor sweep reads
 
+    def __post_init__(self):
+        for name, low in (("max_tokens", 2), ("shard_size", 1), ("taylor_tokens", 1), ("limit", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"{name} must be a whole number of at least {low}; got {value!r}.")
+
 
 def fingerprint_rows(model, documents: Iterable[Document], settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows, problems) for some documents: one row per (document, layer, head), one problem per unusable one."""

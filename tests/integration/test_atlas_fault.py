@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 WORKER_TITLE = "ray::MapWorker(MapBatches(_Fingerprinter))"
 BUSY_TITLE = f"{WORKER_TITLE}.submit"  # the actor is running a batch
-N_DOCUMENTS, MAX_TOKENS, SHARD_SIZE, WORKERS = 30, 48, 3, 2
+N_DOCUMENTS, MAX_TOKENS, SHARD_SIZE, WORKERS = 24, 48, 3, 2
 ROWS_PER_DOCUMENT = 30 * 9  # SmolLM2-135M: layers x heads
 RUN_SECONDS = 240  # the Ray run takes 30-60 s on two shared cores, the worker's restart included
 RAY_RUN = ("import sys, attnscope; attnscope.atlas(attnscope.load('smollm2-135m'), sys.argv[1], sys.argv[2], "

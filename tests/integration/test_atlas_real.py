@@ -109,5 +109,12 @@ def test_cli_atlas_and_its_errors(corpus, tmp_path):
     assert diff.returncode == 0, diff.stderr
     table = pd.read_csv(tmp_path / "diff.csv")
     assert len(table) == 12 * 30 * 9 and table["delta"].dropna().eq(0).all() and not table["significant"].any()
+    grid = cli("--corpus", str(corpus), "--out", str(tmp_path / "grid"), "--tokens", "24", "40", "--limit", "2",
+               "--quiet")
+    assert grid.returncode == 0, grid.stderr
+    assert [attnscope.open(tmp_path / "grid" / f"smollm2_135m-{n}tok").meta["settings"]["max_tokens"]
+            for n in (24, 40)] == [24, 40]
+    zero = cli("--corpus", str(corpus), "--out", str(tmp_path / "z"), "--tokens", "0", "--quiet")
+    assert zero.returncode == 1 and "max_tokens must be a whole number of at least 2; got 0." in zero.stderr
     missing = cli("--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "x"), "--quiet")
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

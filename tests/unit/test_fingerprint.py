@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnscope import engine
-from attnscope.analyses import collapse, fingerprint
+from attnscope.analyses import fingerprint
 from attnscope.capture import run_with_capture
 from tests.unit.tiny_models import VOCAB, WINDOW, build
 
@@ -65,6 +65,8 @@ def test_induction_score_equals_the_captured_probabilities(family):
 # ---- the collapse slopes, the Taylor order and N_s/N, each against a reference computed here from the capture ------
 
 NEW_FIELDS = ("max_weight_slope", "entropy_slope", "taylor_order", "ns_ratio", "saturated")
+# The definitions' numbers, written out rather than read from the module, so that a change to them shows here.
+MIN_KEYS, MAX_ORDER, TOLERANCE, SELECTED, LAST_ROWS, BAND = 32, 10, 1e-2, 16, 8, (0.70, 0.85)
 CAUSAL = ["llama", "gemma2", "gemma3", "gpt_oss", "gpt2"]
 LONG = 80  # tokens: rows 31..79 see >= MIN_KEYS keys under the causal rule, and the last 8 rows see > 16
 BERT_LONG = 160  # prefixes of 40, 80 and 160 tokens all see >= MIN_KEYS keys: three points for the fit
@@ -99,7 +101,7 @@ def _row_max_and_entropy(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _fit_slope(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(H,) numpy.polyfit slope of values (H, n) against log x (n,), over the x >= MIN_KEYS; NaN with < 2 distinct x."""
-    used = x >= fingerprint.MIN_KEYS
+    used = x >= MIN_KEYS
     if len(np.unique(x[used])) < 2:
         return np.full(values.shape[0], np.nan)
     return np.array([np.polyfit(np.log(x[used]), row[used], 1)[0] for row in values])
@@ -120,15 +122,15 @@ def _taylor_order(layer, n_rows: int) -> np.ndarray:
     if layer.sinks is not None:
         denominator = denominator + layer.sinks.double().exp()[:, None, None]
     target = exact @ v / denominator
-    order = np.full(layer.n_heads, fingerprint.TAYLOR_MAX_ORDER + 1)
-    for n in range(fingerprint.TAYLOR_MAX_ORDER, -1, -1):  # downwards: the smallest order that passes is kept
+    order = np.full(layer.n_heads, MAX_ORDER + 1)
+    for n in range(MAX_ORDER, -1, -1):  # downwards: the smallest order that passes is kept
         series = torch.where(visible, sum(s**j / math.factorial(j) for j in range(n + 1)), 0.0)
         error = (series @ v / denominator - target).flatten(1).norm(dim=-1) / target.flatten(1).norm(dim=-1)
-        order[(error < fingerprint.TAYLOR_TOLERANCE).numpy()] = n
+        order[(error < TOLERANCE).numpy()] = n
     return order
 
 
-def _ns_ratio(layer, n_selected: int = 16, n_rows: int = 8) -> np.ndarray:
+def _ns_ratio(layer, n_selected: int = SELECTED, n_rows: int = LAST_ROWS) -> np.ndarray:
     """(H,) N_s/N (paper B, Theorem 2's count) averaged over the last n_rows rows: I_N the N largest weights,
     s = sum_{i in I_N} alpha_i v_i, r = min over visible j outside I_N of ||alpha_j v_j - s||, N_s the i in I_N with
     ||alpha_i v_i - s|| <= r. A learned sink is one more cell with a zero vector. NaN when a row sees <= N cells."""
@@ -162,7 +164,7 @@ def test_collapse_slopes_equal_a_fit_over_the_captured_rows(family):
     for index in sorted(capture.layers):
         layer = capture.layer(index)
         n_keys, max_weight, entropy = _row_max_and_entropy(layer)
-        if layer.window is not None and layer.window < fingerprint.MIN_KEYS:
+        if layer.window is not None and layer.window < MIN_KEYS:
             assert np.isnan(found["max_weight_slope"][index]).all(), f"{family} {index}: window {layer.window}"
             assert np.isnan(found["entropy_slope"][index]).all(), f"{family} {index}: window {layer.window}"
             continue
@@ -212,7 +214,7 @@ def test_taylor_order_equals_the_truncated_series_on_the_first_rows(family):
     if family in ("gemma2", "gemma3"):  # so a fingerprint that read every row instead would fail here
         assert prefix_matters
     if family == "gpt_oss":  # sharp logits and sinks: no order up to 10 is close enough
-        assert (found["taylor_order"] == fingerprint.TAYLOR_MAX_ORDER + 1).all()
+        assert (found["taylor_order"] == MAX_ORDER + 1).all()
 
 
 def test_bidirectional_taylor_order_when_every_row_is_read():
@@ -239,14 +241,14 @@ def test_ns_ratio_and_saturation_equal_the_distinguishable_count(family):
     """N_s/N at N = 16 over the last 8 rows, against the count written out here; NaN in a layer whose window (8)
     leaves no row 17 cells."""
     _, _, found, capture = _measured(family, BERT_LONG if family == "bert" else LONG, TAYLOR_ROWS)
-    low, high = collapse.SATURATED_BAND
+    low, high = BAND
     for index in sorted(capture.layers):
         expected = _ns_ratio(capture.layer(index))
         np.testing.assert_allclose(found["ns_ratio"][index], expected, rtol=0, atol=1e-6, err_msg=f"{family} {index}")
         band = np.where(np.isnan(expected), np.nan, (expected >= low) & (expected <= high))
         np.testing.assert_array_equal(found["saturated"][index], band, err_msg=f"{family} {index}")
         window = capture.layer(index).window
-        assert np.isnan(found["ns_ratio"][index]).all() == (window is not None and window <= 16)
+        assert np.isnan(found["ns_ratio"][index]).all() == (window is not None and window <= SELECTED)
 
 
 def test_saturated_marks_exactly_the_heads_in_the_band():
@@ -254,7 +256,7 @@ def test_saturated_marks_exactly_the_heads_in_the_band():
     _, _, found, capture = _measured("gpt_neox", LONG, TAYLOR_ROWS, seed=2)
     expected = np.stack([_ns_ratio(capture.layer(i)) for i in sorted(capture.layers)])
     np.testing.assert_allclose(found["ns_ratio"], expected, rtol=0, atol=1e-6)
-    low, high = collapse.SATURATED_BAND
+    low, high = BAND
     inside = (expected >= low) & (expected <= high)
     assert inside.any() and not inside.all()
     np.testing.assert_array_equal(found["saturated"], inside.astype(np.float32))
@@ -268,15 +270,17 @@ def test_short_text_has_no_slope_and_no_ns_ratio(family):
     for name in ("max_weight_slope", "entropy_slope", "ns_ratio", "saturated"):
         assert np.isnan(found[name]).all(), name
     order = found["taylor_order"]
-    assert np.isin(order, np.arange(fingerprint.TAYLOR_MAX_ORDER + 2)).all()
+    assert np.isin(order, np.arange(MAX_ORDER + 2)).all()
     assert all(found[name].shape == found["entropy"].shape for name in NEW_FIELDS)
 
 
 def test_log_slope_fits_only_the_rows_with_enough_keys():
     n_keys = torch.arange(1, 101, dtype=torch.float64)
-    slopes = torch.tensor([0.5, -2.0])[:, None]
-    values = 3.0 + slopes * n_keys.log()  # exactly linear in log n
-    values[:, : fingerprint.MIN_KEYS - 1] = 1e6  # rows under MIN_KEYS keys: must be left out
-    np.testing.assert_allclose(fingerprint.log_slope(n_keys, values).numpy(), [0.5, -2.0], rtol=1e-6)
+    values = 3.0 + torch.tensor([0.5, -2.0])[:, None] * n_keys.log()  # exactly linear in log n
+    values[:, : MIN_KEYS - 1] = 1e6  # rows seeing fewer than MIN_KEYS keys: left out
+    values[:, MIN_KEYS - 1] += 1.0  # the row seeing exactly MIN_KEYS keys: in, and off the line
+    expected = _fit_slope(n_keys.numpy(), values.numpy())
+    assert abs(expected[0] - 0.5) > 1e-3  # the row at MIN_KEYS moves the fit
+    np.testing.assert_allclose(fingerprint.log_slope(n_keys, values).numpy(), expected, rtol=1e-6)
     assert torch.isnan(fingerprint.log_slope(torch.full((50,), 40.0), values[:, :50])).all()  # one length only
     assert torch.isnan(fingerprint.log_slope(torch.arange(1.0, 20.0), values[:, :19])).all()  # none has 32 keys
