@@ -62,7 +62,8 @@ def summarise(rows: pd.DataFrame, n_layers: int, n_heads: int) -> Summary:
     def grid(frame: pd.DataFrame) -> np.ndarray:  # (L*H, F) frame -> (F, L, H)
         return frame.reindex(index)[list(fields)].to_numpy(np.float64).T.reshape(len(fields), n_layers, n_heads)
 
-    mean, std, count = grid(grouped.mean()), grid(grouped.std(ddof=1)), grid(grouped.count())
+    mean, std = grid(grouped.mean()), grid(grouped.std(ddof=1))
+    count = np.nan_to_num(grid(grouped.count()))  # a head with no rows at all: 0 documents
     with np.errstate(invalid="ignore", divide="ignore"):
         half = stats.t.ppf(0.5 + CONFIDENCE / 2, count - 1) * std / np.sqrt(count)
     return Summary(fields=fields, mean=mean, std=std, low=mean - half, high=mean + half,

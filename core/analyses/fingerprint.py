@@ -22,16 +22,18 @@ The same pass also gives, per head:
   slope of 1 and a max-weight slope of -1/L; a head whose attention vanishes as the context grows has a positive
   entropy slope and a negative max-weight slope.
 - **Taylor order needed** (paper A): the smallest order n <= TAYLOR_MAX_ORDER whose truncated softmax (exact softmax
-  denominator) reproduces the head's outputs on the first `taylor_tokens` rows (a bidirectional model: every row,
-  since a prefix would change what its early tokens see) with relative error below TAYLOR_TOLERANCE, as on the
-  Softmax vs Taylor page; TAYLOR_MAX_ORDER + 1 when no order up to it does.
-- **N_s/N** (paper B's distinguishability) at N = SATURATION_N on the last COLLAPSE_ROWS rows, as on the context
+  denominator) reproduces the head's outputs on the first `taylor_tokens` rows (a bidirectional model's rows still
+  seeing every key) with relative error below TAYLOR_TOLERANCE, as on the Softmax vs Taylor page; TAYLOR_MAX_ORDER
+  + 1 when no order up to it does.
+- **N_s/N** (paper B's distinguishability) at N = SATURATION_N on the last COLLAPSE_ROWS rows (fewer in texts under
+  4 COLLAPSE_ROWS tokens: the collapse analysis reads at most a quarter of a causal text's rows), as on the context
   collapse page, and whether it lies in the paper's saturated band (0.70-0.85); NaN when a row sees too few keys for
   N = SATURATION_N.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -97,7 +99,11 @@ def _per_layer(layer: LayerCapture, stats: kernels.AttentionStats, taylor_tokens
     n_keys = maps.visible_keys(layer)[0]  # (T,): a padding mask would differ per head, but the atlas never pads
     out = {"max_weight_slope": log_slope(n_keys, stats.max_weight[0]),
            "entropy_slope": log_slope(n_keys, stats.entropy[0])}
-    part = layer.prefix(taylor_tokens) if layer.causal and layer.mask is None else layer
+    if layer.causal and layer.mask is None:
+        part = layer.prefix(taylor_tokens)
+    else:  # bidirectional: the first rows, each still seeing every key (a prefix would change what they see)
+        part = dataclasses.replace(layer, q=layer.q[:, :, :taylor_tokens],
+                                   mask=None if layer.mask is None else layer.mask[..., :taylor_tokens, :])
     sweep = taylor.sweep_layer(part, max_order=TAYLOR_MAX_ORDER)
     needed = taylor.order_needed(sweep.error[TAYLOR_DENOMINATOR], TAYLOR_TOLERANCE)
     out[TAYLOR_ORDER] = torch.from_numpy(np.where(needed < 0, TAYLOR_MAX_ORDER + 1, needed).astype(np.float32))
