@@ -1,11 +1,12 @@
 """The head atlas on Ray: Ray Data hands batches of documents to actors that each load the model once.
 
 The driver reads the corpus (only what no shard holds yet), Ray Data maps batches of `shard_size` documents through
-`workers` actors (a fractional CPU each, so Ray Data's own tasks always find one on a small machine), and the driver
-writes each batch that comes back as one shard, as the local engine does. A worker that dies has its batch run again
-by Ray (actor restarts and task retries), and a batch is written once, when it arrives, so no document is counted
-twice. `address` joins an existing cluster ("auto" or "ray://host:10001"); without it a local Ray instance starts and
-is shut down at the end.
+`workers` actors (a GPU each when the cluster has GPUs, else a fractional CPU each, so Ray Data's own tasks always
+find one on a small machine), and the driver writes each batch that comes back as one shard, as the local engine
+does. A worker that dies has its batch run again by Ray: Ray Data creates its map actors with max_restarts=-1 and max_task_retries=-1 unless told otherwise, so the
+actor restarts (loading the model again) and the batch it held is retried (tests/integration/test_atlas_fault.py kills
+one mid-run). A batch is written once, when it arrives, so no document is counted twice. `address` joins an existing
+cluster ("auto" or "ray://host:10001"); without it a local Ray instance starts and is shut down at the end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from attnscope.corpus import Document
 from attnscope.studies import atlas
 
 WORKER_CPUS = 0.5  # per actor: leaves room for Ray Data's read and split tasks on a 2-core machine
+
+
+def placement(spec, workers: int, cluster: dict[str, float]):
+    """(the spec each actor loads, actors, their resources): one GPU per actor when the cluster has GPUs and the
+    model may run on one (device auto, cuda or cuda:N; Ray gives each actor its own GPU as cuda:0), as many actors as
+    there are GPUs at most (more would wait for one forever); else a fractional CPU each."""
+    from dataclasses import replace
+
+    gpus = int(cluster.get("GPU", 0))
+    if gpus and (spec.device == "auto" or spec.device.startswith("cuda")):
+        return replace(spec, device="cuda"), min(workers, gpus), {"num_gpus": 1}
+    return spec, workers, {"num_cpus": WORKER_CPUS}
 
 
 class _Fingerprinter:
@@ -63,11 +76,11 @@ def run(spec, documents: Iterable[Document], out: Path, settings, *, address: st
         else:
             ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     try:
+        spec, workers, resources = placement(spec, workers, ray.cluster_resources())
         threads = max(1, int((os.cpu_count() or 1) // max(1, workers)))
         results = ray.data.from_items(items).map_batches(
             _Fingerprinter, fn_constructor_args=(spec, settings, threads), batch_size=settings.shard_size,
-            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=WORKER_CPUS,
-            max_restarts=-1, max_task_retries=-1)  # (ray_remote_args: deprecated in Ray 2.60, still honoured)
+            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), **resources)
         done = 0
         for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
             batch = table.to_pandas()  # the local engine's numpy dtypes, NaN where Arrow holds a null

@@ -319,3 +319,18 @@ def test_atlas_diff_of_a_shifted_atlas_flags_every_head():
     assert not diff.values("ns_ratio", "significant")[2, 1]  # one document on each side: no test
     with pytest.raises(ValueError, match="not 'nonsense'"):
         diff.values("nonsense")
+
+
+def test_ray_actors_take_a_gpu_each_when_the_cluster_has_gpus():
+    """The Ray engine's placement: a GPU per actor (at most one actor per GPU) where the model may use one, else a
+    fractional CPU; a model asked for on the CPU stays there."""
+    from attnscope.models import ModelSpec
+    from attnscope.studies.atlas_ray import WORKER_CPUS, placement
+
+    spec = ModelSpec("smollm2-135m")
+    assert placement(spec, 4, {"CPU": 2.0}) == (spec, 4, {"num_cpus": WORKER_CPUS})
+    gpu_spec, actors, resources = placement(spec, 4, {"CPU": 16.0, "GPU": 2.0})
+    assert (gpu_spec.device, actors, resources) == ("cuda", 2, {"num_gpus": 1})
+    assert placement(ModelSpec("smollm2-135m", device="cuda:1"), 1, {"GPU": 8.0})[0].device == "cuda"
+    on_cpu = ModelSpec("smollm2-135m", device="cpu")
+    assert placement(on_cpu, 2, {"GPU": 8.0}) == (on_cpu, 2, {"num_cpus": WORKER_CPUS})
