@@ -379,9 +379,10 @@ class AtlasResult(Result):
                 "induction heads attend from a repeated token to the token that followed its earlier occurrence "
                 "(Olsson et al. 2022)."))
         strong = int((self.values("previous_token") > PREVIOUS_TOKEN_HEAD).sum())
-        out.append(Finding("Previous-token heads", f"{strong} of {total} heads put more than {PREVIOUS_TOKEN_HEAD} of "
-                                                   f"their weight on the previous token, on average over documents; the "
-                                                   f"strongest: {self.strongest('previous_token')}."))
+        out.append(Finding("Previous-token heads",
+                           f"{strong} of {total} heads put more than {PREVIOUS_TOKEN_HEAD} of their weight on the "
+                           f"previous token, on average over documents; the strongest: "
+                           f"{self.strongest('previous_token')}."))
         strong = int((self.values("sink_mass") > SINK_HEAD).sum())
         out.append(Finding("First-token sinks", f"{strong} of {total} heads put more than {SINK_HEAD} of their weight "
                                                 f"on the first token; the strongest: {self.strongest('sink_mass')}."))
@@ -427,8 +428,8 @@ class AtlasResult(Result):
         said = f"> {fingerprint.TAYLOR_MAX_ORDER}" if median > fingerprint.TAYLOR_MAX_ORDER else f"{median:.1f}"
         return [Finding(
             "Taylor order needed",
-            f"{reached} of {total} heads reproduce their outputs within {fingerprint.TAYLOR_TOLERANCE:g} relative error "
-            f"by order {fingerprint.TAYLOR_MAX_ORDER} on average over documents (first "
+            f"{reached} of {total} heads reproduce their outputs within {fingerprint.TAYLOR_TOLERANCE:g} relative "
+            f"error by order {fingerprint.TAYLOR_MAX_ORDER} on average over documents (first "
             f"{min(settings['taylor_tokens'], settings['max_tokens'])} tokens, exact softmax denominator); median "
             f"order {said}.",
             "adding orders up to n = 10 nearly matches softmax (Mongaras & Larson).")]

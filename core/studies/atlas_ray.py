@@ -3,10 +3,11 @@
 The driver reads the corpus (only what no shard holds yet), Ray Data maps batches of `shard_size` documents through
 `workers` actors (a GPU each when the cluster has GPUs, else a fractional CPU each, so Ray Data's own tasks always
 find one on a small machine), and the driver writes each batch that comes back as one shard, as the local engine
-does. A worker that dies has its batch run again by Ray: Ray Data creates its map actors with max_restarts=-1 and max_task_retries=-1 unless told otherwise, so the
-actor restarts (loading the model again) and the batch it held is retried (tests/integration/test_atlas_fault.py kills
-one mid-run). A batch is written once, when it arrives, so no document is counted twice. `address` joins an existing
-cluster ("auto" or "ray://host:10001"); without it a local Ray instance starts and is shut down at the end.
+does. A worker that dies has its batch run again by Ray: Ray Data creates its map actors with max_restarts=-1 and
+max_task_retries=-1 unless told otherwise, so the actor restarts (loading the model again) and the batch it held is
+retried (tests/integration/test_atlas_fault.py kills one mid-run). A batch is written once, when it arrives, so no
+document is counted twice. `address` joins an existing cluster ("auto" or "ray://host:10001"); without it a local Ray
+instance starts and is shut down at the end.
 """
 
 from __future__ import annotations
