@@ -144,7 +144,8 @@ def main() -> None:
 
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                   f"({platform.platform()}); shared with other work while measured, see load_average_before",
+                   f"({platform.platform()}); load_average_before: the machine's load (this benchmark's own "
+                   "children included) before each measurement",
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -578,3 +578,23 @@ def test_hosted_head_atlas_reads_no_path_and_caps_runs(monkeypatch):
     assert at.number_input(key=state.ATLAS_TOKENS).max == 256
     next(b for b in at.button if b.label == "Run the atlas").click().run()
     assert any(e.value == "Upload a corpus first." for e in at.error)
+
+
+def test_head_atlas_run_stops_at_the_time_limit(tmp_path, monkeypatch):
+    """A run in the app starts no batch after ATTNSCOPE_ATLAS_SECONDS: what it finished is shown, with a sentence.
+    (Documents of 256 tokens: one batch of four takes several seconds, well past the 1 s limit.)"""
+    from attnscope.analyses.collapse import builtin_text
+
+    monkeypatch.setenv("ATTNSCOPE_ATLAS_SECONDS", "1")
+    corpus = tmp_path / "manual.jsonl"
+    texts = [p for p in builtin_text().split("\n\n") if len(p) > 2000][:8]
+    corpus.write_text("\n".join(json.dumps({"text": text}) for text in texts))
+    at = _app().run().switch_page("app_pages/head_atlas.py").run()
+    at.text_input(key=state.ATLAS_CORPUS).input(str(corpus)).run()
+    at.number_input(key=state.ATLAS_DOCUMENTS).set_value(8).run()
+    at.number_input(key=state.ATLAS_TOKENS).set_value(256).run()
+    next(b for b in at.button if b.label == "Run the atlas").click().run()
+    assert not at.exception
+    assert any(i.value.startswith("Stopped at the time limit (1 s) after 4 documents") for i in at.info), \
+        [i.value for i in at.info]
+    assert at.session_state[state.ATLAS].meta["documents"] == 4  # the first batch (shards of 4 in the app)
