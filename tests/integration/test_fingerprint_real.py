@@ -36,6 +36,10 @@ def test_smollm2_has_induction_heads_and_they_need_the_repeat(model):
 def test_document_fingerprint_of_a_text(model):
     found = fingerprint.document_fingerprint(model.module, model.tokenize(
         "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is").as_tensor())
-    assert set(found) == {*fingerprint.STATISTICS, "previous_token"}
-    assert all(values.shape == (30, 9) and np.isfinite(values).all() for values in found.values())
+    assert set(found) == {*fingerprint.STATISTICS, "previous_token", *fingerprint.SLOPES, fingerprint.TAYLOR_ORDER,
+                          fingerprint.RATIO, fingerprint.SATURATED}
+    assert all(values.shape == (30, 9) for values in found.values())
+    assert all(np.isfinite(found[name]).all() for name in (*fingerprint.STATISTICS, "previous_token", "taylor_order"))
     assert found["previous_token"].max() > 0.5  # SmolLM2 has previous-token heads
+    # About 20 tokens: no row sees the 32 keys a slope needs, nor enough for N_s/N at N = 16.
+    assert all(np.isnan(found[name]).all() for name in (*fingerprint.SLOPES, fingerprint.RATIO, fingerprint.SATURATED))

@@ -25,11 +25,15 @@ def test_hosted_defaults_and_overrides():
                               "ATTNSCOPE_MAX_TOKENS": "512", "ATTNSCOPE_MAX_UPLOAD_MB": "1", "ATTNSCOPE_MAX_FILES": "3",
                               "ATTNSCOPE_MAX_PROMPTS": "50", "ATTNSCOPE_MAX_LIBRARY_MB": "4",
                               "ATTNSCOPE_MAX_BATCH": "5", "ATTNSCOPE_MAX_NEW_TOKENS": "16",
-                              "ATTNSCOPE_GENERATION_SECONDS": "9"})
+                              "ATTNSCOPE_GENERATION_SECONDS": "9", "ATTNSCOPE_MAX_ATLAS_DOCUMENTS": "7",
+                              "ATTNSCOPE_MAX_ATLAS_TOKENS": "99", "ATTNSCOPE_ATLAS_SECONDS": "30"})
     assert policy == Policy(hosted=True, allowed_models=("gpt2", "org/model@v1.0"), max_tokens=512, max_upload_mb=1,
                             max_files=3, max_prompts=50, max_library_mb=4, max_batch=5, max_new_tokens=16,
-                            generation_seconds=9)
+                            generation_seconds=9, max_atlas_documents=7, max_atlas_tokens=99, atlas_seconds=30)
     assert (hosted.max_new_tokens, hosted.generation_seconds) == (64, 60)
+    assert (hosted.max_atlas_documents, hosted.max_atlas_tokens, hosted.atlas_seconds) == (16, 256, 120)
+    local = policy_from_env({})
+    assert (local.max_atlas_documents, local.max_atlas_tokens, local.atlas_seconds) == (1000, 2048, 3600)
     assert policy_from_env({"ATTNSCOPE_MAX_NEW_TOKENS": "99999"}).max_new_tokens == 4096  # the settings' ceiling
     assert [(s.name, s.revision) for s in policy.hub_models()] == [("gpt2", None), ("org/model", "v1.0")]
     policy.check(ModelSpec("smollm2-135m"))
