@@ -126,6 +126,21 @@ def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | N
     return sinks.float()
 
 
+def check_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, *, causal: bool, mask, softcap,
+               window, sinks) -> dict:
+    """Every kernel's check of q/k/v and the rule they run under: mask as a 4-D bool view, softcap as a float, window
+    as an int, sinks as fp32 (Hq,), returned as keyword arguments; ValueError naming what does not fit."""
+    check_qkv(q, k, v, causal=causal and mask is None)
+    mask = check_mask(mask, q, k)
+    return dict(mask=mask, softcap=check_softcap(softcap), window=check_window(window, causal=causal, mask=mask),
+                sinks=check_sinks(sinks, q))
+
+
+def unsupported_by_triton(rule: dict) -> str | None:
+    """What a checked rule holds that the Triton kernels do not take (resolve_backend's `unsupported`)."""
+    return "explicit mask" if rule["mask"] is not None else None
+
+
 def default_scale(scale: float | None, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 

@@ -10,15 +10,7 @@ import torch
 
 from attnscope.kernels.attention_stats import chunked
 from attnscope.kernels.attention_stats.naive import AttentionStats
-from attnscope.kernels.utils import (
-    check_mask,
-    check_qkv,
-    check_sinks,
-    check_softcap,
-    check_window,
-    default_scale,
-    resolve_backend,
-)
+from attnscope.kernels.utils import check_rule, default_scale, resolve_backend, unsupported_by_triton
 
 __all__ = ["AttentionStats", "attention_stats"]
 
@@ -62,18 +54,16 @@ def attention_stats(
         -1 where it holds the largest weight. A row that sees no key (only under a mask) has lse -inf and zero
         weights, or all its weight on the sink cell (see naive.py).
     """
-    check_qkv(q, k, v, causal=causal and mask is None)
+    rule = check_rule(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
     if topk < 0 or topk > k.shape[2]:
         raise ValueError(f"topk must be in 0..S={k.shape[2]}; got {topk}.")
-    mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
-    window, sinks = check_window(window, causal=causal, mask=mask), check_sinks(sinks, q)
     scale = default_scale(scale, q.shape[-1])
-    if resolve_backend(backend, q.device, unsupported="explicit mask" if mask is not None else None) == "torch":
-        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk, mask=mask, softcap=softcap,
-                                       argmax=argmax, window=window, sinks=sinks)
+    if resolve_backend(backend, q.device, unsupported=unsupported_by_triton(rule)) == "torch":
+        return chunked.attention_stats(q, k, v, causal=causal, scale=scale, topk=topk, argmax=argmax, **rule)
     from attnscope.kernels.attention_stats import fused  # imports triton
 
-    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk, window=window, sinks=sinks, softcap=softcap)
+    stats = fused._launch(q, k, v, causal=causal, scale=scale, topk=topk, window=rule["window"], sinks=rule["sinks"],
+                          softcap=rule["softcap"])
     if not argmax:
         stats.argmax = None
     return stats

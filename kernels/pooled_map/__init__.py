@@ -9,15 +9,7 @@ from __future__ import annotations
 import torch
 
 from attnscope.kernels.pooled_map import chunked
-from attnscope.kernels.utils import (
-    check_mask,
-    check_qkv,
-    check_sinks,
-    check_softcap,
-    check_window,
-    default_scale,
-    resolve_backend,
-)
+from attnscope.kernels.utils import check_rule, default_scale, resolve_backend, unsupported_by_triton
 
 __all__ = ["REDUCTIONS", "pooled_attention_map"]
 
@@ -60,18 +52,16 @@ def pooled_attention_map(
     Returns:
         (B, Hq, ceil(T/block), ceil(S/block)) fp32; NaN for tiles with no visible cell.
     """
-    check_qkv(q, k, causal=causal and mask is None)
+    rule = check_rule(q, k, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
     if block < 1:
         raise ValueError(f"block must be >= 1; got {block}.")
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
-    mask, softcap = check_mask(mask, q, k), check_softcap(softcap)
-    window, sinks = check_window(window, causal=causal, mask=mask), check_sinks(sinks, q)
     scale = default_scale(scale, q.shape[-1])
-    options = dict(block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink, softcap=softcap,
-                   window=window, sinks=sinks)
-    if resolve_backend(backend, q.device, unsupported="explicit mask" if mask is not None else None) == "torch":
-        return chunked.pooled_attention_map(q, k, mask=mask, **options)
+    options = dict(block=block, reduce=reduce, causal=causal, scale=scale, hide_sink=hide_sink,
+                   softcap=rule["softcap"], window=rule["window"], sinks=rule["sinks"])
+    if resolve_backend(backend, q.device, unsupported=unsupported_by_triton(rule)) == "torch":
+        return chunked.pooled_attention_map(q, k, mask=rule["mask"], **options)
     from attnscope.kernels.pooled_map import fused  # imports triton
 
     return fused._launch(q, k, **options)

@@ -13,15 +13,7 @@ import torch
 from attnscope.kernels.attention_stats import attention_stats
 from attnscope.kernels.taylor import chunked
 from attnscope.kernels.taylor.naive import DENOMINATORS, LOGIT_BINS, LOGIT_RANGE, TaylorSweep, logit_bin_edges
-from attnscope.kernels.utils import (
-    check_mask,
-    check_qkv,
-    check_sinks,
-    check_softcap,
-    check_window,
-    default_scale,
-    resolve_backend,
-)
+from attnscope.kernels.utils import check_rule, default_scale, resolve_backend, unsupported_by_triton
 
 __all__ = ["DENOMINATORS", "LOGIT_BINS", "LOGIT_RANGE", "MAX_ORDER", "TaylorSweep", "logit_bin_edges",
            "taylor_attention", "taylor_error", "taylor_sweep"]
@@ -36,19 +28,6 @@ def _check_taylor(order: int, denominator: str, clamp) -> None:
         raise ValueError(f"denominator must be one of {DENOMINATORS}; got {denominator!r}.")
     if isinstance(clamp, (tuple, list)) and (len(clamp) != 2 or clamp[0] > clamp[1]):
         raise ValueError(f"clamp must be a number (upper bound) or a pair (low, high) with low <= high; got {clamp}.")
-
-
-def _check_model(q, k, v, *, causal: bool, mask, softcap, window, sinks) -> dict:
-    """The validated model arguments (mask as a 4-D view, sinks as fp32), or ValueError naming what does not fit."""
-    check_qkv(q, k, v, causal=causal and mask is None)
-    mask = check_mask(mask, q, k)
-    return dict(mask=mask, softcap=check_softcap(softcap), window=check_window(window, causal=causal, mask=mask),
-                sinks=check_sinks(sinks, q))
-
-
-def _unsupported(model: dict) -> str | None:
-    """What the Triton kernel does not take: only the explicit mask (resolve_backend's `unsupported`)."""
-    return "explicit mask" if model["mask"] is not None else None
 
 
 def taylor_attention(
@@ -91,11 +70,11 @@ def taylor_attention(
     Returns:
         (B, Hq, T, Dv) fp32 (Taylor outputs can leave the fp16 range).
     """
-    model = _check_model(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
+    model = check_rule(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
     _check_taylor(order, denominator, clamp)
     scale = default_scale(scale, q.shape[-1])
     options = dict(order=order, denominator=denominator, clamp=clamp, causal=causal, scale=scale)
-    if resolve_backend(backend, q.device, unsupported=_unsupported(model)) == "torch":
+    if resolve_backend(backend, q.device, unsupported=unsupported_by_triton(model)) == "torch":
         return chunked.taylor_attention(q, k, v, **options, **model)
     from attnscope.kernels.taylor import fused  # imports triton
 
@@ -128,7 +107,7 @@ def taylor_error(
     Returns:
         (len(orders), B, Hq, T) fp32.
     """
-    model = _check_model(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
+    model = check_rule(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
     for order in orders:
         _check_taylor(order, denominator, clamp)
     target = attention_stats(q, k, v, causal=causal, scale=scale, **model, backend=backend).output.float()
@@ -168,11 +147,11 @@ def taylor_sweep(
     in one fp64 pass over chunks of rows; the Triton path measures the errors with the taylor_attention kernel (fp32)
     and the diagnostics with a chunked pass on the GPU.
     """
-    model = _check_model(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
+    model = check_rule(q, k, v, causal=causal, mask=mask, softcap=softcap, window=window, sinks=sinks)
     _check_taylor(max_order, "taylor", clamp)
     scale = default_scale(scale, q.shape[-1])
     options = dict(max_order=max_order, clamp=clamp, causal=causal, scale=scale)
-    if resolve_backend(backend, q.device, unsupported=_unsupported(model)) == "torch":
+    if resolve_backend(backend, q.device, unsupported=unsupported_by_triton(model)) == "torch":
         return chunked.taylor_sweep(q, k, v, **options, **model)
     sweep = chunked.taylor_sweep(q, k, v, **options, **model, dtype=torch.float32, errors=False)
     for name in DENOMINATORS:
