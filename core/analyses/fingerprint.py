@@ -140,7 +140,9 @@ def _prefix_slopes(model: torch.nn.Module, input_ids: torch.Tensor, run) -> dict
     """A bidirectional model's slopes: each pass's mean over rows at T/4, T/2 (at least MIN_KEYS tokens) and T."""
     n_tokens = input_ids.shape[1]
     lengths = [n for n in (n_tokens // 4, n_tokens // 2) if n >= MIN_KEYS] + [n_tokens]
-    runs = [_run(model, input_ids[:, :n], 1, None)[0] for n in lengths[:-1]] + [run]
+    from attnscope import engine
+
+    runs = [engine.run(model, input_ids[:, :n]) for n in lengths[:-1]] + [run]  # statistics only
     x = torch.tensor(lengths, dtype=torch.float64)
     out = {}
     for name, field in (("max_weight_slope", "max_weight"), ("entropy_slope", "entropy")):

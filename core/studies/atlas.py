@@ -346,6 +346,14 @@ class AtlasResult(Result):
         return pd.DataFrame(columns)
 
     def embedding(self, method: str = "pca") -> Embedding:
+        """Every head in 2-D with its cluster; computed once per method for this result (the page draws it on every
+        rerun, and k-means over every k takes a good part of a second)."""
+        memo = self.__dict__.setdefault("_embeddings", {})  # not a field: never saved, never compared
+        if method not in memo:
+            memo[method] = self._embedding(method)
+        return memo[method]
+
+    def _embedding(self, method: str) -> Embedding:
         values, names = analysis.features(self.summary.mean, self.fields)
         if len(values) < MIN_CLUSTER_HEADS or not names:
             raise ValueError(f"{len(values)} heads with {len(names)} varying fields: too few to embed.")
