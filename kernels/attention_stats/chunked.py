@@ -20,12 +20,13 @@ the sums by exp(r - r') and turns the entropy sum E into exp(r - r') (E + (r - r
 of the row sums and the running maximum m, computed once for all rows at the end: lse = r + log l, entropy =
 log l - E / l, max weight = exp(m - lse), sink mass = w_0 / l, output = (w @ V) / l. The mean distance splits at f, the
 position of the block's first row: over keys j <= f, |p - j| = (p - f) + (f - j) is a sum of two non-negative terms
-(the matmul columns above; no cancellation, unlike p - E[j]); tiles of keys after f (under the causal rule only the
-diagonal ones) add sum w |p - j| written out. Key tiles no row of a block sees are skipped: those past the causal
-frontier, those left of a sliding window, and those outside the span an explicit mask opens for the block. A row
-that sees no key has l = 0 and all-zero statistics. Learned sinks join at the end: r -> r' = max(r, z), l -> alpha l +
-exp(z - r'), E -> alpha (E + (r - r') l) + exp(z - r') (z - r') with alpha = exp(r - r'), and the row sums over the
-keys are weighted by alpha / l'.
+(the matmul columns above; no cancellation, unlike p - E[j]); tiles of keys after f add sum w |p - j| written out.
+Under the causal rule without a sliding window nothing is written out: every key a row sees is at or before the row,
+so the columns hold f - j for all keys, negative (at least 1 - ROW_BLOCK) only on the diagonal. Key tiles no row
+of a block sees are skipped: those past the causal frontier, those left of a sliding window, and those outside the
+span an explicit mask opens for the block. A row that sees no key has l = 0 and all-zero statistics. Learned sinks
+join at the end: r -> r' = max(r, z), l -> alpha l + exp(z - r'), E -> alpha (E + (r - r') l) + exp(z - r') (z - r')
+with alpha = exp(r - r'), and the row sums over the keys are weighted by alpha / l'.
 
 Few, large operations per tile matter on the CPU: each is one parallel region, and on a busy machine a region waits
 for every thread to be scheduled; the per-tile bookkeeping is a handful of operations on (rows,) vectors. Without
@@ -48,10 +49,12 @@ from attnscope.kernels.attention_stats.naive import AttentionStats
 # Bytes of fp32 scores per chunk of whole rows (pooled_map and taylor's torch paths).
 CHUNK_BYTES = 4 * 2**20
 ROW_BLOCK = 128  # query rows per block of attention_stats (x the G heads of a group: the matmul's rows)
-# fp32 scores of one key tile of a block, all heads. Measured on two CPU cores at 8k tokens (SmolLM2's 9:3 heads):
-# blocks of 64-128 rows and 1-8 MiB tiles run alike on one thread; 128 rows and 8 MiB run best on two, as they make
-# the fewest operations (see the end of the module docstring). 256 rows and 16 MiB fall out of the cache.
+# fp32 scores of one key tile of a block, all heads, per torch thread (tile_bytes). Measured on two CPU cores at 8k
+# tokens (SmolLM2's 9:3 heads), one layer: blocks of 64-128 rows and 1-8 MiB tiles run alike on one thread, 16 MiB is
+# 2% slower there; on two threads, where each thread takes half of every tile's rows (row_pieces), 16 MiB tiles are 6%
+# faster than 8 MiB (half the tiles, so half the per-tile operations) and 32 MiB or more fall out of the cache.
 TILE_BYTES = 8 * 2**20
+TILE_THREADS = 2  # tiles grow with the thread count up to this many threads: more were never measured
 MIN_PIECE_ROWS = 32  # a batched matmul's rows are cut into pieces no smaller than this (row_pieces)
 RESCALE_MARGIN = 16.0  # weights may reach exp(16) before the running sums are rescaled to a new row maximum
 _MASKED = -1e30  # finite stand-in for -inf logits of hidden keys: exp of it is exactly 0 and 0 * it is 0
@@ -100,6 +103,11 @@ def row_pieces(n_batches: int, n_rows: int, threads: int) -> int:
     if pieces <= 1 or n_rows % pieces or n_rows // pieces < MIN_PIECE_ROWS:
         return 1
     return pieces
+
+
+def tile_bytes(threads: int) -> int:
+    """Bytes of one key tile's scores: TILE_BYTES per thread, for 1 to TILE_THREADS threads."""
+    return TILE_BYTES * min(max(1, threads), TILE_THREADS)
 
 
 def rows_per_chunk(n_heads: int, n_keys: int) -> int:
@@ -188,7 +196,8 @@ def attention_stats(
     top_logits = torch.empty(*grouped, topk, device=device) if topk else None
     top_keys = torch.empty(*grouped, topk, dtype=torch.int64, device=device) if topk else None
 
-    tile_keys = max(16, TILE_BYTES // (4 * batch * n_heads * block_rows))
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    tile_keys = max(16, tile_bytes(threads) // (4 * batch * n_heads * block_rows))
     scores_buffer = torch.empty(batch * n_heads * block_rows * tile_keys, device=device)
     weights_buffer = torch.empty_like(scores_buffer)
     # key c of a tile against row i of a block: c - i, for the causal rule and the distances of diagonal tiles
@@ -213,8 +222,13 @@ def attention_stats(
             lo, hi = key_span(mask_rows, n_keys, topk)
         else:
             lo, hi = 0, n_keys
-        split = min(max(lo, first + 1), hi)  # keys from here on lie after the block's first row
-        # keys past split hold 0 in the distance column: no earlier block wrote there, f never shrinks
+        # Keys from split on get sum w |p - j| written out. Under the causal rule every key a row p sees is at or
+        # before it, so p - j = (p - f) + (f - j) holds for all of them, f - j < 0 only on the diagonal (at least
+        # 1 - block_rows: a cancellation bounded by block_rows rounding units of l), and nothing is written out. A
+        # sliding window keeps the split: its distances are below the window, where that cancellation shows.
+        # Otherwise split is the first key after f, and keys past it hold 0 in the distance column: no earlier block
+        # wrote there, as f never shrinks.
+        split = hi if causal and window is None else min(max(lo, first + 1), hi)
         columns[:, lo:split, at_distance] = ramp[n_keys - 1 - first + lo : n_keys - 1 - first + split]
         if split > before_end:
             columns[:, before_end:split, at_before] = 1.0

@@ -382,6 +382,7 @@ def test_a_window_skips_the_keys_left_of_it(monkeypatch):
 
     monkeypatch.setattr(chunked, "ROW_BLOCK", 32)
     monkeypatch.setattr(chunked, "TILE_BYTES", 4 * 3 * 32 * 16)  # tiles of 16 keys
+    monkeypatch.setattr(chunked, "TILE_THREADS", 1)  # whatever the thread count
     shape = (1, 3, 1, 600, 600, 16, True)
     q, k, v = make_qkv(shape, torch.float32)
     clean = attention_stats(q, k, v, window=16, backend="torch")
