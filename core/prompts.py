@@ -123,6 +123,16 @@ def file_label(name: object, limit: int = MAX_NAME_CHARS) -> str:
     return _one_line(text.encode(ENCODING, "backslashreplace").decode(ENCODING), limit) or "(unnamed file)"
 
 
+def files_left_out(names: list, limit: int) -> str | None:
+    """The sentence saying which uploaded files past the per-upload `limit` are not taken, or None when none are."""
+    left = names[limit:]
+    if not left:
+        return None
+    shown = ", ".join(f"'{file_label(name, 40)}'" for name in left[:5])
+    return (f"Only {limit} files are taken from one upload; {len(left)} {'was' if len(left) == 1 else 'were'} left out ({shown}"
+            f"{', …' if len(left) > 5 else ''}). Upload them separately.")
+
+
 def _default_name(text: str, fallback: str) -> str:
     return _one_line(text, _DEFAULT_NAME_CHARS) or fallback
 

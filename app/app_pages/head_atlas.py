@@ -8,6 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from attnscope import prompts
 from attnscope.analyses.atlas import EMBEDDINGS
 from attnscope.app import cached, common, state
 from attnscope.models import ModelSpec
@@ -116,6 +117,9 @@ with run:
                f"{limits.atlas_seconds} s here).")
     uploads = st.file_uploader("Corpus: text files, or one .jsonl/.csv/.parquet with a text column",
                                type=CORPUS_TYPES, accept_multiple_files=True, max_upload_size=limits.max_upload_mb)
+    left_out = prompts.files_left_out([u.name for u in uploads], limits.max_files)
+    if left_out:
+        st.warning(left_out)
     if not limits.hosted:
         st.text_input("Or a corpus on this machine (folder, file or datasets folder)", key=state.ATLAS_CORPUS)
     columns = st.columns(3)

@@ -60,12 +60,9 @@ def _take_uploads() -> None:
     limits = common.policy()
     uploads = list(st.session_state[_uploader_key()] or [])
     messages = []
-    if len(uploads) > limits.max_files:
-        names = ", ".join(f"'{prompts.file_label(u.name, 40)}'" for u in uploads[limits.max_files:][:5])
-        messages.append(("warning", f"Only {limits.max_files} files are taken from one upload; "
-                                    f"{len(uploads) - limits.max_files} were left out ({names}"
-                                    f"{', …' if len(uploads) - limits.max_files > 5 else ''}). Upload them "
-                                    "separately."))
+    left_out = prompts.files_left_out([u.name for u in uploads], limits.max_files)
+    if left_out:
+        messages.append(("warning", left_out))
     for upload in uploads[:limits.max_files]:
         room = limits.max_prompts - len(st.session_state[state.LIBRARY])
         parsed = prompts.parse_upload(upload.name, upload.getvalue(), max_bytes=limits.max_upload_bytes,

@@ -292,6 +292,11 @@ def label(field: str) -> str:
     return LABELS.get(field, field)
 
 
+def _in_sentence(text: str) -> str:
+    """A label as the middle of a sentence: "Max weight" -> "max weight", "N_s/N at N = 16" unchanged."""
+    return text[0].lower() + text[1:] if text[:1].isupper() and text[1:2].islower() else text
+
+
 def _head(index: int, n_heads: int) -> str:
     return f"L{index // n_heads}H{index % n_heads}"
 
@@ -359,8 +364,8 @@ class AtlasResult(Result):
             raise ValueError(f"{len(values)} heads with {len(names)} varying fields: too few to embed.")
         coords, axis = analysis.embed(values, method)
         labels = analysis.clusters(values)
-        return Embedding(coords=coords, labels=labels, names=analysis.describe_clusters(values, names, labels),
-                         axis=axis, features=names)
+        described = analysis.describe_clusters(values, [_in_sentence(label(n)) for n in names], labels)
+        return Embedding(coords=coords, labels=labels, names=described, axis=axis, features=names)
 
     def strongest(self, field: str, count: int = NAMED) -> str:
         """'L18H6 0.92 [0.90, 0.94], ...': the heads with the largest mean of a field, with their intervals."""

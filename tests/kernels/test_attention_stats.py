@@ -239,23 +239,28 @@ def _check_without_topk(result, q, k, v, **extras):
         assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
 
 
-@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("argmax", [True, False], ids=["argmax", "stepped"])
+@pytest.mark.parametrize("tiles", ["default", "small", "row_pieces"])
 @pytest.mark.parametrize("shape,dtype_name,kind,softcap",
                          [(shape, name, None, None) for shape, name in CASES] + MASK_CASES,
                          ids=[f"{i}-nomask" for i in IDS] + MASK_IDS)
-def test_compiled_torch_path_matches_reference(shape, dtype_name, kind, softcap, tiles, request, monkeypatch):
-    """ATTNSCOPE_CPU_COMPILE=on: every call takes the compiled exp/entropy pass (one graph for all tile shapes)."""
-    if tiles == "small":
-        request.getfixturevalue("small_tiles")
+def test_compiled_torch_path_matches_reference(shape, dtype_name, kind, softcap, tiles, argmax, request, monkeypatch):
+    """ATTNSCOPE_CPU_COMPILE=on: every call takes the compiled exp/entropy pass (one graph for all tile shapes);
+    without an argmax and a mask, the whole tile step (softmax_step), which under the causal rule also sums the
+    weights and the distance terms and leaves V alone to the matmul (the engine's path)."""
+    if tiles != "default":
+        request.getfixturevalue({"small": "small_tiles", "row_pieces": "row_pieces"}[tiles])
     monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "on")
     q, k, v = make_qkv(shape, DTYPES[dtype_name], logit_scale=3.0 if softcap else 1.0)
     mask = None if kind is None else make_mask(kind, shape)
     extras = dict(causal=shape[-1], mask=mask, softcap=softcap)
-    result = attention_stats(q, k, v, **extras, backend="torch")
+    result = attention_stats(q, k, v, **extras, argmax=argmax, backend="torch")
     _check_without_topk(result, q, k, v, **extras)
-    full = naive.probabilities(naive.masked_scores(q, k, causal=shape[-1], scale=None, mask=mask, softcap=softcap))
-    chosen = full.gather(-1, result.argmax[..., None]).squeeze(-1)
-    torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
+    if argmax:
+        full = naive.probabilities(naive.masked_scores(q, k, causal=shape[-1], scale=None, mask=mask,
+                                                       softcap=softcap))
+        chosen = full.gather(-1, result.argmax[..., None]).squeeze(-1)
+        torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
 
 
 def test_compiled_and_eager_paths_agree_on_a_long_causal_layer(monkeypatch):

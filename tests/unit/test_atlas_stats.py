@@ -12,7 +12,7 @@ from scipy import stats
 
 import attnscope
 from attnscope.analyses import atlas
-from attnscope.studies.atlas import AtlasDiff, AtlasResult, open_atlas
+from attnscope.studies.atlas import AtlasDiff, AtlasResult, label, open_atlas
 
 STATISTICS = ("mean", "std", "low", "high", "median", "q25", "q75", "count")
 # Every field the atlas writes, so that the result's findings and figures find theirs.
@@ -290,6 +290,16 @@ def test_atlas_result_frame_has_one_row_per_head_with_every_statistic():
     assert np.isnan(row["ns_ratio_low"]) and np.isnan(row["ns_ratio_std"])
     np.testing.assert_array_equal(frame["taylor_order_high"].to_numpy().reshape(3, 4),
                                   summary.high[ATLAS_FIELDS.index("taylor_order")])
+
+
+def test_atlas_result_clusters_are_named_by_the_fields_display_labels():
+    found = _result().embedding("pca")
+    assert len(found.names) == found.labels.max() + 1
+    labels = {label(f) for f in found.features}
+    for name in found.names:  # "high max weight, low N_s/N at N = 16"
+        for part in name.split(", "):
+            side, text = part.split(" ", 1)
+            assert side in ("high", "low") and any(text.lower() == known.lower() for known in labels), name
 
 
 def test_atlas_result_values_refuse_a_field_it_lacks():

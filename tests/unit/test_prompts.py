@@ -161,3 +161,13 @@ def test_an_unforeseen_exception_becomes_one_refusal(monkeypatch):
     monkeypatch.setattr(prompts, "_parse_jsonl", broken)
     parsed = prompts.parse_upload("x.jsonl", b'{"text": "a"}')
     assert parsed.refused and parsed.problems == ["'x.jsonl' could not be read (KeyError); nothing from it was added."]
+
+
+def test_files_past_the_upload_limit_are_named():
+    assert prompts.files_left_out(["a.txt", "b.txt"], 2) is None
+    assert prompts.files_left_out(["a.txt", "b.txt", "c.txt"], 2) == \
+        "Only 2 files are taken from one upload; 1 was left out ('c.txt'). Upload them separately."
+    many = prompts.files_left_out([f"{n}.txt" for n in range(9)], 1)
+    assert many.startswith("Only 1 files are taken from one upload; 8 were left out ('1.txt', '2.txt', '3.txt', "
+                           "'4.txt', '5.txt', …)")
+    assert "\n" not in prompts.files_left_out(["a", "two\nlines"], 1)
