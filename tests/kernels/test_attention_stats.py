@@ -263,6 +263,21 @@ def test_compiled_torch_path_matches_reference(shape, dtype_name, kind, softcap,
         torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("tiles", ["default", "small", "row_pieces"])
+def test_compiled_causal_step_without_values(tiles, request, monkeypatch):
+    """The engine's compiled step with no V to multiply: the row sums come from the step alone."""
+    if tiles != "default":
+        request.getfixturevalue({"small": "small_tiles", "row_pieces": "row_pieces"}[tiles])
+    monkeypatch.setenv("ATTNSCOPE_CPU_COMPILE", "on")
+    q, k, _ = make_qkv((1, 6, 2, 200, 200, 32, True), torch.float32)
+    result = attention_stats(q, k, argmax=False, backend="torch")
+    reference = naive.attention_stats(q, k, causal=True)
+    plain = naive.attention_stats(q, k, causal=True, dtype=q.dtype)
+    assert result.output is None
+    for field in NO_TOPK[:-1]:
+        assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
+
+
 def test_compiled_and_eager_paths_agree_on_a_long_causal_layer(monkeypatch):
     """SmolLM2's 9:3 heads at 1,500 tokens over several key tiles: the compiled pass against the in-place torch one."""
     from attnscope.kernels.attention_stats import chunked
