@@ -129,7 +129,8 @@ def files_left_out(names: list, limit: int) -> str | None:
     if not left:
         return None
     shown = ", ".join(f"'{file_label(name, 40)}'" for name in left[:5])
-    return (f"Only {limit} files are taken from one upload; {len(left)} {'was' if len(left) == 1 else 'were'} left out ({shown}"
+    verb = "was" if len(left) == 1 else "were"
+    return (f"Only {limit} files are taken from one upload; {len(left)} {verb} left out ({shown}"
             f"{', …' if len(left) > 5 else ''}). Upload them separately.")
 
 

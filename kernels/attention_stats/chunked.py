@@ -34,8 +34,8 @@ top-k, the exp and the entropy sum are exp_entropy, one pass that torch.compile 
 where a C++ compiler is present); eagerly they are the in-place operations above. Compiled, without an argmax and when
 no row can miss a whole tile (no mask, no window), the row maximum joins them (softmax_step), and each row moves its
 own reference; under the causal rule the same pass also sums l and the distance terms (the columns after V are then
-known: f - j, 1, and 1 at key 0), and the matmul meets V alone. On several threads the two matmuls per tile cut their rows so their batch is a multiple of the thread
-count (row_pieces).
+known: f - j, 1, and 1 at key 0), and the matmul meets V alone. On several threads the two matmuls per tile cut their
+rows so their batch is a multiple of the thread count (row_pieces).
 """
 
 from __future__ import annotations
@@ -80,18 +80,19 @@ _compiled_exp_entropy = compiled.fused(exp_entropy)
 
 
 def softmax_step(scores: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor, margin: float,
-                 before: torch.Tensor):
-    """One tile of the online softmax under the causal rule alone (no window, no mask), without top-k or argmax:
-    the tile's row maxima, each row's reference moved to its tile maximum where that exceeds it by more than
+                 distance: torch.Tensor):
+    """One tile of the online softmax when no key is hidden by a mask or a window and neither top-k nor argmax is
+    asked: the tile's row maxima, each row's reference moved to its tile maximum where that exceeds it by more than
     `margin` (row by row; a reference of -inf always moves), w = exp(s - r') written into `weights`, sum_j w_j
-    (s_j - r'), sum_j w_j and sum_j w_j before_j with before (C,) = f - j. Returns (tile maxima, r', entropy sum,
-    total, distance sum). Two passes over the tile once compiled (the maxima, then the rest)."""
+    (s_j - r'), sum_j w_j and sum_j w_j distance_j with distance (C,) = f - j. Returns (tile maxima, r', entropy sum,
+    total, distance sum); the last two replace the matmul's columns under the causal rule and go unused otherwise.
+    Two passes over the tile once compiled (the maxima, then the rest)."""
     tile_max = scores.amax(-1)
     new_ref = torch.where(tile_max > ref + margin, tile_max, ref)
     shifted = scores - new_ref[..., None]
     exp = torch.exp(shifted)
     weights.copy_(exp)
-    return tile_max, new_ref, (exp * shifted).sum(-1), exp.sum(-1), (exp * before).sum(-1)
+    return tile_max, new_ref, (exp * shifted).sum(-1), exp.sum(-1), (exp * distance).sum(-1)
 
 
 _compiled_softmax_step = compiled.fused(softmax_step)
@@ -277,9 +278,9 @@ def attention_stats(
             weights = weights_buffer[: scores.numel()].view(scores.shape)
             if stepped:
                 # f - j of the tile's keys (used when narrow; a pass that is not narrow ignores its two sums)
-                before = ramp[n_keys - 1 - first + a : n_keys - 1 - first + b]
+                distance = ramp[n_keys - 1 - first + a : n_keys - 1 - first + b]
                 tile_max, new_ref, tile_entropy, tile_total, tile_distance = _compiled_softmax_step(
-                    scores, unset if ref is None else ref, weights, RESCALE_MARGIN, before)
+                    scores, unset if ref is None else ref, weights, RESCALE_MARGIN, distance)
                 if ref is None:
                     top, ref, entropy_sum = tile_max, new_ref, tile_entropy
                 else:
