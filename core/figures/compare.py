@@ -22,18 +22,22 @@ def _symmetric_range(values: np.ndarray) -> dict:
     return {"zmin": -bound, "zmax": bound, "zmid": 0.0}
 
 
-def difference_heatmap(values: np.ndarray, *, columns: Sequence[str], title: str, label: str) -> go.Figure:
-    """B - A of one statistic, layers as rows.
+def difference_heatmap(values: np.ndarray, *, columns: Sequence[str], title: str, label: str,
+                       rows: Sequence[str] | None = None) -> go.Figure:
+    """B - A of one statistic, layers (or pairs of layers) as rows.
 
     Args:
-        values: (n_layers, len(columns)) differences; the columns are heads ("H0", ...) or one "mean over heads".
+        values: (n_rows, len(columns)) differences; the columns are heads ("H0", ...) or one "mean over heads".
         columns: the column labels.
         title: figure title (plain text); label: the statistic's name, for the colour bar and the hover text.
+        rows: the row labels (plain text), e.g. "A L6 / B L1" for a pair of layers; None: "L0", "L1", ...
     """
-    if values.ndim != 2 or values.shape[1] != len(columns):
-        raise ValueError(f"difference_heatmap: values have shape {values.shape}, labels give {len(columns)} columns.")
+    rows = [f"L{layer}" for layer in range(len(values) if values.ndim else 0)] if rows is None else list(rows)
+    if values.ndim != 2 or values.shape != (len(rows), len(columns)):
+        raise ValueError(f"difference_heatmap: values have shape {values.shape}, labels give "
+                         f"({len(rows)}, {len(columns)}).")
     figure = go.Figure(go.Heatmap(
-        z=values, x=list(columns), y=[f"L{layer}" for layer in range(values.shape[0])],
+        z=values, x=[escape(column) for column in columns], y=[escape(row) for row in rows],
         colorscale=DIFFERENCE_SCALE, colorbar={"title": f"B − A<br>{escape(label)}"}, **_symmetric_range(values),
         hovertemplate="%{y} %{x}<br>B − A " + escape(label) + " %{z:+.4g}<extra></extra>",
     ))

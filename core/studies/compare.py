@@ -8,8 +8,13 @@ What B - A is taken over:
 - both models have the same layers x heads: head by head, (layers, heads). Between two different models this means
   something only when one is derived from the other (a fine-tune keeps its heads' roles and numbers); the findings
   say so.
-- different shapes: head numbers do not correspond, so each side's mean over heads is compared layer by layer, on
-  the layers both have (layers 0 .. min - 1), (layers, 1). Layer i then sits at a different depth in each model.
+- different shapes: head numbers do not correspond, so each side's mean over heads is compared layer by layer,
+  (min(layers), 1), with layers paired by relative depth (depth_pairs): each layer l of the shallower model (S layers)
+  with the deeper model's (D layers) layer round(l * (D - 1) / (S - 1)), halves rounded up, so first meets first and
+  last meets last and no layer of the shallower model is left out; SmolLM2's 30 layers against MiniLM's 6 pair
+  (0, 0), (6, 1), (12, 2), (17, 3), (23, 4), (29, 5). A 1-layer model's one layer is both its first and its last; it
+  is paired with the deeper model's last layer, the one that, like it, feeds the model's output. Relative depth is a
+  convention, not a correspondence: it assumes both models spread their processing evenly over their layers.
 - one head's map: cell by cell when both texts have the same number of tokens and so the same tiles (positions are
   compared, whatever the tokens); otherwise no difference map, and the result says why.
 """
@@ -28,8 +33,11 @@ from attnscope.studies.base import Finding, ProgressFn, Result, Source
 from attnscope.tokens import Cut
 
 CHANGED = ("entropy", "max_weight", "sink_mass")  # the statistics whose largest changes the findings name
-TOP_CHANGES = 3  # heads (or layers) named per statistic
+TOP_CHANGES = 3  # heads (or layer pairs) named per statistic
 MEAN_OVER_HEADS = "mean over heads"
+LISTED_PAIRS = 12  # the Shapes finding lists every layer pair up to this many, else the first and last few
+TITLE_MODEL_CHARS = 20  # a model name in a figure title is cut to this many characters, so titles fit a half-width
+LAYER_PAIRING = "relative depth"  # meta["layer_pairing"] of results whose per-layer B - A follows depth_pairs
 
 
 @dataclass
@@ -42,11 +50,18 @@ class CompareResult(Result):
     meta: dict
     a: maps_study.StatsResult
     b: maps_study.StatsResult
-    difference: dict  # statistic -> B - A: (layers, heads) when the shapes match, else (common layers, 1) of means
+    difference: dict  # statistic -> B - A: (layers, heads) when the shapes match, else (layer pairs, 1) of means
     maps_a: maps_study.MapsResult | None = None  # one head of one layer, when a layer was asked for
     maps_b: maps_study.MapsResult | None = None
     map_difference: np.ndarray | None = None  # (rows, cols) B - A of the two maps; None: see map_note
     map_note: str = ""  # why no difference map is drawn, or what the one drawn compares
+
+    def __post_init__(self) -> None:
+        """A result saved before layers were paired by relative depth (no meta["layer_pairing"]) paired layer i with
+        layer i; its per-layer B - A is taken again from the two sides it carries, so rows and labels agree."""
+        if not self.per_head and self.meta.get("layer_pairing") != LAYER_PAIRING:
+            self.difference = differences(self.a, self.b)
+            self.meta = {**self.meta, "layer_pairing": LAYER_PAIRING}
 
     @property
     def per_head(self) -> bool:
@@ -57,6 +72,19 @@ class CompareResult(Result):
     def columns(self) -> list[str]:
         """The difference arrays' column labels: the heads, or the one mean over heads."""
         return [f"H{h}" for h in range(self.a.shape[1])] if self.per_head else [MEAN_OVER_HEADS]
+
+    @property
+    def layer_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(layers_a, layers_b): row i of the difference arrays is A's layer layers_a[i] against B's layers_b[i]
+        (the same layer on both sides when the models have the same depth; else paired by relative depth)."""
+        return depth_pairs(self.a.shape[0], self.b.shape[0])
+
+    @property
+    def rows(self) -> list[str]:
+        """The difference arrays' row labels: "L3" head by head, "A L6 / B L1" for a pair of layers."""
+        if self.per_head:
+            return [f"L{layer}" for layer in range(self.a.shape[0])]
+        return [f"A L{a} / B L{b}" for a, b in zip(*self.layer_pairs)]
 
     def side(self, which: str) -> str:
         """"A: smollm2-135m, 19 tokens" for which = "a" or "b"."""
@@ -75,11 +103,9 @@ class CompareResult(Result):
             out.append(Finding("Shapes", f"Both have {layers_a} layers × {heads_a} heads: B − A is taken head by "
                                          f"head.{caveat}"))
         else:
-            common = min(layers_a, layers_b)
             out.append(Finding("Shapes", f"A has {layers_a} layers × {heads_a} heads and B {layers_b} layers × "
                                          f"{heads_b} heads: head numbers do not correspond between the two models, "
-                                         f"so B − A is taken on each layer's mean over heads, for the {common} "
-                                         f"layers both have (layer i sits at a different depth in each model)."))
+                                         f"so B − A is taken on each layer's mean over heads, {self._pairing()}"))
         if len(self.a.tokens) != len(self.b.tokens):
             out.append(Finding("Text lengths", f"A has {len(self.a.tokens)} tokens and B {len(self.b.tokens)}: "
                                                "entropy grows with the number of keys a query sees (at most their "
@@ -94,74 +120,156 @@ class CompareResult(Result):
                                + (self.map_note or self._drawn())))
         return out
 
+    def _pairing(self) -> str:
+        """The sentence's end that says how layers were paired, with the pairs (A, B)."""
+        (layers_a, _), (layers_b, _) = self.a.shape, self.b.shape
+        pairs = [f"({a}, {b})" for a, b in zip(*self.layer_pairs)]
+        if len(pairs) > LISTED_PAIRS:
+            pairs = [*pairs[:LISTED_PAIRS - 3], "…", *pairs[-2:]]
+        listed = f"layer pairs (A, B): {', '.join(pairs)}."
+        if layers_a == layers_b:
+            return f"layer by layer (both have {layers_a} layers); {listed}"
+        (shallow, few), (deep, many) = sorted([("A", layers_a), ("B", layers_b)], key=lambda side: side[1])
+        if few == 1:
+            return (f"{shallow}'s one layer paired with {deep}'s last, L{many - 1} (a 1-layer model's layer is its "
+                    "first and its last, and like a last layer it feeds the output).")
+        return (f"layers paired by relative depth: {shallow}'s layer l with {deep}'s layer "
+                f"round(l × {many - 1} / {few - 1}), halves up, first with first and last with last; {listed}")
+
     def _drawn(self) -> str:
         block = self.maps_a.block
         return "B − A drawn cell by cell." if block == 1 else f"B − A drawn tile by tile ({block}×{block} tokens)."
 
     def _largest_changes(self, name: str) -> Finding:
         label = maps_study.STATISTICS[name][0]
-        a, b = self._compared(getattr(self.a, name)), self._compared(getattr(self.b, name))
+        a, b = self._compared(getattr(self.a, name), "a"), self._compared(getattr(self.b, name), "b")
         change = self.difference[name]
         order = np.argsort(-np.nan_to_num(np.abs(change), nan=-1.0), axis=None, kind="stable")[:TOP_CHANGES]
         cells = [np.unravel_index(index, change.shape) for index in order]
-        where = (lambda cell: f"L{cell[0]}H{cell[1]}") if self.per_head else (lambda cell: f"layer {cell[0]}")
+        where = (lambda cell: f"L{cell[0]}H{cell[1]}") if self.per_head else (lambda cell: self.rows[cell[0]])
         listed = ", ".join(f"{where(cell)} {a[cell]:.3f} → {b[cell]:.3f} ({change[cell]:+.3f})" for cell in cells)
-        scope = "heads" if self.per_head else "layers (means over heads)"
+        scope = "heads" if self.per_head else "layer pairs (means over heads)"
         mean_a, mean_b = float(np.nanmean(getattr(self.a, name))), float(np.nanmean(getattr(self.b, name)))
         return Finding(f"{label.capitalize()}: B − A", f"the {scope} that changed most: {listed}; the mean over "
                                                         f"every head goes {mean_a:.3f} → {mean_b:.3f} "
                                                         f"({mean_b - mean_a:+.3f}).")
 
-    def _compared(self, values: np.ndarray) -> np.ndarray:
-        return comparable(values, self.a.shape, self.b.shape)
+    def _compared(self, values: np.ndarray, side: str) -> np.ndarray:
+        return comparable(values, side=side, shape_a=self.a.shape, shape_b=self.b.shape)
 
-    def figures(self, statistic: str | None = None) -> dict[str, object]:
-        """A, B and B - A of one statistic (every statistic when None), then A, B and B - A of the one head's map."""
+    def figures(self, statistic: str | None = None, *, map_height: int | None = None) -> dict[str, object]:
+        """A, B and B - A of one statistic (every statistic when None), then A, B and B - A of the one head's map.
+
+        Titles are short (model names cut to TITLE_MODEL_CHARS) so they fit a figure half a page wide.
+
+        Args:
+            statistic: one of the difference's statistics, or None for all of them.
+            map_height: height in pixels of the three maps; the page gives about the width of its column, so the
+                square maps fill it; None keeps head_heatmap's height, for a full-width figure.
+        """
         out = {}
         for name in [statistic] if statistic else list(self.difference):
             label = maps_study.STATISTICS.get(name, maps_study.LEARNED_SINK)[0]
             for which, stats in (("a", self.a), ("b", self.b)):
                 out[f"{name}-{which}"] = map_figures.stat_heatmap(getattr(stats, name), label=label,
-                                                                  title=f"{self.side(which)}: {label}")
-            scope = "per head" if self.per_head else "per layer, mean over heads"
+                                                                  title=f"{self._named(which)} · {label}")
+            scope = "per head" if self.per_head else "paired layers"
             out[f"{name}-difference"] = figures.difference_heatmap(
-                self.difference[name], columns=self.columns, label=label, title=f"B − A: {label} {scope}")
+                self.difference[name], columns=self.columns, rows=self.rows, label=label,
+                title=f"B − A: {label}, {scope}")
         if self.maps_a is not None:
-            where = f"layer {self.maps_a.layer}, head {self.maps_a.heads[0]}"
+            where = f"L{self.maps_a.layer} H{self.maps_a.heads[0]}"
             sink = " (sink hidden)" if self.maps_a.hide_sink else ""
             for which, result in (("a", self.maps_a), ("b", self.maps_b)):
                 out[f"map-{which}"] = map_figures.head_heatmap(
                     result.values[0], tokens=result.tokens, block=result.block, reduce=result.reduce,
-                    title=f"{self.side(which)}: {where}{sink}")
+                    title=f"{self._named(which)} · {where}{sink}")
             if self.map_difference is not None:
                 tokens = [t if t == u else f"{t}|{u}" for t, u in zip(self.maps_a.tokens, self.maps_b.tokens)]
                 out["map-difference"] = figures.difference_map(self.map_difference, tokens=tokens,
                                                                block=self.maps_a.block, reduce=self.maps_a.reduce,
-                                                               title=f"B − A: {where}{sink}")
+                                                               title=f"B − A · {where}{sink}")
+            if map_height is not None:
+                for key in ("map-a", "map-b", "map-difference"):
+                    if key in out:
+                        out[key].update_layout(height=map_height)
         return out
 
+    def _named(self, which: str) -> str:
+        """"A: smollm2-135m" for a figure title; a longer model name is cut to its last part, then with "…"."""
+        name = str((self.a if which == "a" else self.b).meta["model"])
+        if len(name) > TITLE_MODEL_CHARS:
+            name = name.rstrip("/").rsplit("/", 1)[-1]
+        if len(name) > TITLE_MODEL_CHARS:
+            name = name[:TITLE_MODEL_CHARS - 1] + "…"
+        return f"{which.upper()}: {name}"
+
     def to_frame(self) -> pd.DataFrame:
-        """One row per statistic and head (per layer when the shapes differ: then a and b are means over heads)."""
+        """One row per statistic and head (columns statistic, layer, head, a, b, difference); when the shapes differ,
+        one row per statistic and pair of layers (columns statistic, layer_a, layer_b, a, b, difference), a and b
+        being the paired layers' means over heads and the layers paired by relative depth (see depth_pairs)."""
         rows = []
+        layers_a, layers_b = self.layer_pairs
         for name, change in self.difference.items():
-            a, b = self._compared(getattr(self.a, name)), self._compared(getattr(self.b, name))
-            for layer in range(change.shape[0]):
+            a, b = self._compared(getattr(self.a, name), "a"), self._compared(getattr(self.b, name), "b")
+            for row in range(change.shape[0]):
                 for column in range(change.shape[1]):
-                    rows.append({"statistic": name, "layer": layer, **({"head": column} if self.per_head else {}),
-                                 "a": float(a[layer, column]), "b": float(b[layer, column]),
-                                 "difference": float(change[layer, column])})
+                    where = ({"layer": row, "head": column} if self.per_head
+                             else {"layer_a": int(layers_a[row]), "layer_b": int(layers_b[row])})
+                    rows.append({"statistic": name, **where, "a": float(a[row, column]), "b": float(b[row, column]),
+                                 "difference": float(change[row, column])})
         return pd.DataFrame(rows)
 
 
 # ---- entry point --------------------------------------------------------------------------------------------------
 
 
-def comparable(values: np.ndarray, shape_a: tuple[int, int], shape_b: tuple[int, int]) -> np.ndarray:
+def depth_pairs(n_layers_a: int, n_layers_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pair two models' layers by relative depth: every layer of the shallower model once, in order.
+
+    Layer l of the shallower model (S layers) meets the deeper model's (D layers) layer round(l * (D - 1) / (S - 1)),
+    halves rounded up: first with first, last with last, and the deeper model's layers in increasing order (strictly,
+    as D >= S). Equal depths pair layer l with layer l. A 1-layer model's one layer is both its first and its last: it
+    meets the deeper model's last layer, which like it feeds the model's output.
+
+    Args:
+        n_layers_a, n_layers_b: the two models' numbers of layers (at least 1 each).
+
+    Returns:
+        (layers_a, layers_b): int64 arrays of length min(n_layers_a, n_layers_b); pair i is A's layer layers_a[i]
+        with B's layer layers_b[i].
+    """
+    if n_layers_a < 1 or n_layers_b < 1:
+        raise ValueError(f"depth_pairs: models have {n_layers_a} and {n_layers_b} layers; each needs at least one.")
+    few, many = sorted((n_layers_a, n_layers_b))
+    shallow = np.arange(few, dtype=np.int64)
+    if few == 1:
+        deep = np.array([many - 1], dtype=np.int64)
+    else:  # floor(l * (D - 1) / (S - 1) + 1/2) in integers, so no float ever rounds the wrong way
+        deep = (2 * shallow * (many - 1) + (few - 1)) // (2 * (few - 1))
+    return (shallow, deep) if n_layers_a <= n_layers_b else (deep, shallow)
+
+
+def comparable(values: np.ndarray, *, side: str, shape_a: tuple[int, int], shape_b: tuple[int, int]) -> np.ndarray:
     """One side's (layers, heads) statistic as B - A takes it: unchanged when both sides have the same shape, else
-    each of the common layers' mean over heads, (min(layers), 1)."""
+    the mean over heads of that side's paired layers (depth_pairs), (min(layers), 1).
+
+    Args:
+        values: (layers, heads) of side `side` ("a" or "b"); shape_a, shape_b: both sides' (layers, heads).
+    """
     if shape_a == shape_b:
         return values
-    return np.nanmean(values[:min(shape_a[0], shape_b[0])], axis=1, keepdims=True)
+    layers = depth_pairs(shape_a[0], shape_b[0])[0 if side == "a" else 1]
+    return np.nanmean(values[layers], axis=1, keepdims=True)
+
+
+def differences(a: maps_study.StatsResult, b: maps_study.StatsResult) -> dict[str, np.ndarray]:
+    """Statistic -> B - A of the two sides (comparable): (layers, heads), or (min(layers), 1) for layer pairs.
+    The learned sink mass is compared only when both sides have one."""
+    names = [*maps_study.STATISTICS, *(["learned_sink_mass"] if a.learned_sink_mass is not None
+                                       and b.learned_sink_mass is not None else [])]
+    return {name: comparable(getattr(b, name), side="b", shape_a=a.shape, shape_b=b.shape)
+            - comparable(getattr(a, name), side="a", shape_a=a.shape, shape_b=b.shape) for name in names}
 
 
 def _same(text_a, text_b) -> bool:
@@ -195,7 +303,8 @@ def run(source_a: Source, text_a, cut_a: Cut, source_b: Source, text_b, cut_b: C
 
     Returns:
         A CompareResult; its difference arrays are (layers, heads) or, when the models' shapes differ,
-        (common layers, 1).
+        (min(layers), 1): each row a pair of layers at the same relative depth (depth_pairs), B's mean over heads
+        minus A's.
     """
     steps = [("a", source_a, text_a, cut_a), ("b", source_b, text_b, cut_b)]
     if layer is not None:
@@ -212,10 +321,7 @@ def run(source_a: Source, text_a, cut_a: Cut, source_b: Source, text_b, cut_b: C
         report(index / total, f"Side {which.upper()}: per-head statistics of every layer")
         stats[which] = maps_study.stats(source, text, cut=cut)
     a, b = stats["a"], stats["b"]
-    names = [*maps_study.STATISTICS, *(["learned_sink_mass"] if a.learned_sink_mass is not None
-                                       and b.learned_sink_mass is not None else [])]
-    difference = {name: comparable(getattr(b, name), a.shape, b.shape)
-                  - comparable(getattr(a, name), a.shape, b.shape) for name in names}
+    difference = differences(a, b)
     maps, map_difference, map_note = {}, None, ""
     if layer is not None:
         for index, (which, source, text, cut) in enumerate(steps):
@@ -229,6 +335,6 @@ def run(source_a: Source, text_a, cut_a: Cut, source_b: Source, text_b, cut_b: C
             "tokens_b": len(b.tokens),
             "same_model": (spec_a.name, spec_a.revision) == (spec_b.name, spec_b.revision),
             "same_text": _same(text_a, text_b), "layer": layer, "head": head, "cell_limit": cell_limit,
-            "reduce": reduce, "hide_sink": hide_sink, "attnscope": a.meta["attnscope"]}
+            "reduce": reduce, "hide_sink": hide_sink, "layer_pairing": LAYER_PAIRING, "attnscope": a.meta["attnscope"]}
     return CompareResult(meta=meta, a=a, b=b, difference=difference, maps_a=maps.get("a"), maps_b=maps.get("b"),
                          map_difference=map_difference, map_note=map_note)

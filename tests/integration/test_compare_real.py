@@ -1,7 +1,9 @@
 """attnscope.compare on the packaged models: B - A is exactly the difference of two attnscope.stats calls (and of two
-attnscope.maps calls), the same run twice differs by exactly 0, two models of different shapes are compared per layer
-with the sentence that says so; results save and reopen; the CLI gives the same numbers."""
+attnscope.maps calls), the same run twice differs by exactly 0, two models of different depths are compared layer pair
+by layer pair at the same relative depth, with the sentence that says so; results save and reopen; the CLI gives the
+same numbers."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -104,28 +106,62 @@ def test_same_number_of_tokens_draws_the_difference_map(smollm2):
     assert any("B − A drawn tile by tile (3×3 tokens)." in f.text() for f in same.findings())
 
 
-def test_two_models_of_different_shapes_are_compared_per_layer(smollm2, minilm, tmp_path):
+def test_two_models_of_different_depths_are_compared_by_relative_depth(smollm2, minilm, tmp_path):
+    """SmolLM2 (30 layers x 9 heads) against MiniLM (6 x 12): each of MiniLM's layers l meets SmolLM2's layer
+    round(l * 29 / 5) = 0, 6, 12, 17, 23, 29 (5.8, 11.6, 17.4, 23.2 rounded), and each row of B - A is B's layer mean
+    over heads minus A's paired layer mean, named by both layer numbers in the table, the figure and the findings."""
     result = attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=2, head=3)
     a, b = attnscope.stats(smollm2, TEXT_A), attnscope.stats(minilm, TEXT_A)
+    paired_a = [0, 6, 12, 17, 23, 29]
     assert not result.per_head and result.columns == ["mean over heads"]
+    assert [layers.tolist() for layers in result.layer_pairs] == [paired_a, list(range(6))]
+    rows = [f"A L{la} / B L{lb}" for la, lb in zip(paired_a, range(6))]
+    assert result.rows == rows
     for name in FIELDS:
-        expected = getattr(b, name)[:6].mean(1, keepdims=True) - getattr(a, name)[:6].mean(1, keepdims=True)
+        expected = getattr(b, name).mean(1, keepdims=True) - getattr(a, name)[paired_a].mean(1, keepdims=True)
         assert result.difference[name].shape == (6, 1)
         np.testing.assert_allclose(result.difference[name], expected, rtol=1e-6, atol=1e-7)
     texts = [f.text() for f in result.findings()]
     assert any("two models on the same text" in t for t in texts)
     assert any("A has 30 layers × 9 heads and B 6 layers × 12 heads: head numbers do not correspond between the two "
-               "models, so B − A is taken on each layer's mean over heads, for the 6 layers both have" in t
-               for t in texts)
-    assert any("the layers (means over heads) that changed most: layer " in t for t in texts)
+               "models, so B − A is taken on each layer's mean over heads, layers paired by relative depth: B's "
+               "layer l with A's layer round(l × 29 / 5), halves up, first with first and last with last; layer "
+               "pairs (A, B): (0, 0), (6, 1), (12, 2), (17, 3), (23, 4), (29, 5)." in t for t in texts)
+    change = b.entropy.mean(1) - a.entropy[paired_a].mean(1)
+    top = int(np.argmax(np.abs(change)))
+    entropy = next(f for f in result.findings() if f.topic == "Entropy (nats): B − A")
+    assert entropy.measured.startswith(f"the layer pairs (means over heads) that changed most: {rows[top]} "
+                                       f"{a.entropy[paired_a[top]].mean():.3f} → {b.entropy[top].mean():.3f} "
+                                       f"({change[top]:+.3f})")
     assert result.maps_b.tokens[0] == "[CLS]" and result.map_difference is None
     figures = result.figures("entropy")
     assert figures["entropy-a"].data[0].z.shape == (30, 9) and figures["entropy-b"].data[0].z.shape == (6, 12)
-    assert list(figures["entropy-difference"].data[0].x) == ["mean over heads"]
+    difference = figures["entropy-difference"]
+    assert list(difference.data[0].x) == ["mean over heads"] and list(difference.data[0].y) == rows
+    np.testing.assert_allclose(difference.data[0].z[:, 0], change, rtol=1e-6, atol=1e-7)
+    assert difference.layout.title.text == "B − A: entropy (nats), paired layers"
     frame = result.to_frame()
-    assert list(frame.columns) == ["statistic", "layer", "a", "b", "difference"] and len(frame) == len(FIELDS) * 6
+    assert list(frame.columns) == ["statistic", "layer_a", "layer_b", "a", "b", "difference"]
+    assert len(frame) == len(FIELDS) * 6
+    entropy_rows = frame[frame.statistic == "entropy"]
+    assert entropy_rows.layer_a.tolist() == paired_a and entropy_rows.layer_b.tolist() == list(range(6))
+    np.testing.assert_allclose(entropy_rows.a, a.entropy[paired_a].mean(1), rtol=1e-6)
+    np.testing.assert_allclose(entropy_rows.b, b.entropy.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(entropy_rows.difference, change, rtol=1e-6, atol=1e-7)
     again = attnscope.open(result.save(tmp_path / "models.json"))
     assert not again.per_head and [f.text() for f in again.findings()] == texts
+    assert again.rows == rows and again.meta["layer_pairing"] == "relative depth"
+    # a result saved before this rule (no layer_pairing, layer i against layer i) is rebuilt, as attnscope.open
+    # rebuilds it, with B - A taken again from the two sides it carries
+    older = dataclasses.replace(result, meta={k: v for k, v in result.meta.items() if k != "layer_pairing"},
+                                difference={name: getattr(b, name).mean(1, keepdims=True)
+                                            - getattr(a, name)[:6].mean(1, keepdims=True) for name in FIELDS})
+    for name in FIELDS:
+        np.testing.assert_array_equal(older.difference[name], result.difference[name])
+
+    swapped = attnscope.compare(minilm, TEXT_A, model_b=smollm2, layer=None)  # the deeper model as B
+    assert [layers.tolist() for layers in swapped.layer_pairs] == [list(range(6)), paired_a]
+    np.testing.assert_allclose(swapped.difference["entropy"][:, 0], -change, rtol=1e-6, atol=1e-7)
 
     with pytest.raises(ValueError, match=r"Layer 6, head 0 does not exist in model B \(minilm-l6: layers 0\.\.5"):
         attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=6)
