@@ -3,10 +3,9 @@
 Models and captures are resources (shared, unpicklable tensors, bounded in number); the small arrays the views draw
 are data keyed by everything that determines them, so revisiting a view is instant.
 
-Every function here that runs the model holds the model's lock (`model_lock`) for its forward passes, and only for
-them: a cached view whose capture was evicted runs the model again from inside another cached function, and that pass
-must wait its turn like any other. The model's lock is always the last lock taken (after Streamlit's per-key cache
-locks, and after get_model and get_tokens have returned), so no two sessions can each hold what the other waits for.
+Every function here that runs the model holds the model's lock (`model_lock`, through `holding_model`) for its
+forward passes, and only for them: a cached view whose capture was evicted runs the model again from inside another
+cached function, and that pass must wait its turn like any other. The order of locks is fixed (see model_lock).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import threading
 
 import streamlit as st
 
+from attnscope import cancel
 from attnscope.capture import Capture, run_with_capture
 from attnscope.hosting import Policy, upload_limit_mismatch
 from attnscope.api import Model
@@ -43,8 +43,26 @@ def get_model(spec: ModelSpec) -> LoadedModel:
 
 @st.cache_resource(show_spinner=False)
 def model_lock(spec: ModelSpec) -> threading.Lock:
-    """One lock per model, shared by every session: forward passes run one session at a time."""
+    """One lock per model, shared by every session: forward passes run one session at a time.
+
+    Lock order, the same in every session, so no two sessions can each hold what the other waits for:
+    1. Streamlit's own per-key lock of a cached function (st.cache_data / st.cache_resource take it while they compute
+       a missing value, so two sessions asking for the same capture compute it once);
+    2. then, innermost, this lock, only around forward passes and the work on their live tensors.
+    Nothing that holds this lock calls a cached function (get_model, get_tokens and get_handle are called before it
+    is taken). It is only ever taken through attnscope.cancel.acquire (holding_model, common.working): released in
+    `finally` whatever ends the block (an exception, Streamlit's StopException on Stop or a closed tab, its
+    RerunException on a new run), and waited for in steps with a cancellation check between them, so a session that
+    stops or reruns while waiting leaves the queue at once instead of taking the lock later.
+    """
     return threading.Lock()
+
+
+@contextlib.contextmanager
+def holding_model(spec: ModelSpec):
+    """Hold `spec`'s model lock for the block (cancellable wait, released in `finally`)."""
+    with cancel.acquire(model_lock(spec)):
+        yield
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -58,7 +76,7 @@ def get_tokens(spec: ModelSpec, text: str | tuple[int, ...], cut: Cut) -> Tokens
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
 def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
     tokens, model = get_tokens(spec, text, cut), get_model(spec).model
-    with model_lock(spec):
+    with holding_model(spec):
         return run_with_capture(model, tokens.as_tensor())
 
 
@@ -93,7 +111,7 @@ class AppSource(Source):
 
     @contextlib.contextmanager
     def turn(self):
-        with model_lock(self.spec):
+        with holding_model(self.spec):
             yield
 
     def unit(self, fn, *args):

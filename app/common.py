@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import re
@@ -12,11 +13,13 @@ from dataclasses import dataclass
 import streamlit as st
 import torch
 
+from attnscope import cancel
 from attnscope.app import cached, state
 from attnscope.capture import Capture
 from attnscope.hosting import Policy, PolicyError, policy_from_env
 from attnscope.prompts import pasted
 from attnscope.report import build_report, figure_table
+from attnscope.studies.base import ProgressFn
 from attnscope.models import (DTYPES, PACKAGED_MODELS, QUANTIZE, LoadedModel, ModelLoadError, ModelSpec,
                               memory_in_use, needs_preparation, prepare_packaged_model)
 from attnscope.tokens import Cut, Tokens, cut_text
@@ -66,8 +69,10 @@ def say(kind: str, message: str) -> None:
         literal(policy().public(message)))
 
 
-def _fill_example() -> None:
-    st.session_state[state.TEXT] = state.EXAMPLES[st.session_state[state.EXAMPLE]]
+def _fill_example(box: str) -> None:
+    if st.session_state[box] is None:
+        return
+    st.session_state[state.TEXT] = state.EXAMPLES[st.session_state[box]]
     st.session_state[state.TEXT_NOTE] = None
 
 
@@ -128,24 +133,63 @@ def cut_for(loaded: LoadedModel, requested: int | None = None) -> Cut:
     return policy().cut(requested, max_positions=loaded.info.get("max_positions"), keep=st.session_state[state.KEEP])
 
 
-@contextlib.contextmanager
-def model_turn(spec: ModelSpec) -> Iterator[None]:
-    """Around page code that may run the model: while another session's forward pass holds the model's lock, say
-    "Waiting for the model" until it ends.
+def _digest(request) -> str:
+    """A widget key for `request`'s Stop and Run-again buttons: keys must differ between computations of one run."""
+    return hashlib.sha256(repr(request).encode()).hexdigest()[:16]
 
-    The lock itself is taken only inside the cached functions that run the model (app.cached), innermost, after
-    Streamlit's own per-key cache locks. Holding it here, around cached calls, would take the two in the opposite
-    order: a session holding it and waiting for a capture's key could wait forever on a session that computes that
-    capture and waits for the model.
+
+def check_stop() -> None:
+    """The dashboard's cancellation check (attnscope.cancel): reading session state is where Streamlit raises its
+    StopException (Stop, a closed tab) or RerunException (a new run) in the script's thread."""
+    st.session_state.get(state.STOPPED)
+
+
+def stopped(request) -> bool:
+    """True when the user pressed Stop on the computation of `request` (anything hashable that says what a page
+    computes) and has not asked for it again: the page then shows why nothing is drawn instead of starting over."""
+    return request in st.session_state[state.STOPPED]
+
+
+def resume(request) -> None:
+    """Forget that `request` was stopped, so the page computes it again (completed units come from the caches)."""
+    st.session_state[state.STOPPED] = [r for r in st.session_state[state.STOPPED] if r != request]
+
+
+def _stop(request) -> None:
+    st.session_state[state.STOPPED] = [*st.session_state[state.STOPPED][-state.KEPT_STOPS + 1:], request]
+
+
+def show_stopped(request, what: str) -> None:
+    """Say that `what` was stopped, with a button that runs it again."""
+    st.info(f"Stopped: {what}. What was finished is kept and is not computed again.", icon="⏹️")
+    st.button("Run it again", key=f"resume_{_digest(request)}", on_click=resume, args=(request,), type="primary")
+
+
+@contextlib.contextmanager
+def working(label: str, request, *, models: tuple[ModelSpec, ...] = ()) -> Iterator[ProgressFn]:
+    """Around a computation that may take more than a second or two: a progress bar, a Stop button and, while another
+    session's forward pass holds one of `models`' locks, "Waiting for the model". Yields progress(fraction, message).
+
+    Stop (the button, a new run, a closed tab) ends the computation at its next cancellation point (attnscope.cancel:
+    every layer of a forward pass, every unit of a study, every step of a wait for a model): Streamlit raises its
+    StopException or RerunException there, and every lock on the way out is released in `finally`. The Stop button
+    also marks `request` as stopped, so the rerun it causes shows show_stopped instead of starting over.
     """
-    lock = cached.model_lock(spec)
-    if not lock.acquire(blocking=False):
+    box = st.empty()
+    with box.container():
+        bar = st.progress(0.0, literal(label))
+        st.button("Stop", key=f"stop_{_digest(request)}", on_click=_stop, args=(request,), icon=":material/stop_circle:",
+                  help="Stops at the next layer or unit; what is finished stays cached, so running it again resumes.")
         note = st.empty()
-        note.info(f"Waiting for the model: another session is running {literal(spec.name)}.", icon="⏳")
-        lock.acquire()
+    try:
+        for spec in models:  # wait for the model's turn here, where the wait can be seen and stopped
+            with cancel.acquire(cached.model_lock(spec), waiting=lambda: note.info(
+                    f"Waiting for the model: another session is running {literal(spec.name)}.", icon="⏳")):
+                pass
         note.empty()
-    lock.release()
-    yield
+        yield lambda fraction, message: bar.progress(min(max(float(fraction), 0.0), 1.0), literal(message))
+    finally:
+        box.empty()
 
 
 def sidebar() -> None:
@@ -182,7 +226,13 @@ def sidebar() -> None:
                        f"{limits.max_prompts} prompts and {limits.max_library_mb} MB, a batch at "
                        f"{limits.max_batch}; no remote code, no local folders.")
         st.subheader("Text")
-        st.selectbox("Example prompts", list(state.EXAMPLES), key=state.EXAMPLE, on_change=_fill_example)
+        # The box names an example only while the text is that example: a new box for each text (its key holds the
+        # text's digest), so a box once set never shows an example the text has since stopped being.
+        text, names = st.session_state[state.TEXT], list(state.EXAMPLES)
+        box = state.example_box(pasted(text).digest)
+        st.selectbox("Example prompts", names, key=box, on_change=_fill_example, args=(box,),
+                     index=next((i for i, name in enumerate(names) if state.EXAMPLES[name] == text), None),
+                     placeholder="Pick an example")
         library = st.session_state[state.LIBRARY]
         if library:
             st.selectbox("Your prompts", range(len(library)), key=state.LIBRARY_PICK, index=None,
@@ -300,13 +350,16 @@ def current_run() -> CurrentRun | None:
     if loaded is None:
         return None
     key = RunKey(spec=spec, text=text, cut=cut_for(loaded))
+    state.follow_text(key)
     try:
         tokens = cached.get_tokens(*key.args())
     except ValueError as error:
         say("error", str(error))
         return None
-    with model_turn(spec), st.spinner(f"Running {literal(spec.name)} on {len(tokens)} tokens and capturing every "
-                                      "layer"):
+    if stopped(key):
+        show_stopped(key, f"running {literal(spec.name)} on the text")
+        return None
+    with working(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer", key, models=(spec,)):
         capture = cached.get_capture(*key.args())
     quantized = "" if loaded.info.get("quantize", "none") == "none" else f" ({loaded.info['quantize']} weights)"
     st.sidebar.caption(f"{len(tokens)} tokens · {loaded.n_layers} layers × {loaded.n_heads} heads · {loaded.kind}  \n"
@@ -324,7 +377,8 @@ def current_run() -> CurrentRun | None:
         size = (f"more than {tokens.n_text_tokens} tokens ({len(text):,} characters)" if tokens.chars_cut
                 else f"{tokens.n_text_tokens} tokens")
         st.warning(f"The text has {size}; only the {which} {len(tokens)} are analysed. {remedy}")
-        st.radio("Analyse", ["start", "end"], key=state.KEEP, horizontal=True, on_change=_keep_changed,
+        st.radio("Analyse", ["start", "end"], key=state.KEEP, persist_state=state.PERSIST, horizontal=True,
+                 on_change=_keep_changed,
                  format_func={"start": f"the first {len(tokens)} tokens", "end": f"the last {len(tokens)} tokens"}.get,
                  help="Which part of a text that is too long is analysed. The end of a text is run without the "
                       "model's start-of-text token.")

@@ -22,7 +22,7 @@ QUANTIZE = "quantize"  # attnscope.models.QUANTIZE
 TEXT = "text"  # the text every page analyses
 TEXT_NOTE = "text_note"  # a sentence saying the text box holds only part of a longer text, or None
 NOTES_SHOWN = "notes_shown"  # notes about model preparation this session has already seen
-EXAMPLE = "example_prompt"
+EXAMPLE = "example_prompt"  # + the text's digest: the example box drawn for that text (example_box)
 MAX_TOKENS = S.setting("max_tokens").key
 KEEP = S.setting("keep").key  # which part of a too-long text is analysed: "start" or "end"
 
@@ -109,6 +109,8 @@ ATLAS_CORPUS = "atlas_corpus"  # a corpus path on this machine (not in hosted mo
 ATLAS_DOCUMENTS = "atlas_documents"
 ATLAS_TOKENS = "atlas_tokens"
 ATLAS_TEXT_COLUMN = "atlas_text_column"
+STOPPED = "stopped"  # requests whose computation the user stopped (the last KEPT_STOPS): not started again unasked
+KEPT_STOPS = 16
 IMAGE_FORMAT = "image_format"  # what each chart's camera button saves: png or svg
 REPORT_FIGURES = "report_figures"  # (name, figure) pairs drawn in this run, for the HTML report
 SOURCE_BUILTIN, SOURCE_SIDEBAR = S.SOURCES.values
@@ -144,12 +146,11 @@ DEFAULTS = {
     TEXT: EXAMPLES["Capital cities"],
     TEXT_NOTE: None,
     NOTES_SHOWN: [],
-    EXAMPLE: "Capital cities",
     GRID_SCOPE: "This layer",
     GRID_SORT: False,
     STAT_SHOWN: "entropy",
     TAYLOR_SCOPE: SCOPE_MODEL,
-    TAYLOR_QUERY: 10**9,  # clipped to the last token, whose row sees the whole text
+    TAYLOR_QUERY: -1,  # the last token, whose row sees the whole text
     TAYLOR_NEEDED_DENOMINATOR: "softmax",
     TAYLOR_WEIGHT_DENOMINATOR: "taylor",
     TAYLOR_LOSS_DENOMINATOR: "l2",
@@ -176,6 +177,7 @@ DEFAULTS = {
     COMPARE_HEAD: 0,
     COMPARE_REQUESTS: [],
     IMAGE_FORMAT: "png",
+    STOPPED: [],
     GENERATIONS: {},
     GENERATE_NOW: False,
     GEN_LAYER: 0,
@@ -194,11 +196,40 @@ DEFAULTS = {
 }
 
 
+def example_box(digest: str) -> str:
+    return f"{EXAMPLE}_{digest}"
+
+
+TEXT_SEEN = "text_seen"  # the run (model, text, cut) whose tokens the TEXT_SCOPED values index
+TEXT_SCOPED = (QUERY, TAYLOR_QUERY)  # token positions of one text: back to their defaults when the text changes
+
+
+def follow_text(run) -> None:
+    """Called with each page's run key: when the text (or the model, or the cut, which change its tokens) is not the
+    one the token positions in TEXT_SCOPED were chosen on, they go back to their defaults."""
+    if st.session_state.get(TEXT_SEEN) != run:
+        st.session_state[TEXT_SEEN] = run
+        for key in TEXT_SCOPED:
+            st.session_state[key] = DEFAULTS[key]
+
+
+def last_if_unset(key: str, n_tokens: int) -> int:
+    """The token position stored under `key`, the last one when it is -1 (the default) or beyond the text."""
+    position = int(st.session_state[key])
+    st.session_state[key] = n_tokens - 1 if position < 0 or position >= n_tokens else position
+    return st.session_state[key]
+
+
 # Sidebar widgets shared by every page. Re-assigning their values at the start of each run makes Streamlit send them
 # to the browser with the widgets: a page switch requested before the previous run drew the sidebar otherwise leaves
 # the browser's copies at the widgets' built-in defaults (an empty text), which the next interaction sends back.
 SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, DEVICE, DTYPE, QUANTIZE, TEXT,
-                  EXAMPLE, MAX_TOKENS, LIBRARY_PICK, IMAGE_FORMAT)
+                  MAX_TOKENS, LIBRARY_PICK, IMAGE_FORMAT)
+
+# Every widget bound to one of these keys is drawn with persist_state=PERSIST: Streamlit then keeps its value when a
+# page that does not draw it runs (by default it deletes it, and the setting would fall back to its default after a
+# visit to another page). So a setting belongs to the app, not to the page that drew its widget last.
+PERSIST = "session"
 
 
 def init_state() -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from attnscope import cancel
 from attnscope.app import cached, common, permalink, state
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
@@ -26,4 +27,5 @@ navigation = st.navigation(pages)
 common.sidebar()
 permalink.publish()
 permalink.show_messages()
-navigation.run()
+with cancel.checking(common.check_stop):  # every forward pass and study unit stops when the user asks
+    navigation.run()

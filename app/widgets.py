@@ -1,7 +1,8 @@
 """Widgets drawn from attnscope.settings: one call per setting, with the table's key, label, help and domain.
 
 The widget stores the setting's stable value in st.session_state[setting.key] (choices show their labels through
-format_func), so links, the CLI and the API read the same values the widgets write.
+format_func), so links, the CLI and the API read the same values the widgets write; it persists across pages
+(app/state.py, PERSIST).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from attnscope import settings as S
+from attnscope.app import state
 
 
 def widget(key: str, where=st, *, kind: str | None = None, options=None, **overrides):
@@ -19,7 +21,7 @@ def widget(key: str, where=st, *, kind: str | None = None, options=None, **overr
     """
     setting = S.setting(key)
     domain = setting.domain
-    common = {"key": setting.key, "label": overrides.pop("label", setting.label),
+    common = {"key": setting.key, "persist_state": state.PERSIST, "label": overrides.pop("label", setting.label),
               "help": overrides.pop("help", setting.help or None), **overrides}
     if isinstance(domain, S.Flag):
         return where.toggle(**common)

@@ -27,6 +27,9 @@ Softmax-vs-Taylor page runs the model with Taylor-n attention in every layer wit
 A :func:`streaming` block does the same with the layer's index, so a consumer can compute the layer's output together
 with whatever it measures, keep what it needs and let the rest go (attnscope.engine).
 
+Every call of the registered function is a cancellation point (attnscope.cancel.checkpoint): a forward pass whose
+caller asked to stop ends before its next layer.
+
 Caution: transformers builds no causal mask for an attention name that has no mask function registered under the
 same name, and a decoder then silently attends to the future. :func:`register_attention` registers SDPA's mask
 function as ``"attnscope"`` in ``AttentionMaskInterface`` too; tests/unit/test_capture.py checks causality directly.
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnscope import cancel
 from attnscope.kernels.utils import key_positions_visible
 from attnscope.logprobs import next_token_logprobs
 
@@ -272,6 +276,7 @@ def attnscope_attention(module, query, key, value, attention_mask, scaling=None,
     replacement attention while a :func:`substituting` or :func:`streaming` block is active."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    cancel.checkpoint()  # every forward pass can be stopped between layers
     recorder = _ACTIVE.get()
     if recorder is not None:
         recorder.record(module, query, key, value, attention_mask, scaling, kwargs)

@@ -34,7 +34,7 @@ capture, tokens = run.capture, run.tokens
 n_layers, n_heads, n_tokens = capture.n_layers, capture.n_heads, len(tokens)
 st.session_state[state.LAYER] = min(st.session_state[state.LAYER], n_layers - 1)
 st.session_state[state.HEAD] = min(st.session_state[state.HEAD], n_heads - 1)
-st.session_state[state.QUERY] = min(st.session_state[state.QUERY], n_tokens - 1)
+state.last_if_unset(state.QUERY, n_tokens)
 
 view = widget("view", kind="segmented", label_visibility="collapsed") or state.VIEW_ONE_HEAD
 controls = st.columns([1, 1, 1.3, 1.3, 1.6])
@@ -61,20 +61,23 @@ if view == state.VIEW_ONE_HEAD:
 
 elif view == state.VIEW_ALL_HEADS:
     options = st.columns([1.2, 1, 3])
-    options[0].radio("Heads of", ["This layer", "All layers"], key=state.GRID_SCOPE, horizontal=True)
-    options[1].toggle("Sort by entropy", key=state.GRID_SORT, help="Lowest mean entropy (most focused) first.")
+    options[0].radio("Heads of", ["This layer", "All layers"], key=state.GRID_SCOPE, persist_state=state.PERSIST,
+                     horizontal=True)
+    options[1].toggle("Sort by entropy", key=state.GRID_SORT, persist_state=state.PERSIST,
+                      help="Lowest mean entropy (most focused) first.")
     all_layers = st.session_state[state.GRID_SCOPE] == "All layers"
     layers = range(n_layers) if all_layers else [layer]
     cells = GRID_CELLS_ALL_LAYERS if all_layers else GRID_CELLS_ONE_LAYER
     thumbnails = []
-    progress = st.progress(0.0, "Computing head maps") if all_layers else None
-    for index, grid_layer in enumerate(layers):
-        thumbnails += study.maps(source, text, cut=cut, layer=grid_layer, cell_limit=cells, reduce=reduce,
-                                 hide_sink=hide_sink).thumbnails()
-        if progress is not None:
-            progress.progress((index + 1) / len(layers), f"Computing head maps: layer {grid_layer + 1}/{n_layers}")
-    if progress is not None:
-        progress.empty()
+    request = ("grid", run.key, tuple(layers), cells, reduce, hide_sink)
+    if common.stopped(request):
+        common.show_stopped(request, "computing the head maps")
+        st.stop()
+    with common.working("Computing head maps", request) as progress:
+        for index, grid_layer in enumerate(layers):
+            thumbnails += study.maps(source, text, cut=cut, layer=grid_layer, cell_limit=cells, reduce=reduce,
+                                     hide_sink=hide_sink).thumbnails()
+            progress((index + 1) / len(layers), f"Computing head maps: layer {grid_layer + 1}/{n_layers}")
     title = ("All layers" if all_layers else f"Layer {layer}") + ": click a head to open it"
     figure = figures.head_grid(thumbnails, n_cols=n_heads if all_layers else min(n_heads, 6),
                                sort_by_entropy=st.session_state[state.GRID_SORT], title=title)
@@ -94,12 +97,15 @@ elif view == state.VIEW_QUERY:
     common.chart(figure, key="query_bars", name=f"query-{query}-layer{layer}-head{head}")
 
 else:
-    progress = st.progress(0.0, "Computing per-head statistics")
-    result = study.stats(source, text, cut=cut, progress=lambda done, message: progress.progress(done, message))
-    progress.empty()
+    request = ("stats", run.key)
+    if common.stopped(request):
+        common.show_stopped(request, "computing every head's statistics")
+        st.stop()
+    with common.working("Computing per-head statistics", request, models=(run.key.spec,)) as progress:
+        result = study.stats(source, text, cut=cut, progress=progress)
     for item in result.findings():
         common.finding(item)
-    shown = st.selectbox("Statistic", list(STATISTICS), key=state.STAT_SHOWN,
+    shown = st.selectbox("Statistic", list(STATISTICS), key=state.STAT_SHOWN, persist_state=state.PERSIST,
                          format_func=lambda name: STATISTICS[name][0])
     st.caption(f"{STATISTICS[shown][0]}: {STATISTICS[shown][1]}. Averaged over the {n_tokens} query tokens; the "
                "sink is never hidden here.")

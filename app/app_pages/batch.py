@@ -26,7 +26,8 @@ if spec is None:
     st.info("Choose a model in the sidebar first.")
     st.stop()
 limits = common.policy()
-kind = st.radio("Study", list(study.STUDIES), key=state.BATCH_KIND, format_func=study.STUDIES.get, horizontal=True)
+kind = st.radio("Study", list(study.STUDIES), key=state.BATCH_KIND, persist_state=state.PERSIST,
+                format_func=study.STUDIES.get, horizontal=True)
 columns = st.columns(max(1, len(SETTINGS[kind])))
 for column, key in zip(columns, SETTINGS[kind]):
     widget(key, column)
@@ -43,14 +44,16 @@ if kind != "collapse":
 request = (spec, kind, tuple(sorted(settings.items())), tuple(p.digest for p in prompts))
 if st.button(f"Run over the {len(prompts)} prompt(s)", type="primary"):
     st.session_state[state.BATCH_REQUESTS] = [*st.session_state[state.BATCH_REQUESTS], request]
+    common.resume(request)
 if request not in st.session_state[state.BATCH_REQUESTS]:
     st.stop()
+if common.stopped(request):
+    common.show_stopped(request, f"the batch over {len(prompts)} prompt(s)")
+    st.stop()
 
-progress = st.progress(0.0, "Running the prompts")
-with common.model_turn(spec):
+with common.working("Running the prompts", request, models=(spec,)) as progress:
     result = study.run(cached.AppSource(spec), [(p.name, p.text) for p in prompts], study=kind, settings=settings,
-                       progress=lambda done, message: progress.progress(done, common.literal(message)))
-progress.empty()
+                       progress=progress)
 for item in result.findings():
     common.say("info", f"{item.topic}: {item.measured}")  # literal: prompt names are the visitor's
 if not result.prompts:
@@ -58,6 +61,7 @@ if not result.prompts:
 statistic = "entropy"
 if kind == "stats":
     statistic = st.selectbox("Head statistic", list(maps_study.STATISTICS), key=state.BATCH_STAT,
+                             persist_state=state.PERSIST,
                              format_func=lambda name: maps_study.STATISTICS[name][0])
 figures = result.figures(statistic)
 for column, (name, figure) in zip(st.columns(len(figures)), figures.items()):

@@ -13,6 +13,22 @@ from attnscope.studies import maps as maps_study
 LABELS = {name: label for name, (label, _) in maps_study.STATISTICS.items()} | {
     "learned_sink_mass": maps_study.LEARNED_SINK[0]}
 KEPT_REQUESTS = 8
+MAP_HEIGHT = 520  # px: about a half-width column's width on a laptop screen, so the square maps fill their column
+
+
+def _a_b_then_difference(figures: dict, prefix: str, *, missing: str, beside: str) -> None:
+    """A and B side by side, then B − A below at the same width (or the sentence `missing` when there is none),
+    with the caption `beside` next to it."""
+    top, below = st.columns(2), st.columns(2)
+    for column, which in zip([*top, below[0]], ("a", "b", "difference")):
+        with column:
+            if f"{prefix}-{which}" in figures:
+                common.chart(figures[f"{prefix}-{which}"], key=f"compare_{prefix}-{which}",
+                             name=f"compare-{prefix}-{which}")
+            else:
+                st.info(missing)
+    if beside:
+        below[1].caption(beside)
 
 
 def _use_sidebar_text() -> None:
@@ -34,7 +50,8 @@ def _spec_b(spec_a: ModelSpec, choice: str, limits: Policy) -> ModelSpec | None:
 st.title("Compare")
 st.caption("Side A is the sidebar's model and text; side B a second text, a second model, or both. Both sides run "
            "through the Attention maps page's cached units, and B − A is their difference: head by head when both "
-           "models have the same layers × heads, else each layer's mean over heads.")
+           "models have the same layers × heads, else each layer's mean over heads, layers paired by relative "
+           "depth (first with first, last with last).")
 limits = common.policy()
 spec_a, text_a = common.current_spec(), st.session_state[state.TEXT]
 if spec_a is None or not text_a.strip():
@@ -52,14 +69,15 @@ side_a.markdown("**Side A**: the sidebar's model and text")
 side_a.caption(common.literal(f"{spec_a.name} · {text_a}", limit=400))
 with side_b:
     st.markdown("**Side B**")
-    choice = st.selectbox("Model B", choices, key=state.COMPARE_MODEL,
+    choice = st.selectbox("Model B", choices, key=state.COMPARE_MODEL, persist_state=state.PERSIST,
                           format_func=lambda c: names.get(c) or (PACKAGED_MODELS[c].title if c in PACKAGED_MODELS
                                                                  else c))
     if choice == state.CUSTOM_MODEL:
-        st.text_input("Hub id or local folder (B)", key=state.COMPARE_CUSTOM_NAME, max_chars=common.NAME_CHARS,
+        st.text_input("Hub id or local folder (B)", key=state.COMPARE_CUSTOM_NAME, persist_state=state.PERSIST,
+                      max_chars=common.NAME_CHARS,
                       placeholder="gpt2 or /path/to/model",
                       help="Loaded at its default revision without remote code; for more, make it side A.")
-    st.text_area("Text B", key=state.COMPARE_TEXT, height=140, max_chars=limits.max_chars)
+    st.text_area("Text B", key=state.COMPARE_TEXT, persist_state=state.PERSIST, height=140, max_chars=limits.max_chars)
     st.button("Use the sidebar text", on_click=_use_sidebar_text)
 spec_b, text_b = _spec_b(spec_a, choice, limits), st.session_state[state.COMPARE_TEXT]
 keep, max_tokens = st.session_state[state.KEEP], int(st.session_state[state.MAX_TOKENS])
@@ -67,7 +85,11 @@ request = (spec_a, text_a, spec_b, text_b, max_tokens, keep)
 if st.button("Compare", type="primary"):
     st.session_state[state.COMPARE_REQUESTS] = [*st.session_state[state.COMPARE_REQUESTS][-KEPT_REQUESTS + 1:],
                                                 request]
+    common.resume(request)
 if request not in st.session_state[state.COMPARE_REQUESTS]:
+    st.stop()
+if common.stopped(request):
+    common.show_stopped(request, "the comparison")
     st.stop()
 if spec_b is None:
     st.info("Type a hub id or a local folder for model B.")
@@ -84,45 +106,37 @@ n_layers, n_heads = min(loaded_a.n_layers, loaded_b.n_layers), min(loaded_a.n_he
 st.session_state[state.COMPARE_LAYER] = min(st.session_state[state.COMPARE_LAYER], n_layers - 1)
 st.session_state[state.COMPARE_HEAD] = min(st.session_state[state.COMPARE_HEAD], n_heads - 1)
 controls = st.columns(3)
-layer = controls[0].selectbox("Layer (maps)", range(n_layers), key=state.COMPARE_LAYER)
-head = controls[1].selectbox("Head (maps)", range(n_heads), key=state.COMPARE_HEAD)
+layer = controls[0].selectbox("Layer (maps)", range(n_layers), key=state.COMPARE_LAYER, persist_state=state.PERSIST)
+head = controls[1].selectbox("Head (maps)", range(n_heads), key=state.COMPARE_HEAD, persist_state=state.PERSIST)
 
-progress = st.progress(0.0, "Comparing")
 try:
-    with common.model_turn(spec_a), common.model_turn(spec_b):
+    with common.working("Comparing", request, models=(spec_a, spec_b)) as progress:
         result = study.run(cached.AppSource(spec_a), text_a, common.cut_for(loaded_a), cached.AppSource(spec_b),
                            text_b, common.cut_for(loaded_b), layer=layer, head=head,
                            cell_limit=st.session_state[state.CELL_LIMIT], reduce=st.session_state[state.REDUCE],
-                           hide_sink=st.session_state[state.HIDE_SINK],
-                           progress=lambda done, message: progress.progress(done, common.literal(message)))
+                           hide_sink=st.session_state[state.HIDE_SINK], progress=progress)
 except ValueError as error:
-    progress.empty()
     common.say("error", str(error))
     st.stop()
-progress.empty()
 for item in result.findings():
     st.markdown(f"**{item.topic}.** {common.literal(item.measured)}")  # model names may be the visitor's
 
 if st.session_state[state.COMPARE_STAT] not in result.difference:  # learned sinks: only when both sides have them
     st.session_state[state.COMPARE_STAT] = "entropy"
 statistic = controls[2].selectbox("Statistic", list(result.difference), key=state.COMPARE_STAT,
+                                  persist_state=state.PERSIST,
                                   format_func=LABELS.get)
-figures = result.figures(statistic)
+figures = result.figures(statistic, map_height=MAP_HEIGHT)
 st.subheader("Head statistics")
-st.caption(f"{LABELS.get(statistic)}: {maps_study.STATISTICS.get(statistic, maps_study.LEARNED_SINK)[1]}. B − A is "
-           "red where B is higher, blue where it is lower, on a scale centred at 0.")
-for column, which in zip(st.columns(3), ("a", "b", "difference")):
-    with column:
-        common.chart(figures[f"{statistic}-{which}"], key=f"compare_{statistic}-{which}",
-                     name=f"compare-{statistic}-{which}")
+st.caption(f"{LABELS.get(statistic)}: {maps_study.STATISTICS.get(statistic, maps_study.LEARNED_SINK)[1]}.")
+pairs = "" if result.per_head else " Each row pairs A's and B's layers at the same relative depth."
+_a_b_then_difference(figures, statistic, missing="", beside="B − A is red where B is higher, blue where it is lower, "
+                     f"on a scale centred at 0.{pairs}")
 st.subheader(f"Layer {layer}, head {head}")
 st.caption("Pooled as on the Attention maps page (cell limit, pooling, hide the sink).")
-for column, which in zip(st.columns(3), ("a", "b", "difference")):
-    with column:
-        if f"map-{which}" in figures:
-            common.chart(figures[f"map-{which}"], key=f"compare_map-{which}", name=f"compare-map-{which}")
-        else:
-            st.info(result.map_note[0].upper() + result.map_note[1:])
+note = result.map_note[:1].upper() + result.map_note[1:]
+drawn = "map-difference" in figures
+_a_b_then_difference(figures, "map", missing=note, beside=common.literal(note) if drawn and note else "")
 st.download_button("Both sides and B − A as CSV", lambda: result.to_frame().to_csv(index=False),
                    file_name="compare.csv", mime="text/csv", on_click="ignore")
 common.report_button("Compare", {"model B": spec_b.name, "text B": text_b[:2000], "layer": layer, "head": head},

@@ -44,25 +44,27 @@ widget("vectors", controls[4], kind="radio")
 builtin = st.session_state["source"] == state.SOURCE_BUILTIN
 settings = {key: st.session_state[key] for key in SETTINGS}
 
-progress = st.progress(0.0, "Measuring")
+request = ("collapse", run.key.spec, None if builtin else run.key.text, tuple(sorted(settings.items())), model_limit)
+if common.stopped(request):
+    common.show_stopped(request, "measuring the context lengths")
+    st.stop()
 try:
-    with common.model_turn(run.key.spec):
+    with common.working("Measuring", request, models=(run.key.spec,)) as progress:
         result = study.run(cached.AppSource(run.key.spec), None if builtin else run.key.text, **settings,
-                           max_tokens=model_limit, progress=lambda done, message: progress.progress(done, message))
+                           max_tokens=model_limit, progress=progress)
 except ValueError as error:
-    progress.empty()
     st.warning(str(error))
     st.stop()
-progress.empty()
 st.caption(result.summary("the sidebar text"))
 
 focus = st.columns([1, 1, 1])
 focus[0].selectbox("Heads in the figures", [state.ALL_LAYERS, *range(result.n_layers)], key=state.COLLAPSE_LAYER,
+                   persist_state=state.PERSIST,
                    format_func=lambda i: "all heads (median, quartiles)" if i == state.ALL_LAYERS else f"layer {i}")
 layer = st.session_state[state.COLLAPSE_LAYER]
 if layer != state.ALL_LAYERS:
     st.session_state[state.COLLAPSE_HEAD] = min(st.session_state[state.COLLAPSE_HEAD], result.n_heads - 1)
-    focus[1].selectbox("Head", range(result.n_heads), key=state.COLLAPSE_HEAD)
+    focus[1].selectbox("Head", range(result.n_heads), key=state.COLLAPSE_HEAD, persist_state=state.PERSIST)
 if st.session_state["fixed_length"] not in result.lengths:
     st.session_state["fixed_length"] = result.lengths[-1]
 widget("fixed_length", focus[2], options=result.lengths)

@@ -44,17 +44,16 @@ done = st.session_state[state.GENERATIONS]
 asked = st.button("Generate", type="primary") or st.session_state[state.GENERATE_NOW]
 st.session_state[state.GENERATE_NOW] = False
 if asked:
-    stream, bar = st.empty(), st.progress(0.0, "Reading the prompt")
+    common.resume(request)
+    stream = st.empty()
     try:
-        with common.model_turn(spec):
+        with common.working("Reading the prompt", request, models=(spec,)) as progress:
             result = study.run(cached.AppSource(spec), text, **settings, time_limit=limits.generation_seconds,
                                on_token=lambda so_far: stream.markdown(f"> {common.literal(so_far)}"),
-                               progress=lambda fraction, message: bar.progress(fraction, message))
+                               progress=progress)
     except ValueError as error:  # a chat template that fails, a prompt at the position limit: nothing is lost
         common.say("error", str(error))
         st.stop()
-    finally:
-        bar.empty()
     stream.empty()
     done.pop(request, None)
     done[request] = result
@@ -62,7 +61,10 @@ if asked:
         done.pop(next(iter(done)))
 result = done.get(request)
 if result is None:
-    st.info("Press Generate to let the model continue the text.")
+    if common.stopped(request):
+        st.info("Stopped before the model finished. Press Generate to start again.", icon="⏹️")
+    else:
+        st.info("Press Generate to let the model continue the text.")
     st.stop()
 
 st.markdown(f"**Prompt** ({len(result.prompt_ids)} tokens{', chat template' if result.meta['chat_template'] else ''})"
@@ -79,12 +81,16 @@ for column, name in zip((left, right), ("entropy-by-layer", "max_weight-by-layer
 st.subheader("Maps of the whole text")
 n_layers, n_heads = result.entropy.shape[1:]
 controls = st.columns(3)
-layer = controls[0].selectbox("Layer", range(n_layers), key=state.GEN_LAYER)
-head = controls[1].selectbox("Head", range(n_heads), key=state.GEN_HEAD)
+layer = controls[0].selectbox("Layer", range(n_layers), key=state.GEN_LAYER, persist_state=state.PERSIST)
+head = controls[1].selectbox("Head", range(n_heads), key=state.GEN_HEAD, persist_state=state.PERSIST)
 cell_limit = widget("cell_limit", controls[2], kind="slider")
 source = cached.AppSource(spec)
 cut = common.cut_for(loaded, requested=len(result.text_ids))
-with common.model_turn(spec), st.spinner("Computing the map"):
+map_request = ("generation-map", spec, result.text_ids, cut)
+if common.stopped(map_request):
+    common.show_stopped(map_request, "running the model on the whole text")
+    st.stop()
+with common.working("Running the model on the whole text", map_request, models=(spec,)):
     maps = maps_study.maps(source, result.text_ids, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit)
 (name, figure), = maps.figures().items()
 figures.mark_generated(figure, n_prompt=len(result.prompt_ids), block=maps.block)

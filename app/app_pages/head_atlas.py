@@ -60,20 +60,18 @@ def _run(corpus_uploads, limits) -> None:
     documents, tokens = int(st.session_state[state.ATLAS_DOCUMENTS]), int(st.session_state[state.ATLAS_TOKENS])
     settings = study.Settings(max_tokens=tokens, limit=documents, shard_size=4,
                               text_column=st.session_state[state.ATLAS_TEXT_COLUMN].strip() or "text")
-    bar = st.progress(0.0, "Fingerprinting the corpus")
     deadline = time.monotonic() + limits.atlas_seconds
+    handle = cached.get_handle(spec)  # before the model's lock: no cached function runs under it
     with tempfile.TemporaryDirectory() as folder:
         corpus = _corpus(corpus_uploads, Path(folder)) if corpus_uploads else st.session_state[state.ATLAS_CORPUS]
         try:
-            with common.model_turn(spec), cached.model_lock(spec):
-                result = study.run(cached.get_handle(spec), corpus, Path(folder) / "atlas", settings=settings,
-                                   deadline=deadline,
-                                   progress=lambda done, message: bar.progress(done, message))
+            with common.working("Fingerprinting the corpus", ("atlas", spec), models=(spec,)) as progress, \
+                    cached.holding_model(spec):
+                result = study.run(handle, corpus, Path(folder) / "atlas", settings=settings, deadline=deadline,
+                                   progress=progress)
         except (ValueError, OSError) as error:
             common.say("error", str(error))
             return
-        finally:
-            bar.empty()
     if corpus_uploads:  # not the temporary folder they were written to
         result.meta["corpus"] = f"{len(corpus_uploads)} uploaded file(s)"
     if time.monotonic() > deadline:
@@ -108,7 +106,8 @@ with opened:
     _open(st.file_uploader("Atlas file (atlas.parquet or .json written by attnscope)", type=["parquet", "json"],
                            max_upload_size=limits.max_upload_mb), "a")
     if not limits.hosted:  # a hosted demo never reads a path a visitor types
-        folder = st.text_input("Or an atlas folder or file on this machine", key=state.ATLAS_FOLDER)
+        folder = st.text_input("Or an atlas folder or file on this machine", key=state.ATLAS_FOLDER,
+                               persist_state=state.PERSIST)
         if st.button("Open") and folder.strip():
             _use(Path(folder.strip()).expanduser(), "a", folder.strip())
 with run:
@@ -121,11 +120,14 @@ with run:
     if left_out:
         st.warning(left_out)
     if not limits.hosted:
-        st.text_input("Or a corpus on this machine (folder, file or datasets folder)", key=state.ATLAS_CORPUS)
+        st.text_input("Or a corpus on this machine (folder, file or datasets folder)", key=state.ATLAS_CORPUS,
+                      persist_state=state.PERSIST)
     columns = st.columns(3)
-    columns[0].number_input("Documents", 1, limits.max_atlas_documents, key=state.ATLAS_DOCUMENTS)
-    columns[1].number_input("Tokens per document", 8, limits.max_atlas_tokens, key=state.ATLAS_TOKENS)
-    columns[2].text_input("Text column", key=state.ATLAS_TEXT_COLUMN, max_chars=100)
+    columns[0].number_input("Documents", 1, limits.max_atlas_documents, key=state.ATLAS_DOCUMENTS,
+                            persist_state=state.PERSIST)
+    columns[1].number_input("Tokens per document", 8, limits.max_atlas_tokens, key=state.ATLAS_TOKENS,
+                            persist_state=state.PERSIST)
+    columns[2].text_input("Text column", key=state.ATLAS_TEXT_COLUMN, persist_state=state.PERSIST, max_chars=100)
     if st.button("Run the atlas", type="primary"):
         if uploads or (not limits.hosted and st.session_state[state.ATLAS_CORPUS].strip()):
             _run(uploads[:limits.max_files], limits)
@@ -142,9 +144,11 @@ for item in result.findings():
 if st.session_state[state.ATLAS_FIELD] not in result.fields:
     st.session_state[state.ATLAS_FIELD] = result.fields[0]
 controls = st.columns(2)
-field = controls[0].selectbox("Fingerprint", result.fields, key=state.ATLAS_FIELD, format_func=study.label)
+field = controls[0].selectbox("Fingerprint", result.fields, key=state.ATLAS_FIELD, persist_state=state.PERSIST,
+                              format_func=study.label)
 embeddings = [e for e in EMBEDDINGS if e != "umap" or importlib.util.find_spec("umap")]
-controls[1].radio("Embedding", embeddings, key=state.ATLAS_EMBEDDING, horizontal=True, format_func=str.upper)
+controls[1].radio("Embedding", embeddings, key=state.ATLAS_EMBEDDING, persist_state=state.PERSIST, horizontal=True,
+                  format_func=str.upper)
 figures = result.figures(field, embedding=st.session_state[state.ATLAS_EMBEDDING])
 left, right = st.columns(2)
 with left:
@@ -167,7 +171,7 @@ if picked is not None and result.sample:
     loaded = common.load(spec)
     if loaded is not None:
         cut = common.cut_for(loaded, requested=result.meta["settings"]["max_tokens"])
-        with common.model_turn(spec), st.spinner("Computing the map"):
+        with common.working("Computing the map", ("atlas-map", spec, layer, head), models=(spec,)):
             maps = maps_study.maps(cached.AppSource(spec), result.sample, cut=cut, layer=layer, heads=[head],
                                    cell_limit=st.session_state[state.CELL_LIMIT])
         (name, figure), = maps.figures().items()

@@ -107,8 +107,10 @@ with left:
                      help=f"UTF-8 text, at most {limits.max_upload_mb} MB per file and {limits.max_files} files at a "
                           f"time; the library holds {limits.max_prompts} prompts and {limits.max_library_mb} MB.")
 with right:
-    st.text_area("Paste a text", key=state.PASTE_TEXT, height=120, max_chars=limits.max_chars)
-    st.text_input("Name (optional)", key=state.PASTE_NAME, max_chars=prompts.MAX_NAME_CHARS)
+    st.text_area("Paste a text", key=state.PASTE_TEXT, persist_state=state.PERSIST, height=120,
+                 max_chars=limits.max_chars)
+    st.text_input("Name (optional)", key=state.PASTE_NAME, persist_state=state.PERSIST,
+                  max_chars=prompts.MAX_NAME_CHARS)
     st.button("Add to the library", on_click=_take_paste)
 
 for kind, message in st.session_state[state.UPLOAD_MESSAGES]:

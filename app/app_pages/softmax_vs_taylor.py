@@ -41,8 +41,9 @@ if run.kind == "decoder" and n_tokens > S.default("n_tokens"):
     _clip_selection("n_tokens", n_tokens)
     widget("n_tokens", max_value=n_tokens, step=256)
     n_tokens = int(st.session_state["n_tokens"])
-for key, upper in (("taylor_layer", n_layers - 1), ("taylor_head", n_heads - 1), (state.TAYLOR_QUERY, n_tokens - 1)):
+for key, upper in (("taylor_layer", n_layers - 1), ("taylor_head", n_heads - 1)):
     _clip_selection(key, upper)
+state.last_if_unset(state.TAYLOR_QUERY, n_tokens)
 
 controls = st.columns([1.3, 1.6, 0.8, 1.3, 0.8, 0.8])
 widget("max_order", controls[0], kind="slider")
@@ -58,19 +59,20 @@ loss_request = (run.key, n_tokens, max_order, study.clamp_bounds(settings["clamp
                 st.session_state[state.TAYLOR_LOSS_DENOMINATOR])  # what the loss curve depends on
 losses = (loss_request[-1],) if loss_request in st.session_state[state.TAYLOR_LOSS_REQUESTS] else ()
 
-progress = st.progress(0.0, "Expanding every head")
+request = ("taylor", run.key, tuple(sorted(settings.items())), losses)
+if common.stopped(request):
+    common.show_stopped(request, "expanding every head")
+    st.stop()
 try:
-    with common.model_turn(run.key.spec):
+    with common.working("Expanding every head", request, models=(run.key.spec,)) as progress:
         result = study.run(cached.AppSource(run.key.spec), run.key.text, **settings, losses=losses,
                            query=st.session_state[state.TAYLOR_QUERY],
                            row_denominator=st.session_state[state.TAYLOR_WEIGHT_DENOMINATOR],
                            rnn_tokens=st.session_state[state.TAYLOR_RNN_TOKENS], max_tokens=run.key.cut.max_tokens,
-                           keep=run.key.cut.keep, progress=lambda done, message: progress.progress(done, message))
+                           keep=run.key.cut.keep, progress=progress)
 except ValueError as error:
-    progress.empty()
     st.warning(str(error))
     st.stop()
-progress.empty()
 st.caption(result.summary())
 
 st.session_state[state.TAYLOR_HIST_ORDERS] = [o for o in st.session_state[state.TAYLOR_HIST_ORDERS] if o <= MAX_ORDER]
@@ -84,7 +86,7 @@ tabs = st.tabs(["Error vs order", "Order needed", "Logit scale", "One head's wei
 
 with tabs[0]:
     st.caption(study.HELP["error"])
-    st.radio("Over", list(SCOPES), key=state.TAYLOR_SCOPE, horizontal=True,
+    st.radio("Over", list(SCOPES), key=state.TAYLOR_SCOPE, persist_state=state.PERSIST, horizontal=True,
              help="One layer and one head use the layer and head chosen above.")
     left, right = st.columns([3, 2])
     with left:
@@ -101,7 +103,8 @@ with tabs[0]:
 
 with tabs[1]:
     st.caption(study.HELP["needed"])
-    st.selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_NEEDED_DENOMINATOR, format_func=DENOMINATOR_LABELS.get)
+    st.selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_NEEDED_DENOMINATOR, persist_state=state.PERSIST,
+                 format_func=DENOMINATOR_LABELS.get)
     common.chart(charts["order-needed"], key="taylor_needed_chart", name="order-needed")
     _tab_findings(result, "needed")
 
@@ -109,8 +112,10 @@ with tabs[2]:
     st.caption(study.HELP["logits"])
     pick = st.columns([1, 2])
     pick[0].selectbox("Layer", [state.ALL_LAYERS, *range(n_layers)], key=state.TAYLOR_HIST_LAYER,
+                      persist_state=state.PERSIST,
                       format_func=lambda i: "all layers" if i == state.ALL_LAYERS else f"layer {i}")
-    pick[1].multiselect("Orders drawn", list(range(MAX_ORDER + 1)), key=state.TAYLOR_HIST_ORDERS)
+    pick[1].multiselect("Orders drawn", list(range(MAX_ORDER + 1)), key=state.TAYLOR_HIST_ORDERS,
+                        persist_state=state.PERSIST)
     common.chart(charts["logit-histogram"], key="taylor_logit_chart", name="logit-histogram")
     st.caption(study.HELP["terms"])
     common.chart(charts["term-sizes"], key="taylor_terms_chart", name="term-sizes")
@@ -118,10 +123,10 @@ with tabs[2]:
 
 with tabs[3]:
     pick = st.columns(3)
-    pick[0].selectbox("Query token", range(n_tokens), key=state.TAYLOR_QUERY,
+    pick[0].selectbox("Query token", range(n_tokens), key=state.TAYLOR_QUERY, persist_state=state.PERSIST,
                       format_func=lambda i: f"{i}: {tokens.strings[i]}")
     widget("taylor_order", pick[1], kind="slider", max_value=max_order)
-    pick[2].selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_WEIGHT_DENOMINATOR,
+    pick[2].selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_WEIGHT_DENOMINATOR, persist_state=state.PERSIST,
                       format_func=DENOMINATOR_LABELS.get)
     st.caption(study.HELP["weights"])
     common.chart(charts["one-query-weights"], key="taylor_row_chart", name="one-query-weights")
@@ -137,7 +142,8 @@ with tabs[4]:
     if result.recurrent is None:
         st.info("The recurrent form runs left to right over a causal decoder; this model attends in both directions.")
     else:
-        st.select_slider("Tokens run", study.RNN_TOKENS, key=state.TAYLOR_RNN_TOKENS, help=study.HELP["rnn_tokens"])
+        st.select_slider("Tokens run", study.RNN_TOKENS, key=state.TAYLOR_RNN_TOKENS, persist_state=state.PERSIST,
+                         help=study.HELP["rnn_tokens"])
         st.dataframe(result.recurrent_frame(), hide_index=True, column_config={
             "max |recurrent − parallel|": st.column_config.NumberColumn(format="%.2e"),
             "max |output|": st.column_config.NumberColumn(format="%.3g"),
@@ -150,7 +156,7 @@ with tabs[5]:
         st.info(study.NO_LOSS)
     else:
         pick = st.columns([1, 2])
-        pick[0].selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_LOSS_DENOMINATOR,
+        pick[0].selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_LOSS_DENOMINATOR, persist_state=state.PERSIST,
                           format_func=DENOMINATOR_LABELS.get)
         pick[1].button(f"Measure the loss ({max_order + len(study.REFERENCES)} forward passes)", type="primary",
                        on_click=_ask_for_loss, args=(loss_request,))

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attnscope import kernels
+from attnscope import cancel, kernels
 from attnscope.capture import LayerCapture
 from attnscope.kernels.attention_stats.chunked import CHUNK_BYTES
 
@@ -152,6 +152,7 @@ def analyse_layers(layers: Sequence[LayerCapture], *, rows: int, hidden: Sequenc
     logits, directions = [], []
     start = 0
     while start < len(layers):
+        cancel.checkpoint()  # a fold of a long window takes seconds: a caller that asked to stop stops here
         stop = start + 1
         while stop < len(layers) and _foldable(layers, hidden, start, stop + 1, rows):
             stop += 1
