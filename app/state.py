@@ -33,6 +33,11 @@ VIEW = S.setting("view").key
 HIDE_SINK = S.setting("hide_sink").key
 REDUCE = S.setting("reduce").key
 CELL_LIMIT = S.setting("cell_limit").key
+MAP_SCALE = S.setting("map_scale").key
+ZOOM_QUERIES = S.setting("queries").key  # (start, end) token positions of a zoom, or None: the whole text
+ZOOM_KEYS = S.setting("keys").key
+MAP_SEARCH = "map_search"  # what 'Find in the text' looks for
+MAP_SEARCH_ZOOMED = "map_search_zoomed"  # (search, match) the zoom was last moved to, so a rerun does not move it
 GRID_SCOPE = "grid_scope"
 GRID_SORT = "grid_sort"
 GRID_CHART = "grid_chart"
@@ -149,6 +154,8 @@ DEFAULTS = {
     GRID_SCOPE: "This layer",
     GRID_SORT: False,
     STAT_SHOWN: "entropy",
+    MAP_SEARCH: "",
+    MAP_SEARCH_ZOOMED: None,
     TAYLOR_SCOPE: SCOPE_MODEL,
     TAYLOR_QUERY: -1,  # the last token, whose row sees the whole text
     TAYLOR_NEEDED_DENOMINATOR: "softmax",
@@ -201,7 +208,8 @@ def example_box(digest: str) -> str:
 
 
 TEXT_SEEN = "text_seen"  # the run (model, text, cut) whose tokens the TEXT_SCOPED values index
-TEXT_SCOPED = (QUERY, TAYLOR_QUERY)  # token positions of one text: back to their defaults when the text changes
+TEXT_SCOPED = (QUERY, TAYLOR_QUERY, ZOOM_QUERIES, ZOOM_KEYS, MAP_SEARCH_ZOOMED)  # token positions in one text:
+# back to their defaults when the text changes
 
 
 def follow_text(run) -> None:

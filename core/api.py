@@ -137,15 +137,20 @@ def stats(model: Model, text: Text, *, max_tokens: int | None = None, keep: str 
 
 def maps(model: Model, text: Text, *, layer: int = 0, heads: Sequence[int] | None = None,
          max_tokens: int | None = None, keep: str = "start", cell_limit: int | None = None, reduce: str = "mean",
-         hide_sink: bool = False, progress: ProgressFn | None = None, cache: bool = False):
+         hide_sink: bool = False, queries: tuple[int, int] | None = None, keys: tuple[int, int] | None = None,
+         map_scale: str | None = None, progress: ProgressFn | None = None, cache: bool = False):
     """Attention maps of one layer's heads (all by default), pooled into tiles when longer than cell_limit.
 
+    queries, keys: a zoom, (start, end) token positions with the end excluded (either alone: the other side is the
+    whole text), drawn token by token; a side longer than cell_limit is refused. map_scale: the colour scale the
+    result's figures draw, "linear", "log" or "row" (default from attnscope.settings).
     Returns an attnscope.studies.maps.MapsResult.
     """
     from attnscope.studies import maps as study
 
     return study.maps(source(model, cache), text, cut=model.cut(max_tokens, keep), layer=layer, heads=heads,
-                      cell_limit=cell_limit, reduce=reduce, hide_sink=hide_sink, progress=progress)
+                      cell_limit=cell_limit, reduce=reduce, hide_sink=hide_sink, queries=queries, keys=keys,
+                      map_scale=map_scale, progress=progress)
 
 
 def taylor(model: Model, text: Text, **settings):

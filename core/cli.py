@@ -3,6 +3,7 @@
     attnscope prepare [MODEL]
     attnscope stats    --model M --text-file F|- [--tokens N] --out FILE.{json,csv,parquet,html}
     attnscope maps     ... [--layer L] [--heads 0,3] [--cell-limit N] [--reduce mean|max] [--hide-sink 1]
+                       [--queries 100:356 --keys 0:256] [--map-scale linear|log|row]
     attnscope taylor   ... [--max-order N] [--n-tokens N] [--clamp none|upper|both] [--clamp-value C] [--tolerance T]
     attnscope collapse ... [--max-length L] [--windows W] [--rows R] [--vectors values|hidden]  (no text: built-in)
     attnscope generate --model M --text "..."|--text-file F --max-new-tokens N [--sample 1 --temperature T --top-p P
@@ -37,14 +38,15 @@ from attnscope.models import (DEFAULT_MODEL, DTYPES, PACKAGED_MODELS, QUANTIZE, 
 
 STUDY_SETTINGS = {  # study -> settings it takes (beyond model, text and the token cut)
     "stats": (),
-    "maps": ("layer", "cell_limit", "reduce", "hide_sink"),
+    "maps": ("layer", "cell_limit", "reduce", "hide_sink", "queries", "keys", "map_scale"),
     "taylor": ("max_order", "n_tokens", "clamp", "clamp_value", "tolerance"),
     "collapse": ("max_length", "windows", "rows", "vectors"),
     "generate": ("max_new_tokens", "sample", "temperature", "top_p", "seed", "chat"),
     "compare": ("layer", "head", "cell_limit", "reduce", "hide_sink"),
 }
 HELP = {
-    "stats": "every head's entropy, max weight, sink mass and mean distance",
+    "stats": "every head's entropy, max weight, sink mass, mean distance, and head-type scores (previous token, "
+             "duplicate token, induction)",
     "maps": "attention maps of one layer's heads, pooled into tiles when long",
     "taylor": "softmax against its order-n Taylor expansion, every head",
     "collapse": "context collapse over context lengths, each figure against its bound",

@@ -114,10 +114,31 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class Span:
+    """A half-open range of token positions "start:end" (end excluded), low <= start < end <= high; None (written
+    "all") is the whole text. Whether the range fits a text is checked where the text is known."""
+
+    low: int
+    high: int
+
+    def parse(self, text: str) -> tuple[int, int] | None:
+        text = str(text).strip()
+        if text in ("", "all"):
+            return None
+        match = re.fullmatch(r"([0-9]{1,9})\s*:\s*([0-9]{1,9})", text)
+        if match is None or not self.low <= int(match[1]) < int(match[2]) <= self.high:
+            raise ValueError(f"must be start:end with {self.low} <= start < end <= {self.high}, e.g. 100:356, or all")
+        return int(match[1]), int(match[2])
+
+    def format(self, value) -> str:
+        return "all" if value is None else f"{int(value[0])}:{int(value[1])}"
+
+
+@dataclass(frozen=True)
 class Setting:
     key: str  # session_state key, API keyword and (with dashes) CLI option
     default: object
-    domain: Choice | Integer | Number | NumberChoice | Flag
+    domain: Choice | Integer | Number | NumberChoice | Flag | Span
     label: str
     help: str = ""
     url: str | None = None  # URL parameter; None: not carried by links
@@ -147,6 +168,13 @@ CLAMPS = Choice(("none", "upper", "both"),
 SOURCES = Choice(("builtin", "sidebar"),
                  labels={"builtin": "Built-in long document", "sidebar": "The sidebar text"},
                  legacy={"Built-in long document": "builtin", "The sidebar text": "sidebar"})
+# How a map's weights become colours (attnscope.figures.maps.colour_values). Log is the default: over a long text a
+# row's weights span several decades (a 3,000-token row averages 3e-4 per key beside a first token holding most of
+# it), so a linear scale gives nearly every cell the bottom colour, while log10 shows the structure at every decade
+# and, unlike per-row scaling, still compares rows (a diffuse row stays dim).
+MAP_SCALES = Choice(("linear", "log", "row"),
+                    labels={"log": "logarithmic (powers of ten)", "linear": "linear",
+                            "row": "each row to its largest weight"})
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)
 COLLAPSE_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -171,6 +199,16 @@ _TABLE: tuple[Setting, ...] = (
     Setting("cell_limit", 256, Integer(32, 512, 32), "Cell limit per side",
             "Maps with more tokens than this are pooled into tiles, so the browser never receives more than this "
             "many cells per side."),
+    Setting("map_scale", "log", MAP_SCALES, "Colour scale",
+            "How weights become colours. Logarithmic shows every decade of weight, which a long text needs; linear "
+            "shows weights as they are; per row divides each query row by its largest weight, so each token's "
+            "strongest keys stand out. The hover always shows the model's own weight.", url="scale"),
+    Setting("queries", None, Span(0, TOKEN_CEILING), "Query tokens",
+            "Zoom: the query positions start:end (end excluded) drawn token by token, e.g. 100:356; all: the whole "
+            "text, pooled when longer than the cell limit.", url="queries"),
+    Setting("keys", None, Span(0, TOKEN_CEILING), "Key tokens",
+            "Zoom: the key positions start:end (end excluded) drawn token by token, e.g. 0:256; all: the whole "
+            "text, pooled when longer than the cell limit.", url="keys"),
     # softmax vs Taylor
     Setting("max_order", 10, Integer(1, 20), "Highest order n",
             "Orders 0..N are computed for every head. Cost grows linearly with N.", url="order"),

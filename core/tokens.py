@@ -9,16 +9,28 @@ A text longer than CHARS_PER_TOKEN characters per kept token is cut by character
 or its end, whichever part is analysed), so a 10 MB paste costs no more than the part that can be analysed. No
 tokenizer in use averages that many characters per token on real text, so the cut only removes text the token cut
 would remove anyway; the one token the character cut may split in two is dropped.
+
+`find` searches the text the display strings spell (whitespace markers read back as the whitespace they stand for)
+for a needle a visitor types, case-insensitively, and returns the token spans it covers. Its limits: a tokenizer
+whose tokens decode without their spaces when decoded alone (WordPiece, some SentencePiece tokenizers) spells the text
+without those spaces, so there only needles without spaces are found; a token shown by its tokenizer string (a broken
+UTF-8 piece) matches that string, not the text.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
 _VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "⏎"})
+_READ_WHITESPACE = str.maketrans({"␣": " ", "↵": "\n", "⇥": "\t", "⏎": "\r", "▁": " "})  # also SentencePiece's ▁
 CHARS_PER_TOKEN = 16  # characters kept per analysed token when a text is cut before tokenizing
+MAX_NEEDLE_CHARS = 200  # longest text `find` searches for
+MAX_MATCHES = 100  # most matches `find` returns
 
 
 @dataclass(frozen=True)
@@ -136,3 +148,40 @@ def from_ids(tokenizer, ids, *, max_tokens: int | None = None, keep: str = "star
         ids = ids[:max_tokens] if keep == "start" else ids[-max_tokens:]
     return Tokens(ids=tuple(ids), strings=tuple(display_string(tokenizer, i) for i in ids),
                   n_text_tokens=n_text_tokens, truncated=len(ids) < n_text_tokens)
+
+
+def find(tokens: Tokens | Sequence[str], needle: str, *, max_matches: int = MAX_MATCHES) -> list[tuple[int, int]]:
+    """Where `needle` occurs in the text the tokens spell: (first, last) token positions of each occurrence, in order.
+
+    Case-insensitive (str.casefold); a needle spanning several tokens matches across them; whitespace markers in the
+    display strings (␣ ↵ ⇥ ⏎) stand for the whitespace they show, in the tokens and in the needle alike. At most one
+    match starts in each token, and the search stops after `max_matches` matches: whatever a visitor types, the work
+    is at most max_matches + 1 scans of the text.
+
+    Args:
+        tokens: Tokens, or their display strings.
+        needle: the text to find, 1 to MAX_NEEDLE_CHARS characters.
+        max_matches: most spans returned.
+
+    Returns:
+        [(first, last), ...] inclusive token positions, at most max_matches of them; [] when there is none.
+    """
+    strings = tokens.strings if isinstance(tokens, Tokens) else tuple(tokens)
+    if not needle:
+        raise ValueError("The search text is empty: type a word or a phrase to find.")
+    if len(needle) > MAX_NEEDLE_CHARS:
+        raise ValueError(f"The search text has {len(needle):,} characters; search for at most {MAX_NEEDLE_CHARS}.")
+    pieces = [str(s).translate(_READ_WHITESPACE).casefold() for s in strings]
+    starts = [0, *accumulate(len(piece) for piece in pieces)]  # character offset of each token, then the end
+    text, wanted = "".join(pieces), needle.translate(_READ_WHITESPACE).casefold()
+    matches: list[tuple[int, int]] = []
+    at = 0
+    while len(matches) < max_matches:
+        found = text.find(wanted, at)
+        if found < 0:
+            break
+        first = bisect_right(starts, found) - 1
+        last = bisect_right(starts, found + len(wanted) - 1) - 1
+        matches.append((first, last))
+        at = starts[first + 1]  # the next match starts in a later token
+    return matches

@@ -3,15 +3,16 @@
 import numpy as np
 import streamlit as st
 
+from attnscope import settings as S
 from attnscope.app import cached, common, state
 from attnscope.app.widgets import widget
+from attnscope.tokens import MAX_MATCHES, MAX_NEEDLE_CHARS, find
 from attnscope.figures import maps as figures
 from attnscope.studies import maps as study
 
 GRID_CELLS_ONE_LAYER = 48  # thumbnail resolution when one layer's heads are shown
 GRID_CELLS_ALL_LAYERS = 24  # ... and when every layer's are
 TOP_KEYS = 60  # bars in the one-query view
-STATISTICS = study.STATISTICS
 
 
 def _open_clicked_head() -> None:
@@ -22,6 +23,91 @@ def _open_clicked_head() -> None:
         st.session_state[state.LAYER] = int(layer)
         st.session_state[state.HEAD] = int(head)
         st.session_state[state.VIEW] = state.VIEW_ONE_HEAD
+
+
+def _span(values: tuple[int, int], n_tokens: int) -> tuple[int, int] | None:
+    """A range slider's (first, last) positions as the zoom setting's (start, end), None for the whole text."""
+    start, end = int(values[0]), int(values[1]) + 1
+    return None if (start, end) == (0, n_tokens) else (start, end)
+
+
+def _zoom_moved(setting: str, slider: str, n_tokens: int) -> None:
+    st.session_state[setting] = _span(st.session_state[slider], n_tokens)
+
+
+def _range_slider(where, setting: str, label: str, n_tokens: int) -> None:
+    """A range slider over the text's token positions bound to the zoom setting `setting` ((start, end) or None)."""
+    slider = f"{setting}_slider"
+    start, end = st.session_state[setting] or (0, n_tokens)
+    end = min(end, n_tokens)
+    if st.session_state.get(slider) != (start, end - 1):
+        st.session_state[slider] = (start, end - 1)
+    where.slider(label, 0, n_tokens - 1, key=slider, on_change=_zoom_moved, args=(setting, slider, n_tokens),
+                 help=S.setting(setting).help)
+
+
+def _whole_text() -> None:
+    st.session_state[state.ZOOM_QUERIES] = st.session_state[state.ZOOM_KEYS] = None
+
+
+def _zoom_at(span: tuple[int, int], n_tokens: int, cell_limit: int) -> None:
+    """Zoom to a window of at most cell_limit tokens, queries and keys alike, centred on a search match."""
+    width = min(cell_limit, n_tokens)
+    start = max(0, min((span[0] + span[1]) // 2 - width // 2, n_tokens - width))
+    window = None if width == n_tokens else (start, start + width)
+    st.session_state[state.ZOOM_QUERIES] = st.session_state[state.ZOOM_KEYS] = window
+
+
+def _zoom(n_tokens: int, cell_limit: int) -> dict:
+    """The zoom controls; the maps() keywords of the zoom chosen (none when it covers the whole text or is wider
+    than the cell limit, which is then said)."""
+    for setting in (state.ZOOM_QUERIES, state.ZOOM_KEYS):  # a link or an earlier text may hold a range past this one
+        span = st.session_state[setting]
+        if span is not None and (span[1] > n_tokens or span[0] >= n_tokens):
+            st.session_state[setting] = None
+    with st.expander("Zoom: a token range, token by token", expanded=bool(st.session_state[state.ZOOM_QUERIES]
+                                                                          or st.session_state[state.ZOOM_KEYS])):
+        if n_tokens < 2:
+            st.caption("The text has one token.")
+            return {}
+        columns = st.columns([2, 2, 1])
+        _range_slider(columns[0], state.ZOOM_QUERIES, "Query tokens", n_tokens)
+        _range_slider(columns[1], state.ZOOM_KEYS, "Key tokens", n_tokens)
+        columns[2].button("Whole text", on_click=_whole_text, help="Back to the map of the whole text.")
+    zoom = {name: st.session_state[setting] for name, setting in (("queries", state.ZOOM_QUERIES),
+                                                                  ("keys", state.ZOOM_KEYS))}
+    if all(span is None for span in zoom.values()):
+        return {}
+    wide = {name: span for name, span in zoom.items() if (span or (0, n_tokens))[1] - (span or (0, n_tokens))[0]
+            > cell_limit}
+    if wide:
+        st.warning("The zoom spans more tokens than the cell limit (" + ", ".join(
+            f"{name} {span[1] - span[0] if span else n_tokens}" for name, span in wide.items())
+            + f" > {cell_limit}): the whole text is shown pooled. Narrow the range or raise the cell limit.")
+        return {}
+    return zoom
+
+
+def _search(box, picker, tokens, cell_limit: int) -> list[tuple[int, int]]:
+    """'Find in the text': the matches' (first, last) token positions, framed on the map; picking one zooms to it."""
+    needle = box.text_input("Find in the text", key=state.MAP_SEARCH, persist_state=state.PERSIST,
+                            max_chars=MAX_NEEDLE_CHARS, placeholder="a word or a phrase",
+                            help="Frames every token where it occurs on the map (case-insensitive).")
+    if not needle.strip():
+        return []
+    matches = find(tokens, needle)
+    if not matches:
+        picker.caption(f"No match for '{common.literal(needle, 40)}'.")
+        return []
+    context = lambda span: "".join(tokens.strings[max(0, span[0] - 2):span[1] + 3])  # noqa: E731
+    choice = picker.selectbox(f"{len(matches)}{'+' if len(matches) == MAX_MATCHES else ''} matches: zoom to one",
+                              range(len(matches)), index=None, placeholder="pick a match to zoom to it",
+                              format_func=lambda i: f"{matches[i][0]}: …{context(matches[i])}…",
+                              key=f"{state.MAP_SEARCH}_pick_{needle}")
+    if choice is not None and st.session_state.get(state.MAP_SEARCH_ZOOMED) != (needle, choice):
+        st.session_state[state.MAP_SEARCH_ZOOMED] = (needle, choice)
+        _zoom_at(matches[choice], len(tokens), cell_limit)
+    return matches
 
 
 st.title("Attention maps")
@@ -49,15 +135,20 @@ direction = "causal (each token sees itself and the tokens before it)" if run.ki
 st.caption(f"{n_tokens} tokens · {direction} · rows are queries, columns are keys")
 
 if view == state.VIEW_ONE_HEAD:
+    cell_limit = st.session_state[state.CELL_LIMIT]
+    reading = st.columns([1.6, 1.4, 2])
+    widget("map_scale", reading[0], kind="segmented")
+    marks = _search(reading[1], reading[2], tokens, cell_limit)
+    zoom = _zoom(n_tokens, cell_limit)
     with st.spinner("Computing the map"):
-        result = study.maps(source, text, cut=cut, layer=layer, heads=[head],
-                            cell_limit=st.session_state[state.CELL_LIMIT], reduce=reduce, hide_sink=hide_sink)
+        result = study.maps(source, text, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit, reduce=reduce,
+                            hide_sink=hide_sink, **zoom, map_scale=st.session_state[state.MAP_SCALE])
     if result.block > 1:
         st.info(f"{n_tokens} tokens are more than the cell limit: showing the {reduce} weight of "
                 f"{result.block}×{result.block}-token tiles ({result.values.shape[1]}×{result.values.shape[2]} "
-                "tiles).")
-    (name, figure), = result.figures().items()
-    common.chart(figure, key="head_map", name=name)
+                "tiles); hover a tile for its tokens, or zoom to a token range to see it token by token.")
+    (name, figure), = result.figures(marks=marks).items()
+    common.chart(figure, key="head_map", name=name, data=result.matrix_frame(head=head).reset_index())
 
 elif view == state.VIEW_ALL_HEADS:
     options = st.columns([1.2, 1, 3])
@@ -80,11 +171,12 @@ elif view == state.VIEW_ALL_HEADS:
             progress((index + 1) / len(layers), f"Computing head maps: layer {grid_layer + 1}/{n_layers}")
     title = ("All layers" if all_layers else f"Layer {layer}") + ": click a head to open it"
     figure = figures.head_grid(thumbnails, n_cols=n_heads if all_layers else min(n_heads, 6),
-                               sort_by_entropy=st.session_state[state.GRID_SORT], title=title)
+                               sort_by_entropy=st.session_state[state.GRID_SORT], title=title,
+                               scale=st.session_state[state.MAP_SCALE])
     st.caption("Each tile is scaled to its own maximum; its frame is coloured by the head's mean attention entropy "
                "(nats, averaged over query tokens).")
     common.chart(figure, key=state.GRID_CHART, name="head-grid", on_select=_open_clicked_head,
-                 selection_mode="points", config={"displayModeBar": True})
+                 selection_mode="points", config={"displayModeBar": True}, width="content")
 
 elif view == state.VIEW_QUERY:
     query = widget("query", options=range(n_tokens), format_func=lambda i: f"{i}: {tokens.strings[i]}")
@@ -105,12 +197,19 @@ else:
         result = study.stats(source, text, cut=cut, progress=progress)
     for item in result.findings():
         common.finding(item)
-    shown = st.selectbox("Statistic", list(STATISTICS), key=state.STAT_SHOWN, persist_state=state.PERSIST,
-                         format_func=lambda name: STATISTICS[name][0])
-    st.caption(f"{STATISTICS[shown][0]}: {STATISTICS[shown][1]}. Averaged over the {n_tokens} query tokens; the "
-               "sink is never hidden here.")
+    columns = result.columns()  # the statistics, then the head-type scores this result has
+    if st.session_state[state.STAT_SHOWN] not in columns:
+        st.session_state[state.STAT_SHOWN] = "entropy"
+    shown = st.selectbox("Statistic or head-type score", list(columns), key=state.STAT_SHOWN,
+                         persist_state=state.PERSIST, format_func=lambda name: columns[name][0])
+    over = (f"measured on {result.induction_measured_on}" if shown == "induction" else
+            "over the tokens that have one" if shown in study.DETECTORS else
+            f"averaged over the {n_tokens} query tokens")
+    st.caption(f"{columns[shown][0]}: {columns[shown][1]}; {over}. The sink is never hidden here.")
     common.chart(result.figures()[f"{shown}-per-head"], key="stat_heatmap", name=f"{shown}-per-head")
-    st.dataframe(result.to_frame().rename(columns={name: label for name, (label, _) in STATISTICS.items()}),
+    st.caption("Every column sorts: click its header. Head-type scores follow TransformerLens's detection patterns "
+               "on this text's own tokens.")
+    st.dataframe(result.to_frame().rename(columns={name: label for name, (label, _) in columns.items()}),
                  hide_index=True, width="stretch")
 common.report_button("Attention maps", {"view": view, "layer": layer, "head": head, "hide the sink": hide_sink,
                                         "pooling": reduce, "cell limit": st.session_state[state.CELL_LIMIT]})

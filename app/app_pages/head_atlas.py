@@ -1,7 +1,9 @@
 """Head atlas: every head's fingerprint over a corpus. Open an atlas or run a small one, then its maps, table,
 embedding (click a head to see its map on the sample document) and the difference with a second atlas."""
 
+import hashlib
 import importlib.util
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -11,11 +13,13 @@ import streamlit as st
 from attnscope import prompts
 from attnscope.analyses.atlas import EMBEDDINGS
 from attnscope.app import cached, common, state
+from attnscope.cache import ResultCache
 from attnscope.models import ModelSpec
 from attnscope.studies import atlas as study
 from attnscope.studies import maps as maps_study
 
 CORPUS_TYPES = ["txt", "md", "jsonl", "csv", "parquet"]
+KEPT_RUNS = 32  # atlas runs of the app whose shards stay on disk to resume from
 
 
 def _open(upload, side: str) -> None:
@@ -62,13 +66,15 @@ def _run(corpus_uploads, limits) -> None:
                               text_column=st.session_state[state.ATLAS_TEXT_COLUMN].strip() or "text")
     deadline = time.monotonic() + limits.atlas_seconds
     handle = cached.get_handle(spec)  # before the model's lock: no cached function runs under it
+    source = ([(u.name, hashlib.sha256(u.getvalue()).hexdigest()) for u in corpus_uploads] if corpus_uploads
+              else st.session_state[state.ATLAS_CORPUS])
     with tempfile.TemporaryDirectory() as folder:
         corpus = _corpus(corpus_uploads, Path(folder)) if corpus_uploads else st.session_state[state.ATLAS_CORPUS]
+        shards = _shards(repr((handle.fingerprint, source, settings))) or Path(folder) / "atlas"
         try:
             with common.working("Fingerprinting the corpus", ("atlas", spec), models=(spec,)) as progress, \
                     cached.holding_model(spec):
-                result = study.run(handle, corpus, Path(folder) / "atlas", settings=settings, deadline=deadline,
-                                   progress=progress)
+                result = study.run(handle, corpus, shards, settings=settings, deadline=deadline, progress=progress)
         except (ValueError, OSError) as error:
             common.say("error", str(error))
             return
@@ -77,6 +83,23 @@ def _run(corpus_uploads, limits) -> None:
     if time.monotonic() > deadline:
         st.info(f"Stopped at the time limit ({limits.atlas_seconds} s) after {result.meta['documents']} documents.")
     st.session_state[state.ATLAS], st.session_state[state.ATLAS_HEAD] = result, None
+
+
+def _shards(run: str) -> Path | None:
+    """The folder an atlas run in the app writes its shards to, one per (model, corpus, settings), beside the result
+    cache: a run that was stopped, timed out or interrupted resumes from the documents it finished
+    (attnscope.studies.atlas.run). Only the KEPT_RUNS most recent folders are kept (each holds a few kB per document).
+    None when the result cache is off (ATTNSCOPE_RESULT_CACHE_MB=0): the run then starts afresh each time."""
+    cache = ResultCache.default()
+    if cache is None:
+        return None
+    root = cache.folder.parent / "app-atlas"
+    folder = root / hashlib.sha256(run.encode()).hexdigest()[:24]
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.touch()
+    for old in sorted(root.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)[KEPT_RUNS:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def _finding(item) -> None:

@@ -68,11 +68,16 @@ def offset_weights(layer: LayerCapture, lse: torch.Tensor, offset: int, rows: sl
     positions = torch.arange(first, first + (rows.stop - rows.start))  # key positions of the rows
     targets = positions - offset
     usable = targets >= 0
-    visible = layer.visible(rows)[0].to("cpu")  # (Hq or 1, t, S)
-    seen = visible[..., torch.arange(len(positions)), targets.clamp(min=0)] & usable  # (Hq or 1, t)
+    if layer.mask is None:  # the rule alone decides, the same for every row: no (t, S) visibility is built
+        windowed = layer.causal and layer.window is not None
+        seen = (usable & (offset < layer.window if windowed else True))[None]  # (1, t)
+    else:
+        visible = layer.visible(rows)[0].to("cpu")  # (Hq or 1, t, S)
+        seen = visible[..., torch.arange(len(positions)), targets.clamp(min=0)] & usable  # (Hq or 1, t)
     q = layer.q[0, :, rows].float()  # (Hq, t, D)
-    k = layer.k[0][[layer.kv_head(h) for h in range(layer.n_heads)]].float()  # (Hq, S, D)
-    logits = (q * k[:, targets.clamp(min=0).to(k.device)]).sum(-1) * layer.scale  # (Hq, t)
+    k = layer.k[0][:, targets.clamp(min=0).to(layer.k.device)].float()  # (Hkv, t, D): only the keys read
+    k = k[[layer.kv_head(h) for h in range(layer.n_heads)]]  # (Hq, t, D)
+    logits = (q * k).sum(-1) * layer.scale  # (Hq, t)
     if layer.softcap is not None:
         logits = layer.softcap * torch.tanh(logits / layer.softcap)
     weights = torch.exp(logits - lse[0, :, rows].float()).cpu().masked_fill(~seen, 0.0)

@@ -57,8 +57,7 @@ def difference_map(values: np.ndarray, *, tokens: Sequence[str], block: int, tit
         block: cells per tile side; title: figure title (plain text); reduce: how tiles were pooled.
     """
     figure = head_heatmap(values, tokens=tokens, block=block, title=title, reduce=reduce)
-    where = "query %{y}<br>key %{x}" if block == 1 else (f"queries %{{y}} to %{{y}}+{block - 1}<br>"
-                                                          f"keys %{{x}} to %{{x}}+{block - 1}")
+    where = "query %{y}<br>key %{x}" if block == 1 else "%{y}<br>%{x}"  # tile labels name their tokens
     pooled = "" if block == 1 else f" ({reduce} of each tile)"
     figure.data[0].update(colorscale=DIFFERENCE_SCALE, colorbar={"title": "B − A<br>weight"},
                           hovertemplate=f"{where}<br>B − A weight{pooled} %{{z:+.4f}}<extra></extra>",

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from attnscope.figures.maps import ENTROPY_SCALE, escape
+from attnscope.figures.maps import ENTROPY_SCALE, axis_boundary, escape
 
 LABELS = {"entropy": "entropy (nats)", "max_weight": "max weight", "sink_mass": "weight on token 0",
           "mean_distance": "mean distance (tokens)", "learned_sink_mass": "learned sink mass"}
@@ -55,9 +55,9 @@ def layer_timeline(values: np.ndarray, *, tokens: Sequence[str], label: str, tit
 
 
 def mark_generated(figure: go.Figure, *, n_prompt: int, block: int) -> go.Figure:
-    """Draw where the generated text starts on a head_heatmap (queries and keys from token n_prompt on): cells are
-    centred on their first token, so the boundary lies half a cell before it."""
-    edge = n_prompt - block / 2
+    """Draw where the generated text starts on a head_heatmap of the whole text (queries and keys from token n_prompt
+    on), between the tiles or cells on either side of it (attnscope.figures.maps.axis_boundary)."""
+    edge = axis_boundary(n_prompt, block=block)
     line = {"color": "white", "width": 2, "dash": "dot"}
     figure.add_vline(x=edge, line=line, annotation_text="generated →", annotation_position="top right")
     figure.add_hline(y=edge, line=line)

@@ -598,3 +598,57 @@ def test_head_atlas_run_stops_at_the_time_limit(tmp_path, monkeypatch):
     assert any(i.value.startswith("Stopped at the time limit (1 s) after 4 documents") for i in at.info), \
         [i.value for i in at.info]
     assert at.session_state[state.ATLAS].meta["documents"] == 4  # the first batch (shards of 4 in the app)
+
+
+def test_a_long_map_reads_on_a_log_scale_zooms_to_tokens_and_finds_a_word():
+    at = _app()
+    at.session_state[state.TEXT] = "The quick brown fox jumps over the lazy dog. " * 300 + "A giraffe"
+    at.session_state[state.MAX_TOKENS] = 4096
+    at.run()
+    assert not at.exception
+    n_tokens = int(at.sidebar.caption[0].value.split()[0])
+    assert n_tokens > 3000
+    figure = _figure(at)
+    heatmap = figure["data"][0]
+    block = -(-n_tokens // 256)
+    tiles = -(-n_tokens // block)
+    assert len(heatmap["x"]) == len(heatmap["y"]) == tiles <= 256
+    assert heatmap["x"][0].startswith("keys 0-") and "…" in heatmap["x"][0]  # a tile's hover names its tokens
+    assert figure["layout"]["xaxis"]["range"] == [-0.5, tiles - 0.5]  # the axes end at the text
+    assert "log scale" in heatmap["colorbar"]["title"]["text"]
+
+    at.text_input(key=state.MAP_SEARCH).input("giraffe").run()
+    assert not at.exception
+    assert len(_figure(at)["layout"]["shapes"]) == 2  # the match's column and row are framed
+    picker = next(box for box in at.selectbox if box.label.startswith("1 matches"))
+    picker.set_value(0).run()
+    assert not at.exception
+    zoomed = _figure(at)
+    assert f"keys {n_tokens - 256}-{n_tokens - 1}" in zoomed["layout"]["title"]["text"]
+    assert len(zoomed["data"][0]["x"]) == 256 and zoomed["data"][0]["x"][-1].endswith("giraffe")
+
+    at.slider(key=f"{state.ZOOM_QUERIES}_slider").set_value((100, 163)).run()
+    assert not at.exception
+    window = _figure(at)
+    assert len(window["data"][0]["y"]) == 64 and window["data"][0]["y"][0].startswith("100:")
+    at.button[[b.label for b in at.button].index("Whole text")].click().run()
+    assert len(_figure(at)["data"][0]["x"]) == tiles
+
+
+def test_head_statistics_show_head_type_scores_of_the_text():
+    at = _app()
+    at.session_state[state.TEXT] = state.EXAMPLES["Repeated names (induction)"]
+    at.session_state[state.VIEW] = state.VIEW_STATS
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    for column in ("previous-token score", "duplicate-token score", "induction score", "sink mass"):
+        assert table[column].notna().any(), column
+    assert table["induction score"].between(0, 1).all() and table["previous-token score"].between(0, 1).all()
+    at.selectbox(key=state.STAT_SHOWN).set_value("induction").run()
+    assert not at.exception and "induction score per head" in _figure(at)["layout"]["title"]["text"]
+    assert any("the text's own repeats" in c.value for c in at.caption)
+
+    at.text_area(key=state.TEXT).input("Colourless green ideas sleep furiously").run()  # no token repeats
+    assert not at.exception
+    assert any("a repeated copy of its first" in c.value for c in at.caption)
