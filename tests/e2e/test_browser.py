@@ -151,7 +151,8 @@ def test_download_csv_and_html_report(server, browser):
         page.get_by_role("button", name="Data as CSV").first.click()
     csv_text = open(download.value.path(), encoding="utf-8").read()
     assert download.value.suggested_filename == "attention-map-layer0-head0.csv"
-    assert csv_text.splitlines()[0] == "trace,x,y,value" and "0:The" in csv_text
+    header, first = csv_text.splitlines()[:2]  # the map as a query x key matrix, labelled with the tokens
+    assert header.startswith("query,key 0: The,key 1: ␣capital,") and first.startswith("query 0: The,1.0,")
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Download report (HTML)").click()
     report = open(download.value.path(), encoding="utf-8").read()

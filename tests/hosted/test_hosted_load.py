@@ -9,7 +9,6 @@ resident memory is printed and must stay under PEAK_RSS_MB, the ceiling the READ
 """
 
 import asyncio
-import html
 import io
 import time
 import urllib.parse
@@ -150,13 +149,13 @@ def test_eight_hosted_sessions_paste_upload_and_explore_at_once(hosted, output_d
             layer = run_with_capture(model.model, tokens.as_tensor(), layers=[0]).layer(0)
         block = block_for(len(tokens), 256)
         expected = pooled_map(layer, heads=[0], block=block, reduce="mean").values[0].numpy()
-        table = result["map"]
-        shown = table.pivot_table(index="y", columns="x", values="value", sort=False, dropna=False).to_numpy()
+        table = result["map"]  # the map's CSV: a query x key matrix, rows and columns labelled with their tokens
+        shown = table.set_index("query").to_numpy(dtype=float)
         assert shown.shape == expected.shape, f"session {i} shows another text"
         mask = np.isfinite(expected)
         np.testing.assert_allclose(shown[mask], expected[mask], atol=1e-5, err_msg=f"session {i}")
         if block == 1:
-            labels = [f"{j}:{html.escape(t, quote=False)}" for j, t in enumerate(tokens.strings)]
-            assert list(dict.fromkeys(table["x"])) == labels, f"session {i} shows another text's tokens"
+            labels = [f"key {j}: {t}" for j, t in enumerate(tokens.strings)]
+            assert list(table.columns[1:]) == labels, f"session {i} shows another text's tokens"
     assert peak < PEAK_RSS_MB, f"peak RSS {peak:.0f} MB over the {PEAK_RSS_MB} MB ceiling"
     assert time.monotonic() - start < BUDGET_S + 180
