@@ -173,8 +173,7 @@ SOURCES = Choice(("builtin", "sidebar"),
 # it), so a linear scale gives nearly every cell the bottom colour, while log10 shows the structure at every decade
 # and, unlike per-row scaling, still compares rows (a diffuse row stays dim).
 MAP_SCALES = Choice(("linear", "log", "row"),
-                    labels={"log": "logarithmic (powers of ten)", "linear": "linear",
-                            "row": "each row to its largest weight"})
+                    labels={"log": "log", "linear": "linear", "row": "per row"})
 TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)
 COLLAPSE_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
