@@ -210,8 +210,9 @@ def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: T
             progress: ProgressFn | None = None, cache: bool = False):
     """Two runs side by side: side A is the model on the text, side B model_b (default: the same model) on text_b
     (default: the same text). Both sides' per-head statistics and B - A (head by head when the models have the same
-    layers x heads, else each common layer's mean over heads), and one head's maps of both with their difference when
-    both texts have the same number of tokens.
+    layers x heads, else each layer's mean over heads, layers paired by relative depth: see
+    attnscope.studies.compare), and one head's maps of both with their difference when both texts have the same number
+    of tokens.
 
     layer, head: the head whose maps are drawn (it must exist in both models); layer=None draws no maps.
     Returns an attnscope.studies.compare.CompareResult.
