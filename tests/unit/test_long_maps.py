@@ -13,12 +13,12 @@ import attnscope
 from attnscope import cli
 from attnscope import settings as S
 from attnscope.analyses import maps as analysis
-from attnscope.capture import LayerCapture, capturing, run_with_capture
+from attnscope.capture import LayerCapture, run_with_capture
 from attnscope.figures import maps as figures
 from attnscope.studies import maps as study
 from attnscope.studies.base import Source, open_result
 from attnscope.tokens import MAX_NEEDLE_CHARS, Tokens, find
-from tests.unit.tiny_models import VOCAB, build, handle
+from tests.unit.tiny_models import VOCAB, build, handle, padded_bert_layer
 
 IDS = torch.randint(0, VOCAB, (1, 75), generator=torch.Generator().manual_seed(7))[0].tolist()
 
@@ -32,12 +32,7 @@ def _captured(family: str, layer: int, length: int = 75):
 
 
 def _padded_bert():
-    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
-    padding = torch.ones_like(ids)
-    padding[0, 31:] = 0
-    with torch.no_grad(), capturing() as captured:
-        build("bert")(input_ids=ids, attention_mask=padding)
-    return captured[0]
+    return padded_bert_layer(length=40, padded_from=31)
 
 
 def _per_head_mask_softcap():

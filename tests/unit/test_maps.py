@@ -9,7 +9,7 @@ import torch
 
 from attnscope.analyses import maps
 from attnscope.capture import ATTENTION_NAME, capturing, register_attention, run_with_capture
-from tests.unit.tiny_models import VOCAB, build
+from tests.unit.tiny_models import VOCAB, build, padded_bert_layer
 
 FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")
 
@@ -121,12 +121,7 @@ def test_a_rule_written_out_as_a_mask_gives_the_same_maps_and_stats(family):
 
 
 def test_padding_mask_matches_reference():
-    ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
-    attention_mask = torch.ones_like(ids)
-    attention_mask[0, 30:] = 0
-    with torch.no_grad(), capturing() as captured:
-        build("bert")(input_ids=ids, attention_mask=attention_mask)
-    layer = captured[0]
+    layer = padded_bert_layer(length=40, padded_from=30)
     assert layer.mask is not None
     pooled = maps.pooled_map(layer, heads=[0], block=8, reduce="mean")
     visible = layer.visible()[0, 0].numpy()

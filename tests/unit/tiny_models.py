@@ -126,6 +126,19 @@ def build(family: str, attn_implementation: str = ATTENTION_NAME, seed: int = 0)
     return auto.from_config(config, attn_implementation=attn_implementation).eval()
 
 
+def padded_bert_layer(*, length: int, padded_from: int, seed: int = 3):
+    """Layer 0 of the tiny BERT captured on `length` random ids whose positions from `padded_from` on are padding: a
+    layer with an explicit (padding) mask."""
+    from attnscope.capture import capturing
+
+    ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(seed))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[0, padded_from:] = 0
+    with torch.no_grad(), capturing() as captured:
+        build("bert")(input_ids=ids, attention_mask=attention_mask)
+    return captured[0]
+
+
 class IdTokenizer:
     """What attnscope.tokens.from_ids needs of a tokenizer: a size and a display string per id."""
 
