@@ -53,7 +53,9 @@ def model_lock(spec: ModelSpec) -> threading.Lock:
     is taken). It is only ever taken through attnscope.cancel.acquire (holding_model, common.working): released in
     `finally` whatever ends the block (an exception, Streamlit's StopException on Stop or a closed tab, its
     RerunException on a new run), and waited for in steps with a cancellation check between them, so a session that
-    stops or reruns while waiting leaves the queue at once instead of taking the lock later.
+    stops or reruns while waiting leaves the queue at once instead of taking the lock later. One wait cannot be
+    cancelled: on Streamlit's per-key lock, while another session computes the same capture; it ends when that
+    computation does (or is stopped), and the waiting session's own computation then stops at its first layer.
     """
     return threading.Lock()
 

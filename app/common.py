@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import streamlit as st
 import torch
 
-from attnscope import cancel
 from attnscope.app import cached, state
 from attnscope.capture import Capture
 from attnscope.hosting import Policy, PolicyError, policy_from_env
@@ -147,7 +146,7 @@ def check_stop() -> None:
 def stopped(request) -> bool:
     """True when the user pressed Stop on the computation of `request` (anything hashable that says what a page
     computes) and has not asked for it again: the page then shows why nothing is drawn instead of starting over."""
-    return request in st.session_state[state.STOPPED]
+    return request in st.session_state.get(state.STOPPED, ())
 
 
 def resume(request) -> None:
@@ -159,34 +158,34 @@ def _stop(request) -> None:
     st.session_state[state.STOPPED] = [*st.session_state[state.STOPPED][-state.KEPT_STOPS + 1:], request]
 
 
-def show_stopped(request, what: str) -> None:
-    """Say that `what` was stopped, with a button that runs it again."""
-    st.info(f"Stopped: {what}. What was finished is kept and is not computed again.", icon="⏹️")
-    st.button("Run it again", key=f"resume_{_digest(request)}", on_click=resume, args=(request,), type="primary")
-
-
 @contextlib.contextmanager
 def working(label: str, request, *, models: tuple[ModelSpec, ...] = ()) -> Iterator[ProgressFn]:
-    """Around a computation that may take more than a second or two: a progress bar, a Stop button and, while another
-    session's forward pass holds one of `models`' locks, "Waiting for the model". Yields progress(fraction, message).
+    """Around a computation that may take more than a second or two: a progress bar, a Stop button and, when another
+    session is running one of `models` (its lock is held), "Waiting for the model". Yields progress(fraction, message).
 
     Stop (the button, a new run, a closed tab) ends the computation at its next cancellation point (attnscope.cancel:
-    every layer of a forward pass, every unit of a study, every step of a wait for a model): Streamlit raises its
-    StopException or RerunException there, and every lock on the way out is released in `finally`. The Stop button
-    also marks `request` as stopped, so the rerun it causes shows show_stopped instead of starting over.
+    every layer of a forward pass, every unit of a study, every step of a wait for a model's lock): Streamlit raises
+    its StopException or RerunException there, and every lock on the way out is released in `finally`. The Stop
+    button also marks `request` as stopped: a stopped request is not started again unasked, the page says so here
+    with "Run it again" and ends (st.stop). The wait itself happens where the lock is taken (app.cached), only for
+    work that needs the model: what the caches hold comes at once.
     """
+    if stopped(request):
+        st.info(f"Stopped ({label[:1].lower()}{label[1:]}). What was finished is kept and is not computed again.",
+                icon="⏹️")
+        st.button("Run it again", key=f"resume_{_digest(request)}", on_click=resume, args=(request,), type="primary")
+        st.stop()
     box = st.empty()
     with box.container():
         bar = st.progress(0.0, literal(label))
-        st.button("Stop", key=f"stop_{_digest(request)}", on_click=_stop, args=(request,), icon=":material/stop_circle:",
+        st.button("Stop", key=f"stop_{_digest(request)}", on_click=_stop, args=(request,),
+                  icon=":material/stop_circle:",
                   help="Stops at the next layer or unit; what is finished stays cached, so running it again resumes.")
-        note = st.empty()
+        busy = [spec.name for spec in models if cached.model_lock(spec).locked()]
+        if busy:
+            st.info(f"Waiting for the model: another session is running {literal(busy[0])}. What is already "
+                    "computed comes at once; the rest waits its turn.", icon="⏳")
     try:
-        for spec in models:  # wait for the model's turn here, where the wait can be seen and stopped
-            with cancel.acquire(cached.model_lock(spec), waiting=lambda: note.info(
-                    f"Waiting for the model: another session is running {literal(spec.name)}.", icon="⏳")):
-                pass
-        note.empty()
         yield lambda fraction, message: bar.progress(min(max(float(fraction), 0.0), 1.0), literal(message))
     finally:
         box.empty()
@@ -356,9 +355,6 @@ def current_run() -> CurrentRun | None:
     except ValueError as error:
         say("error", str(error))
         return None
-    if stopped(key):
-        show_stopped(key, f"running {literal(spec.name)} on the text")
-        return None
     with working(f"Running {spec.name} on {len(tokens)} tokens and capturing every layer", key, models=(spec,)):
         capture = cached.get_capture(*key.args())
     quantized = "" if loaded.info.get("quantize", "none") == "none" else f" ({loaded.info['quantize']} weights)"
@@ -391,13 +387,14 @@ def start_report() -> None:
 
 
 def chart(figure, *, key: str, name: str, data=None, **kwargs):
-    """st.plotly_chart with the chosen image format, a CSV of its data (the given DataFrame, or every trace's
-    points), and a place in the page's HTML report."""
+    """st.plotly_chart with the chosen image format, a CSV of its data (the given DataFrame, or a function making
+    it, called only when the CSV is downloaded; else every trace's points), and a place in the page's HTML report."""
     st.session_state[state.REPORT_FIGURES].append((name, figure))
     config = {"toImageButtonOptions": {"format": st.session_state[state.IMAGE_FORMAT], "filename": name},
               "displaylogo": False, **kwargs.pop("config", {})}
     shown = st.plotly_chart(figure, key=key, config=config, **kwargs)
-    st.download_button("Data as CSV", lambda: (figure_table(figure) if data is None else data).to_csv(index=False),
+    table = (lambda: figure_table(figure)) if data is None else data if callable(data) else (lambda: data)
+    st.download_button("Data as CSV", lambda: table().to_csv(index=False),
                        file_name=f"{name}.csv", mime="text/csv", key=f"csv_{key}", on_click="ignore",
                        help=f"{name}.csv")
     return shown

@@ -37,7 +37,6 @@ MAP_SCALE = S.setting("map_scale").key
 ZOOM_QUERIES = S.setting("queries").key  # (start, end) token positions of a zoom, or None: the whole text
 ZOOM_KEYS = S.setting("keys").key
 MAP_SEARCH = "map_search"  # what 'Find in the text' looks for
-MAP_SEARCH_ZOOMED = "map_search_zoomed"  # (search, match) the zoom was last moved to, so a rerun does not move it
 GRID_SCOPE = "grid_scope"
 GRID_SORT = "grid_sort"
 GRID_CHART = "grid_chart"
@@ -155,7 +154,6 @@ DEFAULTS = {
     GRID_SORT: False,
     STAT_SHOWN: "entropy",
     MAP_SEARCH: "",
-    MAP_SEARCH_ZOOMED: None,
     TAYLOR_SCOPE: SCOPE_MODEL,
     TAYLOR_QUERY: -1,  # the last token, whose row sees the whole text
     TAYLOR_NEEDED_DENOMINATOR: "softmax",
@@ -208,15 +206,15 @@ def example_box(digest: str) -> str:
 
 
 TEXT_SEEN = "text_seen"  # the run (model, text, cut) whose tokens the TEXT_SCOPED values index
-TEXT_SCOPED = (QUERY, TAYLOR_QUERY, ZOOM_QUERIES, ZOOM_KEYS, MAP_SEARCH_ZOOMED)  # token positions in one text:
-# back to their defaults when the text changes
+TEXT_SCOPED = (QUERY, TAYLOR_QUERY, ZOOM_QUERIES, ZOOM_KEYS)  # token positions in one text: back to their defaults
+# when the text changes
 
 
 def follow_text(run) -> None:
     """Called with each page's run key: when the text (or the model, or the cut, which change its tokens) is not the
     one the token positions in TEXT_SCOPED were chosen on, they go back to their defaults."""
-    if st.session_state.get(TEXT_SEEN) != run:
-        st.session_state[TEXT_SEEN] = run
+    seen, st.session_state[TEXT_SEEN] = st.session_state.get(TEXT_SEEN), run
+    if seen is not None and seen != run:  # a session's first text keeps what its link chose
         for key in TEXT_SCOPED:
             st.session_state[key] = DEFAULTS[key]
 
@@ -234,7 +232,7 @@ def last_if_unset(key: str, n_tokens: int) -> int:
 SHARED_WIDGETS = (MODEL_CHOICE, CUSTOM_NAME, CUSTOM_REVISION, TRUST_REMOTE_CODE, DEVICE, DTYPE, QUANTIZE, TEXT,
                   MAX_TOKENS, LIBRARY_PICK, IMAGE_FORMAT)
 
-# Every widget bound to one of these keys is drawn with persist_state=PERSIST: Streamlit then keeps its value when a
+# Every widget bound to a key of DEFAULTS is drawn with persist_state=PERSIST: Streamlit then keeps its value when a
 # page that does not draw it runs (by default it deletes it, and the setting would fall back to its default after a
 # visit to another page). So a setting belongs to the app, not to the page that drew its widget last.
 PERSIST = "session"

@@ -30,6 +30,8 @@ def widget(key: str, where=st, *, kind: str | None = None, options=None, **overr
         label = domain.label if isinstance(domain, S.Choice) else (lambda v: f"{v:g}")
         draw = {"selectbox": where.selectbox, "radio": where.radio, "segmented": where.segmented_control,
                 "select_slider": where.select_slider}[kind or "selectbox"]
+        if kind == "segmented":  # clicking the chosen segment would otherwise leave the setting with no value
+            common.setdefault("required", True)
         return draw(options=values, format_func=label, **common)
     if options is not None or kind == "selectbox":
         return where.selectbox(options=list(options), **common)

@@ -2,7 +2,8 @@
 
 Model work calls :func:`checkpoint` at every unit boundary: each attention layer of every forward pass (the
 registered attention function, so captures, the streaming engine, generation steps and the loss sweeps all stop
-within one layer), each layer of an analysis that loops over layers, and each wait for a model's lock
+within one layer), each unit of a study (attnscope.studies.base.Source.unit: one layer's Taylor sweep, one window at
+one length, one map), each fold of the collapse analysis, and each step of a wait for a model's lock
 (:func:`acquire`). A checkpoint runs the checks installed in the current context by :func:`checking`; a check that
 wants the work to end raises, and the exception unwinds through `with` blocks and `finally` clauses, which release
 every lock on the way out.
@@ -45,13 +46,10 @@ def checkpoint() -> None:
 
 
 @contextlib.contextmanager
-def acquire(lock: threading.Lock, *, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+def acquire(lock: threading.Lock) -> Iterator[None]:
     """Hold `lock` for the block, waiting for it in steps of POLL_SECONDS with a checkpoint between steps, so a wait
-    can be cancelled too. `waiting()` is called once, before the first wait, when the lock is taken by someone else.
-    The lock is released in `finally`, whatever ends the block."""
+    can be cancelled too. The lock is released in `finally`, whatever ends the block."""
     if not lock.acquire(blocking=False):
-        if waiting is not None:
-            waiting()
         while True:
             checkpoint()
             if lock.acquire(timeout=POLL_SECONDS):

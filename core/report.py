@@ -105,21 +105,17 @@ def packed_plotlyjs() -> tuple[str, str]:
     return get_plotlyjs_version(), base64.b64encode(packed).decode("ascii")
 
 
-def _script_json(value) -> str:
-    """plotly JSON for a script element: numpy arrays as typed arrays, and <, > and / escaped (plotly's encoder
-    writes them as \\u003c, \\u003e and \\u002f), so no string inside can close the element."""
+def _figure_parts(index: int, figure: go.Figure, templates: list[str]) -> list[str]:
+    """A figure's placeholder div and its JSON without the layout template, which joins `templates` (once). plotly's
+    JSON writes numpy arrays as typed arrays and <, > and / escaped (\\u003c, ...), so no string inside a script
+    element can end it."""
     from plotly.io.json import to_json_plotly
 
-    return to_json_plotly(value)
-
-
-def _figure_parts(index: int, figure: go.Figure, templates: list[str]) -> list[str]:
-    """A figure's placeholder div and its JSON without the layout template, which joins `templates` (once)."""
     payload = figure.to_dict()
     template = payload["layout"].pop("template", None)
     reference = ""
     if template is not None:
-        text = _script_json(template)
+        text = to_json_plotly(template)
         if text not in templates:
             templates.append(text)
         reference = f' data-template="{templates.index(text)}"'
@@ -127,7 +123,7 @@ def _figure_parts(index: int, figure: go.Figure, templates: list[str]) -> list[s
     width = f"{int(figure.layout.width)}px" if figure.layout.width else "100%"
     return [f'<div id="attnscope-figure-{index}" class="plotly-graph-div" data-attnscope-figure{reference} '
             f'style="height:{height}px;width:{width}"></div>',
-            f'<script type="application/json" id="attnscope-figure-{index}-json">{_script_json(payload)}</script>']
+            f'<script type="application/json" id="attnscope-figure-{index}-json">{to_json_plotly(payload)}</script>']
 
 
 def build_report(title: str, settings: dict[str, object], figures: Sequence[tuple[str, go.Figure]],

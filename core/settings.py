@@ -187,8 +187,9 @@ _TABLE: tuple[Setting, ...] = (
     Setting("view", "one_head", VIEWS, "View", url="view"),
     Setting("layer", 0, Integer(0, 1000), "Layer", url="layer"),
     Setting("head", 0, Integer(0, 1000), "Head", url="head"),
-    Setting("query", -1, Integer(-1, 10**6), "Query token", "-1 is the last token, whose row sees the whole text.",
-            url="query"),
+    Setting("query", -1, Integer(-1, 10**6), "Query token",
+            "The token whose weights are shown; a new text opens on its last token (-1 in a link), whose row sees "
+            "the whole text.", url="query"),
     Setting("hide_sink", False, Flag(), "Hide the sink (key 0)",
             "Blanks the first token's column, which often takes most of the weight and washes out the rest of the "
             "map. Weights are not renormalised: every value shown is the model's own.", url="sink"),

@@ -1,11 +1,14 @@
 """Attention maps: one head, all heads as a clickable grid, and one query token's weights."""
 
+import hashlib
+
 import numpy as np
 import streamlit as st
 
 from attnscope import settings as S
 from attnscope.app import cached, common, state
 from attnscope.app.widgets import widget
+from attnscope.prompts import pasted
 from attnscope.tokens import MAX_MATCHES, MAX_NEEDLE_CHARS, find
 from attnscope.figures import maps as figures
 from attnscope.studies import maps as study
@@ -74,39 +77,50 @@ def _zoom(n_tokens: int, cell_limit: int) -> dict:
         _range_slider(columns[0], state.ZOOM_QUERIES, "Query tokens", n_tokens)
         _range_slider(columns[1], state.ZOOM_KEYS, "Key tokens", n_tokens)
         columns[2].button("Whole text", on_click=_whole_text, help="Back to the map of the whole text.")
-    zoom = {name: st.session_state[setting] for name, setting in (("queries", state.ZOOM_QUERIES),
-                                                                  ("keys", state.ZOOM_KEYS))}
-    if all(span is None for span in zoom.values()):
+        if n_tokens > cell_limit:
+            st.caption(f"At most {cell_limit} tokens per side (the cell limit); a side left at the whole text takes "
+                       "the other side's range.")
+    queries, keys = st.session_state[state.ZOOM_QUERIES], st.session_state[state.ZOOM_KEYS]
+    if queries is None and keys is None:
         return {}
-    wide = {name: span for name, span in zoom.items() if (span or (0, n_tokens))[1] - (span or (0, n_tokens))[0]
-            > cell_limit}
+    if n_tokens > cell_limit:  # a side left at the whole text would be too wide to draw: it takes the other's range
+        queries, keys = queries or keys, keys or queries
+    zoom = {"queries": queries or (0, n_tokens), "keys": keys or (0, n_tokens)}
+    wide = {name: end - start for name, (start, end) in zoom.items() if end - start > cell_limit}
     if wide:
-        st.warning("The zoom spans more tokens than the cell limit (" + ", ".join(
-            f"{name} {span[1] - span[0] if span else n_tokens}" for name, span in wide.items())
-            + f" > {cell_limit}): the whole text is shown pooled. Narrow the range or raise the cell limit.")
+        st.warning("The zoom spans more tokens than the cell limit ("
+                   + ", ".join(f"{name} {width}" for name, width in wide.items())
+                   + f" > {cell_limit}): the whole text is shown pooled. Narrow the range or raise the cell limit.")
         return {}
     return zoom
 
 
-def _search(box, picker, tokens, cell_limit: int) -> list[tuple[int, int]]:
+def _picked(picker: str, matches: list[tuple[int, int]], n_tokens: int, cell_limit: int) -> None:
+    if st.session_state[picker] is not None:
+        _zoom_at(matches[st.session_state[picker]], n_tokens, cell_limit)
+
+
+def _search(box, picker, tokens, text_digest: str, cell_limit: int) -> list[tuple[int, int]]:
     """'Find in the text': the matches' (first, last) token positions, framed on the map; picking one zooms to it."""
     needle = box.text_input("Find in the text", key=state.MAP_SEARCH, persist_state=state.PERSIST,
                             max_chars=MAX_NEEDLE_CHARS, placeholder="a word or a phrase",
                             help="Frames every token where it occurs on the map (case-insensitive).")
     if not needle.strip():
         return []
-    matches = find(tokens, needle)
+    try:
+        matches = find(tokens, needle)
+    except ValueError as error:  # longer than MAX_NEEDLE_CHARS (the box's limit is the browser's to keep)
+        picker.caption(common.literal(error))
+        return []
     if not matches:
         picker.caption(f"No match for '{common.literal(needle, 40)}'.")
         return []
     context = lambda span: "".join(tokens.strings[max(0, span[0] - 2):span[1] + 3])  # noqa: E731
-    choice = picker.selectbox(f"{len(matches)}{'+' if len(matches) == MAX_MATCHES else ''} matches: zoom to one",
-                              range(len(matches)), index=None, placeholder="pick a match to zoom to it",
-                              format_func=lambda i: f"{matches[i][0]}: …{context(matches[i])}…",
-                              key=f"{state.MAP_SEARCH}_pick_{needle}")
-    if choice is not None and st.session_state.get(state.MAP_SEARCH_ZOOMED) != (needle, choice):
-        st.session_state[state.MAP_SEARCH_ZOOMED] = (needle, choice)
-        _zoom_at(matches[choice], len(tokens), cell_limit)
+    key = f"{state.MAP_SEARCH}_pick_{hashlib.sha256(needle.encode()).hexdigest()[:16]}_{text_digest}"  # per text
+    picker.selectbox(f"{len(matches)}{'+' if len(matches) == MAX_MATCHES else ''} matches: zoom to one",
+                     range(len(matches)), index=None, placeholder="pick a match to zoom to it",
+                     format_func=lambda i: f"{matches[i][0]}: …{context(matches[i])}…", key=key,
+                     on_change=_picked, args=(key, matches, len(tokens), cell_limit))
     return matches
 
 
@@ -122,7 +136,7 @@ st.session_state[state.LAYER] = min(st.session_state[state.LAYER], n_layers - 1)
 st.session_state[state.HEAD] = min(st.session_state[state.HEAD], n_heads - 1)
 state.last_if_unset(state.QUERY, n_tokens)
 
-view = widget("view", kind="segmented", label_visibility="collapsed") or state.VIEW_ONE_HEAD
+view = widget("view", kind="segmented", label_visibility="collapsed")
 controls = st.columns([1, 1, 1.3, 1.3, 1.6])
 widget("layer", controls[0], options=range(n_layers))
 widget("head", controls[1], options=range(n_heads))
@@ -138,7 +152,7 @@ if view == state.VIEW_ONE_HEAD:
     cell_limit = st.session_state[state.CELL_LIMIT]
     reading = st.columns([1.6, 1.4, 2])
     widget("map_scale", reading[0], kind="segmented")
-    marks = _search(reading[1], reading[2], tokens, cell_limit)
+    marks = _search(reading[1], reading[2], tokens, pasted(text).digest, cell_limit)
     zoom = _zoom(n_tokens, cell_limit)
     with st.spinner("Computing the map"):
         result = study.maps(source, text, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit, reduce=reduce,
@@ -148,7 +162,7 @@ if view == state.VIEW_ONE_HEAD:
                 f"{result.block}×{result.block}-token tiles ({result.values.shape[1]}×{result.values.shape[2]} "
                 "tiles); hover a tile for its tokens, or zoom to a token range to see it token by token.")
     (name, figure), = result.figures(marks=marks).items()
-    common.chart(figure, key="head_map", name=name, data=result.matrix_frame(head=head).reset_index())
+    common.chart(figure, key="head_map", name=name, data=lambda: result.matrix_frame(head=head).reset_index())
 
 elif view == state.VIEW_ALL_HEADS:
     options = st.columns([1.2, 1, 3])
@@ -161,19 +175,18 @@ elif view == state.VIEW_ALL_HEADS:
     cells = GRID_CELLS_ALL_LAYERS if all_layers else GRID_CELLS_ONE_LAYER
     thumbnails = []
     request = ("grid", run.key, tuple(layers), cells, reduce, hide_sink)
-    if common.stopped(request):
-        common.show_stopped(request, "computing the head maps")
-        st.stop()
     with common.working("Computing head maps", request) as progress:
         for index, grid_layer in enumerate(layers):
             thumbnails += study.maps(source, text, cut=cut, layer=grid_layer, cell_limit=cells, reduce=reduce,
                                      hide_sink=hide_sink).thumbnails()
             progress((index + 1) / len(layers), f"Computing head maps: layer {grid_layer + 1}/{n_layers}")
     title = ("All layers" if all_layers else f"Layer {layer}") + ": click a head to open it"
-    figure = figures.head_grid(thumbnails, n_cols=n_heads if all_layers else min(n_heads, 6),
+    # Every layer's heads, sorted by entropy, fill rows as wide as the table of layers x heads would be.
+    figure = figures.head_grid(thumbnails, n_cols=max(n_layers, n_heads) if all_layers else min(n_heads, 6),
                                sort_by_entropy=st.session_state[state.GRID_SORT], title=title,
                                scale=st.session_state[state.MAP_SCALE])
-    st.caption("Each tile is scaled to its own maximum; its frame is coloured by the head's mean attention entropy "
+    st.caption("Each tile is scaled to its own range (under the colour scale chosen on the one-head view); its frame "
+               "is coloured by the head's mean attention entropy "
                "(nats, averaged over query tokens).")
     common.chart(figure, key=state.GRID_CHART, name="head-grid", on_select=_open_clicked_head,
                  selection_mode="points", config={"displayModeBar": True}, width="content")
@@ -190,9 +203,6 @@ elif view == state.VIEW_QUERY:
 
 else:
     request = ("stats", run.key)
-    if common.stopped(request):
-        common.show_stopped(request, "computing every head's statistics")
-        st.stop()
     with common.working("Computing per-head statistics", request, models=(run.key.spec,)) as progress:
         result = study.stats(source, text, cut=cut, progress=progress)
     for item in result.findings():

@@ -47,9 +47,6 @@ if st.button(f"Run over the {len(prompts)} prompt(s)", type="primary"):
     common.resume(request)
 if request not in st.session_state[state.BATCH_REQUESTS]:
     st.stop()
-if common.stopped(request):
-    common.show_stopped(request, f"the batch over {len(prompts)} prompt(s)")
-    st.stop()
 
 with common.working("Running the prompts", request, models=(spec,)) as progress:
     result = study.run(cached.AppSource(spec), [(p.name, p.text) for p in prompts], study=kind, settings=settings,

@@ -88,9 +88,6 @@ if st.button("Compare", type="primary"):
     common.resume(request)
 if request not in st.session_state[state.COMPARE_REQUESTS]:
     st.stop()
-if common.stopped(request):
-    common.show_stopped(request, "the comparison")
-    st.stop()
 if spec_b is None:
     st.info("Type a hub id or a local folder for model B.")
     st.stop()
@@ -102,11 +99,13 @@ loaded_b = common.load(spec_b) if loaded_a is not None else None
 if loaded_b is None:
     st.stop()
 
-n_layers, n_heads = min(loaded_a.n_layers, loaded_b.n_layers), min(loaded_a.n_heads, loaded_b.n_heads)
+n_layers, n_heads = loaded_a.n_layers, min(loaded_a.n_heads, loaded_b.n_heads)  # B's layer: same relative depth
 st.session_state[state.COMPARE_LAYER] = min(st.session_state[state.COMPARE_LAYER], n_layers - 1)
 st.session_state[state.COMPARE_HEAD] = min(st.session_state[state.COMPARE_HEAD], n_heads - 1)
 controls = st.columns(3)
-layer = controls[0].selectbox("Layer (maps)", range(n_layers), key=state.COMPARE_LAYER, persist_state=state.PERSIST)
+layer = controls[0].selectbox("Layer (maps)", range(n_layers), key=state.COMPARE_LAYER, persist_state=state.PERSIST,
+                              help="A's layer; when B has another number of layers, B's map is of its layer at the "
+                                   "same relative depth.")
 head = controls[1].selectbox("Head (maps)", range(n_heads), key=state.COMPARE_HEAD, persist_state=state.PERSIST)
 
 try:

@@ -12,7 +12,7 @@ from attnscope.hosting import TOKEN_CEILING
 from attnscope.studies import collapse as study
 
 SETTINGS = ("max_length", "windows", "rows", "vectors")  # keys of attnscope.settings and study.run's keywords
-SECTIONS = (  # section of the study, header, figures drawn (name, chart key); side by side when there are two
+SECTIONS = (  # section of the study, header, figures drawn (name, chart key)
     ("vanishing", "1. Vanishing attention", (("vanishing-attention", "collapse_vanishing"),)),
     ("distance_l", "2. Distance vs context length (fig. 2a)", (("distance-vs-length", "collapse_distance_l"),)),
     ("distance_n", "3. Distance vs N and the critical N (fig. 2b, 2c)",
@@ -45,9 +45,6 @@ builtin = st.session_state["source"] == state.SOURCE_BUILTIN
 settings = {key: st.session_state[key] for key in SETTINGS}
 
 request = ("collapse", run.key.spec, None if builtin else run.key.text, tuple(sorted(settings.items())), model_limit)
-if common.stopped(request):
-    common.show_stopped(request, "measuring the context lengths")
-    st.stop()
 try:
     with common.working("Measuring", request, models=(run.key.spec,)) as progress:
         result = study.run(cached.AppSource(run.key.spec), None if builtin else run.key.text, **settings,
@@ -79,9 +76,8 @@ for section, header, drawn in SECTIONS:
     for item in result.findings(**view, section=section):
         common.finding(item)
     drawn = [(name, key) for name, key in drawn if name in charts]
-    for place, (name, key) in zip(st.columns(2) if len(drawn) == 2 else [st.container() for _ in drawn], drawn):
-        with place:
-            common.chart(charts[name], key=key, name=name, data=tables.get(name))
+    for name, key in drawn:  # one above the other: at half width their legends wrapped onto the axis titles
+        common.chart(charts[name], key=key, name=name, data=tables.get(name))
 st.caption(study.HELP["caveat"])
 
 common.report_button("Context collapse", {

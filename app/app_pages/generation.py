@@ -87,9 +87,6 @@ cell_limit = widget("cell_limit", controls[2], kind="slider")
 source = cached.AppSource(spec)
 cut = common.cut_for(loaded, requested=len(result.text_ids))
 map_request = ("generation-map", spec, result.text_ids, cut)
-if common.stopped(map_request):
-    common.show_stopped(map_request, "running the model on the whole text")
-    st.stop()
 with common.working("Running the model on the whole text", map_request, models=(spec,)):
     maps = maps_study.maps(source, result.text_ids, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit)
 (name, figure), = maps.figures().items()

@@ -67,10 +67,11 @@ def _run(corpus_uploads, limits) -> None:
     deadline = time.monotonic() + limits.atlas_seconds
     handle = cached.get_handle(spec)  # before the model's lock: no cached function runs under it
     source = ([(u.name, hashlib.sha256(u.getvalue()).hexdigest()) for u in corpus_uploads] if corpus_uploads
-              else st.session_state[state.ATLAS_CORPUS])
+              else _on_disk(st.session_state[state.ATLAS_CORPUS]))
     with tempfile.TemporaryDirectory() as folder:
         corpus = _corpus(corpus_uploads, Path(folder)) if corpus_uploads else st.session_state[state.ATLAS_CORPUS]
         shards = _shards(repr((handle.fingerprint, source, settings))) or Path(folder) / "atlas"
+        common.resume(("atlas", spec))  # the button asks for a run, even after a Stop
         try:
             with common.working("Fingerprinting the corpus", ("atlas", spec), models=(spec,)) as progress, \
                     cached.holding_model(spec):
@@ -83,6 +84,15 @@ def _run(corpus_uploads, limits) -> None:
     if time.monotonic() > deadline:
         st.info(f"Stopped at the time limit ({limits.atlas_seconds} s) after {result.meta['documents']} documents.")
     st.session_state[state.ATLAS], st.session_state[state.ATLAS_HEAD] = result, None
+
+
+def _on_disk(corpus: str) -> tuple:
+    """A corpus on this machine as a run's identity: its path and every file's name, size and modification time, so
+    a corpus edited since an earlier run starts afresh instead of resuming from the old shards."""
+    path = Path(corpus.strip()).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return (str(path), *((str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
+                         for p in files))
 
 
 def _shards(run: str) -> Path | None:

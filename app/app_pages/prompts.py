@@ -125,7 +125,7 @@ st.dataframe(pd.DataFrame([{"#": i, "name": p.name, "source": p.source, "charact
                             "in use": p.text == st.session_state[state.TEXT]} for i, p in enumerate(library)]),
              hide_index=True, width="stretch")
 choice = st.selectbox("Prompt", range(len(library)), format_func=lambda i: f"{i}: {library[i].name}",
-                      key="library_choice")
+                      key="library_choice", persist_state=state.PERSIST)
 chosen = library[choice]
 actions = st.columns([1, 1, 4])
 actions[0].button("Use this prompt", type="primary", on_click=common.use_prompt, args=(choice,),

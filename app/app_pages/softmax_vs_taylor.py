@@ -60,9 +60,6 @@ loss_request = (run.key, n_tokens, max_order, study.clamp_bounds(settings["clamp
 losses = (loss_request[-1],) if loss_request in st.session_state[state.TAYLOR_LOSS_REQUESTS] else ()
 
 request = ("taylor", run.key, tuple(sorted(settings.items())), losses)
-if common.stopped(request):
-    common.show_stopped(request, "expanding every head")
-    st.stop()
 try:
     with common.working("Expanding every head", request, models=(run.key.spec,)) as progress:
         result = study.run(cached.AppSource(run.key.spec), run.key.text, **settings, losses=losses,

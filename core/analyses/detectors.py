@@ -18,7 +18,7 @@ target: R / T when rows sum to 1 (no learned sink). TL's counts every row in its
 repeats pulls its duplicate and induction scores towards 0 whatever the heads do; ours stays the weight that a row
 with a target puts on it. The first-token (sink) score is the engine's sink_mass, not computed here.
 
-The previous-token score is the atlas's (attnscope.analyses.fingerprint.offset_weights at offset 1).
+The previous-token score is the atlas's (attnscope.analyses.fingerprint.offset_rows at offset 1).
 
 **Duplicate and induction without a (T x S) matrix** (block-sparse by token group). A row's duplicate targets are
 the earlier copies j' < i of its token; its induction targets are the keys j' + 1 just after them. Keys sorted by
@@ -46,7 +46,7 @@ same idea on random tokens, measured at one offset: this one follows every earli
 
 Limits: the scores read the first sequence of the batch; ids must be those of the S key positions; the weights are
 computed in fp32 from the layer's q/k in their own dtype (bf16 on a GPU rounds the logits as the model does). The
-previous-token score (offset_weights) reads one key per row: O(T) per head, unless the layer has an explicit
+previous-token score (offset_rows) reads one key per row: O(T) per head, unless the layer has an explicit
 (padding) mask, whose (T, S) rows it then reads.
 """
 
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from attnscope import kernels
-from attnscope.analyses.fingerprint import offset_weights
+from attnscope.analyses.fingerprint import offset_rows
 from attnscope.capture import LayerCapture
 
 PREVIOUS_TOKEN, DUPLICATE_TOKEN, INDUCTION = "previous_token", "duplicate_token", "induction"
@@ -275,26 +275,12 @@ def grouped_scores(layer: LayerCapture, lse: torch.Tensor, ids: Sequence[int] | 
     return {name: _mean_over_rows(totals[d], seen[d]) for d, name in enumerate(detectors)}
 
 
-def previous_rows(layer: LayerCapture, first_row: int = 0) -> torch.Tensor:
-    """(Hq,) int64 rows from first_row on that see the key just before their own position (previous-token rows)."""
-    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
-    rows = torch.arange(first_row, n_queries)
-    targets = rows + (n_keys - n_queries) - 1
-    rows, targets = rows[targets >= 0], targets[targets >= 0]
-    if layer.mask is not None:
-        cells = layer.mask[0][:, rows.to(layer.mask.device), targets.to(layer.mask.device)].cpu()  # (Hq or 1, t)
-        return cells.sum(-1).expand(layer.n_heads)
-    seen = len(rows) if layer.window is None or not layer.causal or layer.window >= 2 else 0
-    return torch.full((layer.n_heads,), seen, dtype=torch.long)
-
-
 def layer_scores(layer: LayerCapture, lse: torch.Tensor, planner: Planner, *, detectors: Sequence[str] = DETECTORS,
                  first_row: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Detector -> ((Hq,) score, (Hq,) rows counted) for one layer from its live capture and the kernel's lse."""
     out = {}
     if PREVIOUS_TOKEN in detectors:
-        rows = slice(first_row, layer.q.shape[2])
-        out[PREVIOUS_TOKEN] = (offset_weights(layer, lse, 1, rows), previous_rows(layer, first_row))
+        out[PREVIOUS_TOKEN] = offset_rows(layer, lse, 1, slice(first_row, layer.q.shape[2]))
     grouped = tuple(name for name in detectors if name in GROUPED)
     if grouped:
         out.update(grouped_scores(layer, lse, planner.ids, detectors=grouped, first_row=first_row, planner=planner))

@@ -62,6 +62,12 @@ _OFFSET = "offset"  # _run's name for the weight on the key `offset` back (offse
 def offset_weights(layer: LayerCapture, lse: torch.Tensor, offset: int, rows: slice | None = None) -> torch.Tensor:
     """(Hq,) mean over the query rows `rows` (default all) of the first sequence of the weight on the key `offset`
     positions back, over the rows that see it; NaN for a head with no such row. lse: (B, Hq, T) from the kernel."""
+    return offset_rows(layer, lse, offset, rows)[0]
+
+
+def offset_rows(layer: LayerCapture, lse: torch.Tensor, offset: int,
+                rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset_weights, (Hq,) int64 how many rows it averaged: those that see the key `offset` back)."""
     n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
     rows = rows or slice(0, n_queries)
     first = rows.start + n_keys - n_queries  # key position of the first row
@@ -82,7 +88,7 @@ def offset_weights(layer: LayerCapture, lse: torch.Tensor, offset: int, rows: sl
         logits = layer.softcap * torch.tanh(logits / layer.softcap)
     weights = torch.exp(logits - lse[0, :, rows].float()).cpu().masked_fill(~seen, 0.0)
     counts = seen.expand_as(weights).sum(-1)
-    return torch.where(counts > 0, weights.sum(-1) / counts.clamp(min=1), float("nan"))
+    return torch.where(counts > 0, weights.sum(-1) / counts.clamp(min=1), float("nan")), counts
 
 
 def log_slope(n_keys: torch.Tensor, values: torch.Tensor, *, min_keys: int = MIN_KEYS) -> torch.Tensor:

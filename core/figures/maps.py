@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
+from attnscope.settings import MAP_SCALES
+
 WEIGHT_SCALE = "Viridis"
 ENTROPY_SCALE = "Plasma"
-SCALES = ("linear", "log", "row")  # colour scales of head_heatmap (attnscope.settings "map_scale" offers them)
+SCALES = MAP_SCALES.values  # colour scales of head_heatmap: those the "map_scale" setting offers
 LOG_FLOOR = 1e-6  # the log scale draws weights below this at its bottom colour (a uniform row over 10^6 keys)
 SPAN_TOKEN_CHARS = 24  # a token longer than this is cut (with "…") in a pooled tile's label
 TICKS_PER_AXIS = 12  # at most about this many position ticks on a pooled axis
@@ -187,8 +189,9 @@ def head_heatmap(
                                   hoverongaps=False, **colour, **custom))
     if block == 1:  # cells are square, so both axes take the same step: about 60 labels along the longer one
         x_every = y_every = max(1, math.ceil(max(n_rows, n_cols) / 60))
-        figure.update_xaxes(tickangle=-60, tickmode="array", tickvals=x[::x_every])
-        figure.update_yaxes(tickmode="array", tickvals=y[::y_every])
+        # titled, so a figure's CSV (attnscope.report.figure_table) names which axis is the query
+        figure.update_xaxes(title="key", tickangle=-60, tickmode="array", tickvals=x[::x_every])
+        figure.update_yaxes(title="query", tickmode="array", tickvals=y[::y_every])
     else:
         x_every, y_every = _nice_step(len(x)), _nice_step(len(y))
         figure.update_xaxes(title=f"key position (tiles of {block} tokens)", tickmode="array", tickvals=x[::x_every],
@@ -249,7 +252,6 @@ def head_grid(
     sort_by_entropy: bool,
     title: str,
     arrangement: str = "auto",
-    tile_px: int | None = None,
     scale: str = "linear",
 ) -> go.Figure:
     """All heads as a grid of small maps, each framed in the colour of its mean entropy.
@@ -257,9 +259,9 @@ def head_grid(
     Two arrangements: "table" puts layers in columns and heads in rows (a wide, short figure for every layer of a
     model) and labels them by the axes' ticks; "flat" fills rows of n_cols tiles in the given (or entropy) order and
     labels each tile in a band above it. "auto" takes the table when the thumbnails span several layers and are not
-    sorted by entropy. The figure's width and height are set from the mosaic (tiles of tile_px pixels, by default as
-    large as GRID_WIDTH_PX allows, within GRID_MIN_TILE_PX..GRID_MAX_TILE_PX), so plotly leaves no blank band; a
-    page should draw it at that width (st.plotly_chart(..., width="content")).
+    sorted by entropy. The figure's width and height are set from the mosaic (tiles as large as GRID_WIDTH_PX allows,
+    within GRID_MIN_TILE_PX..GRID_MAX_TILE_PX), so plotly leaves no blank band; a page should draw it at that width
+    (st.plotly_chart(..., width="content")).
 
     Each tile is scaled to its own range so structure shows in every head: under scale "linear" its weights over
     its maximum, "log" its log10 weights (colour_values) from the tile's lowest to its highest, "row" each row over
@@ -282,8 +284,7 @@ def head_grid(
         places = [divmod(index, n_cols) for index in range(len(order))]
         n_rows = math.ceil(len(order) / n_cols)
     size = max(max(t.values.shape) for t in order)
-    if tile_px is None:
-        tile_px = min(max(GRID_WIDTH_PX / n_cols - GRID_GAP_PX, GRID_MIN_TILE_PX), GRID_MAX_TILE_PX)
+    tile_px = min(max(GRID_WIDTH_PX / n_cols - GRID_GAP_PX, GRID_MIN_TILE_PX), GRID_MAX_TILE_PX)
     gap = max(1, round(GRID_GAP_PX * size / tile_px))  # cells between tiles
     px_per_cell = (tile_px + GRID_GAP_PX) / (size + gap)  # so that a tile and its gap take tile_px + GRID_GAP_PX
     label = 0 if table else math.ceil(GRID_LABEL_PX / px_per_cell)

@@ -30,6 +30,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from attnscope import cancel
+
 ProgressFn = Callable[[float, str], None]  # (fraction done in [0, 1], what is being done)
 FORMATS = (".json", ".csv", ".parquet", ".html")
 _FORMAT_VERSION = 1
@@ -96,7 +98,8 @@ class Source:
         yield
 
     def unit(self, fn: Callable, *args):
-        """fn(self, *args), or its cached value."""
+        """fn(self, *args), or its cached value. Each unit starts at a cancellation point (attnscope.cancel)."""
+        cancel.checkpoint()
         if self.cache is None:
             return fn(self, *args)
         return self.cache.get_or_compute(self.model.fingerprint, fn, args, lambda: fn(self, *args))

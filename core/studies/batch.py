@@ -179,8 +179,9 @@ def _runner(study: str, settings: dict) -> Callable:
     from attnscope.studies import taylor as taylor_study
 
     if study == "stats":
-        return lambda source, text: maps_study.stats(
-            source, text, cut=source.model.cut(settings.get("max_tokens"), settings.get("keep", "start")))
+        return lambda source, text: maps_study.stats(  # the batch shows no head-type score: no extra pass for one
+            source, text, cut=source.model.cut(settings.get("max_tokens"), settings.get("keep", "start")),
+            induction_copy=False)
     if study == "taylor":
         return lambda source, text: taylor_study.run(source, text, **settings)
 

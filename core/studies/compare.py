@@ -116,8 +116,11 @@ class CompareResult(Result):
         else:
             out += [self._largest_changes(name) for name in CHANGED]
         if self.maps_a is not None:
-            out.append(Finding("Maps", f"Layer {self.maps_a.layer}, head {self.maps_a.heads[0]}: "
-                               + (self.map_note or self._drawn())))
+            where = f"layer {self.maps_a.layer}, head {self.maps_a.heads[0]}"
+            if self.maps_b.layer != self.maps_a.layer:
+                where = (f"A's layer {self.maps_a.layer} and B's layer {self.maps_b.layer} (the same relative "
+                         f"depth), head {self.maps_a.heads[0]}")
+            out.append(Finding("Maps", f"{where[0].upper()}{where[1:]}: " + (self.map_note or self._drawn())))
         return out
 
     def _pairing(self) -> str:
@@ -178,12 +181,14 @@ class CompareResult(Result):
                 self.difference[name], columns=self.columns, rows=self.rows, label=label,
                 title=f"B − A: {label}, {scope}")
         if self.maps_a is not None:
-            where = f"L{self.maps_a.layer} H{self.maps_a.heads[0]}"
+            head = self.maps_a.heads[0]
+            where = f"L{self.maps_a.layer} H{head}" if self.maps_b.layer == self.maps_a.layer else (
+                f"A L{self.maps_a.layer} / B L{self.maps_b.layer} H{head}")
             sink = " (sink hidden)" if self.maps_a.hide_sink else ""
             for which, result in (("a", self.maps_a), ("b", self.maps_b)):
                 out[f"map-{which}"] = map_figures.head_heatmap(
                     result.values[0], tokens=result.tokens, block=result.block, reduce=result.reduce,
-                    title=f"{self._named(which)} · {where}{sink}")
+                    title=f"{self._named(which)} · L{result.layer} H{head}{sink}")
             if self.map_difference is not None:
                 tokens = [t if t == u else f"{t}|{u}" for t, u in zip(self.maps_a.tokens, self.maps_b.tokens)]
                 out["map-difference"] = figures.difference_map(self.map_difference, tokens=tokens,
@@ -243,11 +248,19 @@ def depth_pairs(n_layers_a: int, n_layers_b: int) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"depth_pairs: models have {n_layers_a} and {n_layers_b} layers; each needs at least one.")
     few, many = sorted((n_layers_a, n_layers_b))
     shallow = np.arange(few, dtype=np.int64)
-    if few == 1:
-        deep = np.array([many - 1], dtype=np.int64)
-    else:  # floor(l * (D - 1) / (S - 1) + 1/2) in integers, so no float ever rounds the wrong way
-        deep = (2 * shallow * (many - 1) + (few - 1)) // (2 * (few - 1))
+    deep = np.broadcast_to(relative_layer(shallow, few, many), shallow.shape).astype(np.int64)
     return (shallow, deep) if n_layers_a <= n_layers_b else (deep, shallow)
+
+
+def relative_layer(layer, n_layers_a: int, n_layers_b: int):
+    """B's layer at the relative depth of A's `layer` (an int, or an integer array): round(layer * (L_B - 1) /
+    (L_A - 1)), halves up, computed in integers so no float rounds the wrong way; a 1-layer A meets B's last layer
+    (like it, the one that feeds the output); the same layer when both have as many. depth_pairs follows it."""
+    if n_layers_a == n_layers_b:
+        return layer
+    if n_layers_a == 1:
+        return n_layers_b - 1
+    return (2 * layer * (n_layers_b - 1) + (n_layers_a - 1)) // (2 * (n_layers_a - 1))
 
 
 def comparable(values: np.ndarray, *, side: str, shape_a: tuple[int, int], shape_b: tuple[int, int]) -> np.ndarray:
@@ -297,7 +310,8 @@ def run(source_a: Source, text_a, cut_a: Cut, source_b: Source, text_b, cut_b: C
     """Side A (source_a's model on text_a, cut_a) against side B.
 
     Args:
-        layer, head: the head whose maps are drawn on both sides (it must exist in both models); layer None: no maps.
+        layer, head: the head whose maps are drawn: A's layer `layer` and, when B has another number of layers, B's
+            layer at the same relative depth (relative_layer); the head must exist in both; layer None: no maps.
         cell_limit, reduce, hide_sink: as for attnscope.studies.maps.maps.
         progress: progress(fraction, message) between units.
 
@@ -307,27 +321,30 @@ def run(source_a: Source, text_a, cut_a: Cut, source_b: Source, text_b, cut_b: C
         minus A's.
     """
     steps = [("a", source_a, text_a, cut_a), ("b", source_b, text_b, cut_b)]
+    layers = {}
     if layer is not None:
+        layers = {"a": layer, "b": relative_layer(layer, source_a.model.info["n_layers"],
+                                                  source_b.model.info["n_layers"])}
         for name, source in (("A", source_a), ("B", source_b)):
             n_layers, n_heads = source.model.info["n_layers"], source.model.info["n_heads"]
-            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            if not (0 <= layers[name.lower()] < n_layers and 0 <= head < n_heads):
                 raise ValueError(f"Layer {layer}, head {head} does not exist in model {name} "
                                  f"({source.model.spec.name}: layers 0..{n_layers - 1}, heads 0..{n_heads - 1}); "
-                                 "choose a head both models have.")
+                                 "choose a layer of A and a head both models have.")
     total = 2 * len(steps) if layer is not None else len(steps)
     report = progress or (lambda fraction, message: None)
     stats = {}
     for index, (which, source, text, cut) in enumerate(steps):
         report(index / total, f"Side {which.upper()}: per-head statistics of every layer")
-        stats[which] = maps_study.stats(source, text, cut=cut)
+        stats[which] = maps_study.stats(source, text, cut=cut, induction_copy=False)  # no head-type score shown
     a, b = stats["a"], stats["b"]
     difference = differences(a, b)
     maps, map_difference, map_note = {}, None, ""
     if layer is not None:
         for index, (which, source, text, cut) in enumerate(steps):
-            report((len(steps) + index) / total, f"Side {which.upper()}: map of layer {layer}, head {head}")
-            maps[which] = maps_study.maps(source, text, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit,
-                                          reduce=reduce, hide_sink=hide_sink)
+            report((len(steps) + index) / total, f"Side {which.upper()}: map of layer {layers[which]}, head {head}")
+            maps[which] = maps_study.maps(source, text, cut=cut, layer=layers[which], heads=[head],
+                                          cell_limit=cell_limit, reduce=reduce, hide_sink=hide_sink)
         map_difference, map_note = _map_difference(maps["a"], maps["b"])
     report(1.0, "Compared")
     spec_a, spec_b = source_a.model.spec, source_b.model.spec

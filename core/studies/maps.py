@@ -388,17 +388,22 @@ class MapsResult(Result):
 # ---- entry points -------------------------------------------------------------------------------------------------
 
 
-def stats(source: Source, text, *, cut: Cut, progress: ProgressFn | None = None) -> StatsResult:
+def stats(source: Source, text, *, cut: Cut, progress: ProgressFn | None = None,
+          induction_copy: bool = True) -> StatsResult:
+    """Every head's statistics and head-type scores over the text, from one streamed pass (model_stats); with too few
+    repeats for the induction score, a second pass over a repeated copy of the text (model_induction_copy) unless
+    induction_copy is False (callers that show no head-type score: Compare, Batch)."""
     tokens = source.tokens(text, cut)
-    step = progress_steps(progress, 1)
+    step = progress_steps(progress, 2)
     step(0, f"Per-head statistics of every layer: one pass over {len(tokens)} tokens")
     values = source.unit(model_stats, text, cut)
     step(1, "Per-head statistics of every layer")
-    if max(values["detector_rows"][detectors.INDUCTION], default=0) < detectors.MIN_INDUCTION_ROWS:
+    if induction_copy and max(values["detector_rows"][detectors.INDUCTION], default=0) < detectors.MIN_INDUCTION_ROWS:
         step(1, "Too few repeats for the induction score: one more pass over a repeated copy of the text")
         copy = source.unit(model_induction_copy, text, cut)
         values = {**values, "induction": copy["induction"], "induction_copy": copy["copied"],
                   "detector_rows": {**values["detector_rows"], detectors.INDUCTION: copy["rows"]}}
+    step(2, "Per-head statistics and head-type scores")
     return StatsResult(meta=meta_for(source.model, tokens, max_tokens=cut.max_tokens, keep=cut.keep),
                        tokens=tokens.strings, **values)
 

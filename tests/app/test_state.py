@@ -1,6 +1,7 @@
 """Settings belong to the app, not to the page that drew their widget: every setting keeps its value across any
 sequence of page switches, and what belongs to one text starts afresh when the text changes (AppTest, real model)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,16 @@ PAGES = ("attention_maps", "softmax_vs_taylor", "context_collapse", "prompts", "
 KINDS = ("selectbox", "slider", "select_slider", "number_input", "radio", "toggle", "checkbox", "text_input",
          "text_area", "multiselect", "segmented_control")
 
-# What a user sets through each page's widgets, in order (a widget may appear only after an earlier one is set):
-# every value differs from its default, and the cheap ones keep the walk below quick (orders 0-4, L up to 64).
+# What a user does on each page, in order (a widget may appear only after an earlier step): set a widget to a value
+# that differs from its default, or ("click", label) a button. The cheap values keep the walk below quick (orders 0-4,
+# L up to 64); the text is long enough for the collapse page to read it (32 tokens).
+CLICK = "click"
 CHOICES = {
-    "attention_maps": [(state.LAYER, 3), (state.HEAD, 2), (state.HIDE_SINK, True), (state.REDUCE, "max"),
-                       (state.CELL_LIMIT, 128), (state.VIEW, state.VIEW_ALL_HEADS), (state.GRID_SORT, True),
+    "attention_maps": [(state.MAP_SCALE, "row"), (state.MAP_SEARCH, "Dursley"), (state.LAYER, 3), (state.HEAD, 2),
+                       (state.HIDE_SINK, True), (state.REDUCE, "max"), (state.CELL_LIMIT, 128),
+                       (state.VIEW, state.VIEW_ALL_HEADS), (state.GRID_SCOPE, "All layers"), (state.GRID_SORT, True),
                        (state.VIEW, state.VIEW_QUERY), (state.QUERY, 4), (state.VIEW, state.VIEW_STATS),
-                       (state.STAT_SHOWN, "max_weight")],
+                       (state.STAT_SHOWN, "induction")],
     "softmax_vs_taylor": [(state.TAYLOR_MAX_ORDER, 4), (state.TAYLOR_CLAMP_MODE, "both"),
                           (state.TAYLOR_CLAMP_VALUE, 7.5), (state.TAYLOR_TOLERANCE, 1e-3), (state.TAYLOR_LAYER, 5),
                           (state.TAYLOR_HEAD, 1), (state.TAYLOR_SCOPE, state.SCOPE_LAYER),
@@ -31,27 +35,30 @@ CHOICES = {
                           (state.TAYLOR_HIST_ORDERS, [1, 3]), (state.TAYLOR_QUERY, 6), (state.TAYLOR_ORDER, 3),
                           (state.TAYLOR_WEIGHT_DENOMINATOR, "softmax"), (state.TAYLOR_RNN_TOKENS, 32),
                           (state.TAYLOR_LOSS_DENOMINATOR, "taylor")],
-    "context_collapse": [(state.COLLAPSE_MAX_LENGTH, 64), (state.COLLAPSE_WINDOWS, 1), (state.COLLAPSE_ROWS, 4),
-                         (state.COLLAPSE_VECTORS, "hidden"), (state.COLLAPSE_LAYER, 4), (state.COLLAPSE_HEAD, 3),
-                         (state.COLLAPSE_FIXED_LENGTH, 32)],
-    "prompts": [(state.PASTE_TEXT, "a text being pasted"), (state.PASTE_NAME, "mine")],
-    "batch": [],  # its widgets show once the library holds a prompt
+    "context_collapse": [(state.COLLAPSE_SOURCE, state.SOURCE_SIDEBAR), (state.COLLAPSE_MAX_LENGTH, 64),
+                         (state.COLLAPSE_WINDOWS, 1), (state.COLLAPSE_ROWS, 4), (state.COLLAPSE_VECTORS, "hidden"),
+                         (state.COLLAPSE_LAYER, 4), (state.COLLAPSE_HEAD, 3), (state.COLLAPSE_FIXED_LENGTH, 32)],
+    "prompts": [(state.PASTE_TEXT, "A prompt for the batch page"), (CLICK, "Add to the library"),
+                (state.PASTE_TEXT, "a text being pasted"), (state.PASTE_NAME, "mine")],
+    "batch": [(state.BATCH_KIND, "taylor")],
     "compare": [(state.COMPARE_MODEL, "minilm-l6"), (state.COMPARE_TEXT, "Side B's own text")],
     "generation": [(state.MAX_NEW_TOKENS, 12), ("sample", True), ("temperature", 0.5), ("top_p", 0.8), ("seed", 7),
                    ("chat", "off")],
     "head_atlas": [(state.ATLAS_DOCUMENTS, 3), (state.ATLAS_TOKENS, 64), (state.ATLAS_TEXT_COLUMN, "body")],
 }
-SIDEBAR = [(state.MAX_TOKENS, 512), (state.IMAGE_FORMAT, "svg"), (state.DTYPE, "float32")]
+# The widgets a page does not draw in the state the steps leave it in (another view of the maps page).
+NOT_DRAWN = {"attention_maps": {state.MAP_SCALE, state.MAP_SEARCH, state.GRID_SCOPE, state.GRID_SORT, state.QUERY}}
+SIDEBAR = [(state.TEXT, state.EXAMPLES["Repeated names (induction)"]), (state.MAX_TOKENS, 512),
+           (state.IMAGE_FORMAT, "svg"), (state.DTYPE, "float32")]
 
 
-def _widget(at: AppTest, key: str, *, required: bool = True):
+def _widget(at: AppTest, key: str):
     for kind in KINDS:
         try:
             return getattr(at, kind)(key=key)
         except KeyError:
             continue
-    assert not required, f"no widget with key {key!r} on this page"
-    return None
+    raise AssertionError(f"no widget with key {key!r} on this page")
 
 
 def _switch(at: AppTest, page: str) -> AppTest:
@@ -84,18 +91,20 @@ def test_every_setting_survives_every_page_switch():
     for page in PAGES:
         _switch(at, page)
         for key, value in CHOICES[page]:
-            _widget(at, key).set_value(value).run()
+            if key == CLICK:
+                next(button for button in at.button if button.label == value).click().run()
+            else:
+                _widget(at, key).set_value(value).run()
+                chosen[key] = value
             assert not at.exception, (page, key, [e.value for e in at.exception])
-            chosen[key] = value
     walk = _all_ordered_pairs(list(PAGES))
     assert len(walk) == len(PAGES) * (len(PAGES) - 1) + 1
     for step, page in enumerate(walk):
         _switch(at, page)
         changed = {key: at.session_state[key] for key, value in chosen.items() if at.session_state[key] != value}
         assert not changed, f"after {' -> '.join(walk[max(0, step - 2):step + 1])}: {changed}"
-        for key in dict(CHOICES[page]):  # and the page's widgets show them (those its current view draws)
-            shown = _widget(at, key, required=False)
-            assert shown is None or shown.value == chosen[key], (page, key, shown.value)
+        for key in set(dict(CHOICES[page])) - {CLICK} - NOT_DRAWN.get(page, set()):  # and its widgets show them
+            assert _widget(at, key).value == chosen[key], (page, key)
 
 
 def _example_box(at: AppTest):
@@ -129,3 +138,16 @@ def test_what_belongs_to_one_text_starts_afresh_when_the_text_changes():
     _example_box(at).set_value("Code").run()
     assert at.text_area(key=state.TEXT).value == state.EXAMPLES["Code"]
     assert _example_box(at).value == "Code"
+
+
+def test_a_link_opens_on_its_query_token_and_its_zoom():
+    at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)
+    at.query_params.update({"view": "query", "query": "5"})
+    at.run()
+    assert not at.exception and at.session_state[state.QUERY] == 5 and "query 5:" in _title(at)
+    at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)
+    at.query_params.update({"queries": "2:10", "keys": "0:10", "scale": "linear"})
+    at.run()
+    assert not at.exception
+    assert "queries 2-9 × keys 0-9" in _title(at)
+    assert "weight" == json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["colorbar"]["title"]["text"]

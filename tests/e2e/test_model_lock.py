@@ -49,7 +49,7 @@ def test_no_interrupted_wait_leaves_the_model_locked(server, browser, output_dir
     box.press("Control+Enter")
     _waits(b)
     _current(b, "Stop").get_by_role("button").click()  # stop while waiting
-    b.get_by_text("Stopped: running").wait_for(timeout=60_000)
+    b.get_by_text("Stopped (running").wait_for(timeout=60_000)
 
     b2_context, b2 = _open(browser, server)  # close the tab while waiting
     _waits(b2)

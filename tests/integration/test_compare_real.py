@@ -134,6 +134,10 @@ def test_two_models_of_different_depths_are_compared_by_relative_depth(smollm2, 
                                        f"{a.entropy[paired_a[top]].mean():.3f} → {b.entropy[top].mean():.3f} "
                                        f"({change[top]:+.3f})")
     assert result.maps_b.tokens[0] == "[CLS]" and result.map_difference is None
+    assert (result.maps_a.layer, result.maps_b.layer) == (2, 0)  # B's map at A's relative depth: round(2 × 5 / 29)
+    deep = attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=29, head=3)
+    assert (deep.maps_a.layer, deep.maps_b.layer) == (29, 5)
+    assert any(f.topic == "Maps" and "A's layer 29 and B's layer 5" in f.measured for f in deep.findings())
     figures = result.figures("entropy")
     assert figures["entropy-a"].data[0].z.shape == (30, 9) and figures["entropy-b"].data[0].z.shape == (6, 12)
     difference = figures["entropy-difference"]
@@ -163,8 +167,8 @@ def test_two_models_of_different_depths_are_compared_by_relative_depth(smollm2, 
     assert [layers.tolist() for layers in swapped.layer_pairs] == [list(range(6)), paired_a]
     np.testing.assert_allclose(swapped.difference["entropy"][:, 0], -change, rtol=1e-6, atol=1e-7)
 
-    with pytest.raises(ValueError, match=r"Layer 6, head 0 does not exist in model B \(minilm-l6: layers 0\.\.5"):
-        attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=6)
+    with pytest.raises(ValueError, match=r"Layer 30, head 0 does not exist in model A \(smollm2-135m: layers 0\.\.29"):
+        attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=30)  # A's layer 6 would be B's layer 1: it exists
     with pytest.raises(ValueError, match=r"head 11 does not exist in model A \(smollm2-135m: layers 0\.\.29, heads"):
         attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=0, head=11)
     no_maps = attnscope.compare(smollm2, TEXT_A, model_b=minilm, layer=None)

@@ -25,10 +25,6 @@ def _stop_after(layers: int):
     return check, calls
 
 
-def test_no_check_installed_costs_nothing_and_raises_nothing():
-    cancel.checkpoint()
-
-
 @pytest.mark.parametrize("run", [run_with_capture, engine.run], ids=["capture", "engine"])
 def test_a_check_that_raises_ends_the_forward_pass_at_the_next_layer(run):
     model = build("llama")
@@ -67,11 +63,11 @@ def test_the_lock_is_released_whatever_ends_the_block():
 def test_a_cancelled_wait_leaves_the_queue_without_taking_the_lock():
     lock = threading.Lock()
     lock.acquire()  # another session's forward pass
-    told, check = [], _stop_after(3)[0]
+    check, calls = _stop_after(3)
     with cancel.checking(check), pytest.raises(Stopped):
-        with cancel.acquire(lock, waiting=lambda: told.append("waiting")):
+        with cancel.acquire(lock):
             pytest.fail("the block must not run while another holds the lock")
-    assert told == ["waiting"]
+    assert len(calls) == 4  # three steps of the wait, then the check that ended it
     lock.release()  # the holder finishes: nobody else holds it now
     assert lock.acquire(blocking=False)
     lock.release()

@@ -4,7 +4,7 @@ layer of the shallower model with the deeper model's layer at the same relative 
 import numpy as np
 import pytest
 
-from attnscope.studies.compare import comparable, depth_pairs
+from attnscope.studies.compare import comparable, depth_pairs, relative_layer
 
 
 def test_equal_depths_pair_each_layer_with_itself():
@@ -61,3 +61,18 @@ def test_comparable_takes_each_sides_paired_layers_mean_over_heads():
     np.testing.assert_array_equal(comparable(b, side="b", **shapes)[:, 0], expected_b)
     same = np.ones((30, 9))
     assert comparable(same, side="a", shape_a=(30, 9), shape_b=(30, 9)) is same  # head by head, untouched
+
+
+@pytest.mark.parametrize("n_a,n_b", [(30, 6), (6, 30), (18, 30), (1, 12), (12, 1), (7, 7)])
+def test_a_layer_of_either_model_finds_its_partner_at_the_same_relative_depth(n_a, n_b):
+    layers_a, layers_b = depth_pairs(n_a, n_b)
+    for a, b in zip(layers_a, layers_b):  # every pair of depth_pairs, read from A's side
+        assert relative_layer(int(a), n_a, n_b) == b
+    partners = [relative_layer(layer, n_a, n_b) for layer in range(n_a)]  # every layer of A, even unpaired ones
+    assert partners == sorted(partners) and 0 <= partners[0] and partners[-1] == n_b - 1
+    if n_b == 1:  # B's one layer is every layer's partner
+        assert set(partners) == {0}
+        return
+    for layer, partner in enumerate(partners):  # no other layer of B lies nearer in relative depth
+        depth = layer / (n_a - 1) if n_a > 1 else 1.0  # a 1-layer model's layer counts as its last
+        assert abs(partner / (n_b - 1) - depth) <= 0.5 / (n_b - 1) + 1e-12
