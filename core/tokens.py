@@ -27,7 +27,8 @@ from itertools import accumulate
 import torch
 
 _VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "⏎"})
-_READ_WHITESPACE = str.maketrans({"␣": " ", "↵": "\n", "⇥": "\t", "⏎": "\r", "▁": " "})  # also SentencePiece's ▁
+# What find reads each visible-whitespace marker back as (and SentencePiece's ▁ as a space)
+_READ_WHITESPACE = {ord(shown): blank for blank, shown in _VISIBLE_WHITESPACE.items()} | {ord("▁"): ord(" ")}
 CHARS_PER_TOKEN = 16  # characters kept per analysed token when a text is cut before tokenizing
 MAX_NEEDLE_CHARS = 200  # longest text `find` searches for
 MAX_MATCHES = 100  # most matches `find` returns

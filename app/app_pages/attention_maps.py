@@ -2,7 +2,6 @@
 
 import hashlib
 
-import numpy as np
 import streamlit as st
 
 from attnscope import settings as S
