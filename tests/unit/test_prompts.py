@@ -31,7 +31,7 @@ def test_jsonl_keeps_good_lines_and_reports_bad_ones_by_number():
 def test_csv_needs_a_text_column_and_lists_the_columns_found():
     good = prompts.parse_upload("p.csv", b"name,Text\na,hello there\nb,\nc,bye\n")
     assert [p.text for p in good.prompts] == ["hello there", "bye"] and good.prompts[0].name == "a"
-    assert "1 row(s) with an empty text skipped (rows 3)" in good.problems[0]
+    assert good.problems == ["'p.csv': 1 row(s) skipped, 2 kept. row 3: empty \"text\"."]
     bad = prompts.parse_upload("p.csv", b"title,body\nx,y\n")
     assert bad.refused and bad.problems == ["'p.csv' has no 'text' column; columns found: 'title', 'body'."]
 
@@ -39,10 +39,14 @@ def test_csv_needs_a_text_column_and_lists_the_columns_found():
 @pytest.mark.parametrize("name,data,message", [
     ("empty.txt", b"", "is empty"),
     ("blank.txt", b"  \n\t\n", "is empty"),
-    ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
-    ("latin.txt", "café au lait".encode("latin-1"), "not valid UTF-8 text (byte 3 cannot be decoded as UTF-8)"),
-    ("notes.docx", b"hello", "unsupported file type '.docx'"),
-    ("big.txt", b"a" * 2000, "is 2.0 KB, over the 1.0 KB limit"),
+    ("image.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks like a binary file, not text (it holds NUL"),
+    ("latin.txt", "café au lait".encode("latin-1"),
+     "is not valid UTF-8 text (the byte at offset 3, on line 1, is 0xe9)"),
+    ("notes.docx", b"hello", "is not a file type attnscope reads ('.docx'); use .txt, .md, .jsonl, .json, .csv or "
+                             ".parquet"),
+    ("big.txt", b"a" * 2000, "is 2.0 KB, over the 1.0 KB limit for one file"),
+    ("rows.parquet", b"PAR1 not really", "is not a .parquet file (a Parquet file starts and ends with the bytes PAR1)"),
+    ("rows.json", b'{"text": "one object"}', "is not a JSON array of records (it starts with '{')"),
 ])
 def test_bad_files_are_refused_with_a_clear_sentence(name, data, message):
     parsed = prompts.parse_upload(name, data, max_bytes=1000)
@@ -59,7 +63,7 @@ def test_markup_is_kept_verbatim_and_digest_names_the_text():
 
 
 def test_utf16_and_bom_only_files_are_refused():
-    assert "binary" in prompts.parse_upload("u16.txt", "hello".encode("utf-16")).problems[0]
+    assert "looks like a binary file" in prompts.parse_upload("u16.txt", "hello".encode("utf-16")).problems[0]
     assert prompts.parse_upload("bom.txt", b"\xef\xbb\xbf").problems == ["'bom.txt' is empty."]
 
 
@@ -88,8 +92,7 @@ def test_jsonl_lone_surrogates_reject_the_text_and_replace_the_name():
     assert parsed.problems == [
         ("'s.jsonl': 1 line(s) skipped, 1 kept. line 1: \"text\" cannot be encoded as UTF-8 (lone surrogate \\ud800 at "
          "character 3)."),
-        ("'s.jsonl': the \"name\" on line(s) 2 cannot be encoded as UTF-8 (a lone surrogate), so those prompts are "
-         "named after their text.")]
+        "'s.jsonl': the \"name\" on line(s) 2 cannot be encoded as UTF-8, so those prompts are named after their text."]
 
 
 def test_jsonl_splits_at_newlines_only():
@@ -112,21 +115,21 @@ def test_names_are_one_line_and_capped():
     assert message == f"'{'f' * 79}…' is empty."
 
 
-def test_max_prompts_stops_reading_and_counts_what_was_left_out():
+def test_max_prompts_stops_taking_and_counts_the_usable_records_left_out():
     lines = [json.dumps({"text": f"t{i}"}) for i in range(10)]
-    lines[6] = "{not json"  # left out unread, so not reported as malformed
-    lines.insert(8, "   ")  # blank lines are not counted
+    lines[6] = "{not json"  # after the cap: neither counted nor reported as malformed
+    lines.insert(8, "   ")  # blank lines are not records
     parsed = prompts.parse_upload("many.jsonl", "\n".join(lines).encode(), max_prompts=4)
     assert [p.text for p in parsed.prompts] == ["t0", "t1", "t2", "t3"] and not parsed.refused
-    assert parsed.left_out == 6
+    assert parsed.left_out == 5
     assert parsed.problems == [("'many.jsonl': only the first 4 prompts were taken (the limit for this library); "
-                               "6 more lines were left out.")]
+                               "5 more were left out.")]
     exact = prompts.parse_upload("many.jsonl", "\n".join(lines[:4]).encode() + b"\n\n", max_prompts=4)
     assert len(exact.prompts) == 4 and exact.left_out == 0 and not exact.problems
     one = prompts.parse_upload("p.csv", b"text\na\n\n,\nb\nc\n", max_prompts=1)
     assert [p.text for p in one.prompts] == ["a"] and one.left_out == 2
-    assert one.problems == [("'p.csv': only the first prompt was taken (the limit for this library); 2 more rows were "
-                            "left out.")]
+    assert one.problems == [("'p.csv': only the first prompt was taken (the limit for this library); 2 more were left "
+                            "out.")]
 
 
 def test_a_full_library_refuses_the_file_unread():
@@ -136,16 +139,18 @@ def test_a_full_library_refuses_the_file_unread():
                                "the file again.")]
 
 
-def test_csv_cells_over_the_field_limit_cost_one_row_each():
-    big = "y" * (prompts.csv.field_size_limit() + 10)
+def test_csv_rows_over_the_value_budget_cost_one_row_each():
+    big = "y" * 2000
     data = f'name,text\na,"{big}\nstill the same cell"\nb,good\nc,{big}\nd,"also ""good"""\n'.encode()
-    parsed = prompts.parse_upload("big.csv", data)
+    parsed = prompts.parse_upload("big.csv", data, budget=prompts.Budget(value_bytes=1000))
     assert [(p.name, p.text) for p in parsed.prompts] == [("b", "good"), ("d", 'also "good"')]
     assert parsed.prompts[1].source == "big.csv, row 5"
-    assert parsed.problems == [("'big.csv': 2 unreadable row(s) skipped, 2 kept. row 2: field larger than field limit "
-                               "(131072); row 4: field larger than field limit (131072).")]
-    header = prompts.parse_upload("big.csv", f"{big},text\nx,y\n".encode())
-    assert header.refused and "in the header row" in header.problems[0]
+    assert parsed.problems == [("'big.csv': 2 row(s) skipped, 2 kept. row 2: 2.0 KB, over the 1.0 KB limit for one "
+                               "record; row 4: 2.0 KB, over the 1.0 KB limit for one record.")]
+    assert [p.text for p in prompts.parse_upload("big.csv", data).prompts][0] == big + "\nstill the same cell"
+    header = prompts.parse_upload("big.csv", f"{big},text\nx,y\n".encode(), budget=prompts.Budget(value_bytes=1000))
+    assert header.refused and header.problems == [("'big.csv' has a header row (row 1) that cannot be read: 2.0 KB, "
+                                                   "over the 1.0 KB limit for one record.")]
 
 
 def test_csv_without_a_text_column_lists_at_most_20_columns():
@@ -155,10 +160,10 @@ def test_csv_without_a_text_column_lists_at_most_20_columns():
 
 
 def test_an_unforeseen_exception_becomes_one_refusal(monkeypatch):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(prompts, "_parse_jsonl", broken)
+    monkeypatch.setattr(prompts.reader, "read_upload", broken)
     parsed = prompts.parse_upload("x.jsonl", b'{"text": "a"}')
     assert parsed.refused and parsed.problems == ["'x.jsonl' could not be read (KeyError); nothing from it was added."]
 

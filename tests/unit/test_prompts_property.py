@@ -3,8 +3,9 @@
 Random bytes, JSON Lines built from random JSON values mixed with random text lines, and CSV built from random cells
 (quotes, commas, line breaks, NULs) go through parse_upload; every result must hold prompts whose text is non-blank and
 encodable (so Prompt.digest works), one-line capped names, and str problems. Neither the last-resort catch nor a
-per-line "could not be read" may fire: they mean an exception nobody foresaw. Two invariants on well-formed input:
-every valid {"text": ...} JSONL line is kept, and every CSV row with a non-blank text cell is kept, in order.
+per-line "could not be read" may fire: they mean an exception nobody foresaw. Invariants on well-formed input: every
+valid {"text": ...} JSONL line is kept, every CSV row with a non-blank text cell is kept, in order, and a CSV row over
+the csv module's field limit or the budget's value_bytes costs that row only.
 """
 
 import csv
@@ -15,10 +16,10 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnscope import prompts
+from attnscope import prompts, reader
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SUFFIXES = [".txt", ".md", ".jsonl", ".csv", ".docx"]
+SUFFIXES = [".txt", ".md", ".jsonl", ".json", ".csv", ".parquet", ".docx"]
 # Characters that have broken parsers before: surrogates, line and paragraph separators, NUL, quotes, escapes.
 TRICKY = "\ud800\udfff\u2028\u2029\x85\x00\x1c\r\n\t\"\\,{}[]\ufeff"
 any_char = st.characters() | st.sampled_from(TRICKY)
@@ -75,7 +76,7 @@ valid_records = st.builds(lambda extra, text, name: {**extra, **({"name": name} 
                                                      "text": text},
                           st.dictionaries(st.text(any_char, max_size=8), json_values, max_size=3),
                           st.text(any_char, min_size=1, max_size=40).filter(
-                              lambda t: t.strip() and prompts._encoding_problem(t) is None),
+                              lambda t: t.strip() and reader.encoding_problem(t) is None),
                           st.none() | names)
 
 
@@ -127,7 +128,7 @@ def test_csv_with_anything_in_its_cells_never_raises(header, at, rows, written, 
                      max_size=8))
 def test_csv_keeps_every_row_with_a_text(header, at, rows):
     header = header[:at] + ["text"] + header[at:]
-    column = [cell.strip().lower() for cell in header].index("text")
+    column = header.index("text")  # the exact name first, before one that differs only in case or spaces
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
     parsed = prompts.parse_upload("gen.csv", buffer.getvalue().encode())
@@ -136,23 +137,36 @@ def test_csv_keeps_every_row_with_a_text(header, at, rows):
     assert [p.text for p in parsed.prompts] == expected, parsed.problems
 
 
-def _reader_record_ends(text: str) -> list[int]:
-    """Where csv.reader ends each record of `text` (the offset of the line source after each row)."""
-    lines = prompts._Lines(text)
-    reader, ends = csv.reader(lines), []
-    for _ in reader:
-        ends.append(lines.offset)
-    return ends
+def _lines_per_record_by_csv(text: str) -> list[int]:
+    """How many physical lines csv.reader takes for each record of `text`."""
+    taken = []
+
+    def lines():
+        for line in io.StringIO(text, newline=""):
+            taken.append(line)
+            yield line
+
+    counts, before = [], 0
+    for _ in csv.reader(lines()):
+        counts.append(len(taken) - before)
+        before = len(taken)
+    return counts
+
+
+def _lines_per_record_by_scan(text: str) -> list[int]:
+    counts, count, state = [], 0, reader._FIELD
+    for line in io.StringIO(text, newline=""):
+        count, state = count + 1, reader._csv_scan(line, state)
+        if state == reader._ENDED:
+            counts.append(count)
+            count, state = 0, reader._FIELD
+    return counts + ([count] if count else [])
 
 
 @SETTINGS
 @given(text=st.text(st.sampled_from('"",\r\n ab\x00'), max_size=40))
-def test_csv_record_end_agrees_with_the_csv_module(text):
-    ends, position = [], 0
-    while position < len(text):
-        position = prompts._csv_record_end(text, position)
-        ends.append(position)
-    assert ends == _reader_record_ends(text)
+def test_csv_scan_ends_records_where_the_csv_module_does(text):
+    assert _lines_per_record_by_scan(text) == _lines_per_record_by_csv(text)
 
 
 @SETTINGS
@@ -172,4 +186,24 @@ def test_csv_rows_over_the_field_limit_cost_one_row_each(rows):
     fits = [row for row in rows if all(len(cell) <= limit for cell in row)]
     assert [p.text for p in parsed.prompts] == [row[0] for row in fits if row and row[0].strip()]
     too_long = sum(1 for row in rows if any(len(cell) > limit for cell in row))
-    assert (f"{too_long} unreadable row(s) skipped" in " ".join(parsed.problems)) == (too_long > 0)
+    assert " ".join(parsed.problems).count("field larger than field limit") == too_long
+
+
+def _written(row: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(row)
+    return buffer.getvalue()
+
+
+@SETTINGS
+@given(rows=st.lists(st.lists(st.text(visible_char | st.sampled_from('\r\n",'), max_size=12), min_size=1,
+                              max_size=3), max_size=8),
+       limit=st.integers(8, 40))
+def test_csv_rows_over_the_value_budget_cost_one_row_each(rows, limit):
+    text = _written(["text"]) + "".join(map(_written, rows))
+    parsed = prompts.parse_upload("gen.csv", text.encode(), budget=reader.Budget(value_bytes=limit))
+    check(parsed, None)
+    fits = [row for row in rows if len(_written(row).encode()) <= limit]
+    assert [p.text for p in parsed.prompts] == [row[0] for row in fits if row[0].strip()], parsed.problems
+    too_long = len(rows) - len(fits)
+    assert " ".join(parsed.problems).count("limit for one record") == min(too_long, 10)
