@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnscope.analyses import collapse
+from attnscope.analyses import collapse, collapse_folds, collapse_reference
 from attnscope.capture import LayerCapture
 
 
@@ -48,18 +48,21 @@ def _reference_row(alpha: np.ndarray, x: np.ndarray, n: int) -> dict:
             "theorem2_low": low, "theorem2_high": high}
 
 
+@pytest.mark.parametrize("analyse", [collapse.analyse_layer, collapse_reference.analyse_layer],
+                         ids=["fast", "reference"])
 @pytest.mark.parametrize("causal,window,softcap,sinks", [
     (True, None, None, False), (False, None, None, False), (True, 12, None, False), (True, None, 1.5, False),
     (True, None, None, True), (True, 12, 2.0, True)])
-def test_every_quantity_matches_the_loop_reference(causal, window, softcap, sinks):
-    """With a sliding window of 12 keys the rows see keys position - 11 .. position: the reference loops over those
-    alone (and the first token, outside every window, takes no weight). A softcap caps the logits (and Delta); a
-    learned sink is one more cell with its logit and a zero token vector, ranked like any key."""
+def test_every_quantity_matches_the_loop_reference(causal, window, softcap, sinks, analyse):
+    """With a sliding window of 12 keys the rows see keys position - 11 .. position: the loops run over those alone
+    (and the first token, outside every window, takes no weight). A softcap caps the logits (and Delta); a learned
+    sink is one more cell with its logit and a zero token vector, ranked like any key. Both the fast path and the
+    readable reference (collapse_reference) are held to these loops."""
     layer = _layer(causal=causal, logit_scale=2.0)
     layer.window, layer.softcap = window, softcap
     sink_logits = torch.tensor([2.5, -1.0, 0.3, 4.0], dtype=torch.float64)
     layer.sinks = sink_logits.float() if sinks else None
-    rows = collapse.analyse_layer(layer, rows=3, temperature=True, seed=3)
+    rows = analyse(layer, rows=3, temperature=True, seed=3)
     n_rows = rows.max_weight.shape[1]
     first_row = layer.q.shape[2] - n_rows
     for h in range(layer.n_heads):
@@ -162,33 +165,7 @@ def test_hidden_states_as_token_vectors():
         assert rows.d_sum[h, 1, rows.n_values.index(5)] == pytest.approx(expected["d_sum"], rel=1e-6)
 
 
-# ---- the fast paths against what they replaced ----------------------------------------------------------------------
-
-# Means of the L = 96 summary (rows 6, temperature on) of each tiny model on its random ids, recorded with the
-# implementation at commit efb04f4 (layer by layer, head by head, the Jacobian norm by Newton steps and bisection),
-# before layers were folded and the distances of Theorems 1 and 2 reorganised. max_weight, entropy and sink_mass come
-# from the fp32 attention_stats kernel and are compared to fp32 precision, the rest (fp64) to 1e-9.
-FP32_FIELDS = ("max_weight", "entropy", "sink_mass")
-RECORDED = {
-    ("llama", "values"): {
-        "max_weight": 0.01117129486778544, "entropy": 4.537617528880083, "sink_mass": 0.010685306775418145,
-        "d_sum": 1.4288683961385873, "d_norm": 0.0733403610753113, "expected": 0.8884680387748667,
-        "expected_norm": 0.06220428717461648, "ratio": 0.22737364969135804, "theorem2_low": -1.607108408126273,
-        "theorem2_high": 0.9825849784232251, "bound": 4.641773480687105, "sensitivity": 1.158011652954991,
-        "jacobian_norm": 19.388209472692047, "counts": (432, 0, 0)},
-    ("gpt2", "hidden"): {
-        "max_weight": 0.0109040310813321, "entropy": 4.537754005855984, "sink_mass": 0.010680357899723781,
-        "d_sum": 0.5805090904972628, "d_norm": 0.022317630763963845, "expected": 0.24250567883454976,
-        "expected_norm": 0.014086377100447535, "ratio": 0.7017751736111111, "theorem2_low": -0.8383444265755045,
-        "theorem2_high": 0.9880895566117714, "bound": 1.603233190346474, "sensitivity": 1.3770552535319083,
-        "jacobian_norm": 26.01703250232847, "counts": (288, 0, 0)},
-    ("bert", "values"): {
-        "max_weight": 0.010668410221114755, "entropy": 4.564301053682963, "sink_mass": 0.010380798465727517,
-        "d_sum": 2.064707810246878, "d_norm": 0.1457637497383843, "expected": 1.817285656840277,
-        "expected_norm": 0.14319645900620262, "ratio": 0.16716145833333332, "theorem2_low": -0.2500025239902819,
-        "theorem2_high": 0.9968344801983623, "bound": 3.533151100812026, "sensitivity": 1.2457634840449368,
-        "jacobian_norm": 22.86762612848442, "counts": (192, 0, 0)},
-}
+# ---- the fast path's own organisation (tests/unit/test_collapse_reference.py holds it to the reference) -----------
 
 
 def _tiny_capture(family: str, length: int = 96):
@@ -197,19 +174,6 @@ def _tiny_capture(family: str, length: int = 96):
 
     ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(1))
     return run_with_capture(build(family), ids, hidden_states=True)
-
-
-@pytest.mark.parametrize("family, vectors", list(RECORDED), ids=[f"{f}-{v}" for f, v in RECORDED])
-def test_numbers_recorded_before_the_rewrite_are_unchanged(family, vectors):
-    settings = collapse.Settings(max_length=96, windows=1, rows=6, vectors=vectors)
-    summary = collapse.analyse_capture(_tiny_capture(family), 96, settings, temperature=True)
-    recorded = RECORDED[family, vectors]
-    for name, value in recorded.items():
-        if name == "counts":
-            assert (summary.bound_rows, summary.bound_violations, summary.corollary_violations) == value
-        else:
-            assert getattr(summary, name).mean() == pytest.approx(value, rel=1e-6 if name in FP32_FIELDS else 1e-9), \
-                name
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
@@ -245,8 +209,8 @@ def test_farthest_key_outside_the_top_b_by_brute_force():
     norms_sq = (x * x).sum(-1)
     vectors = x[(torch.arange(n_heads) // 2)[:, None, None], chosen]
     between = torch.cdist(vectors, vectors) ** 2  # squared, as _separations gives them
-    left_x, right_x = collapse._square_factors(x, norms_sq)
-    got = collapse._theorem1_d1(left_x, right_x, chosen, visible_mask, int(visible_mask.sum(-1).min()), bound_ns,
+    left_x, right_x = collapse_folds._square_factors(x, norms_sq)
+    got = collapse_folds._theorem1_d1(left_x, right_x, chosen, visible_mask, int(visible_mask.sum(-1).min()), bound_ns,
                                 between)
     for h in range(n_heads):
         for r in range(rows):
