@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -18,6 +20,7 @@ def run_script(*args: str, timeout: float, **env: str) -> subprocess.CompletedPr
                           timeout=timeout, env={**os.environ, **env})
 
 
+@pytest.mark.slow  # runs benchmarks/gpu_check.py --smoke in a subprocess: up to 110 s on the CPU
 def test_smoke_run_writes_every_section_and_the_backends_agree(tmp_path):
     out = tmp_path / "smoke.json"
     before = sorted(RESULTS.iterdir())

@@ -165,7 +165,8 @@ def test_prefix_is_what_the_model_computes_on_the_prefix_alone():
         run_with_capture(build("bert"), ids).layer(0).prefix(5)
 
 
-@pytest.mark.parametrize("policy", ["off", "on"])
+# "on" compiles the row function with torch.compile: about a minute on the CPU the first time, so it is slow.
+@pytest.mark.parametrize("policy", ["off", pytest.param("on", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_picked_logprobs_equal_log_softmax_eager_and_compiled(policy, dtype, monkeypatch):
     """The row function next_token_logprobs uses (compiled on large CPU calls) against torch's log_softmax, on logits

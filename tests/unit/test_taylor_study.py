@@ -1,19 +1,21 @@
-"""attnscope.studies.taylor on tiny random models: the study's run equals the page's former per-layer path, numbers
-recorded before the study existed are unchanged, units are cacheable, and results save, reopen and explain
-themselves."""
+"""attnscope.studies.taylor on tiny random models: the study's run equals the per-layer analysis, its numbers equal
+fp64 references from the definitions, units are cacheable, and results save, reopen and explain themselves."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
+from transformers import AttentionInterface
 
 from attnscope.analyses import taylor as analysis
 from attnscope.capture import run_with_capture
 from attnscope.kernels import DENOMINATORS
+from attnscope.kernels.taylor import naive
 from attnscope.studies import taylor as study
 from attnscope.studies.base import Source, open_result
-from tests.unit.tiny_models import VOCAB, handle
+from tests.unit.tiny_models import VOCAB, build, handle
 
 IDS = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))[0].tolist()
 
@@ -63,19 +65,69 @@ def test_run_equals_the_per_layer_sweep_the_page_ran(llama):
                 assert np.array_equal(values, got_arrays[name], equal_nan=True), name
 
 
-def test_numbers_recorded_before_the_study_are_unchanged(result):
-    """Recorded from the page's former code path on this model and these ids (tiny llama, seed 0; ids seed 1)."""
-    np.testing.assert_allclose(result.sweep.error["softmax"][1, 2, [0, 1, 3]],
-                               [8.4728820921599456e-03, 1.4327343533389176e-04, 1.5540798406041034e-08], rtol=1e-6)
-    assert result.sweep.error["none"][0, 0, -1] == pytest.approx(0.008582008260961086, rel=1e-6)
-    assert result.sweep.logit_hist.sum() == 5400
-    assert result.row.weights.denominator == pytest.approx(24.04124144373653, rel=1e-6)
-    assert result.recurrent.state_entries == [8, 64, 512] and result.recurrent.n_tokens == 24
-    assert result.losses.references["the model as trained"] == pytest.approx(4.610512067066974, rel=1e-7)
-    assert result.losses.references["exact softmax (written out)"] == pytest.approx(4.610512070138352, rel=1e-7)
-    assert result.losses.references["linear attention, elu(x)+1"] == pytest.approx(4.610089503617033, rel=1e-7)
-    np.testing.assert_allclose(result.losses.taylor[0, :3], [4.579044126353153, 4.5790510457973435,
-                                                             4.579051059793132], rtol=1e-7)
+def _reference_loss(attention) -> float:
+    """Mean next-token loss (nats) of the tiny llama on IDS with `attention(q, k, v, scale)` -> (B, Hq, T, Dv) in
+    every layer, registered as the model's attention implementation (q (B, Hq, T, D), k/v before the grouped-query
+    repeat); logits to loss in fp64."""
+    name = f"attnscope-test-reference-{id(attention)}"
+
+    def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        return attention(query, key, value, scaling).to(query.dtype).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register(name, forward)
+    with torch.no_grad():
+        logits = build("llama", attn_implementation=name)(input_ids=torch.tensor([IDS])).logits
+    logprobs = torch.log_softmax(logits[0, :-1].double(), dim=-1)
+    return float(-logprobs.gather(-1, torch.tensor(IDS[1:])[:, None]).mean())
+
+
+def test_numbers_equal_fp64_references(llama, result):
+    """Every kind of number the study reports, against the fp64 references of kernels/taylor/naive.py on the
+    captured q/k/v, a loss computed with those references as the model's attention, or a count from the
+    definitions."""
+    capture = run_with_capture(llama.module, torch.tensor([IDS]))
+    n_layers, n_heads, n_tokens = capture.n_layers, capture.layer(0).n_heads, len(IDS)
+    for layer_index, head in ((1, 2), (0, 0), (2, 5)):
+        layer = capture.layer(layer_index)
+        kv = layer.kv_head(head)
+        q, k, v = layer.q[:, head:head + 1], layer.k[:, kv:kv + 1], layer.v[:, kv:kv + 1]
+        target = naive.softmax_attention(q, k, v, scale=layer.scale)[0, 0]  # (T, Dv)
+        for name in DENOMINATORS:
+            goal = target / target.norm(dim=-1, keepdim=True) if name == "l2" else target
+            for order in range(11):
+                out = naive.taylor_attention(q, k, v, order=order, denominator=name, scale=layer.scale)[0, 0]
+                expected = float((out - goal).norm() / goal.norm())
+                got = result.sweep.error[name][layer_index, head, order]
+                assert got == pytest.approx(expected, rel=1e-6), (layer_index, head, name, order)
+    assert result.sweep.logit_hist.sum() == n_layers * n_heads * n_tokens * (n_tokens + 1) // 2  # causal cells
+
+    layer = capture.layer(1)  # the probe: layer 1, head 2, the last query, order 3, sum of P_3 as denominator
+    logits = (layer.k[0, layer.kv_head(2)].double() @ layer.q[0, 2, -1].double()).numpy() * layer.scale
+    assert result.row.query == n_tokens - 1 and result.row.order == 3
+    expected = sum(logits**n / math.factorial(n) for n in range(4)).sum()
+    assert result.row.weights.denominator == pytest.approx(expected, rel=1e-12)
+    head_dim, value_dim = layer.q.shape[-1], layer.v.shape[-1]
+    assert result.recurrent.state_entries == [head_dim**n * value_dim for n in range(3)]
+    assert result.recurrent.n_tokens == n_tokens
+
+    # fp32 forward passes against fp64 attention agree to ~1e-9 here; orders 1 and 2 differ by 1.5e-6 (in this tiny
+    # model's small logits, orders 2 and 3 only by 2e-9: the sweep's errors above tell those apart).
+    references = result.losses.references
+    with torch.no_grad():
+        logits = build("llama", attn_implementation="eager")(input_ids=torch.tensor([IDS])).logits
+    model_loss = float(-torch.log_softmax(logits[0, :-1].double(), -1).gather(-1, torch.tensor(IDS[1:])[:, None])
+                       .mean())
+    assert references["the model as trained"] == pytest.approx(model_loss, rel=1e-7)
+    exact = _reference_loss(lambda q, k, v, scale: naive.softmax_attention(q, k, v, scale=scale))
+    assert references["exact softmax (written out)"] == pytest.approx(exact, rel=1e-7)
+    linear = _reference_loss(lambda q, k, v, scale: naive.linear_attention(q, k, v, feature_map=naive.elu_plus_one,
+                                                                           scale=scale))
+    assert references["linear attention, elu(x)+1"] == pytest.approx(linear, rel=1e-7)
+    assert result.losses.denominators == ("l2",) and result.losses.orders[:3] == (1, 2, 3)
+    for column, order in enumerate((1, 2, 3)):
+        taylor_loss = _reference_loss(lambda q, k, v, scale: naive.taylor_attention(q, k, v, order=order,
+                                                                                    denominator="l2", scale=scale))
+        assert result.losses.taylor[0, column] == pytest.approx(taylor_loss, rel=1e-7), order
 
 
 def test_units_are_module_functions_with_hashable_arguments(llama):
