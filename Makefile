@@ -12,9 +12,11 @@ PORT ?= 8501
 
 .PHONY: run test setup chromium
 
+# `attnscope app` (attnscope.app.launch) starts Streamlit with the dashboard's settings as flags, as an installed
+# attnscope does, so the two cannot drift apart.
 run: setup
 	@echo "attnscope: open http://localhost:$(PORT) and type a sentence in the sidebar"
-	$(PY) -m streamlit run app/streamlit_app.py --server.port $(PORT)
+	$(VENV)/bin/attnscope app --port $(PORT)
 
 # The tests also use Gemma 3 270M, which `make run` installs but leaves to be prepared on first use (about a minute).
 test: setup $(TEST_STAMP) chromium

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnscope import models
+from attnscope import models, packaged
 from attnscope.capture import ATTENTION_NAME, run_with_capture
 from attnscope.models import ModelSpec, load_model
 
@@ -55,7 +55,7 @@ def _start_preparing(cache: Path, stderr: Path) -> subprocess.Popen:
                                 stdout=subprocess.PIPE, stderr=errors)
 
 
-def _logits(loaded: models.LoadedModel) -> torch.Tensor:
+def _logits(loaded: models.Model) -> torch.Tensor:
     ids = loaded.tokenizer("Attention is all you need", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         return loaded.model(input_ids=ids).logits
@@ -208,7 +208,7 @@ def unwritable_cache(tmp_path, monkeypatch):
     yield cache
     if read_only is not None:
         read_only.chmod(0o755)
-    models._IN_MEMORY.pop((ALIAS, str(cache)), None)  # frees the 540 MB model for the rest of the session
+    packaged._IN_MEMORY.pop((ALIAS, str(cache)), None)  # frees the 540 MB model for the rest of the session
 
 
 def test_row13_unwritable_cache_prepares_once_and_keeps_the_model_in_memory(unwritable_cache, good_logits, caplog):
@@ -236,7 +236,7 @@ def test_row13_unwritable_cache_prepares_once_and_keeps_the_model_in_memory(unwr
     again = load_model(SPEC)
     assert time.monotonic() - start < 2
     assert again.model is loaded["first"].model and again.notes == ()
-    assert [key for key in models._IN_MEMORY if key[1] == str(unwritable_cache)] == [(ALIAS, str(unwritable_cache))]
+    assert [key for key in packaged._IN_MEMORY if key[1] == str(unwritable_cache)] == [(ALIAS, str(unwritable_cache))]
     assert again.model.config._attn_implementation == ATTENTION_NAME and not again.model.training
     assert again.info == {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "head_dim": 64, "max_positions": 8192,
                           "device": "cpu", "dtype": "float32", "quantize": "none"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock, Timeout
 
-from attnscope import models
+from attnscope import packaged as models
 from attnscope.models import ModelSpec
 
 ALIAS = "smollm2-135m"

@@ -1,0 +1,69 @@
+"""Start the dashboard: the one `streamlit run` command behind `attnscope app` and `make run`.
+
+The dashboard's Streamlit settings (upload limit, error details, theme, headless mode) live in one file that ships
+inside the package, beside the entry script: app/.streamlit/config.toml. Streamlit's documented config files are the
+user's global one and the one in the folder it is started from, so an installed attnscope started from anywhere else
+would run with Streamlit's defaults (200 MB uploads, full tracebacks in the browser). The launcher therefore passes
+every setting of that file as a command-line flag, which Streamlit ranks above every config file; options given
+after them (`attnscope app --server.maxUploadSize 2`) still win, since the last of a repeated flag counts. Streamlit
+1.67 also reads a `.streamlit/config.toml` beside the main script, so `streamlit run app/streamlit_app.py` (the
+end-to-end tests, deploy/start.sh) gets the same file.
+
+Streamlit is imported by the command it starts, never here: the launcher only checks that it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent / "streamlit_app.py"
+CONFIG = SCRIPT.parent / ".streamlit" / "config.toml"
+
+
+class StreamlitMissing(RuntimeError):
+    """The dashboard's extra is not installed; the message says how to install it."""
+
+
+def settings_flags(config: Path = CONFIG) -> list[str]:
+    """Every option of a Streamlit config file as a `streamlit run` flag, e.g. "--server.maxUploadSize=20"."""
+    with config.open("rb") as file:
+        sections = tomllib.load(file)
+    return [f"--{section}.{key}={_flag_value(value)}" for section, options in sections.items()
+            for key, value in options.items()]
+
+
+def _flag_value(value: bool | int | float | str) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def streamlit_command(*, port: int = 8501, extra: Sequence[str] = ()) -> list[str]:
+    """The command that starts the dashboard with this Python: `python -m streamlit run <installed entry script>`,
+    the shipped settings as flags, then `--server.port`, then `extra` (further streamlit options, which win).
+
+    Raises:
+        StreamlitMissing: streamlit is not installed.
+    """
+    if importlib.util.find_spec("streamlit") is None:
+        raise StreamlitMissing('The dashboard needs Streamlit, which is not installed: run `pip install '
+                               '"attnscope[app]"`.')
+    return [sys.executable, "-m", "streamlit", "run", str(SCRIPT), *settings_flags(), f"--server.port={port}",
+            *extra]
+
+
+def run_app(*, port: int = 8501, extra: Sequence[str] = ()) -> int:
+    """Run the dashboard until it is stopped (Ctrl+C ends it quietly) and return its exit status.
+
+    Raises:
+        StreamlitMissing: streamlit is not installed.
+    """
+    with subprocess.Popen(streamlit_command(port=port, extra=extra)) as server:
+        try:
+            return server.wait()
+        except KeyboardInterrupt:  # the terminal sent Ctrl+C to Streamlit too, which then shuts down by itself
+            server.wait()
+            return 0
