@@ -76,7 +76,7 @@ def exp_entropy(scores: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor) 
     return (exp * shifted).sum(-1)
 
 
-_compiled_exp_entropy = compiled.fused(exp_entropy)
+_compiled_exp_entropy = compiled.fused(exp_entropy, dims={"scores": "N R C", "ref": "N R", "weights": "N R C"})
 
 
 def softmax_step(scores: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor, margin: float,
@@ -95,7 +95,8 @@ def softmax_step(scores: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor,
     return tile_max, new_ref, (exp * shifted).sum(-1), exp.sum(-1), (exp * distance).sum(-1)
 
 
-_compiled_softmax_step = compiled.fused(softmax_step)
+_compiled_softmax_step = compiled.fused(
+    softmax_step, dims={"scores": "N R C", "ref": "N R", "weights": "N R C", "distance": "C"})
 
 
 def row_pieces(n_batches: int, n_rows: int, threads: int) -> int:
