@@ -18,6 +18,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,21 @@ CONFIDENCE = 0.95
 FDR = 0.05  # the false-discovery rate at which a head's change counts as significant
 CLUSTER_RANGE = (2, 8)  # k tried for k-means
 EMBEDDINGS = ("pca", "umap")
+INSTALL = 'pip install "attnscope[atlas]"'  # the extra that brings Ray Data, scikit-learn and datasets
+PACKAGES = {"ray": "Ray Data", "sklearn": "scikit-learn"}  # a module's package, as a sentence names it
+
+
+class MissingPackage(ValueError):
+    """An optional package a step needs is not installed: one sentence naming the step and the install."""
+
+
+def require(module: str, step: str) -> None:
+    """Import `module` now, or raise MissingPackage saying that `step` needs it and how to install it."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        raise MissingPackage(f"{step} needs {PACKAGES.get(top, top)}, which is not installed: {INSTALL}.") from None
 
 
 @dataclass
@@ -99,6 +115,7 @@ def embed(values: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.nd
             raise ValueError("UMAP needs the umap-learn package (pip install umap-learn); PCA needs nothing more.")
         coords = umap.UMAP(n_components=2, random_state=seed).fit_transform(values)
         return coords, "UMAP of the standardised fingerprints"
+    require("sklearn", "The embedding of every head")
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=2, random_state=seed).fit(values)
@@ -109,6 +126,7 @@ def embed(values: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.nd
 def clusters(values: np.ndarray, seed: int = 0) -> np.ndarray:
     """(heads,) k-means labels, k in CLUSTER_RANGE with the best silhouette score (0 for every head when there are
     too few heads to split)."""
+    require("sklearn", "The clusters of heads")
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 

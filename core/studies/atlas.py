@@ -16,7 +16,13 @@ a layers x heads map of any field, the 2-D embedding of all heads coloured by cl
 atlas of a model of the same shape (AtlasDiff: B - A per head, Welch's t test, Benjamini-Hochberg).
 
 Engines: "local" runs in this process; "ray" hands batches of documents to Ray Data actors that each hold the model
-once (attnscope.studies.atlas_ray), on a local Ray instance or the cluster at `address`. Both write the same rows.
+once (attnscope.studies.atlas_ray), on a local Ray instance or the cluster at `address`. On the same machine both
+write the same rows, bit for bit (atlas_ray says what that takes).
+
+Refused before any model work and before `out` is made (so a refused run leaves no folder behind), each in one
+sentence, as a ValueError: engine "ray" without Ray Data installed (MissingPackage); an `out` that is a file or lies
+under one; a corpus with no document the atlas can use (UnusableCorpus, with the reasons of the first ones). A run
+that fails later removes the folders it made while they are still empty.
 """
 
 from __future__ import annotations
@@ -34,52 +40,19 @@ import pandas as pd
 from attnscope.analyses import atlas as analysis
 from attnscope.analyses import collapse, fingerprint
 from attnscope.corpus import Document, read_corpus
+from attnscope.studies.atlas_shards import (Settings, fingerprint_rows, safe_label, usable,  # noqa: F401 (re-exported)
+                                            write_batch, write_frame)
 from attnscope.studies.base import Finding, Result
+
+EMBEDDINGS = analysis.EMBEDDINGS  # the head map's layouts, which the Head atlas page lists
 
 ENGINES = ("local", "ray")
 MANIFEST = "manifest.json"
 SUMMARY = "atlas.parquet"
 FORMAT = 2  # 2: slopes, Taylor order and N_s/N in the shards; the induction score per random sequence
 SAMPLE_CHARS = 20_000  # characters of the first usable document kept as the sample the page opens heads on
-
-
-@dataclass(frozen=True)
-class Settings:
-    max_tokens: int = 512  # tokens analysed per document (its start)
-    limit: int | None = None  # documents read from the corpus (unusable ones count)
-    seed: int = 0  # the induction test's random tokens
-    shard_size: int = 16  # documents per shard
-    text_column: str = "text"
-    taylor_tokens: int = fingerprint.TAYLOR_TOKENS  # rows of each document the Taylor sweep reads
-
-    def __post_init__(self):
-        for name, low in (("max_tokens", 2), ("shard_size", 1), ("taylor_tokens", 1), ("limit", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < low):
-                raise ValueError(f"{name} must be a whole number of at least {low}; got {value!r}.")
-
-
-def fingerprint_rows(model, documents: Iterable[Document], settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows, problems) for some documents: one row per (document, layer, head), one problem per unusable one."""
-    rows, problems = [], []
-    limit = model.max_positions
-    for document in documents:
-        if document.text is None:
-            problems.append({"id": document.id, "reason": document.problem})
-            continue
-        tokens = model.tokenize(document.text, max_tokens=settings.max_tokens)
-        if limit and tokens.n_text_tokens > limit and settings.max_tokens > limit:
-            problems.append({"id": document.id, "reason": f"{document.id}: {tokens.n_text_tokens:,} tokens, over "
-                                                          f"the model's {limit:,} positions."})
-            continue
-        found = fingerprint.document_fingerprint(model.module, tokens.as_tensor(),
-                                                 taylor_tokens=settings.taylor_tokens)
-        n_layers, n_heads = found["entropy"].shape
-        layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
-        rows.append(pd.DataFrame({"id": document.id, "tokens": len(tokens), "layer": layer.ravel(),
-                                  "head": head.ravel(), **{name: values.ravel() for name, values in found.items()}}))
-    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    return frame, pd.DataFrame(problems, columns=["id", "reason"])
+REASONS_SHOWN = 3  # reasons an unusable corpus's message quotes
+REASONS_KEPT = 20  # reasons UnusableCorpus keeps for a caller to list
 
 
 def _ids(paths: Iterable[Path]) -> set[str]:
@@ -91,26 +64,6 @@ def _ids(paths: Iterable[Path]) -> set[str]:
 def done_ids(out: Path) -> set[str]:
     """Every document id the shards and problem files in `out` already hold."""
     return _ids([*out.glob("shard-*.parquet"), *out.glob("problems-*.parquet")])
-
-
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    """Whole or absent: written under a temporary name, then renamed."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(temporary, index=False)
-    os.replace(temporary, path)
-
-
-def write_batch(out: Path, rows: pd.DataFrame, problems: pd.DataFrame, first: str) -> None:
-    """One batch's shard and problem file, named by their first document id's position (unique per run)."""
-    stamp = f"{time.time_ns():x}"
-    if len(rows):
-        _write(rows, out / f"shard-{stamp}-{first}.parquet")
-    if len(problems):
-        _write(problems, out / f"problems-{stamp}-{first}.parquet")
-
-
-def safe_label(doc_id: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in doc_id)[:40]
 
 
 def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document]]:
@@ -140,9 +93,26 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
     stays, and a later run resumes from it. Returns the AtlasResult, also saved as out/atlas.parquet."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}.")
+    check_extras(engine)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    made = _check_out(out)
     _check_same_run(out, model, settings)
+    sample = check_corpus(model, corpus, settings)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"The atlas folder {out} cannot be made ({error.strerror or error}); give a folder you can "
+                         "write to.") from None
+    try:
+        return _run(model, corpus, out, settings, engine, address=address, workers=workers, progress=progress,
+                    deadline=deadline, sample=sample)
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def _run(model, corpus, out: Path, settings: Settings, engine: str, *, address, workers, progress, deadline,
+         sample: str) -> AtlasResult:
     documents = pending(corpus, out, settings)
     started = time.perf_counter()
     if engine == "local":
@@ -159,10 +129,77 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
         from attnscope.studies import atlas_ray
 
         atlas_ray.run(model.spec, documents, out, settings, address=address, workers=workers, progress=progress)
-    manifest = write_manifest(model, corpus, out, settings, engine, seconds=time.perf_counter() - started)
+    manifest = write_manifest(model, corpus, out, settings, engine, seconds=time.perf_counter() - started,
+                              sample=sample)
     result = summarise(out, manifest)
     result.save(out / SUMMARY)
     return result
+
+
+class UnusableCorpus(ValueError):
+    """A corpus with no document the atlas can use, refused before any model work: `read` documents were read and
+    `reasons` holds why each of the first REASONS_KEPT was left out (the message quotes the first REASONS_SHOWN)."""
+
+    def __init__(self, message: str, *, read: int, reasons: tuple[str, ...]):
+        super().__init__(message)
+        self.read, self.reasons = read, reasons
+
+
+def check_extras(engine: str = "local", report: str | Path | None = None) -> None:
+    """Refuse, before any work, a run that needs a package that is not installed: engine "ray" needs Ray Data, a
+    report saved as .html scikit-learn (its embedding of every head). Raises MissingPackage (a ValueError)."""
+    if engine == "ray":
+        analysis.require("ray.data", 'The Ray engine (engine="ray")')
+    if report is not None and Path(report).suffix.lower() == ".html":
+        analysis.require("sklearn", f"The report {Path(report).name}, with its map of every head,")
+
+
+def check_corpus(model, corpus: str | Path, settings: Settings) -> str:
+    """The sample (the start of the first document the atlas can use), read before any model work; UnusableCorpus
+    when the corpus (its first settings.limit documents) has none. Reads up to the first usable document only,
+    unless there is none."""
+    read, reasons = 0, []
+    for document in read_corpus(corpus, text_column=settings.text_column, limit=settings.limit):
+        read += 1
+        tokens, problem = usable(model, document, settings)
+        if tokens is not None:
+            return document.text[:SAMPLE_CHARS]
+        if len(reasons) < REASONS_KEPT:
+            reasons.append(problem)
+    if not read:
+        raise UnusableCorpus(f"The corpus {corpus} holds no documents, so there is nothing to fingerprint; give a "
+                             "corpus with at least one text.", read=0, reasons=())
+    quoted = "; ".join(reason.rstrip(".") for reason in reasons[:REASONS_SHOWN])
+    more = f"; and {read - REASONS_SHOWN:,} more" if read > REASONS_SHOWN else ""
+    which = f"all {read:,} documents read" if settings.limit is None or read < settings.limit else \
+        f"all of its first {read:,} documents (limit {settings.limit:,})"
+    raise UnusableCorpus(f"The corpus {corpus} has no document the atlas can use: {which} were left out ({quoted}"
+                         f"{more}); give documents with text in their '{settings.text_column}' field or column.",
+                         read=read, reasons=tuple(reasons))
+
+
+def _check_out(out: Path) -> list[Path]:
+    """Refuse an atlas folder that cannot be made (it is a file, or a file is above it); the folders the run will
+    make, deepest first."""
+    missing = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == out else f"cannot be made: {folder} is a file"
+                raise ValueError(f"The atlas folder {out} {where}; give a folder path (new, or an atlas folder to "
+                                 "resume) that no file is in the way of.")
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run made, deepest first, while they are empty (what was written stays)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _check_same_run(out: Path, model, settings: Settings) -> None:
@@ -180,7 +217,8 @@ def _check_same_run(out: Path, model, settings: Settings) -> None:
                          "another --out folder, or the same model and settings to resume it.")
 
 
-def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *, seconds: float) -> dict:
+def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *, seconds: float,
+                   sample: str) -> dict:
     """Count what the shards hold, measure the induction scores once, and write manifest.json."""
     induction = out / "induction.parquet"
     if not induction.exists():
@@ -194,10 +232,9 @@ def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *,
             layer, head = np.meshgrid(np.arange(scores.shape[0]), np.arange(scores.shape[1]), indexing="ij")
             frames.append(pd.DataFrame({"sequence": sequence, "layer": layer.ravel(), "head": head.ravel(),
                                         "induction": scores.ravel()}))
-        _write(pd.concat(frames, ignore_index=True), induction)
+        write_frame(pd.concat(frames, ignore_index=True), induction)
     previous = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {}
-    sample = previous.get("sample") or next((d.text[:SAMPLE_CHARS] for d in read_corpus(
-        corpus, text_column=settings.text_column, limit=settings.limit) if d.text is not None), "")
+    sample = previous.get("sample") or sample
     shards = sorted(p.name for p in out.glob("shard-*.parquet"))
     problem_files = sorted(out.glob("problems-*.parquet"))
     problems = pd.concat([pd.read_parquet(p) for p in problem_files]) if problem_files else pd.DataFrame(
@@ -232,7 +269,9 @@ def _shard_rows(out: Path) -> pd.DataFrame:
         raise ValueError(f"{out} holds no atlas shards (shard-*.parquet): run `attnscope atlas` into it first.")
     rows = pd.concat([pd.read_parquet(path) for path in shards], ignore_index=True)
     rows["id"] = rows["id"].astype("string")  # one dtype whichever engine wrote the shard
-    return rows
+    # One order whatever order the shards were written in (Ray's batches arrive in any order): a mean over documents
+    # sums in row order, and a different order rounds differently in the last bit.
+    return rows.sort_values(["id", "layer", "head"], ignore_index=True)
 
 
 def summarise(out: str | Path, manifest: dict | None = None) -> AtlasResult:
@@ -268,7 +307,8 @@ def open_atlas(path: str | Path) -> AtlasResult:
         return summarise(path)
     result = open_result(path)
     if not isinstance(result, AtlasResult):
-        raise ValueError(f"{path.name} holds a {result.kind} result, not a head atlas.")
+        raise ValueError(f"{path.name} holds a {result.kind} result, not a head atlas; give an atlas folder or the "
+                         "atlas.parquet that `attnscope atlas` wrote.")
     return result
 
 
@@ -312,7 +352,7 @@ class Embedding:
     features: list[str]  # the fields embedded (those that vary across heads)
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class AtlasResult(Result):
     """Per-head fingerprints of one model over a corpus: each field's mean over documents, spread and interval."""
 
@@ -456,7 +496,9 @@ class AtlasResult(Result):
                                            label=label(name)) for name in ([field] if field else self.fields)}
         try:
             found = self.embedding(embedding)
-        except ValueError:
+        except analysis.MissingPackage:
+            raise
+        except ValueError:  # too few heads, or none varies
             return out
         n_heads = self.shape[1]
         means = {name: self.values(name).ravel() for name in found.features}
@@ -468,6 +510,10 @@ class AtlasResult(Result):
 
     def diff(self, other: AtlasResult) -> AtlasDiff:
         """B - A head by head, with `self` as A and `other` as B."""
+        if not isinstance(other, AtlasResult):
+            kind = getattr(other, "kind", type(other).__name__)
+            raise ValueError(f"The other side is a {kind} result, not a head atlas; compare two atlases (an atlas "
+                             "folder or the atlas.parquet that `attnscope atlas` wrote, opened with attnscope.open).")
         return AtlasDiff(meta={"a": _side(self), "b": _side(other)},
                          difference=analysis.difference(self.summary, other.summary))
 
@@ -476,7 +522,7 @@ def _side(result: AtlasResult) -> str:
     return f"{result.meta['model']} on {result.meta['documents']} documents of {result.meta['corpus']}"
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class AtlasDiff(Result):
     """Two atlases of models of the same shape, B - A per head."""
 

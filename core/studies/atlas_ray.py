@@ -8,6 +8,18 @@ max_task_retries=-1 unless told otherwise, so the actor restarts (loading the mo
 retried (tests/integration/test_atlas_fault.py kills one mid-run). A batch is written once, when it arrives, so no
 document is counted twice. `address` joins an existing cluster ("auto" or "ray://host:10001"); without it a local Ray
 instance starts and is shut down at the end.
+
+Same rows as the in-process engine: each actor runs one document per forward pass, as the local engine does (no
+batching of documents into one padded pass), in the same dtype on the same kind of device, and torch at the driver's
+thread count, the count the local engine runs at. The count matters: MKL splits the inner sum of a matrix product
+across its threads, so SmolLM2's down-projection (a sum over 1,536 terms) rounds differently at one thread than at
+two: on 6 documents of 160 tokens, 1,566 of 1,620 rows differ, by up to 2.3e-5, and a count such as N_s/N, which
+compares weights, can change by one (issue 25: 0.4375 against 0.4297). On a machine with fewer cores than actors times
+threads the actors share the cores, so their OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless the
+environment sets it): spinning threads that share a core burn it. The fault test's 24 documents, 2 actors on 2 cores
+(each pair measured back to back): 2 threads each spinning 246-290 s against 53-63 s at one thread (a busy machine);
+waiting passively 58-72 s against 52-54 s (a quiet one). On another kind of CPU or GPU the rounding differs anyway and
+the rows agree only to float32 rounding.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from attnscope.corpus import Document
-from attnscope.studies import atlas
+from attnscope.studies import atlas_shards as atlas
 
 WORKER_CPUS = 0.5  # per actor: leaves room for Ray Data's read and split tasks on a 2-core machine
 
@@ -42,11 +54,10 @@ class _Fingerprinter:
     def __init__(self, spec, settings, threads: int):
         import torch
 
-        from attnscope.api import Model
         from attnscope.models import load_model
 
         torch.set_num_threads(threads)
-        self.model = Model(load_model(spec))
+        self.model = load_model(spec)
         self.settings = settings
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
@@ -63,25 +74,35 @@ class _Fingerprinter:
 
 def run(spec, documents: Iterable[Document], out: Path, settings, *, address: str | None, workers: int,
         progress: Callable[[float, str], None] | None) -> None:
+    import logging
     import os
 
     import ray
+    import torch
 
     items = [{"id": d.id, "text": d.text or "", "problem": d.problem} for d in documents]
     if not items:
         return
+    quiet = bool(os.environ.get("ATTNSCOPE_RAY_QUIET"))  # the CLI draws its own progress bar and says what went wrong
     started_here = not ray.is_initialized()
     if started_here:
+        options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR if quiet else
+                       logging.INFO)
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, **options)
         else:
-            ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(1, os.cpu_count() or 1), **options)
     try:
         spec, workers, resources = placement(spec, workers, ray.cluster_resources())
-        threads = max(1, int((os.cpu_count() or 1) // max(1, workers)))
+        if quiet:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        threads = torch.get_num_threads()  # the local engine's: the same rounding (see the module's docstring)
+        waiting = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}  # read as a worker starts
         results = ray.data.from_items(items).map_batches(
             _Fingerprinter, fn_constructor_args=(spec, settings, threads), batch_size=settings.shard_size,
-            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers), **resources)
+            batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers),
+            runtime_env={"env_vars": waiting}, **resources)
         done = 0
         for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
             batch = table.to_pandas()  # the local engine's numpy dtypes, NaN where Arrow holds a null

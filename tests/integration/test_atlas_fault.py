@@ -130,4 +130,4 @@ def test_ray_atlas_recovers_from_a_killed_worker(model, corpus, tmp_path):
     local_rows = atlas.read(tmp_path / "local")
     order = ["id", "layer", "head"]
     pd.testing.assert_frame_equal(ray_rows.sort_values(order).reset_index(drop=True),
-                                  local_rows.sort_values(order).reset_index(drop=True))
+                                  local_rows.sort_values(order).reset_index(drop=True), check_exact=True)
