@@ -17,14 +17,13 @@ import threading
 
 import streamlit as st
 
+import attnscope
 from attnscope import cancel
-from attnscope.capture import Capture, run_with_capture
-from attnscope.hosting import Policy, upload_limit_mismatch
-from attnscope.api import Model
 from attnscope.cache import ResultCache
-from attnscope.models import LoadedModel, ModelSpec, load_model
-from attnscope.studies.base import Source
-from attnscope.tokens import Cut, Tokens, from_ids, tokenize
+from attnscope.hosting import Policy, upload_limit_mismatch
+from attnscope.tokens import Cut, Tokens
+
+Source, Model, ModelSpec = attnscope.Source, attnscope.Model, attnscope.ModelSpec
 
 
 @st.cache_resource(show_spinner=False)
@@ -37,8 +36,11 @@ def check_deployment(policy: Policy) -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
-def get_model(spec: ModelSpec) -> LoadedModel:
-    return load_model(spec)
+def get_model(spec: ModelSpec) -> Model:
+    """The loaded model; its weights' fingerprint (the disk cache's key) is computed once, here."""
+    model = attnscope.load(spec)
+    _ = model.fingerprint
+    return model
 
 
 @st.cache_resource(show_spinner=False)
@@ -49,8 +51,8 @@ def model_lock(spec: ModelSpec) -> threading.Lock:
     1. Streamlit's own per-key lock of a cached function (st.cache_data / st.cache_resource take it while they compute
        a missing value, so two sessions asking for the same capture compute it once);
     2. then, innermost, this lock, only around forward passes and the work on their live tensors.
-    Nothing that holds this lock calls a cached function (get_model, get_tokens and get_handle are called before it
-    is taken). It is only ever taken through attnscope.cancel.acquire (holding_model, common.working): released in
+    Nothing that holds this lock calls a cached function (get_model and get_tokens are called before it
+    is taken). It is only ever taken through attnscope.cancel.acquire (holding_model, run_control.working): released in
     `finally` whatever ends the block (an exception, Streamlit's StopException on Stop or a closed tab, its
     RerunException on a new run), and waited for in steps with a cancellation check between them, so a session that
     stops or reruns while waiting leaves the queue at once instead of taking the lock later. One wait cannot be
@@ -70,25 +72,13 @@ def holding_model(spec: ModelSpec):
 @st.cache_data(show_spinner=False, max_entries=64)
 def get_tokens(spec: ModelSpec, text: str | tuple[int, ...], cut: Cut) -> Tokens:
     """Tokens of a text, or of token ids taken as they are (a generated text: prompt and continuation)."""
-    if isinstance(text, str):
-        return tokenize(get_model(spec).tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
-    return from_ids(get_model(spec).tokenizer, text, max_tokens=cut.max_tokens, keep=cut.keep)
+    return get_model(spec).tokenize(text, cut)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
-def get_capture(spec: ModelSpec, text: str, cut: Cut) -> Capture:
-    tokens, model = get_tokens(spec, text, cut), get_model(spec).model
-    with holding_model(spec):
-        return run_with_capture(model, tokens.as_tensor())
-
-
-
-
-
-
-
-
-
+def get_capture(spec: ModelSpec, text: str, cut: Cut):
+    """Every layer's captured q/k/v of the model on the text (attnscope.capture.Capture), under the model's lock."""
+    return Source.capture(AppSource(spec), text, cut)
 
 
 # ---- the studies' units, through Streamlit's caches ----------------------------------------------------------------
@@ -98,17 +88,17 @@ class AppSource(Source):
     """The Source the pages hand to attnscope.studies: the same units as the API, cached per unit, and every forward
     pass under the model's lock."""
 
-    def __init__(self, spec: ModelSpec):
-        super().__init__(get_handle(spec), cache=ResultCache.default())
+    def __init__(self, spec: ModelSpec, ceiling: int | None = None):
+        super().__init__(get_model(spec), cache=ResultCache.default(), ceiling=ceiling)
         self.spec = spec
 
     def tokens(self, text, cut: Cut) -> Tokens:
         return get_tokens(self.spec, text, cut)
 
-    def capture(self, text, cut: Cut) -> Capture:
+    def capture(self, text, cut: Cut):
         return get_capture(self.spec, text, cut)
 
-    def run_ids(self, ids: tuple[int, ...], *, hidden_states: bool = False) -> Capture:
+    def run_ids(self, ids: tuple[int, ...], *, hidden_states: bool = False):
         return capture_ids(self.spec, tuple(ids), hidden_states)
 
     @contextlib.contextmanager
@@ -120,16 +110,8 @@ class AppSource(Source):
         return study_unit(self.spec, f"{fn.__module__}:{fn.__qualname__}", args)
 
 
-@st.cache_resource(show_spinner=False, max_entries=3)
-def get_handle(spec: ModelSpec) -> Model:
-    """The API's handle on the loaded model; its weights' fingerprint (the disk cache's key) is computed once."""
-    handle = Model(get_model(spec))
-    _ = handle.fingerprint
-    return handle
-
-
 @st.cache_resource(show_spinner=False, max_entries=1, ttl=1800)
-def capture_ids(spec: ModelSpec, ids: tuple[int, ...], hidden_states: bool) -> Capture:
+def capture_ids(spec: ModelSpec, ids: tuple[int, ...], hidden_states: bool):
     """One capture on explicit ids at a time: a 2048-token capture holds a few hundred MB, and the units computed
     from it are cached on their own."""
     return Source.run_ids(AppSource(spec), ids, hidden_states=hidden_states)

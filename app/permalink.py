@@ -20,8 +20,9 @@ import streamlit as st
 
 from attnscope import settings as S
 from attnscope.app import common, state
+from attnscope.app.messages import literal
 from attnscope.hosting import HUB_ID, REVISION
-from attnscope.models import PACKAGED_MODELS
+from attnscope.packaged import PACKAGED_MODELS
 from attnscope.prompts import pasted
 
 TEXT_IN_URL = 1000  # characters
@@ -60,7 +61,7 @@ HOSTED_IGNORES = ("hub", "revision")  # the allowlist decides the hub model and 
 
 
 def _quoted(name: str, value: str) -> str:
-    return f"'{common.literal(name, SHOWN_CHARS)}={common.literal(value, SHOWN_CHARS)}'"
+    return f"'{literal(name, SHOWN_CHARS)}={literal(value, SHOWN_CHARS)}'"
 
 
 def restore() -> None:
@@ -81,7 +82,7 @@ def restore() -> None:
         try:
             st.session_state[key] = parse(params[name])
         except (ValueError, KeyError) as error:
-            messages.append(f"The link's {_quoted(name, params[name])} was ignored: {common.literal(error, 120)}.")
+            messages.append(f"The link's {_quoted(name, params[name])} was ignored: {literal(error, 120)}.")
     if "text" in params:
         text = params["text"]
         if len(text) <= TEXT_IN_URL:
@@ -127,6 +128,6 @@ def publish() -> None:
 
 def show_messages() -> None:
     """The link's problems, shown on the first page the link opens (until the next interaction). Every value in them
-    is already quoted with common.literal."""
+    is already quoted with messages.literal."""
     for message in st.session_state.pop(MESSAGES, []):
         st.warning(message)

@@ -8,7 +8,6 @@ constants below name them for the pages; the other keys are the app's own.
 import streamlit as st
 
 from attnscope import settings as S
-from attnscope.models import DEFAULT_MODEL
 
 MODEL_CHOICE = "model_choice"  # packaged alias, or CUSTOM_MODEL
 CUSTOM_MODEL = "custom"
@@ -140,7 +139,7 @@ EXAMPLES = {
 
 DEFAULTS = {
     **{setting.key: setting.default for setting in S.SETTINGS.values()},
-    MODEL_CHOICE: DEFAULT_MODEL,
+    MODEL_CHOICE: S.DEFAULT_MODEL,
     CUSTOM_NAME: "",
     CUSTOM_REVISION: "",
     TRUST_REMOTE_CODE: False,

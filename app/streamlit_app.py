@@ -5,13 +5,13 @@ from pathlib import Path
 import streamlit as st
 
 from attnscope import cancel
-from attnscope.app import cached, common, permalink, state
+from attnscope.app import cached, common, output, permalink, run_control, sidebar, state
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
 cached.check_deployment(common.policy())  # an unusable ATTNSCOPE_* value stops here with the sentence naming it
 state.init_state()
 permalink.restore()
-common.start_report()
+output.start_report()
 PAGES = Path(__file__).resolve().parent / "app_pages"
 pages = [
     st.Page(PAGES / "attention_maps.py", title="Attention maps", icon="🗺️", default=True),
@@ -24,8 +24,8 @@ pages = [
     st.Page(PAGES / "head_atlas.py", title="Head atlas", icon=":material/hub:"),
 ]
 navigation = st.navigation(pages)
-common.sidebar()
+sidebar.sidebar()
 permalink.publish()
 permalink.show_messages()
-with cancel.checking(common.check_stop):  # every forward pass and study unit stops when the user asks
+with cancel.checking(run_control.check_stop):  # every forward pass and study unit stops when the user asks
     navigation.run()

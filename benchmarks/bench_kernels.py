@@ -5,8 +5,9 @@ attention with the probabilities materialised (transformers' eager_attention_for
 per layer today). Shapes are SmolLM2-135M's attention: 9 query heads, 3 key/value heads, head_dim 64, one layer.
 
 CPU: every op runs in a fresh subprocess; peak memory is the most bytes its torch tensors hold at once (profiler
-allocation events), time the median of repeated calls after a warm-up. GPU (when CUDA is available): triton.testing.do_bench
-with quantiles after a warm-up of every shape, torch.cuda.max_memory_allocated, TFLOP/s of the QK^T (and PV) work.
+allocation events), time the median of repeated calls after a warm-up. GPU (when CUDA is available):
+triton.testing.do_bench with quantiles after a warm-up of every shape, torch.cuda.max_memory_allocated, TFLOP/s of
+the QK^T (and PV) work.
 Ratios are against SDPA measured in the same run. Results go to benchmarks/results/<device>.json.
 
     python benchmarks/bench_kernels.py            # CPU, T in 1024 2048 4096 8192
@@ -35,7 +36,8 @@ OPS = ("sdpa", "eager_probs", "attention_stats", "attention_stats_topk8", "poole
 def make_inputs(n_tokens: int, dtype: torch.dtype, device: str):
     generator = torch.Generator(device="cpu").manual_seed(0)
     shape_q, shape_kv = (1, HEADS, n_tokens, HEAD_DIM), (1, KV_HEADS, n_tokens, HEAD_DIM)
-    q, k, v = (torch.randn(s, generator=generator).to(device=device, dtype=dtype) for s in (shape_q, shape_kv, shape_kv))
+    q, k, v = (torch.randn(s, generator=generator).to(device=device, dtype=dtype)
+               for s in (shape_q, shape_kv, shape_kv))
     return q, k, v
 
 
@@ -111,8 +113,9 @@ def run_cpu(lengths, ops, repeats: int) -> list[dict]:
                 "time_vs_sdpa": result["median_s"] / base["median_s"],
                 "memory_vs_sdpa": result["peak_extra_bytes"] / max(base["peak_extra_bytes"], 1),
             })
-            print(f"cpu T={n_tokens:6d} {name:22s} {result['median_s'] * 1e3:9.1f} ms  x{rows[-1]['time_vs_sdpa']:5.2f} "
-                  f"sdpa   peak +{result['peak_extra_bytes'] / 2**20:8.1f} MiB  x{rows[-1]['memory_vs_sdpa']:5.2f} sdpa",
+            print(f"cpu T={n_tokens:6d} {name:22s} {result['median_s'] * 1e3:9.1f} ms  "
+                  f"x{rows[-1]['time_vs_sdpa']:5.2f} sdpa   peak +{result['peak_extra_bytes'] / 2**20:8.1f} MiB  "
+                  f"x{rows[-1]['memory_vs_sdpa']:5.2f} sdpa",
                   flush=True)
     return rows
 

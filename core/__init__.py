@@ -1,15 +1,17 @@
 """attnscope: see what attention really does in real pretrained transformers.
 
 The package is this folder, core/, installed under the name attnscope (with kernels/ as attnscope.kernels and app/
-as attnscope.app); it never imports streamlit. The public entry points are loaded on first use, so `import
-attnscope` is quick and `import attnscope.kernels` does not pull in transformers.
+as attnscope.app); it never imports streamlit. The public entry points (attnscope.api) are loaded on first use, so
+`import attnscope` is quick and `import attnscope.kernels` does not pull in transformers. The studies they run are
+declared in attnscope.catalog, their settings in attnscope.settings.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["atlas", "batch", "collapse", "compare", "generate", "load", "maps", "open", "stats", "taylor"]
+__all__ = ["PACKAGED_MODELS", "Model", "ModelLoadError", "ModelSpec", "Result", "Source", "atlas", "batch", "collapse",
+           "compare", "generate", "load", "maps", "open", "run", "source", "stats", "taylor"]
 __version__ = "0.1.0"
 
 

@@ -3,18 +3,21 @@
 :func:`run` runs the model once inside a :func:`attnscope.capture.streaming` block. Each attention layer hands its
 q/k/v to the engine, which makes one fused pass over them, ``kernels.attention_stats(q, k, v, ...)``: the pass that
 produces the layer's output (returned to the model in place of SDPA's) also produces every row statistic, reduced at
-once to per-head means (:func:`attnscope.analyses.maps.summarise`). Then the layer's q/k/v are let go, unless the
+once to per-head means (:func:`attnscope.headstats.summarise`). Then the layer's q/k/v are let go, unless the
 caller asked to keep that layer. So memory is that of a plain forward plus one layer's statistics, instead of every
 layer's q/k/v (run_with_capture) followed by a second pass per layer (maps.head_stats).
 
 Every layer's rule goes to the same kernel: causal or full, a sliding window, learned sinks, a logit softcap (Triton
 on CUDA), or an explicit padding mask (its torch path). The statistics read the first sequence of the batch, like
-attnscope.analyses.maps; the output is computed for every sequence. Inference only: attention dropout is not applied. Token log-probabilities are computed from the
-logits a block of rows at a time, so no (T, V) copy is made next to the logits.
+maps.head_stats; the output is computed for every sequence. Inference only: attention dropout is not applied. Token
+log-probabilities are computed from the logits a block of rows at a time, so no (T, V) copy is made next to the
+logits.
 
 Cost: benchmarks/bench_engine.py against the plain forward (results/engine-cpu.json). The memory is the plain
 forward's. On the CPU the kernel's torch path takes about 1.5x SDPA's time per layer with its compiled tile
-(kernels.compiled), 1.8x without; on a GPU the Triton kernel is one pass.
+(kernels.compiled), 1.8x without; on a GPU the Triton kernel is one pass. The compiled tile is built once per machine
+and kept in the attnscope cache folder, so a fresh process's first run costs what a later one does
+(benchmarks/bench_first_call.py, results/first-call-cpu.json).
 
     result = engine.run(model, input_ids, keep_layers=[5])
     result.head_stats[12].entropy          # (H,) mean row entropy of layer 12's heads
@@ -30,8 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from attnscope import kernels
-from attnscope.analyses import maps
 from attnscope.capture import Capture, LayerCapture, input_device, no_attention_message, streaming
+from attnscope.headstats import HeadStats, summarise, visible_keys
 from attnscope.logprobs import next_token_logprobs
 
 FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance", "learned_sink_mass")
@@ -41,7 +44,7 @@ FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_dist
 class EngineRun:
     """One streamed forward pass: per-layer head statistics, the layers asked for, next-token log-probabilities."""
 
-    head_stats: dict[int, maps.HeadStats]  # layer index -> per-head means over the rows of the first sequence
+    head_stats: dict[int, HeadStats]  # layer index -> per-head means over the rows of the first sequence
     kept: dict[int, LayerCapture]  # the layers in keep_layers, as run_with_capture would have captured them
     token_logprobs: torch.Tensor | None  # (T-1,) log p(token t+1 | tokens <= t) for decoders, None for encoders
     hidden_states: dict[int, torch.Tensor] | None  # kept layer -> (B, T, d_model) residual stream entering it
@@ -78,7 +81,7 @@ class _Engine:
         self.keep = keep
         self.backend = backend
         self.on_layer = on_layer
-        self.head_stats: dict[int, maps.HeadStats] = {}
+        self.head_stats: dict[int, HeadStats] = {}
         self.kept: dict[int, LayerCapture] = {}
         self.windows: dict[int, int | None] = {}
         self.n_heads = 0
@@ -86,7 +89,7 @@ class _Engine:
     def __call__(self, index: int, layer: LayerCapture) -> torch.Tensor:
         stats = kernels.attention_stats(layer.q, layer.k, layer.v, scale=layer.scale, argmax=False,
                                         backend=self.backend, **layer.rule())
-        self.head_stats[index] = maps.summarise(stats, maps.visible_keys(layer))
+        self.head_stats[index] = summarise(stats, visible_keys(layer))
         self.n_heads = layer.n_heads
         self.windows[index] = layer.window
         if self.on_layer is not None:
@@ -114,7 +117,7 @@ def run(model: torch.nn.Module, input_ids: torch.Tensor, *, attention_mask: torc
         backend: the kernels' backend, "auto" (Triton on CUDA tensors, torch elsewhere), "triton" or "torch".
             A layer with an explicit (padding) mask takes the torch path under "auto" (see kernels.attention_stats).
         on_layer: on_layer(index, layer, stats) after each layer's kernel call, with its live LayerCapture and
-            kernels.AttentionStats, for a caller that measures more from the same pass (attnscope.analyses.fingerprint).
+            kernels.AttentionStats, for a caller that measures more from the same pass (the fingerprint analysis).
 
     Returns:
         EngineRun with head_stats for every layer, kept for keep_layers, token_logprobs for decoders.

@@ -9,7 +9,7 @@ Every input has a limit, applied before work is done on it (hosted default / loc
 
 | variable | limit | hosted | local |
 |---|---|---|---|
-| ATTNSCOPE_MAX_TOKENS | tokens analysed per text (text boxes hold CHARS_PER_TOKEN times as many characters) | 1024 | 32768 |
+| ATTNSCOPE_MAX_TOKENS | tokens analysed per text (text boxes hold CHARS_PER_TOKEN times as many chars) | 1024 | 32768 |
 | ATTNSCOPE_MAX_UPLOAD_MB | megabytes per uploaded file (whole MB, as Streamlit's server.maxUploadSize) | 2 | 20 |
 | ATTNSCOPE_MAX_FILES | files taken from one upload | 10 | 100 |
 | ATTNSCOPE_MAX_PROMPTS | prompts in one session's library | 200 | 2000 |
@@ -19,7 +19,7 @@ Every input has a limit, applied before work is done on it (hosted default / loc
 | ATTNSCOPE_GENERATION_SECONDS | seconds one generation may run (it stops after the step in progress) | 60 | 3600 |
 | ATTNSCOPE_MAX_ATLAS_DOCUMENTS | documents one head atlas run in the app reads | 16 | 1000 |
 | ATTNSCOPE_MAX_ATLAS_TOKENS | tokens per document of an atlas run in the app | 256 | 2048 |
-| ATTNSCOPE_ATLAS_SECONDS | seconds an atlas run in the app may take (it stops after the batch in progress) | 120 | 3600 |
+| ATTNSCOPE_ATLAS_SECONDS | seconds an atlas run in the app may take (it stops after the running batch) | 120 | 3600 |
 
 In hosted mode the Head atlas page opens only atlases the visitor uploads and runs only corpora the visitor uploads,
 in this process: it never reads a path typed on the page and never starts or joins a Ray cluster.
@@ -36,10 +36,9 @@ import re
 from dataclasses import dataclass
 
 from attnscope.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
-from attnscope.tokens import Cut, max_chars
+from attnscope.settings import NEW_TOKEN_CEILING, TOKEN_CEILING
+from attnscope.tokens import Cut, cut_rule, max_chars
 
-TOKEN_CEILING = 32768  # the most tokens any setting can ask for
-NEW_TOKEN_CEILING = 4096  # the most new tokens any generation can ask for
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")  # use with fullmatch
 REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")  # use with fullmatch
 _PATH = re.compile(r"file://\S+|(?<![\w.:/])(?:/|~/)[^\s'\"`,;:()]+")  # an absolute path inside a message
@@ -102,8 +101,7 @@ class Policy:
     def cut(self, requested: int, *, max_positions: int | None, keep: str = "start") -> Cut:
         """The one rule for how many tokens a model run reads: what was asked for, at most this deployment's limit
         and at most the model's positions."""
-        limits = [requested, self.max_tokens] + ([max_positions] if max_positions else [])
-        return Cut(max_tokens=max(1, min(int(n) for n in limits)), keep=keep)
+        return cut_rule(requested, keep=keep, max_positions=max_positions, ceiling=self.max_tokens)
 
     def public(self, message: str) -> str:
         """A message fit for whoever sees the page: in hosted mode, with server paths taken out. Only for sentences

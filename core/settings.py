@@ -1,7 +1,9 @@
 """Every user-facing setting, defined once: its key, default, domain, label and help.
 
 One table drives the dashboard's widgets (app/widgets.py), the permalink parser and writer (app/permalink.py), the
-CLI's options (attnscope.cli) and the API's defaults (attnscope.api). A setting stores a *stable value* ("one_head",
+CLI's options (attnscope.cli) and the API's checks and defaults (attnscope.api.run): it is the only place a default
+lives. Which study takes which setting is declared in attnscope.catalog. This module imports nothing heavy (no torch),
+so the CLI's help and the catalog read it at once. A setting stores a *stable value* ("one_head",
 "upper"), never its display label, so renaming a label breaks no link; links written before this table existed
 carried labels, and each choice lists those as `legacy` spellings that are still read.
 
@@ -12,11 +14,15 @@ Domains parse text (a URL parameter or a CLI argument) into a value and raise Va
 from __future__ import annotations
 
 import math
+import numbers
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from attnscope.hosting import NEW_TOKEN_CEILING, TOKEN_CEILING
+TOKEN_CEILING = 32768  # the most tokens any setting can ask for
+NEW_TOKEN_CEILING = 4096  # the most new tokens any generation can ask for
+DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
@@ -39,24 +45,120 @@ class Choice:
     def format(self, value) -> str:
         return str(value)
 
+    def check(self, value):
+        if not isinstance(value, str):
+            raise ValueError(f"must be one of {', '.join(map(repr, self.values))}")
+        return self.parse(value)
+
     def label(self, value) -> str:
         return self.labels.get(value, str(value))
 
 
 @dataclass(frozen=True)
 class Integer:
+    """A whole number low <= n <= high; with `optional`, None too (written "none": no limit)."""
+
     low: int
     high: int
     step: int = 1
+    optional: bool = False
 
-    def parse(self, text: str) -> int:
+    def parse(self, text: str) -> int | None:
         text = str(text).strip()
-        if not re.fullmatch(r"-?[0-9]{1,9}", text) or not self.low <= int(text) <= self.high:
-            raise ValueError(f"must be a whole number between {self.low} and {self.high}")
+        if self.optional and text.lower() in ("none", ""):
+            return None
+        if not re.fullmatch(r"-?[0-9]{1,10}", text) or not self.low <= int(text) <= self.high:
+            whole = f"a whole number between {self.low} and {self.high}"
+            raise ValueError(f"must be {whole}" + (" or none" if self.optional else ""))
         return int(text)
 
     def format(self, value) -> str:
-        return str(int(value))
+        return "none" if value is None else str(int(value))
+
+    def check(self, value) -> int | None:
+        if value is None and self.optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)) or (
+                isinstance(value, numbers.Real) and not float(value).is_integer()):
+            raise ValueError(self._what())
+        return self.parse(value if isinstance(value, str) else str(int(value)))
+
+    def _what(self) -> str:
+        return (f"must be a whole number between {self.low} and {self.high}" + (" or None" if self.optional else ""))
+
+
+@dataclass(frozen=True)
+class Text:
+    """A short string (a column name, an address, a model id), at most max_chars; with `optional`, None too."""
+
+    max_chars: int = 200
+    optional: bool = False
+
+    def parse(self, text: str) -> str | None:
+        text = str(text)
+        if self.optional and text in ("", "none"):
+            return None
+        if not text.strip() or len(text) > self.max_chars or any(ord(c) < 32 for c in text):
+            raise ValueError(f"must be a text of 1 to {self.max_chars} printable characters")
+        return text
+
+    def format(self, value) -> str:
+        return "none" if value is None else str(value)
+
+    def check(self, value):
+        if value is None and self.optional:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string of 1 to {self.max_chars} characters")
+        return self.parse(value)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string that matches `regex` whole; `what` says in words what it must be."""
+
+    regex: str
+    what: str
+
+    def parse(self, text: str) -> str:
+        text = str(text).strip()
+        if len(text) > 100 or not re.fullmatch(self.regex, text):
+            raise ValueError(f"must be {self.what}")
+        return text
+
+    def format(self, value) -> str:
+        return str(value)
+
+    def check(self, value) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be {self.what}")
+        return self.parse(value)
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Head numbers ("0,3,5"); None (written "all") is every head. Whether they exist is checked with the model."""
+
+    def parse(self, text: str) -> tuple[int, ...] | None:
+        text = str(text).strip()
+        if text in ("", "all"):
+            return None
+        if not re.fullmatch(r"[0-9]{1,4}(\s*,\s*[0-9]{1,4}){0,1023}", text):
+            raise ValueError("must be head numbers separated by commas, e.g. 0,3,5, or all")
+        return tuple(int(h) for h in text.split(","))
+
+    def format(self, value) -> str:
+        return "all" if value is None else ",".join(str(int(h)) for h in value)
+
+    def check(self, value):
+        if value is None:
+            return None
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ValueError("must be a list of head numbers, e.g. [0, 3], or None for every head")
+        heads = list(value)
+        if not heads or any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 0 for h in heads):
+            raise ValueError("must be a list of head numbers (whole numbers from 0), e.g. [0, 3], or None")
+        return tuple(int(h) for h in heads)
 
 
 @dataclass(frozen=True)
@@ -78,6 +180,11 @@ class Number:
     def format(self, value) -> str:
         return f"{float(value):g}"
 
+    def check(self, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"must be a number in ({self.low:g}, {self.high:g}]")
+        return self.parse(repr(float(value)))
+
 
 @dataclass(frozen=True)
 class NumberChoice:
@@ -98,6 +205,11 @@ class NumberChoice:
     def format(self, value) -> str:
         return f"{float(value):g}"
 
+    def check(self, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"must be one of {', '.join(f'{v:g}' for v in self.values)}")
+        return self.parse(repr(float(value)))
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -111,6 +223,11 @@ class Flag:
 
     def format(self, value) -> str:
         return "1" if value else "0"
+
+    def check(self, value) -> bool:
+        if isinstance(value, numbers.Integral) and value in (0, 1):  # True, False, 0, 1, numpy's bools
+            return bool(value)
+        raise ValueError("must be True or False")
 
 
 @dataclass(frozen=True)
@@ -133,12 +250,23 @@ class Span:
     def format(self, value) -> str:
         return "all" if value is None else f"{int(value[0])}:{int(value[1])}"
 
+    def check(self, value) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        try:
+            start, end = value
+            text = f"{int(start)}:{int(end)}" if all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                                        for v in (start, end)) else "?"
+        except (TypeError, ValueError):
+            text = "?"
+        return self.parse(text)
+
 
 @dataclass(frozen=True)
 class Setting:
     key: str  # session_state key, API keyword and (with dashes) CLI option
     default: object
-    domain: Choice | Integer | Number | NumberChoice | Flag | Span
+    domain: Choice | Integer | Number | NumberChoice | Flag | Span | Text | Heads | Pattern
     label: str
     help: str = ""
     url: str | None = None  # URL parameter; None: not carried by links
@@ -153,6 +281,10 @@ class Setting:
 
     def format(self, value) -> str:
         return self.domain.format(value)
+
+    def check(self, value):
+        """An API value, validated (the same domain as the CLI's and the links' text)."""
+        return self.domain.check(value)
 
 
 # ---- choices with stable values ------------------------------------------------------------------------------------
@@ -178,15 +310,31 @@ TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4, 1e-6)
 COLLAPSE_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 _TABLE: tuple[Setting, ...] = (
+    # the model and where it runs (attnscope.load; the CLI's --model, --device, ...)
+    Setting("model", DEFAULT_MODEL, Text(300), "Model",
+            "A packaged alias (smollm2-135m, minilm-l6, gemma3-270m), a Hugging Face hub id or a local folder."),
+    Setting("revision", None, Text(100, optional=True), "Revision", "Hub branch, tag or commit (hub ids only)."),
+    Setting("device", "auto", Pattern(r"auto|cpu|cuda|cuda:[0-9]{1,2}|map", "auto, cpu, cuda, cuda:N or map"),
+            "Device", "auto: the first GPU when torch sees one, else the CPU; map: the layers spread over every GPU "
+            "and then the CPU."),
+    Setting("dtype", "auto", Choice(("auto", "float32", "bfloat16", "float16")), "Precision",
+            "auto: bfloat16 on a GPU, float32 on the CPU."),
+    Setting("quantize", "none", Choice(("none", "8bit", "4bit")), "Quantized weights",
+            "8bit or 4bit weights through bitsandbytes, on a GPU."),
+    Setting("trust_remote_code", False, Flag(), "Trust remote code", "Run modelling code shipped with a hub model."),
+    Setting("cache", True, Flag(), "Result cache",
+            "Keep results in the disk cache (the attnscope cache folder), so the same model, text and settings are "
+            "read back instead of computed again."),
     # text and tokens
     Setting("max_tokens", 2048, Integer(8, TOKEN_CEILING), "Max tokens",
             "Texts longer than this are cut to this many tokens (the start or the end).", url="tokens"),
     Setting("keep", "start", Choice(("start", "end"), labels={"start": "its start", "end": "its end"}),
             "Analyse", "Which part of a text longer than the limit is analysed.", url="keep"),
     # attention maps
-    Setting("view", "one_head", VIEWS, "View", url="view"),
-    Setting("layer", 0, Integer(0, 1000), "Layer", url="layer"),
-    Setting("head", 0, Integer(0, 1000), "Head", url="head"),
+    Setting("heads", None, Heads(), "Heads", "The heads drawn, e.g. 0,3 (all: every head of the layer)."),
+    Setting("view", "one_head", VIEWS, "View", "What the Attention maps page draws.", url="view"),
+    Setting("layer", 0, Integer(0, 1000), "Layer", "The layer, counted from 0.", url="layer"),
+    Setting("head", 0, Integer(0, 1000), "Head", "The head, counted from 0.", url="head"),
     Setting("query", -1, Integer(-1, 10**6), "Query token",
             "The token whose weights are shown; a new text opens on its last token (-1 in a link), whose row sees "
             "the whole text.", url="query"),
@@ -196,7 +344,7 @@ _TABLE: tuple[Setting, ...] = (
     Setting("reduce", "mean", Choice(("mean", "max")), "Pool long maps by",
             "Above the cell limit the map is drawn in square tiles: the mean or the max weight of the visible cells "
             "of each tile."),
-    Setting("cell_limit", 256, Integer(32, 512, 32), "Cell limit per side",
+    Setting("cell_limit", 256, Integer(8, 512, 8), "Cell limit per side",
             "Maps with more tokens than this are pooled into tiles, so the browser never receives more than this "
             "many cells per side."),
     Setting("map_scale", "log", MAP_SCALES, "Colour scale",
@@ -218,15 +366,16 @@ _TABLE: tuple[Setting, ...] = (
             "The paper's code clamps scaled logits at 5 from above before exp, which does nothing for the very "
             "negative logits of real models; 'both sides' clamps to [−c, c]. The target is always the model's "
             "unclamped softmax.", url="clamp"),
-    Setting("clamp_value", 5.0, Number(0.0, 100.0), "Clamp at", url="c"),
+    Setting("clamp_value", 5.0, Number(0.0, 100.0), "Clamp at", "The clamp c of the logit clamp.", url="c"),
     Setting("tolerance", 1e-2, NumberChoice(TOLERANCES), "Tolerance",
             "Error a head must get below for the 'order needed' map.", url="tolerance"),
     Setting("taylor_layer", 0, Integer(0, 1000), "Layer", "The layer of the one-layer and one-head views.",
             url="t_layer"),
     Setting("taylor_head", 0, Integer(0, 1000), "Head", "The head of the one-head views.", url="t_head"),
-    Setting("taylor_order", 10, Integer(0, 20), "Order shown", url="t_order"),
+    Setting("taylor_order", 10, Integer(0, 20), "Order shown",
+            "The order of the one-query probe (at most the highest order).", url="t_order"),
     # context collapse
-    Setting("source", "builtin", SOURCES, "Text", url="source"),
+    Setting("source", "builtin", SOURCES, "Text", "The text the collapse page reads.", url="source"),
     Setting("max_length", 2048, Integer(32, TOKEN_CEILING), "Longest context L",
             "Lengths double from 32 up to this.", url="L"),
     Setting("windows", 3, Integer(1, 8), "Windows",
@@ -235,8 +384,9 @@ _TABLE: tuple[Setting, ...] = (
             "The last query positions of each window are analysed: they see about L tokens.", url="rows"),
     Setting("vectors", "values", Choice(("values", "hidden"), labels={"values": "value vectors (default)",
                                                                       "hidden": "hidden states (layer input)"}),
-            "Token vectors xᵢ", url="vectors"),
-    Setting("fixed_length", 2048, Integer(32, TOKEN_CEILING), "Fixed L (distance vs N, N_s/N)", url="fixed_L"),
+            "Token vectors xᵢ", "The vectors the distance and N_s measures read.", url="vectors"),
+    Setting("fixed_length", 2048, Integer(32, TOKEN_CEILING), "Fixed L (distance vs N, N_s/N)",
+            "The context length of the figures drawn at one length.", url="fixed_L"),
     # generation (not carried by links: a link reproduces a view, and a generation is rerun on request)
     Setting("max_new_tokens", 48, Integer(1, NEW_TOKEN_CEILING), "New tokens",
             "The model stops earlier when it ends its answer or reaches its position limit."),
@@ -250,6 +400,25 @@ _TABLE: tuple[Setting, ...] = (
     Setting("chat", "auto", Choice(("auto", "on", "off"), labels={
                 "auto": "when the model has one", "on": "always", "off": "never (continue the raw text)"}),
             "Chat template", "Wrap the text as a user turn of the model's chat template, as instruct models expect."),
+    # one study over many prompts
+    Setting("study", "stats", Choice(("stats", "taylor", "collapse"), labels={
+                "stats": "Head statistics", "taylor": "Softmax vs Taylor: error vs order",
+                "collapse": "Context collapse: curves vs L"}), "Study", "The study run on every prompt."),
+    # the head atlas
+    Setting("atlas_tokens", 512, Integer(8, TOKEN_CEILING), "Tokens per document",
+            "Tokens analysed per document, from its start."),
+    Setting("limit", None, Integer(1, 10**9, optional=True), "Documents",
+            "Read at most this many documents of the corpus (unusable ones count); none: all."),
+    Setting("shard_size", 16, Integer(1, 10_000), "Shard size", "Documents per Parquet shard."),
+    Setting("text_column", "text", Text(200), "Text column", "The column of a table corpus that holds the text."),
+    Setting("taylor_tokens", 128, Integer(8, TOKEN_CEILING), "Taylor tokens",
+            "Tokens of each document the Taylor order is measured on."),
+    Setting("engine", "local", Choice(("local", "ray"), labels={"local": "in this process",
+                                                                 "ray": "Ray actors that hold the model once"}),
+            "Engine", "local: in this process; ray: Ray actors (a local instance, or the cluster at --address)."),
+    Setting("workers", 2, Integer(1, 4096), "Ray workers", "Ray actors, each holding the model once."),
+    Setting("address", None, Text(300, optional=True), "Ray address",
+            "Join this Ray cluster (none: start a local Ray instance)."),
 )
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in _TABLE}
@@ -268,12 +437,12 @@ def in_links() -> list[Setting]:
 
 
 def check(key: str, value) -> object:
-    """Validate an API value against the setting's domain (ValueError naming the setting otherwise)."""
-    s = SETTINGS[key]
+    """Validate an API value against the setting's domain: ValueError with one sentence naming the setting and what it
+    must be otherwise."""
     try:
-        return s.parse(s.format(value)) if not isinstance(s.domain, Choice) else s.parse(value)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{key}={value!r} {error}.") from None
+        return SETTINGS[key].check(value)
+    except ValueError as error:
+        raise ValueError(f"{key}={reprlib.repr(value)} {error}.") from None
 
 
 def labels(keys: Sequence[str]) -> dict[str, str]:

@@ -58,6 +58,14 @@ class Cut:
     keep: str = "start"  # "start" or "end"
 
 
+def cut_rule(requested: int, *, keep: str = "start", max_positions: int | None = None,
+             ceiling: int | None = None) -> Cut:
+    """The one rule for how many tokens a model run reads: what was asked for, at most a deployment's `ceiling`
+    (hosted mode's token limit) and at most the model's positions. Models.Model.cut and hosting.Policy.cut call it."""
+    limits = [int(requested)] + [int(n) for n in (ceiling, max_positions) if n]
+    return Cut(max_tokens=max(1, min(limits)), keep=keep)
+
+
 def display_string(tokenizer, token_id: int) -> str:
     text = tokenizer.decode([token_id])
     if not text or "\ufffd" in text:

@@ -4,8 +4,10 @@ import hashlib
 
 import streamlit as st
 
+import attnscope
 from attnscope import settings as S
-from attnscope.app import cached, common, state
+from attnscope.app import common, output, run_control, runs, state
+from attnscope.app.messages import literal
 from attnscope.app.widgets import widget
 from attnscope.prompts import pasted
 from attnscope.tokens import MAX_MATCHES, MAX_NEEDLE_CHARS, find
@@ -109,10 +111,10 @@ def _search(box, picker, tokens, text_digest: str, cell_limit: int) -> list[tupl
     try:
         matches = find(tokens, needle)
     except ValueError as error:  # longer than MAX_NEEDLE_CHARS (the box's limit is the browser's to keep)
-        picker.caption(common.literal(error))
+        picker.caption(literal(error))
         return []
     if not matches:
-        picker.caption(f"No match for '{common.literal(needle, 40)}'.")
+        picker.caption(f"No match for '{literal(needle, 40)}'.")
         return []
     context = lambda span: "".join(tokens.strings[max(0, span[0] - 2):span[1] + 3])  # noqa: E731
     key = f"{state.MAP_SEARCH}_pick_{hashlib.sha256(needle.encode()).hexdigest()[:16]}_{text_digest}"  # per text
@@ -124,10 +126,10 @@ def _search(box, picker, tokens, text_digest: str, cell_limit: int) -> list[tupl
 
 
 st.title("Attention maps")
-run = common.current_run()
+run = runs.current_run()
 if run is None:
     st.stop()
-source, (_, text, cut) = cached.AppSource(run.key.spec), run.key.args()
+source, (_, text, cut) = common.source(run.key.spec), run.key.args()
 
 capture, tokens = run.capture, run.tokens
 n_layers, n_heads, n_tokens = capture.n_layers, capture.n_heads, len(tokens)
@@ -154,14 +156,15 @@ if view == state.VIEW_ONE_HEAD:
     marks = _search(reading[1], reading[2], tokens, pasted(text).digest, cell_limit)
     zoom = _zoom(n_tokens, cell_limit)
     with st.spinner("Computing the map"):
-        result = study.maps(source, text, cut=cut, layer=layer, heads=[head], cell_limit=cell_limit, reduce=reduce,
-                            hide_sink=hide_sink, **zoom, map_scale=st.session_state[state.MAP_SCALE])
+        result = attnscope.maps(source, text, **common.cut_settings(cut), layer=layer, heads=[head],
+                                cell_limit=cell_limit, reduce=reduce, hide_sink=hide_sink, **zoom,
+                                map_scale=st.session_state[state.MAP_SCALE])
     if result.block > 1:
         st.info(f"{n_tokens} tokens are more than the cell limit: showing the {reduce} weight of "
                 f"{result.block}×{result.block}-token tiles ({result.values.shape[1]}×{result.values.shape[2]} "
                 "tiles); hover a tile for its tokens, or zoom to a token range to see it token by token.")
     (name, figure), = result.figures(marks=marks).items()
-    common.chart(figure, key="head_map", name=name, data=lambda: result.matrix_frame(head=head).reset_index())
+    output.chart(figure, key="head_map", name=name, data=lambda: result.matrix_frame(head=head).reset_index())
 
 elif view == state.VIEW_ALL_HEADS:
     options = st.columns([1.2, 1, 3])
@@ -174,10 +177,10 @@ elif view == state.VIEW_ALL_HEADS:
     cells = GRID_CELLS_ALL_LAYERS if all_layers else GRID_CELLS_ONE_LAYER
     thumbnails = []
     request = ("grid", run.key, tuple(layers), cells, reduce, hide_sink)
-    with common.working("Computing head maps", request) as progress:
+    with run_control.working("Computing head maps", request) as progress:
         for index, grid_layer in enumerate(layers):
-            thumbnails += study.maps(source, text, cut=cut, layer=grid_layer, cell_limit=cells, reduce=reduce,
-                                     hide_sink=hide_sink).thumbnails()
+            thumbnails += attnscope.maps(source, text, **common.cut_settings(cut), layer=grid_layer,
+                                         cell_limit=cells, reduce=reduce, hide_sink=hide_sink).thumbnails()
             progress((index + 1) / len(layers), f"Computing head maps: layer {grid_layer + 1}/{n_layers}")
     title = ("All layers" if all_layers else f"Layer {layer}") + ": click a head to open it"
     # Every layer's heads, sorted by entropy, fill rows as wide as the table of layers x heads would be.
@@ -187,7 +190,7 @@ elif view == state.VIEW_ALL_HEADS:
     st.caption("Each tile is scaled to its own range (under the colour scale chosen on the one-head view); its frame "
                "is coloured by the head's mean attention entropy "
                "(nats, averaged over query tokens).")
-    common.chart(figure, key=state.GRID_CHART, name="head-grid", on_select=_open_clicked_head,
+    output.chart(figure, key=state.GRID_CHART, name="head-grid", on_select=_open_clicked_head,
                  selection_mode="points", config={"displayModeBar": True}, width="content")
 
 elif view == state.VIEW_QUERY:
@@ -198,14 +201,14 @@ elif view == state.VIEW_QUERY:
         weights[0] = 0.0
     figure = figures.query_bars(weights, tokens=tokens.strings, query=query, top_k=TOP_KEYS,
                                 title=f"Layer {layer}, head {head}" + (" (sink hidden)" if hide_sink else ""))
-    common.chart(figure, key="query_bars", name=f"query-{query}-layer{layer}-head{head}")
+    output.chart(figure, key="query_bars", name=f"query-{query}-layer{layer}-head{head}")
 
 else:
     request = ("stats", run.key)
-    with common.working("Computing per-head statistics", request, models=(run.key.spec,)) as progress:
-        result = study.stats(source, text, cut=cut, progress=progress)
+    with run_control.working("Computing per-head statistics", request, models=(run.key.spec,)) as progress:
+        result = attnscope.stats(source, text, **common.cut_settings(cut), progress=progress)
     for item in result.findings():
-        common.finding(item)
+        output.finding(item)
     columns = result.columns()  # the statistics, then the head-type scores this result has
     if st.session_state[state.STAT_SHOWN] not in columns:
         st.session_state[state.STAT_SHOWN] = "entropy"
@@ -215,10 +218,10 @@ else:
             "over the tokens that have one" if shown in study.DETECTORS else
             f"averaged over the {n_tokens} query tokens")
     st.caption(f"{columns[shown][0]}: {columns[shown][1]}; {over}. The sink is never hidden here.")
-    common.chart(result.figures()[f"{shown}-per-head"], key="stat_heatmap", name=f"{shown}-per-head")
+    output.chart(result.figures()[f"{shown}-per-head"], key="stat_heatmap", name=f"{shown}-per-head")
     st.caption("Every column sorts: click its header. Head-type scores follow TransformerLens's detection patterns "
                "on this text's own tokens.")
     st.dataframe(result.to_frame().rename(columns={name: label for name, (label, _) in columns.items()}),
                  hide_index=True, width="stretch")
-common.report_button("Attention maps", {"view": view, "layer": layer, "head": head, "hide the sink": hide_sink,
+output.report_button("Attention maps", {"view": view, "layer": layer, "head": head, "hide the sink": hide_sink,
                                         "pooling": reduce, "cell limit": st.session_state[state.CELL_LIMIT]})

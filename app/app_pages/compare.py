@@ -4,11 +4,13 @@ from dataclasses import replace
 
 import streamlit as st
 
-from attnscope.app import cached, common, state
+import attnscope
+from attnscope.app import common, output, run_control, runs, sidebar, state
+from attnscope.app.messages import literal, say
 from attnscope.hosting import Policy
-from attnscope.models import PACKAGED_MODELS, ModelSpec
-from attnscope.studies import compare as study
 from attnscope.studies import maps as maps_study
+
+PACKAGED_MODELS, ModelSpec = attnscope.PACKAGED_MODELS, attnscope.ModelSpec
 
 LABELS = {name: label for name, (label, _) in maps_study.STATISTICS.items()} | {
     "learned_sink_mass": maps_study.LEARNED_SINK[0]}
@@ -23,7 +25,7 @@ def _a_b_then_difference(figures: dict, prefix: str, *, missing: str, beside: st
     for column, which in zip([*top, below[0]], ("a", "b", "difference")):
         with column:
             if f"{prefix}-{which}" in figures:
-                common.chart(figures[f"{prefix}-{which}"], key=f"compare_{prefix}-{which}",
+                output.chart(figures[f"{prefix}-{which}"], key=f"compare_{prefix}-{which}",
                              name=f"compare-{prefix}-{which}")
             else:
                 st.info(missing)
@@ -53,7 +55,7 @@ st.caption("Side A is the sidebar's model and text; side B a second text, a seco
            "models have the same layers × heads, else each layer's mean over heads, layers paired by relative "
            "depth (first with first, last with last).")
 limits = common.policy()
-spec_a, text_a = common.current_spec(), st.session_state[state.TEXT]
+spec_a, text_a = sidebar.current_spec(), st.session_state[state.TEXT]
 if spec_a is None or not text_a.strip():
     st.info("Choose a model and type a text in the sidebar first: they are side A.")
     st.stop()
@@ -66,7 +68,7 @@ names = {state.COMPARE_SAME: f"the same as A ({spec_a.name})", state.CUSTOM_MODE
 
 side_a, side_b = st.columns(2)
 side_a.markdown("**Side A**: the sidebar's model and text")
-side_a.caption(common.literal(f"{spec_a.name} · {text_a}", limit=400))
+side_a.caption(literal(f"{spec_a.name} · {text_a}", limit=400))
 with side_b:
     st.markdown("**Side B**")
     choice = st.selectbox("Model B", choices, key=state.COMPARE_MODEL, persist_state=state.PERSIST,
@@ -74,7 +76,7 @@ with side_b:
                                                                  else c))
     if choice == state.CUSTOM_MODEL:
         st.text_input("Hub id or local folder (B)", key=state.COMPARE_CUSTOM_NAME, persist_state=state.PERSIST,
-                      max_chars=common.NAME_CHARS,
+                      max_chars=sidebar.NAME_CHARS,
                       placeholder="gpt2 or /path/to/model",
                       help="Loaded at its default revision without remote code; for more, make it side A.")
     st.text_area("Text B", key=state.COMPARE_TEXT, persist_state=state.PERSIST, height=140, max_chars=limits.max_chars)
@@ -85,7 +87,7 @@ request = (spec_a, text_a, spec_b, text_b, max_tokens, keep)
 if st.button("Compare", type="primary"):
     st.session_state[state.COMPARE_REQUESTS] = [*st.session_state[state.COMPARE_REQUESTS][-KEPT_REQUESTS + 1:],
                                                 request]
-    common.resume(request)
+    run_control.resume(request)
 if request not in st.session_state[state.COMPARE_REQUESTS]:
     st.stop()
 if spec_b is None:
@@ -94,8 +96,8 @@ if spec_b is None:
 if not text_b.strip():
     st.error("Text B is empty: type a text for side B, or click 'Use the sidebar text'.")
     st.stop()
-loaded_a = common.load(spec_a)
-loaded_b = common.load(spec_b) if loaded_a is not None else None
+loaded_a = runs.load(spec_a)
+loaded_b = runs.load(spec_b) if loaded_a is not None else None
 if loaded_b is None:
     st.stop()
 
@@ -109,16 +111,17 @@ layer = controls[0].selectbox("Layer (maps)", range(n_layers), key=state.COMPARE
 head = controls[1].selectbox("Head (maps)", range(n_heads), key=state.COMPARE_HEAD, persist_state=state.PERSIST)
 
 try:
-    with common.working("Comparing", request, models=(spec_a, spec_b)) as progress:
-        result = study.run(cached.AppSource(spec_a), text_a, common.cut_for(loaded_a), cached.AppSource(spec_b),
-                           text_b, common.cut_for(loaded_b), layer=layer, head=head,
-                           cell_limit=st.session_state[state.CELL_LIMIT], reduce=st.session_state[state.REDUCE],
-                           hide_sink=st.session_state[state.HIDE_SINK], progress=progress)
+    with run_control.working("Comparing", request, models=(spec_a, spec_b)) as progress:
+        result = attnscope.compare(common.source(spec_a), text_a, model_b=common.source(spec_b), text_b=text_b,
+                                   **common.cut_settings(common.cut_for(loaded_a)), layer=layer, head=head,
+                                   cell_limit=st.session_state[state.CELL_LIMIT],
+                                   reduce=st.session_state[state.REDUCE],
+                                   hide_sink=st.session_state[state.HIDE_SINK], progress=progress)
 except ValueError as error:
-    common.say("error", str(error))
+    say("error", str(error))
     st.stop()
 for item in result.findings():
-    st.markdown(f"**{item.topic}.** {common.literal(item.measured)}")  # model names may be the visitor's
+    st.markdown(f"**{item.topic}.** {literal(item.measured)}")  # model names may be the visitor's
 
 if st.session_state[state.COMPARE_STAT] not in result.difference:  # learned sinks: only when both sides have them
     st.session_state[state.COMPARE_STAT] = "entropy"
@@ -135,8 +138,8 @@ st.subheader(f"Layer {layer}, head {head}")
 st.caption("Pooled as on the Attention maps page (cell limit, pooling, hide the sink).")
 note = result.map_note[:1].upper() + result.map_note[1:]
 drawn = "map-difference" in figures
-_a_b_then_difference(figures, "map", missing=note, beside=common.literal(note) if drawn and note else "")
+_a_b_then_difference(figures, "map", missing=note, beside=literal(note) if drawn and note else "")
 st.download_button("Both sides and B − A as CSV", lambda: result.to_frame().to_csv(index=False),
                    file_name="compare.csv", mime="text/csv", on_click="ignore")
-common.report_button("Compare", {"model B": spec_b.name, "text B": text_b[:2000], "layer": layer, "head": head},
+output.report_button("Compare", {"model B": spec_b.name, "text B": text_b[:2000], "layer": layer, "head": head},
                      findings=result.findings())

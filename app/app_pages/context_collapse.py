@@ -1,17 +1,18 @@
 """Context collapse: paper B's figures on the chosen model and a long text, with the theory drawn over the data.
 
-Layout only: the widgets, attnscope.studies.collapse.run through the app's Source, and what its result says and
-draws."""
+Layout only: the widgets, attnscope.collapse through the app's Source, and what its result says and draws."""
 
 import streamlit as st
 
+import attnscope
+from attnscope import catalog
 from attnscope import settings as S
-from attnscope.app import cached, common, state
+from attnscope.app import cached, common, output, run_control, runs, state
+from attnscope.app.messages import literal
 from attnscope.app.widgets import widget
-from attnscope.hosting import TOKEN_CEILING
 from attnscope.studies import collapse as study
 
-SETTINGS = ("max_length", "windows", "rows", "vectors")  # keys of attnscope.settings and study.run's keywords
+SETTINGS = catalog.study("collapse").settings  # keys of attnscope.settings and the study's keywords
 SECTIONS = (  # section of the study, header, figures drawn (name, chart key)
     ("vanishing", "1. Vanishing attention", (("vanishing-attention", "collapse_vanishing"),)),
     ("distance_l", "2. Distance vs context length (fig. 2a)", (("distance-vs-length", "collapse_distance_l"),)),
@@ -24,11 +25,11 @@ SECTIONS = (  # section of the study, header, figures drawn (name, chart key)
 
 st.title("Context collapse")
 st.caption(study.HELP["intro"])
-run = common.current_run()
+run = runs.current_run()
 if run is None:
     st.stop()
 loaded = cached.get_model(run.key.spec)
-model_limit = common.cut_for(loaded, TOKEN_CEILING).max_tokens  # the model's positions and this deployment's limit
+model_limit = common.cut_for(loaded, S.TOKEN_CEILING).max_tokens  # the model's positions and this deployment's limit
 
 controls = st.columns([1.6, 1, 0.8, 0.8, 1.2])
 widget("source", controls[0], kind="radio", help=study.HELP["source"])
@@ -36,7 +37,7 @@ choices = [n for n in S.COLLAPSE_LENGTHS if n <= model_limit] or [model_limit]
 if st.session_state["max_length"] not in choices:
     st.session_state["max_length"] = max((n for n in choices if n <= S.default("max_length")), default=choices[0])
 widget("max_length", controls[1], options=choices,
-       help=f"Lengths double from 32 up to this. {common.literal(loaded.spec.name)} reads at most {model_limit} "
+       help=f"Lengths double from 32 up to this. {literal(loaded.spec.name)} reads at most {model_limit} "
             "positions. The default, 2048, takes a minute or two on 2 CPU cores; results are cached.")
 widget("windows", controls[2])
 widget("rows", controls[3])
@@ -46,9 +47,9 @@ settings = {key: st.session_state[key] for key in SETTINGS}
 
 request = ("collapse", run.key.spec, None if builtin else run.key.text, tuple(sorted(settings.items())), model_limit)
 try:
-    with common.working("Measuring", request, models=(run.key.spec,)) as progress:
-        result = study.run(cached.AppSource(run.key.spec), None if builtin else run.key.text, **settings,
-                           max_tokens=model_limit, progress=progress)
+    with run_control.working("Measuring", request, models=(run.key.spec,)) as progress:
+        result = attnscope.collapse(common.source(run.key.spec), None if builtin else run.key.text, **settings,
+                                    max_tokens=model_limit, progress=progress)
 except ValueError as error:
     st.warning(str(error))
     st.stop()
@@ -74,13 +75,13 @@ for section, header, drawn in SECTIONS:
     if section in study.HELP:
         st.caption(study.HELP[section])
     for item in result.findings(**view, section=section):
-        common.finding(item)
+        output.finding(item)
     drawn = [(name, key) for name, key in drawn if name in charts]
     for name, key in drawn:  # one above the other: at half width their legends wrapped onto the axis titles
-        common.chart(charts[name], key=key, name=name, data=tables.get(name))
+        output.chart(charts[name], key=key, name=name, data=tables.get(name))
 st.caption(study.HELP["caveat"])
 
-common.report_button("Context collapse", {
+output.report_button("Context collapse", {
     "text source": "the built-in document" if builtin else "the sidebar text", "longest context": result.window_tokens,
     "windows": result.windows, "queries per window": result.rows, "token vectors": result.vectors,
     "lengths": list(result.lengths), "fixed L": view["fixed_length"],

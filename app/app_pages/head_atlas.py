@@ -10,15 +10,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from attnscope import prompts
-from attnscope.analyses.atlas import EMBEDDINGS
-from attnscope.app import cached, common, state
+import attnscope
+from attnscope import prompts, reader
+from attnscope.app import cached, common, output, run_control, runs, sidebar, state
+from attnscope.app.messages import literal, say
 from attnscope.cache import ResultCache
-from attnscope.models import ModelSpec
 from attnscope.studies import atlas as study
-from attnscope.studies import maps as maps_study
 
-CORPUS_TYPES = ["txt", "md", "jsonl", "csv", "parquet"]
+EMBEDDINGS = study.EMBEDDINGS
+ModelSpec = attnscope.ModelSpec
+
+CORPUS_TYPES = [suffix.lstrip(".") for suffix in reader.FORMATS]
+TABLE_SUFFIXES = tuple(suffix for suffix, kind in reader.FORMATS.items() if kind != "text")  # one file, many documents
 KEPT_RUNS = 32  # atlas runs of the app whose shards stay on disk to resume from
 
 
@@ -37,7 +40,7 @@ def _use(path: Path, side: str, name: str) -> None:
     try:
         result = study.open_atlas(path)
     except (ValueError, OSError) as error:
-        common.say("error", f"{name}: {error}")
+        say("error", f"{name}: {error}")
         return
     st.session_state[state.ATLAS if side == "a" else state.ATLAS_B] = result
     if side == "a":
@@ -46,7 +49,7 @@ def _use(path: Path, side: str, name: str) -> None:
 
 def _corpus(uploads, folder: Path) -> Path:
     """The uploaded corpus as a path read_corpus takes: one table file as it is, text files as a folder."""
-    if len(uploads) == 1 and Path(uploads[0].name).suffix.lower() in (".jsonl", ".csv", ".parquet"):
+    if len(uploads) == 1 and Path(uploads[0].name).suffix.lower() in TABLE_SUFFIXES:
         path = folder / Path(uploads[0].name).name
         path.write_bytes(uploads[0].getvalue())
         return path
@@ -57,27 +60,28 @@ def _corpus(uploads, folder: Path) -> Path:
 
 
 def _run(corpus_uploads, limits) -> None:
-    spec = common.current_spec()
-    loaded = common.load(spec) if spec is not None else None
+    spec = sidebar.current_spec()
+    loaded = runs.load(spec) if spec is not None else None
     if loaded is None:
         return
     documents, tokens = int(st.session_state[state.ATLAS_DOCUMENTS]), int(st.session_state[state.ATLAS_TOKENS])
-    settings = study.Settings(max_tokens=tokens, limit=documents, shard_size=4,
-                              text_column=st.session_state[state.ATLAS_TEXT_COLUMN].strip() or "text")
+    settings = {"atlas_tokens": tokens, "limit": documents, "shard_size": 4,
+                "text_column": st.session_state[state.ATLAS_TEXT_COLUMN].strip() or "text"}
     deadline = time.monotonic() + limits.atlas_seconds
-    handle = cached.get_handle(spec)  # before the model's lock: no cached function runs under it
+    handle = cached.get_model(spec)  # before the model's lock: no cached function runs under it
     source = ([(u.name, hashlib.sha256(u.getvalue()).hexdigest()) for u in corpus_uploads] if corpus_uploads
               else _on_disk(st.session_state[state.ATLAS_CORPUS]))
     with tempfile.TemporaryDirectory() as folder:
         corpus = _corpus(corpus_uploads, Path(folder)) if corpus_uploads else st.session_state[state.ATLAS_CORPUS]
-        shards = _shards(repr((handle.fingerprint, source, settings))) or Path(folder) / "atlas"
-        common.resume(("atlas", spec))  # the button asks for a run, even after a Stop
+        shards = _shards(repr((handle.fingerprint, source, tuple(sorted(settings.items()))))) or Path(folder) / "atlas"
+        run_control.resume(("atlas", spec))  # the button asks for a run, even after a Stop
         try:
-            with common.working("Fingerprinting the corpus", ("atlas", spec), models=(spec,)) as progress, \
+            with run_control.working("Fingerprinting the corpus", ("atlas", spec), models=(spec,)) as progress, \
                     cached.holding_model(spec):
-                result = study.run(handle, corpus, shards, settings=settings, deadline=deadline, progress=progress)
+                result = attnscope.run("atlas", handle, corpus, shards, **settings, deadline=deadline,
+                                       progress=progress)
         except (ValueError, OSError) as error:
-            common.say("error", str(error))
+            say("error", str(error))
             return
     if corpus_uploads:  # not the temporary folder they were written to
         result.meta["corpus"] = f"{len(corpus_uploads)} uploaded file(s)"
@@ -114,7 +118,7 @@ def _shards(run: str) -> Path | None:
 
 def _finding(item) -> None:
     """A finding whose measured sentence may name what an uploaded file says (model, corpus): shown literally."""
-    measured = common.literal(common.policy().public(item.measured))
+    measured = literal(common.policy().public(item.measured))
     if item.paper is None:
         st.markdown(f"**{item.topic}.** {measured}")
         return
@@ -147,7 +151,7 @@ with run:
     st.caption("Runs the sidebar's model in this process on the start of each document (at most "
                f"{limits.max_atlas_documents} documents of {limits.max_atlas_tokens} tokens, "
                f"{limits.atlas_seconds} s here).")
-    uploads = st.file_uploader("Corpus: text files, or one .jsonl/.csv/.parquet with a text column",
+    uploads = st.file_uploader(f"Corpus: text files, or one {'/'.join(TABLE_SUFFIXES)} with a text column",
                                type=CORPUS_TYPES, accept_multiple_files=True, max_upload_size=limits.max_upload_mb)
     left_out = prompts.files_left_out([u.name for u in uploads], limits.max_files)
     if left_out:
@@ -171,7 +175,7 @@ result = st.session_state[state.ATLAS]
 if result is None:
     st.info("Open an atlas or run a small one to see every head's fingerprint.")
     st.stop()
-st.subheader(common.literal(f"{result.meta['model']}: {result.meta['documents']} documents"))
+st.subheader(literal(f"{result.meta['model']}: {result.meta['documents']} documents"))
 for item in result.findings():
     _finding(item)
 if st.session_state[state.ATLAS_FIELD] not in result.fields:
@@ -185,10 +189,10 @@ controls[1].radio("Embedding", embeddings, key=state.ATLAS_EMBEDDING, persist_st
 figures = result.figures(field, embedding=st.session_state[state.ATLAS_EMBEDDING])
 left, right = st.columns(2)
 with left:
-    common.chart(figures[f"map-{field}"], key="atlas_map", name=f"atlas-{field}")
+    output.chart(figures[f"map-{field}"], key="atlas_map", name=f"atlas-{field}")
 with right:
     if "embedding" in figures:
-        common.chart(figures["embedding"], key=state.ATLAS_CHART, name="atlas-embedding", on_select=_clicked,
+        output.chart(figures["embedding"], key=state.ATLAS_CHART, name="atlas-embedding", on_select=_clicked,
                      selection_mode="points")
         st.caption("Click a head to see its map on the atlas's sample document.")
 table = result.to_frame()
@@ -199,16 +203,16 @@ picked = st.session_state[state.ATLAS_HEAD]
 if picked is not None and result.sample:
     layer, head = picked
     st.subheader(f"Layer {layer}, head {head} on the sample document")
-    current = common.current_spec()
+    current = sidebar.current_spec()
     spec = current if current is not None and current.name == result.meta["model"] else ModelSpec(result.meta["model"])
-    loaded = common.load(spec)
+    loaded = runs.load(spec)
     if loaded is not None:
         cut = common.cut_for(loaded, requested=result.meta["settings"]["max_tokens"])
-        with common.working("Computing the map", ("atlas-map", spec, layer, head), models=(spec,)):
-            maps = maps_study.maps(cached.AppSource(spec), result.sample, cut=cut, layer=layer, heads=[head],
-                                   cell_limit=st.session_state[state.CELL_LIMIT])
+        with run_control.working("Computing the map", ("atlas-map", spec, layer, head), models=(spec,)):
+            maps = attnscope.maps(common.source(spec), result.sample, **common.cut_settings(cut), layer=layer,
+                                  heads=[head], cell_limit=st.session_state[state.CELL_LIMIT])
         (name, figure), = maps.figures().items()
-        common.chart(figure, key="atlas_head_map", name=f"atlas-{name}")
+        output.chart(figure, key="atlas_head_map", name=f"atlas-{name}")
 
 st.subheader("Compare with a second atlas (B − A)")
 _open(st.file_uploader("Atlas B: a model of the same shape (base vs fine-tuned, two precisions)",
@@ -218,14 +222,14 @@ if other is not None:
     try:
         difference = result.diff(other)
     except ValueError as error:
-        common.say("error", str(error))
+        say("error", str(error))
     else:
         for item in difference.findings():
             _finding(item)
-        common.chart(difference.figures(field)[f"diff-{field}"], key="atlas_diff", name=f"atlas-diff-{field}")
+        output.chart(difference.figures(field)[f"diff-{field}"], key="atlas_diff", name=f"atlas-diff-{field}")
 with tempfile.TemporaryDirectory() as folder:
     saved = result.save(Path(folder) / "atlas.parquet").read_bytes()
 st.download_button("Atlas (atlas.parquet, reopens here and in attnscope.open)", saved, file_name="atlas.parquet",
                    on_click="ignore")
-common.report_button("Head atlas", {"model": result.meta["model"], "documents": result.meta["documents"],
+output.report_button("Head atlas", {"model": result.meta["model"], "documents": result.meta["documents"],
                                     "fingerprint": field}, findings=result.findings())

@@ -4,12 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from attnscope import prompts
-from attnscope.app import common, state
+from attnscope.app import common, sidebar, state
+from attnscope.app.messages import literal, say
 
 st.title("Prompts")
 st.caption("Upload .txt or .md files (one prompt each), .jsonl (one {\"text\": ...} object per line, optional "
-           "\"name\") or .csv (a `text` column, optional `name`), or paste a text. The library lasts for this "
-           "browser session; the prompt you use drives every page, and the Batch page runs a study over all of them.")
+           "\"name\"), .json (one array of such objects), .csv or .parquet (a `text` column, optional `name`), or "
+           "paste a text. The library lasts for this browser session; the prompt you use drives every page, and the "
+           "Batch page runs a study over all of them.")
 
 
 def _add(found: list[prompts.Prompt]) -> tuple[int, int]:
@@ -114,7 +116,7 @@ with right:
     st.button("Add to the library", on_click=_take_paste)
 
 for kind, message in st.session_state[state.UPLOAD_MESSAGES]:
-    common.say(kind, message)
+    say(kind, message)
 
 library = st.session_state[state.LIBRARY]
 st.subheader(f"Library ({len(library)})")
@@ -128,7 +130,7 @@ choice = st.selectbox("Prompt", range(len(library)), format_func=lambda i: f"{i}
                       key="library_choice", persist_state=state.PERSIST)
 chosen = library[choice]
 actions = st.columns([1, 1, 4])
-actions[0].button("Use this prompt", type="primary", on_click=common.use_prompt, args=(choice,),
+actions[0].button("Use this prompt", type="primary", on_click=sidebar.use_prompt, args=(choice,),
                   help="Every page analyses it; the sidebar's text box shows it.")
 
 
@@ -140,5 +142,5 @@ def _remove(index: int) -> None:
 
 
 actions[1].button("Remove", on_click=_remove, args=(choice,))
-st.caption(f"{common.literal(chosen.source)} · {len(chosen.text):,} characters · content hash {chosen.digest}")
+st.caption(f"{literal(chosen.source)} · {len(chosen.text):,} characters · content hash {chosen.digest}")
 st.text(chosen.text[:4000] + ("\n…" if len(chosen.text) > 4000 else ""))  # st.text never renders markup

@@ -1,18 +1,20 @@
 """Softmax vs Taylor: how well the order-n expansion of exp (a sum of n + 1 linear RNNs) reproduces each head.
 
-Layout only: the widgets, attnscope.studies.taylor.run through the app's Source, and what its result says and draws."""
+Layout only: the widgets, attnscope.taylor through the app's Source, and what its result says and draws."""
 
 import streamlit as st
 
+import attnscope
+from attnscope import catalog
 from attnscope import settings as S
-from attnscope.app import cached, common, state
+from attnscope.app import common, output, run_control, runs, state
 from attnscope.app.widgets import widget
 from attnscope.figures.taylor import DENOMINATOR_LABELS
-from attnscope.kernels import DENOMINATORS, MAX_ORDER
 from attnscope.studies import taylor as study
 
-SETTINGS = ("max_order", "n_tokens", "clamp", "clamp_value", "tolerance", "taylor_layer", "taylor_head",
-            "taylor_order")  # keys of attnscope.settings: session_state keys and study.run's keywords alike
+DENOMINATORS, MAX_ORDER = study.DENOMINATORS, S.setting("max_order").domain.high
+# keys of attnscope.settings: session_state keys and the study's keywords alike (its settings, then the one-head views)
+SETTINGS = catalog.study("taylor").settings + ("taylor_layer", "taylor_head", "taylor_order")
 SCOPES = {state.SCOPE_MODEL: "model", state.SCOPE_LAYER: "layer", state.SCOPE_HEAD: "head"}
 
 
@@ -26,12 +28,12 @@ def _ask_for_loss(request: tuple) -> None:
 
 def _tab_findings(result: study.TaylorResult, section: str) -> None:
     for item in result.findings(section):
-        common.finding(item)
+        output.finding(item)
 
 
 st.title("Softmax vs Taylor")
 st.caption(study.HELP["intro"])
-run = common.current_run()
+run = runs.current_run()
 if run is None:
     st.stop()
 
@@ -61,12 +63,12 @@ losses = (loss_request[-1],) if loss_request in st.session_state[state.TAYLOR_LO
 
 request = ("taylor", run.key, tuple(sorted(settings.items())), losses)
 try:
-    with common.working("Expanding every head", request, models=(run.key.spec,)) as progress:
-        result = study.run(cached.AppSource(run.key.spec), run.key.text, **settings, losses=losses,
-                           query=st.session_state[state.TAYLOR_QUERY],
-                           row_denominator=st.session_state[state.TAYLOR_WEIGHT_DENOMINATOR],
-                           rnn_tokens=st.session_state[state.TAYLOR_RNN_TOKENS], max_tokens=run.key.cut.max_tokens,
-                           keep=run.key.cut.keep, progress=progress)
+    with run_control.working("Expanding every head", request, models=(run.key.spec,)) as progress:
+        result = attnscope.taylor(common.source(run.key.spec), run.key.text, **settings, losses=losses,
+                                  query=st.session_state[state.TAYLOR_QUERY],
+                                  row_denominator=st.session_state[state.TAYLOR_WEIGHT_DENOMINATOR],
+                                  rnn_tokens=st.session_state[state.TAYLOR_RNN_TOKENS],
+                                  **common.cut_settings(run.key.cut), progress=progress)
 except ValueError as error:
     st.warning(str(error))
     st.stop()
@@ -87,9 +89,9 @@ with tabs[0]:
              help="One layer and one head use the layer and head chosen above.")
     left, right = st.columns([3, 2])
     with left:
-        common.chart(charts["error-vs-order"], key="taylor_error_chart", name="error-vs-order")
+        output.chart(charts["error-vs-order"], key="taylor_error_chart", name="error-vs-order")
     with right:
-        common.chart(charts["softmax-output-row-norms"], key="taylor_norm_chart", name="softmax-output-row-norms")
+        output.chart(charts["softmax-output-row-norms"], key="taylor_norm_chart", name="softmax-output-row-norms")
         st.caption(study.HELP["norms"])
     _tab_findings(result, "error")
     st.markdown("**Heads by their most negative logit**: each head's logit range beside its error at order "
@@ -102,7 +104,7 @@ with tabs[1]:
     st.caption(study.HELP["needed"])
     st.selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_NEEDED_DENOMINATOR, persist_state=state.PERSIST,
                  format_func=DENOMINATOR_LABELS.get)
-    common.chart(charts["order-needed"], key="taylor_needed_chart", name="order-needed")
+    output.chart(charts["order-needed"], key="taylor_needed_chart", name="order-needed")
     _tab_findings(result, "needed")
 
 with tabs[2]:
@@ -113,9 +115,9 @@ with tabs[2]:
                       format_func=lambda i: "all layers" if i == state.ALL_LAYERS else f"layer {i}")
     pick[1].multiselect("Orders drawn", list(range(MAX_ORDER + 1)), key=state.TAYLOR_HIST_ORDERS,
                         persist_state=state.PERSIST)
-    common.chart(charts["logit-histogram"], key="taylor_logit_chart", name="logit-histogram")
+    output.chart(charts["logit-histogram"], key="taylor_logit_chart", name="logit-histogram")
     st.caption(study.HELP["terms"])
-    common.chart(charts["term-sizes"], key="taylor_terms_chart", name="term-sizes")
+    output.chart(charts["term-sizes"], key="taylor_terms_chart", name="term-sizes")
     _tab_findings(result, "logits")
 
 with tabs[3]:
@@ -126,12 +128,12 @@ with tabs[3]:
     pick[2].selectbox("Denominator", DENOMINATORS, key=state.TAYLOR_WEIGHT_DENOMINATOR, persist_state=state.PERSIST,
                       format_func=DENOMINATOR_LABELS.get)
     st.caption(study.HELP["weights"])
-    common.chart(charts["one-query-weights"], key="taylor_row_chart", name="one-query-weights")
+    output.chart(charts["one-query-weights"], key="taylor_row_chart", name="one-query-weights")
     row_note, health = result.findings("weights")
-    common.finding(row_note)
+    output.finding(row_note)
     st.caption(study.HELP["health"])
-    common.chart(charts["denominator-health"], key="taylor_health_chart", name="denominator-health")
-    common.finding(health)
+    output.chart(charts["denominator-health"], key="taylor_health_chart", name="denominator-health")
+    output.finding(health)
 
 with tabs[4]:
     st.caption(study.HELP["rnn"])
@@ -158,11 +160,11 @@ with tabs[5]:
         pick[1].button(f"Measure the loss ({max_order + len(study.REFERENCES)} forward passes)", type="primary",
                        on_click=_ask_for_loss, args=(loss_request,))
         if result.losses is not None:
-            common.chart(charts["zero-shot-loss"], key="taylor_loss_chart", name="zero-shot-loss")
+            output.chart(charts["zero-shot-loss"], key="taylor_loss_chart", name="zero-shot-loss")
             table = result.loss_frame()
             st.dataframe(table, hide_index=True, width="stretch",
                          column_config={c: st.column_config.NumberColumn(format="%.4g") for c in table.columns[1:]})
             _tab_findings(result, "loss")
-common.report_button("Softmax vs Taylor", {"tokens analysed": result.n_tokens, "highest order": max_order,
+output.report_button("Softmax vs Taylor", {"tokens analysed": result.n_tokens, "highest order": max_order,
                                            "clamp": study.clamp_label(result.clamp), "tolerance": result.tolerance,
                                            "layer": result.layer, "head": result.head}, findings=result.findings())

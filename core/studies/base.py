@@ -61,13 +61,18 @@ class Source:
     it to route each call through Streamlit's caches and the per-model lock.
     """
 
-    def __init__(self, model, *, cache=None):
-        self.model = model  # attnscope.api.Model
+    def __init__(self, model, *, cache=None, ceiling: int | None = None):
+        self.model = model  # attnscope.models.Model
         self.cache = cache  # attnscope.cache.ResultCache or None
+        self.ceiling = ceiling  # the most tokens a run may read here (a hosted deployment's limit); None: no limit
         self._last = None  # (key, Capture): the units of one study (or one window) share one forward pass
 
+    def cut(self, max_tokens: int | None, keep: str = "start"):
+        """How much of a text a run reads: the one rule (attnscope.tokens.cut_rule) with this source's ceiling."""
+        return self.model.cut(max_tokens, keep, ceiling=self.ceiling)
+
     def tokens(self, text: str, cut):
-        return self.model.tokenize(text, max_tokens=cut.max_tokens, keep=cut.keep)
+        return self.model.tokenize(text, cut)
 
     def capture(self, text: str, cut):
         """A capture of the model on the text, cut as asked. The last capture is kept for the next unit."""
@@ -159,6 +164,30 @@ class Result:
         return build_report(self.title, getattr(self, "meta", {}), list(self.figures().items()),
                             findings=self.findings())
 
+    def __repr__(self) -> str:
+        """A few lines (under 1 KB): what it is, where it comes from, its fields, its first findings, what to call. The
+        numbers are in .to_frame(); a notebook shows _repr_html_ instead."""
+        meta = getattr(self, "meta", {}) or {}
+        source = ", ".join(f"{key}={meta[key]!r}" for key in ("model", "tokens", "documents", "study", "prompts")
+                           if isinstance(meta.get(key), (str, int)))
+        fields = []
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name != "meta":
+                shape = getattr(value, "shape", None)
+                fields.append(item.name + (str(tuple(shape)).replace(" ", "") if shape is not None else ""))
+        try:
+            findings = [f.text() for f in self.findings()]
+        except Exception:  # a repr never raises
+            findings = []
+        lines = [f"<attnscope {type(self).__name__}: {self.title.removeprefix('attnscope: ')}"
+                 + (f" ({source})" if source else ""), "  fields: " + _shorten(", ".join(fields), 300)]
+        lines += [f"  - {_shorten(text, 140)}" for text in findings[:3]]
+        if len(findings) > 3:
+            lines.append(f"  ... {len(findings) - 3} more findings")
+        lines.append("  .findings()  .figures()  .to_frame()  .save(path)>")
+        return "\n".join(lines)
+
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td>{html.escape(f.topic)}</td><td>{html.escape(f.paper or '')}</td>"
                        f"<td>{html.escape(f.measured)}</td></tr>" for f in self.findings())
@@ -170,6 +199,10 @@ class Result:
                 + "<p><code>.figures()</code> draws the figures, <code>.to_frame()</code> gives the table.</p>")
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def open_result(path: str | Path) -> Result:
     """Read a result written by Result.save as .json or .parquet."""
     path = Path(path)
@@ -177,14 +210,23 @@ def open_result(path: str | Path) -> Result:
     if not path.is_file():
         raise FileNotFoundError(f"No file at {path}.")
     if suffix == ".json":
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path.name} is not a readable attnscope result: it is not UTF-8 text, so not the JSON "
+                             "that Result.save writes.") from None
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        metadata = pq.read_schema(path).metadata or {}
+        try:
+            metadata = pq.read_schema(path).metadata or {}
+        except (pa.ArrowException, OSError) as error:
+            raise ValueError(f"{path.name} is not a readable attnscope result: it is not a Parquet file "
+                             f"({str(error).split('.')[0]}).") from None
         if b"attnscope" not in metadata:
             raise ValueError(f"{path.name} was not written by attnscope (its metadata has no attnscope result).")
-        text = metadata[b"attnscope"].decode()
+        text = metadata[b"attnscope"].decode("utf-8", errors="replace")
     else:
         raise ValueError(f"Cannot open '{path.suffix or path.name}' files: attnscope reopens .json and .parquet; "
                          ".csv and .html hold the table or the figures only.")

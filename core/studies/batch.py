@@ -33,7 +33,7 @@ COLLAPSE_CURVES = ("max_weight", "entropy", "sink_mass")
 MIN_COLLAPSE_TOKENS = 32
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class BatchResult(Result):
     kind = "batch"
     title = "attnscope: one study over many prompts"

@@ -107,7 +107,7 @@ class CriticalN:
     p_values: tuple  # per length: (len(n_values),) KS p-value at each N
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class CollapseResult(Result):
     """Paper B's measures per context length, averaged over windows, per (layer, head)."""
 
@@ -205,7 +205,8 @@ class CollapseResult(Result):
                 f"{self.lengths[0]} and {last.learned_sink_mass.mean():.3f} at L = {self.lengths[-1]}, beside "
                 f"{first.sink_mass.mean():.3f} → {last.sink_mass.mean():.3f} on the first token. Each is analysed as "
                 "one more cell with no token vector, so the weights over the L + 1 cells sum to 1.",
-                "paper B models no sink; a learned sink is a built-in one (THEORY.md)."))
+                "paper B (Mudarisov et al., arXiv 2508.17821) models no sink; a learned sink (as in gpt-oss) is a "
+                "built-in one: a logit with no value vector, which takes weight from every token alike."))
         windows = np.asarray(last.layer_windows or (0,) * self.n_layers)
         local = windows > 0
         if not local.any():
@@ -219,9 +220,9 @@ class CollapseResult(Result):
             f"(layers {', '.join(map(str, np.flatnonzero(local)[:24]))}). At L = {self.lengths[-1]} their mean max "
             f"weight is {last.max_weight[local].mean():.3f} (1/window: {1 / window:.4f}){global_part}; past "
             f"L = {window:,} their figures stop changing with L, as the window, not L, sets what they see.",
-            "paper B treats attention over the whole context; a query that sees at most w keys has weights bounded "
-            "below by about C1 / min(L, w), not C1 / L (THEORY.md), so such a layer cannot collapse past its "
-            "window.")]
+            "paper B (Mudarisov et al., arXiv 2508.17821) treats attention over the whole context; its bound, "
+            "applied to the at most w keys a query of such a layer sees, puts its weights above about C1 / min(L, w), "
+            "not C1 / L, so such a layer cannot collapse past its window.")]
 
     def _usable(self) -> list[LengthSummary]:
         """The lengths long enough for the fig. 2a selected-set size."""
@@ -439,7 +440,7 @@ def _temperature_index(temperature: float) -> int:
 
 def run(source: Source, text: str | Sequence[int] | None = None, *, max_length: int = S.default("max_length"),
         windows: int = S.default("windows"), rows: int = S.default("rows"), vectors: str = S.default("vectors"),
-        max_tokens: int | None = None, progress: ProgressFn | None = None) -> CollapseResult:
+        max_tokens: int | None = None, cut: Cut | None = None, progress: ProgressFn | None = None) -> CollapseResult:
     """Paper B's measures over context lengths doubling from 32 to max_length, on consecutive windows of the text.
 
     Args:
@@ -449,7 +450,7 @@ def run(source: Source, text: str | Sequence[int] | None = None, *, max_length: 
         rows: query positions analysed per window: the last ones, which see about L keys.
         vectors: the token vectors x_i: "values" (each head's value vectors) or "hidden" (the layer's input).
         max_tokens: the longest window one forward pass may take (default: the model's positions); max_length is
-            lowered to it.
+            lowered to it. `cut` (its max_tokens), when given, says it instead.
         progress: progress(fraction, message) before each unit.
 
     Raises:
@@ -459,7 +460,8 @@ def run(source: Source, text: str | Sequence[int] | None = None, *, max_length: 
     max_length = S.check("max_length", max_length)
     windows, rows, vectors = S.check("windows", windows), S.check("rows", rows), S.check("vectors", vectors)
     model = source.model
-    longest = min(max_length, model.cut(max_tokens).max_tokens)
+    limit = (model.cut(max_tokens) if cut is None else cut).max_tokens
+    longest = min(max_length, limit)
     given = text is not None
     text = analysis.builtin_text() if text is None else text if isinstance(text, str) else tuple(map(int, text))
     tokens = source.tokens(text, Cut(windows * longest))
@@ -486,7 +488,7 @@ def run(source: Source, text: str | Sequence[int] | None = None, *, max_length: 
     n_layers, n_heads = summaries[0].max_weight.shape
     return CollapseResult(
         meta=meta_for(model, tokens, max_length=max_length, windows=windows, rows=rows, vectors=vectors,
-                      max_tokens=max_tokens, text="given" if given else "builtin"),
+                      max_tokens=max_tokens if cut is None else limit, text="given" if given else "builtin"),
         text_source="given" if given else "builtin",
         text_tokens=tokens.n_text_tokens,
         windows=len(cut),

@@ -40,7 +40,7 @@ TITLE_MODEL_CHARS = 20  # a model name in a figure title is cut to this many cha
 LAYER_PAIRING = "relative depth"  # meta["layer_pairing"] of results whose per-layer B - A follows depth_pairs
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class CompareResult(Result):
     """Side A and side B: every head's statistics of each, B - A, and optionally one head's maps of each."""
 

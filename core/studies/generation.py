@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from attnscope import generation as engine
+from attnscope import settings as S
 from attnscope.figures import generation as figures
 from attnscope.studies.base import Finding, ProgressFn, Result, Source, meta_for
 from attnscope.tokens import display_string, from_ids
@@ -22,7 +23,7 @@ from attnscope.tokens import display_string, from_ids
 CHAT = ("auto", "on", "off")
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class GenerationResult(Result):
     """A continuation and each step's attention statistics: arrays (steps, layers, heads)."""
 
@@ -114,8 +115,9 @@ def prompt_ids(model, text: str, chat: str) -> tuple[list[int], bool]:
     return list(model.tokenize(text).ids), False
 
 
-def run(source: Source, text, *, max_new_tokens: int, sample: bool = False, temperature: float = 1.0,
-        top_p: float = 1.0, seed: int = 0, chat: str = "auto", time_limit: float | None = None,
+def run(source: Source, text, *, max_new_tokens: int = S.default("max_new_tokens"), sample: bool = S.default("sample"),
+        temperature: float = S.default("temperature"), top_p: float = S.default("top_p"), seed: int = S.default("seed"),
+        chat: str = S.default("chat"), time_limit: float | None = None,
         on_token: Callable[[str], None] | None = None, progress: ProgressFn | None = None) -> GenerationResult:
     """Generate from a text (or token ids, taken as they are) and measure each step.
 

@@ -143,7 +143,7 @@ def _windows(local: list[tuple[int, int]]) -> str:
     return " or ".join(f"{size:,}" for size in sizes)
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class StatsResult(Result):
     """Every head's statistics over one text: arrays (layers, heads)."""
 
@@ -244,8 +244,8 @@ class StatsResult(Result):
             extra.append(Finding(
                 "Local (sliding-window) layers",
                 f"{len(local_layers)} of {len(self.windows)} layers see only the last {_windows(local_layers)} keys: "
-                f"however long the text, their weights need not fall below about 1/{shortest} (THEORY.md, sliding "
-                f"windows); layers {listed}."))
+                f"however long the text, their weights need not fall below about 1/{shortest} (a query spreads its "
+                f"weight over at most that many keys, whatever L is); layers {listed}."))
         if self.learned_sink_mass is not None:
             learned, first = float(np.nanmean(self.learned_sink_mass)), float(np.mean(self.sink_mass))
             top = np.unravel_index(np.nanargmax(self.learned_sink_mass), self.shape)
@@ -282,7 +282,7 @@ class StatsResult(Result):
                              for layer in range(n_layers) for head in range(n_heads)])
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class MapsResult(Result):
     """Attention maps of some heads of one layer, pooled into block x block tiles (block 1: exact), of the whole text
     or of a window of it (a zoom: queries [q0, q1) x keys [k0, k1), every token pair)."""

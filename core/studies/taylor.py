@@ -167,7 +167,7 @@ class Losses:
     references: dict[str, float]  # Substitute label -> nats: the model as trained, exact softmax, elu(x)+1
 
 
-@dataclass
+@dataclass(repr=False)  # Result's short repr
 class TaylorResult(Result):
     """Every head's order-n truncation of exp against its softmax output, with the chosen head's probes."""
 
@@ -477,7 +477,7 @@ def run(source: Source, text, *, max_order: int = S.default("max_order"), n_toke
         tolerance: float = S.default("tolerance"), taylor_layer: int = S.default("taylor_layer"),
         taylor_head: int = S.default("taylor_head"), taylor_order: int = S.default("taylor_order"),
         query: int | None = None, row_denominator: str = "taylor", rnn_tokens: int = 64,
-        losses: Sequence[str] = (), max_tokens: int | None = None, keep: str = "start",
+        losses: Sequence[str] = (), max_tokens: int | None = None, keep: str = "start", cut: Cut | None = None,
         progress: ProgressFn | None = None) -> TaylorResult:
     """Every head's order-0..max_order truncation of exp against its softmax output, every denominator.
 
@@ -495,7 +495,7 @@ def run(source: Source, text, *, max_order: int = S.default("max_order"), n_toke
         rnn_tokens: tokens the order 0-2 recurrences run over (decoders only).
         losses: denominators whose zero-shot loss curve (Taylor n = 1..N in every layer, plus the model, exact softmax
             and elu(x)+1 once) is measured: N + 3 forward passes for the first, N more for each other. Decoders only.
-        max_tokens, keep: how much of a long text is read (see attnscope.api.Model.cut).
+        max_tokens, keep: how much of a long text is read (see attnscope.models.Model.cut), unless `cut` says.
         progress: progress(fraction, message) after each unit.
 
     Raises:
@@ -514,7 +514,7 @@ def run(source: Source, text, *, max_order: int = S.default("max_order"), n_toke
         if name not in DENOMINATORS:
             raise ValueError(f"Unknown denominator {name!r}; use one of {', '.join(DENOMINATORS)}.")
     model = source.model
-    cut = model.cut(max_tokens, keep)
+    cut = model.cut(max_tokens, keep) if cut is None else cut
     tokens = source.tokens(text, cut)
     decoder = model.kind == "decoder"
     n = min(int(n_tokens), len(tokens)) if decoder else len(tokens)

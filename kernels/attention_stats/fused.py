@@ -21,12 +21,9 @@ import triton.language as tl
 from attnscope.kernels.attention_stats.naive import AttentionStats
 from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
-    check_qkv,
-    default_scale,
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
-    resolve_backend,
 )
 
 
@@ -186,7 +183,8 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, window: int | Non
         topk_weights, topk_indices, output, out.lse if sinks is None else sinks.contiguous(), learned,
         *q.stride(), *k.stride(), *v_arg.stride(),
         n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale, window or 0, softcap or 1.0,
-        CAUSAL=causal, WINDOW=window is not None, SINKS=sinks is not None, SOFTCAP=softcap is not None, TOPK=topk, TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
+        CAUSAL=causal, WINDOW=window is not None, SINKS=sinks is not None, SOFTCAP=softcap is not None, TOPK=topk,
+        TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
         DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),

@@ -25,12 +25,9 @@ import triton.language as tl
 from attnscope.kernels.attention_stats import attention_stats
 from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
-    check_qkv,
-    default_scale,
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
-    resolve_backend,
 )
 
 

@@ -25,12 +25,9 @@ from attnscope.kernels.taylor import chunked
 from attnscope.kernels.taylor.naive import DENOMINATORS
 from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
-    check_qkv,
-    default_scale,
     dot_precision,
     empty_output,
     interpreter_dot_upcast,
-    resolve_backend,
 )
 
 _DENOMINATOR_CODE = {name: code for code, name in enumerate(DENOMINATORS)}

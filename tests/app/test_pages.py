@@ -452,7 +452,7 @@ def test_generation_page_streams_measures_and_marks_the_generated_tokens():
     api = attnscope.generate(attnscope.load("smollm2-135m"), state.EXAMPLES["Capital cities"], max_new_tokens=6)
     assert result.generated_ids == api.generated_ids
     np.testing.assert_allclose(result.entropy, api.entropy, rtol=1e-5, atol=1e-6)
-    from attnscope.app.common import literal
+    from attnscope.app.messages import literal
 
     assert any(literal(api.generated_text) in m.value for m in at.markdown)
     shapes = _chart(at, "gen_map")["layout"]["shapes"]

@@ -108,7 +108,7 @@ UPLOADS = [  # (file name, bytes, text the page must show)
     ("empty.txt", b"", "'empty.txt' is empty."),
     ("binary.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks like a binary file"),
     ("latin.txt", "café".encode("latin-1"), "is not valid UTF-8 text"),
-    ("huge.txt", b"a" * (21 * 2**20), "or smaller."),  # over .streamlit/config.toml's 20 MB: refused in the browser
+    ("huge.txt", b"a" * (21 * 2**20), "or smaller."),  # over app/.streamlit/config.toml's 20 MB: refused in the browser
 ]
 
 

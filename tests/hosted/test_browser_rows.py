@@ -5,8 +5,8 @@ upload, 200 prompts per library, 20 per batch).
 | # | what was tried | what happened before |
 |---|---|---|
 | 2 | five 19 MB uploads with a 2 MB hosted limit | each refused only after the server had read it; no cap on files |
-| 3 | a 2 MB `.jsonl` of tiny prompts | 116,224 prompts in the library, all sent as sidebar options on every rerun |
-| 4 | `?tokens=[Session expired: sign in again](https://evil.example/login) ![x](...)` | a working link, a remote image |
+| 3 | a 2 MB `.jsonl` of tiny prompts | 116,224 prompts in the library, all sent as sidebar options each rerun |
+| 4 | `?tokens=[Session expired: sign in again](https://evil.example/login) ![x](...)` | a working link, remote image |
 """
 
 import json

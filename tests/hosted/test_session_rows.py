@@ -137,11 +137,11 @@ def test_row9_every_forward_pass_holds_the_model_lock_even_after_eviction():
 
 
 def test_row9_a_page_in_its_turn_and_an_evicted_view_never_wait_for_each_other():
-    """Session A has waited its turn (app.common.working) and is about to ask for a capture; meanwhile session B's
+    """Session A has waited its turn (app.run_control.working) and is about to ask for a capture; meanwhile session B's
     view of the same text finds that capture evicted and computes it, holding Streamlit's lock on that cache key.
     Both must finish: nothing holds the model's lock while waiting for a cache key (when the page's wait held it, A
     waited for B's key and B for A's model lock, forever)."""
-    from attnscope.app import cached, common
+    from attnscope.app import cached, run_control
     from attnscope.models import ModelSpec
     from attnscope.tokens import Cut
 
@@ -150,7 +150,7 @@ def test_row9_a_page_in_its_turn_and_an_evicted_view_never_wait_for_each_other()
     a_in_turn, a_done, b_done = threading.Event(), threading.Event(), threading.Event()
 
     def session_a():
-        with common.working("Session A's page", ("row 9",), models=(spec,)):
+        with run_control.working("Session A's page", ("row 9",), models=(spec,)):
             a_in_turn.set()
             time.sleep(1.5)  # B starts its view now
             cached.get_capture(spec, text, cut)

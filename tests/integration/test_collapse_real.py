@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from attnscope.analyses import collapse
-from attnscope.api import Model
 from attnscope.capture import run_with_capture
 from attnscope.studies import collapse as study
 from attnscope.studies.base import Source
@@ -21,7 +20,7 @@ def ids(smollm2):
 
 @pytest.fixture(scope="module")
 def source(smollm2):
-    return Source(Model(smollm2))
+    return Source(smollm2)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from attnscope.analyses import maps
 from attnscope.analyses.collapse import builtin_text
 from attnscope.capture import run_with_capture
 from attnscope.tokens import tokenize
-from tests.unit.test_maps import assert_same_as_before
+from tests.unit.test_maps import assert_maps_match_reference
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +49,16 @@ def test_engine_predictions_are_the_plain_forward(smollm2, long_ids):
     torch.testing.assert_close(result.token_logprobs, plain, rtol=1e-4, atol=1e-4)
 
 
-def test_maps_give_the_same_numbers_as_before_on_smollm2(smollm2):
-    """Task of the kernel-only maps.py: every layer as captured, and one with a sliding window and a softcap."""
+def test_maps_match_the_reference_on_smollm2(smollm2):
+    """The maps and head statistics against the fp64 reference of tests/unit/test_maps.py: layers as captured, and
+    one with a sliding window and a softcap."""
     from dataclasses import replace
 
     ids = tokenize(smollm2.tokenizer, TEXT).as_tensor()
     capture = run_with_capture(smollm2.model, ids)
     for index in (0, 7, 29):
-        assert_same_as_before(capture.layer(index), what=f"layer {index}")
+        assert_maps_match_reference(capture.layer(index), what=f"layer {index}")
     position = torch.arange(ids.shape[1])
     window = (position[None, :] <= position[:, None]) & (position[None, :] > position[:, None] - 6)
     masked = replace(capture.layer(7), mask=window[None, None], causal=False, softcap=5.0)
-    assert_same_as_before(masked, what="layer 7 with a sliding window and a softcap")
+    assert_maps_match_reference(masked, what="layer 7 with a sliding window and a softcap")

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import attnscope
-from attnscope import models
+from attnscope import packaged as models
 from attnscope.analyses.collapse import builtin_text
-from attnscope.api import Model
+from attnscope.models import Model
 from attnscope.capture import ATTENTION_NAME, capturing
 from attnscope.models import ModelSpec, load_model
 
@@ -41,7 +41,7 @@ def long_ids(gemma) -> torch.Tensor:
 
 def test_prepared_once_into_the_cache_without_the_gguf_file(gemma):
     folder = models.prepared_folder(ALIAS)
-    assert gemma.loaded.source == str(folder)
+    assert gemma.source == str(folder)
     assert not models.needs_preparation(ModelSpec(ALIAS))
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "gemma3_text" and "quantization_config" not in config
@@ -104,7 +104,7 @@ def test_capture_equals_eager_beyond_the_sliding_window(gemma, long_ids):
     Only the last position's logits are computed: over 262k tokens, all of them would cost more than the layers."""
     from transformers import AutoModelForCausalLM
 
-    eager_model = AutoModelForCausalLM.from_pretrained(gemma.loaded.source, dtype=torch.float32,
+    eager_model = AutoModelForCausalLM.from_pretrained(gemma.source, dtype=torch.float32,
                                                        attn_implementation="eager").eval()
     with torch.no_grad():
         eager = eager_model(input_ids=long_ids, output_attentions=True, logits_to_keep=1)

@@ -30,7 +30,8 @@ SHAPES = [
 
 def shape_id(shape, dtype_name: str) -> str:
     batch, n_heads, n_kv, n_queries, n_keys, head_dim, causal = shape
-    return f"B{batch}-H{n_heads}:{n_kv}-T{n_queries}-S{n_keys}-D{head_dim}-{'causal' if causal else 'full'}-{dtype_name}"
+    rule = "causal" if causal else "full"
+    return f"B{batch}-H{n_heads}:{n_kv}-T{n_queries}-S{n_keys}-D{head_dim}-{rule}-{dtype_name}"
 
 
 def cases(dtypes=DTYPES):

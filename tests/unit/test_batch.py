@@ -24,5 +24,6 @@ def test_spread_refuses_mismatched_shapes_and_nothing():
 
 
 def test_common_prefix_keeps_shared_lengths():
-    lengths, values = batch.common_prefix([([32, 64, 100], np.array([1.0, 2.0, 3.0])), ([32, 64], np.array([4.0, 5.0]))])
+    lengths, values = batch.common_prefix([([32, 64, 100], np.array([1.0, 2.0, 3.0])),
+                                           ([32, 64], np.array([4.0, 5.0]))])
     assert lengths == [32, 64] and [v.tolist() for v in values] == [[1.0, 2.0], [4.0, 5.0]]

@@ -39,7 +39,8 @@ def test_head_grid_carries_layer_and_head_and_sorts_by_entropy():
     points = next(t for t in figure.data if t.name == "heads")
     assert [tuple(c) for c in points.customdata] == [(0, 1), (0, 2), (0, 0)]
     unsorted = figures.head_grid(_thumbs([2.0, 0.5, 1.0]), n_cols=2, sort_by_entropy=False, title="grid")
-    assert [tuple(c) for c in next(t for t in unsorted.data if t.name == "heads").customdata] == [(0, 0), (0, 1), (0, 2)]
+    cells = next(t for t in unsorted.data if t.name == "heads").customdata
+    assert [tuple(c) for c in cells] == [(0, 0), (0, 1), (0, 2)]
 
 
 def test_query_bars_keep_the_heaviest_keys_in_text_order():

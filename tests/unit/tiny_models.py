@@ -155,13 +155,12 @@ class IdTokenizer:
 
 
 def handle(family: str = "llama"):
-    """attnscope.api.Model around a tiny model of `family`, with a tokenizer that only displays ids."""
-    from attnscope.api import Model
-    from attnscope.models import LoadedModel, ModelSpec
+    """attnscope.Model around a tiny model of `family`, with a tokenizer that only displays ids."""
+    from attnscope.models import Model, ModelSpec
 
     module = build(family)
     config = module.config
-    return Model(LoadedModel(spec=ModelSpec(f"tiny-{family}"), model=module, tokenizer=IdTokenizer(),
-                             kind="encoder" if family == "bert" else "decoder", source="",
-                             info={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
-                                   "max_positions": 1024}))
+    return Model(spec=ModelSpec(f"tiny-{family}"), model=module, tokenizer=IdTokenizer(),
+                 kind="encoder" if family == "bert" else "decoder", source="",
+                 info={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
+                       "max_positions": 1024})
