@@ -23,10 +23,8 @@ fused kernel does; one thread shows the work itself. The load average is recorde
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import fresh_process  # benchmarks/, beside this script
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,29 +125,11 @@ def compare(n_tokens: int, rounds: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
-                        help="torch thread counts to compare at (default: torch's default)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    fresh_process.add_options(parser)
     args = parser.parse_args()
-    if args.child:
-        name, n_tokens, threads = args.child
-        print(json.dumps(child(name, int(n_tokens), int(threads))))
+    if fresh_process.run_child(args, child):
         return
-    import transformers
-
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                   f"({platform.platform()}); shared with other work while measured, see load_average_before",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "date": datetime.date.today().isoformat(),
-        "model": "smollm2-135m",
-        "tokens": args.tokens,
-        "rounds": args.rounds,
-        "comparisons": [],
-    }
+    results = fresh_process.record(args.rounds, tokens=args.tokens)
     out = ROOT / "benchmarks" / "results" / "engine-cpu.json"
     for threads in args.threads:
         results["comparisons"].append(compare(args.tokens, args.rounds, threads))

@@ -25,10 +25,8 @@ imported Inductor's compiler (torch._inductor.compile_fx): not when the packages
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -38,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fresh_process  # benchmarks/, beside this script
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,30 +141,13 @@ def compare(n_tokens: int, rounds: int, threads: int, cache: Path, inductor: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
-                        help="torch thread counts to compare at (default: torch's default)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    fresh_process.add_options(parser)
     args = parser.parse_args()
-    if args.child:
-        name, n_tokens, threads = args.child
-        print(json.dumps(child(name, int(n_tokens), int(threads))))
+    if fresh_process.run_child(args, child):
         return
-    import transformers
-
     from attnscope.models import cache_dir
 
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                   f"({platform.platform()}); shared with other work while measured, see load_average_before",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "date": datetime.date.today().isoformat(),
-        "model": "smollm2-135m",
-        "rounds": args.rounds,
-        "comparisons": [],
-    }
+    results = fresh_process.record(args.rounds)
     default = tuple(args.tokens) == DEFAULT_TOKENS
     out = ROOT / "benchmarks" / "results" / "first-call-cpu.json"
     for threads in args.threads:

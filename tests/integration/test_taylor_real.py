@@ -15,6 +15,7 @@ from attnscope.studies import taylor as study
 from attnscope.tokens import tokenize
 from attnscope.kernels import DENOMINATORS
 from attnscope.kernels.taylor import naive
+from tests.references import head_qkv, taylor_errors
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +40,10 @@ def test_page_numbers_equal_fp64_reference(run, layer_index, head):
     _, capture = run
     layer = capture.layer(layer_index)
     sweep = taylor.sweep_layer(layer, max_order=10)
-    kv = layer.kv_head(head)
-    q, k, v = layer.q[:, head:head + 1], layer.k[:, kv:kv + 1], layer.v[:, kv:kv + 1]
-    target = naive.softmax_attention(q, k, v, scale=layer.scale)[0, 0]  # (T, D)
-    for name in DENOMINATORS:
-        goal = target / target.norm(dim=-1, keepdim=True) if name == "l2" else target
-        for n in range(11):
-            out = naive.taylor_attention(q, k, v, order=n, denominator=name, scale=layer.scale)[0, 0]
-            expected = float((out - goal).norm() / goal.norm())
+    for name, errors in taylor_errors(layer, head, 10).items():
+        for n, expected in enumerate(errors):
             assert sweep.error[name][head, n] == pytest.approx(expected, rel=1e-6), (name, n)
+    q, k, v = head_qkv(layer, head)
     scores = naive.masked_scores(q, k, causal=True, scale=layer.scale)
     visible = torch.isfinite(scores)
     assert sweep.logit_min[head] == pytest.approx(float(scores[visible].min()), rel=1e-6)

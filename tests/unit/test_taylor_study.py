@@ -15,6 +15,7 @@ from attnscope.kernels import DENOMINATORS
 from attnscope.kernels.taylor import naive
 from attnscope.studies import taylor as study
 from attnscope.studies.base import Source, open_result
+from tests.references import taylor_errors
 from tests.unit.tiny_models import VOCAB, build, handle
 
 IDS = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(1))[0].tolist()
@@ -88,15 +89,8 @@ def test_numbers_equal_fp64_references(llama, result):
     capture = run_with_capture(llama.module, torch.tensor([IDS]))
     n_layers, n_heads, n_tokens = capture.n_layers, capture.layer(0).n_heads, len(IDS)
     for layer_index, head in ((1, 2), (0, 0), (2, 5)):
-        layer = capture.layer(layer_index)
-        kv = layer.kv_head(head)
-        q, k, v = layer.q[:, head:head + 1], layer.k[:, kv:kv + 1], layer.v[:, kv:kv + 1]
-        target = naive.softmax_attention(q, k, v, scale=layer.scale)[0, 0]  # (T, Dv)
-        for name in DENOMINATORS:
-            goal = target / target.norm(dim=-1, keepdim=True) if name == "l2" else target
-            for order in range(11):
-                out = naive.taylor_attention(q, k, v, order=order, denominator=name, scale=layer.scale)[0, 0]
-                expected = float((out - goal).norm() / goal.norm())
+        for name, errors in taylor_errors(capture.layer(layer_index), head, 10).items():
+            for order, expected in enumerate(errors):
                 got = result.sweep.error[name][layer_index, head, order]
                 assert got == pytest.approx(expected, rel=1e-6), (layer_index, head, name, order)
     assert result.sweep.logit_hist.sum() == n_layers * n_heads * n_tokens * (n_tokens + 1) // 2  # causal cells
