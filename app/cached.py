@@ -20,19 +20,15 @@ import streamlit as st
 import attnscope
 from attnscope import cancel
 from attnscope.cache import ResultCache
-from attnscope.hosting import Policy, upload_limit_mismatch
 from attnscope.tokens import Cut, Tokens
 
 Source, Model, ModelSpec = attnscope.Source, attnscope.Model, attnscope.ModelSpec
 
 
 @st.cache_resource(show_spinner=False)
-def check_deployment(policy: Policy) -> None:
-    """Once per server and policy: warn the operator (in the server log) when Streamlit reads larger uploads than the
-    policy accepts, which happens when the app is started without deploy/start.sh."""
-    mismatch = upload_limit_mismatch(policy, int(st.get_option("server.maxUploadSize")))
-    if mismatch:
-        logging.getLogger("attnscope").warning(mismatch)
+def tell_operator(message: str) -> None:
+    """Write `message` to the server log once per server, however many sessions meet it."""
+    logging.getLogger("attnscope").warning(message)
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)

@@ -1,5 +1,6 @@
-"""This deployment's limits and what a page builds under them for the API: the policy (limits), how much of a text
-a run reads (cut_for, cut_settings) and the model handle the API runs (source)."""
+"""This deployment's limits and what a page builds under them for the API: the policy (limits), whether the server
+may serve under it (check_deployment), how much of a text a run reads (cut_for, cut_settings) and the model handle the
+API runs (source)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import streamlit as st
 import attnscope
 from attnscope import settings as S
 from attnscope.app import cached, state
-from attnscope.hosting import Policy, PolicyError, policy_from_env
+from attnscope.hosting import Policy, PolicyError, policy_from_env, upload_limit_mismatch
 from attnscope.tokens import Cut
 
 Model, ModelSpec = attnscope.Model, attnscope.ModelSpec
@@ -21,6 +22,20 @@ def policy() -> Policy:
         return policy_from_env()
     except PolicyError as error:
         st.error(f"attnscope is misconfigured: {error}")
+        st.stop()
+
+
+def check_deployment(limits: Policy) -> None:
+    """Refuse to serve hosted when Streamlit's own upload limit (server.maxUploadSize) is larger than the policy's:
+    the server stores an upload before any page sees it, and a page cannot set that limit (st.set_option takes only
+    client.* options), so the app stops every page with the sentence that says how to start it (`attnscope app`,
+    deploy/start.sh or the flag). Not hosted, the mismatch is only written to the server log."""
+    mismatch = upload_limit_mismatch(limits, int(st.get_option("server.maxUploadSize")))
+    if mismatch is None:
+        return
+    cached.tell_operator(mismatch)
+    if limits.hosted:
+        st.error(f"attnscope is misconfigured: {mismatch}")
         st.stop()
 
 

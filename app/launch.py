@@ -9,6 +9,10 @@ after them (`attnscope app --server.maxUploadSize 2`) still win, since the last 
 1.67 also reads a `.streamlit/config.toml` beside the main script, so `streamlit run app/streamlit_app.py` (the
 end-to-end tests, deploy/start.sh) gets the same file.
 
+In hosted mode (ATTNSCOPE_HOSTED) the launcher also passes the hosting policy's upload limit (ATTNSCOPE_MAX_UPLOAD_MB,
+2 MB by default) after the shipped 20 MB, as deploy/start.sh does: Streamlit stores an upload before any page sees
+it, and a hosted app started with a larger limit refuses to serve (attnscope.app.common.check_deployment).
+
 Streamlit is imported by the command it starts, never here: the launcher only checks that it is installed.
 """
 
@@ -18,7 +22,7 @@ import importlib.util
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent / "streamlit_app.py"
@@ -41,9 +45,22 @@ def _flag_value(value: bool | int | float | str) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def hosted_flags(environ: Mapping[str, str] | None = None) -> list[str]:
+    """In hosted mode, Streamlit's upload limit set to the hosting policy's; [] when not hosted, or when an ATTNSCOPE_*
+    value is unusable (the app then stops with the sentence that names it)."""
+    from attnscope.hosting import PolicyError, policy_from_env
+
+    try:
+        policy = policy_from_env(environ)
+    except PolicyError:
+        return []
+    return [f"--server.maxUploadSize={policy.max_upload_mb}"] if policy.hosted else []
+
+
 def streamlit_command(*, port: int = 8501, extra: Sequence[str] = ()) -> list[str]:
     """The command that starts the dashboard with this Python: `python -m streamlit run <installed entry script>`,
-    the shipped settings as flags, then `--server.port`, then `extra` (further streamlit options, which win).
+    the shipped settings as flags, the hosted upload limit when hosted (hosted_flags), then `--server.port`, then
+    `extra` (further streamlit options, which win).
 
     Raises:
         StreamlitMissing: streamlit is not installed.
@@ -51,8 +68,8 @@ def streamlit_command(*, port: int = 8501, extra: Sequence[str] = ()) -> list[st
     if importlib.util.find_spec("streamlit") is None:
         raise StreamlitMissing('The dashboard needs Streamlit, which is not installed: run `pip install '
                                '"attnscope[app]"`.')
-    return [sys.executable, "-m", "streamlit", "run", str(SCRIPT), *settings_flags(), f"--server.port={port}",
-            *extra]
+    return [sys.executable, "-m", "streamlit", "run", str(SCRIPT), *settings_flags(), *hosted_flags(),
+            f"--server.port={port}", *extra]
 
 
 def run_app(*, port: int = 8501, extra: Sequence[str] = ()) -> int:

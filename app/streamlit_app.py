@@ -5,10 +5,12 @@ from pathlib import Path
 import streamlit as st
 
 from attnscope import cancel
-from attnscope.app import cached, common, output, permalink, run_control, sidebar, state
+from attnscope.app import common, output, permalink, run_control, sidebar, state
 
 st.set_page_config(page_title="attnscope", page_icon="🔭", layout="wide")
-cached.check_deployment(common.policy())  # an unusable ATTNSCOPE_* value stops here with the sentence naming it
+# An unusable ATTNSCOPE_* value, or a hosted server that stores larger uploads than it accepts, stops here with the
+# sentence that says what to change.
+common.check_deployment(common.policy())
 state.init_state()
 permalink.restore()
 output.start_report()

@@ -12,7 +12,8 @@ the table the CLI and the dashboard read too, so the three agree. The named func
 thin calls of `run` with their settings spelled out for help() and editors; a setting left at None takes the table's
 default. `progress(fraction, message)` is called as the work moves; `cache=True` (the default, as in the CLI and the
 dashboard) keeps results in the disk cache under the attnscope cache folder, so a second call with the same model,
-text and settings is read back instead of computed.
+text and settings is read back instead of computed (`cache=attnscope.cache.ResultCache(folder)`: a cache of your
+own; `cache=False`: none).
 
 `model` is the handle `load` returns (or a Source wrapping it: the dashboard passes its cached one). Everything a caller
 passes is checked here, before any work, with one sentence (ValueError) naming the input and what it must be.
@@ -27,7 +28,8 @@ from pathlib import Path
 from attnscope import catalog
 from attnscope import settings as S
 from attnscope.models import PACKAGED_MODELS, Model, ModelLoadError, ModelSpec, load_model
-from attnscope.studies.base import ProgressFn, Result, Source, open_result
+from attnscope.reader import Budget
+from attnscope.studies.base import RESULT_BUDGET, ProgressFn, Result, Source, open_result
 
 Text = str | Sequence[int]
 __all__ = ["PACKAGED_MODELS", "Model", "ModelLoadError", "ModelSpec", "Result", "Source", "atlas", "batch",
@@ -102,10 +104,10 @@ def run(study: str, model: Model | Source, /, *inputs, progress: ProgressFn | No
         inner = catalog.study(kind)
         cache = settings.pop("cache", None)
         values = _settings(settings, tuple(k for k in inner.keys() if k != "cache"), f"batch of {kind}")
-        values = {"study": kind, "cache": S.check("cache", S.default("cache") if cache is None else cache),
+        values = {"study": kind, "cache": _check("cache", S.default("cache") if cache is None else cache),
                   "settings": values}
     else:
-        values = _settings(settings, entry.keys(), study)
+        values = _settings(settings, entry.keys(), study, nones=entry.nones)
     report = _progress(progress)
     fn = entry.function()
     if entry.inputs == "corpus":
@@ -133,7 +135,7 @@ def run(study: str, model: Model | Source, /, *inputs, progress: ProgressFn | No
 
 
 def stats(model: Model, text: Text, *, max_tokens: int | None = None, keep: str | None = None,
-          progress: ProgressFn | None = None, cache: bool | None = None):
+          progress: ProgressFn | None = None, cache: bool | object | None = None):
     """Every head's attention statistics over the text: entropy (and normalised), max weight, sink mass, mean
     distance, and the head-type scores (previous token, duplicate token, induction).
 
@@ -147,7 +149,7 @@ def maps(model: Model, text: Text, *, layer: int | None = None, heads: Sequence[
          max_tokens: int | None = None, keep: str | None = None, cell_limit: int | None = None,
          reduce: str | None = None, hide_sink: bool | None = None, queries: tuple[int, int] | None = None,
          keys: tuple[int, int] | None = None, map_scale: str | None = None, progress: ProgressFn | None = None,
-         cache: bool | None = None):
+         cache: bool | object | None = None):
     """Attention maps of one layer's heads (all by default), pooled into tiles when longer than cell_limit.
 
     queries, keys: a zoom, (start, end) token positions with the end excluded (either alone: the other side is the
@@ -163,7 +165,7 @@ def maps(model: Model, text: Text, *, layer: int | None = None, heads: Sequence[
 def taylor(model: Model, text: Text, *, max_order: int | None = None, n_tokens: int | None = None,
            clamp: str | None = None, clamp_value: float | None = None, tolerance: float | None = None,
            max_tokens: int | None = None, keep: str | None = None, progress: ProgressFn | None = None,
-           cache: bool | None = None, **expert):
+           cache: bool | object | None = None, **expert):
     """Softmax vs its order-n Taylor expansion, every head, every denominator.
 
     expert: taylor_layer, taylor_head, taylor_order (the one-head figures), query, row_denominator, rnn_tokens,
@@ -175,7 +177,7 @@ def taylor(model: Model, text: Text, *, max_order: int | None = None, n_tokens: 
 
 def collapse(model: Model, text: Text | None = None, *, max_length: int | None = None, windows: int | None = None,
              rows: int | None = None, vectors: str | None = None, max_tokens: int | None = None,
-             progress: ProgressFn | None = None, cache: bool | None = None):
+             progress: ProgressFn | None = None, cache: bool | object | None = None):
     """Context collapse over context lengths doubling from 32 to max_length (text None: the built-in long document),
     each figure against its bound. Returns an attnscope.studies.collapse.CollapseResult."""
     return run("collapse", model, text, max_length=max_length, windows=windows, rows=rows, vectors=vectors,
@@ -198,14 +200,15 @@ def generate(model: Model, text: Text, *, max_new_tokens: int | None = None, sam
 
 
 def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: Text | None = None,
-            layer: int | None = None, head: int | None = None, max_tokens: int | None = None, keep: str | None = None,
+            layer: int | None = S.default("layer"), head: int | None = None, max_tokens: int | None = None,
+            keep: str | None = None,
             cell_limit: int | None = None, reduce: str | None = None, hide_sink: bool | None = None,
-            progress: ProgressFn | None = None, cache: bool | None = None):
+            progress: ProgressFn | None = None, cache: bool | object | None = None):
     """Two runs side by side: side A is the model on the text, side B model_b (default: the same model) on text_b
     (default: the same text). Both sides' per-head statistics and B - A (head by head when the models have the same
     layers x heads, else each layer's mean over heads, layers paired by relative depth: see
     attnscope.studies.compare), and one head's maps of both with their difference when both texts have the same number
-    of tokens. layer, head: the head whose maps are drawn (it must exist in both models).
+    of tokens. layer, head: the head whose maps are drawn (it must exist in both models); layer=None draws no maps.
 
     Returns an attnscope.studies.compare.CompareResult.
     """
@@ -214,7 +217,7 @@ def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: T
 
 
 def batch(model: Model, prompts: Sequence, *, study: str | None = None, progress: ProgressFn | None = None,
-          cache: bool | None = None, **settings):
+          cache: bool | object | None = None, **settings):
     """The same study ("stats", "taylor" or "collapse") over each prompt, with mean and spread over prompts.
 
     prompts: texts, or (name, text) pairs. settings: the study's own (max_tokens, max_order, max_length, ...).
@@ -240,27 +243,45 @@ def atlas(model: Model, corpus, out, *, engine: str | None = None, address: str 
                progress=progress)
 
 
-def open(path) -> Result:  # noqa: A001 - attnscope.open(path) reads what result.save(path) wrote
-    """Read a result saved as .json or .parquet, or summarise an atlas folder."""
+def open(path, *, budget: Budget = RESULT_BUDGET) -> Result:  # noqa: A001 - reads what result.save(path) wrote
+    """Read a result saved as .json or .parquet, or summarise an atlas folder.
+
+    The file's declared kind picks the result class from a fixed table (attnscope.catalog.RESULTS), so nothing a file
+    says chooses which code is imported, and it is read under `budget` (its size, each array's, its nesting; see
+    attnscope.studies.base.read_result). A file that is not a result attnscope can read back is one sentence naming
+    it (a ValueError)."""
     if not isinstance(path, (str, Path)):
         raise ValueError(f"attnscope.open takes a path (a string or a pathlib.Path); got {type(path).__name__}.")
     if Path(path).is_dir():
         from attnscope.studies import atlas as study
 
-        return study.open_atlas(path)
-    return open_result(path)
+        return study.open_atlas(path, budget=budget)
+    return open_result(path, budget=budget)
 
 
 # ---- checks, the same for every study ------------------------------------------------------------------------------
 
 
-def _settings(given: dict, keys: Sequence[str], what: str) -> dict:
-    """The settings `keys` of a call: each given value checked against its domain, None taking the default."""
+def _settings(given: dict, keys: Sequence[str], what: str, *, nones: Sequence[str] = ()) -> dict:
+    """The settings `keys` of a call: each given value checked against its domain, None taking the default (except
+    for the keys in `nones`, where a given None stays None: see catalog.Study.nones)."""
     unknown = sorted(set(given) - set(keys))
     if unknown:
         raise ValueError(f"{what} takes no setting {', '.join(map(repr, unknown))}; its settings are "
                          f"{', '.join(keys)}.")
-    return {key: S.default(key) if given.get(key) is None else S.check(key, given[key]) for key in keys}
+    kept = {key: None for key in nones if key in given and given[key] is None}
+    return {key: kept[key] if key in kept else S.default(key) if given.get(key) is None else _check(key, given[key])
+            for key in keys}
+
+
+def _check(key: str, value):
+    """S.check, except that `cache` also takes an attnscope.cache.ResultCache (a cache folder of the caller's own)."""
+    if key == "cache" and not isinstance(value, bool):
+        from attnscope.cache import ResultCache
+
+        if isinstance(value, ResultCache):
+            return value
+    return S.check(key, value)
 
 
 def _one(inputs: tuple, study: str, what: str, *, optional: bool = False):

@@ -42,6 +42,9 @@ class Study:
     cached: bool = True  # its units go through the result cache
     batchable: bool = False  # the Batch page and attnscope.batch can run it over many prompts
     extras: tuple[str, ...] = ()  # API keywords outside the settings table (callbacks, expert knobs the study checks)
+    # Settings for which None is a choice of its own, not "the default": compare's layer=None draws no maps. Their API
+    # keyword defaults to the table's default itself.
+    nones: tuple[str, ...] = ()
 
     def keys(self) -> tuple[str, ...]:
         """Every setting a call takes: the token cut (when it cuts), the study's own, and the result cache."""
@@ -79,13 +82,13 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
           extras=("on_token", "time_limit")),
     Study("compare", "two texts, two models, or both, side by side: every head's statistics, one head's maps, and "
           "B - A", "pair", "attnscope.studies.compare:run", "attnscope.studies.compare:CompareResult",
-          ("layer", "head", "cell_limit", "reduce", "hide_sink")),
+          ("layer", "head", "cell_limit", "reduce", "hide_sink"), nones=("layer",)),
     Study("batch", "the same study over many prompts, with the mean and spread over prompts", "prompts",
           "attnscope.studies.batch:run", "attnscope.studies.batch:BatchResult", ("study",)),
     Study("atlas", "every head's fingerprint over a corpus, as resumable Parquet shards", "corpus",
           "attnscope.studies.atlas:run", "attnscope.studies.atlas:AtlasResult",
           ("atlas_tokens", "limit", "seed", "shard_size", "text_column", "taylor_tokens", "engine", "workers",
-           "address"), cuts=(), cached=False, extras=("deadline",)),
+           "address"), cuts=(), cached=False, extras=("deadline", "budget")),
 )}
 
 # Every kind of result a file may hold, to the class that reads it back (attnscope.open): a fixed table, so a file
@@ -101,6 +104,39 @@ RESULTS: dict[str, str] = {
     "atlas": "attnscope.studies.atlas:AtlasResult",
     "atlas-diff": "attnscope.studies.atlas:AtlasDiff",
 }
+
+
+# The dataclasses a result holds inside its fields, by the name its file gives them ("module:Class"). With RESULTS,
+# these are every class attnscope.open builds: a file naming any other class is refused before anything is imported,
+# and saving a result that holds any other fails (it could not be opened again).
+PARTS: tuple[str, ...] = (
+    "attnscope.studies.maps:StatsResult",  # the two sides of a compare
+    "attnscope.studies.maps:MapsResult",
+    "attnscope.studies.taylor:QueryProbe",
+    "attnscope.studies.taylor:Losses",
+    "attnscope.analyses.taylor:ModelSweep",
+    "attnscope.analyses.taylor:RowWeights",
+    "attnscope.analyses.taylor:RecurrentCheck",
+    "attnscope.studies.collapse:CriticalN",
+    "attnscope.analyses.collapse:LengthSummary",
+    "attnscope.analyses.atlas:Summary",
+    "attnscope.analyses.atlas:Difference",
+)
+_READABLE = frozenset(RESULTS.values()) | frozenset(PARTS)
+
+
+def readable(name: object) -> bool:
+    """Whether a result file may name the class `name` ("module:Class"): one of RESULTS or PARTS."""
+    return isinstance(name, str) and name in _READABLE
+
+
+def readable_class(name: str) -> type:
+    """The class called `name`, one of RESULTS or PARTS (imported now, from this table); ValueError for any other
+    name, before anything is imported."""
+    if not readable(name):
+        raise ValueError(f"{name!r} is not a class attnscope results hold")
+    module, _, qualname = name.partition(":")
+    return getattr(importlib.import_module(module), qualname)
 
 
 def study(name: str) -> Study:

@@ -36,6 +36,7 @@ from attnscope import catalog
 from attnscope import settings as S
 
 RESULT_SUFFIXES = (".json", ".csv", ".parquet", ".html")
+SUFFIXES_TEXT = f"{', '.join(RESULT_SUFFIXES[:-1])} or {RESULT_SUFFIXES[-1]}"
 MISSING_EXTRA = {"ray": "atlas", "sklearn": "atlas", "datasets": "atlas", "streamlit": "app", "triton": "triton"}
 
 
@@ -114,22 +115,23 @@ def _read_text(text: str | None, text_file: str | None) -> str | None:
         raise CommandError(f"{path} is not UTF-8 text (byte {error.start} is 0x{data[error.start]:02x}).") from None
 
 
-def _check_out(out: str | None, *, folder: bool = False) -> None:
+def _check_out(out: str | None, *, folder: bool = False, option: str = "--out") -> None:
     """Refuse, before any work, an output that cannot be written: a wrong suffix, or a path under a file."""
     if out is None:
         return
     path = Path(out)
     if not folder and path.suffix.lower() not in RESULT_SUFFIXES:
-        raise CommandError(f"--out {out}: the file must end in {', '.join(RESULT_SUFFIXES)}.")
+        raise CommandError(f"{option} {out}: the file must end in {SUFFIXES_TEXT}.")
     if folder and path.exists() and not path.is_dir():
-        raise CommandError(f"--out {out} is a file; give a folder for the atlas.")
+        raise CommandError(f"{option} {out} is a file; give a folder for the atlas.")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise CommandError(f"--out {out}: {parent} is a file, so nothing can be written under it.")
+                raise CommandError(f"{option} {out}: {parent} is a file, so nothing can be written under it; give "
+                                   "a path under a folder.")
             break
     if not folder and path.is_dir():
-        raise CommandError(f"--out {out} is a folder; give a file name ending in {', '.join(RESULT_SUFFIXES)}.")
+        raise CommandError(f"{option} {out} is a folder; give a file name ending in {SUFFIXES_TEXT}.")
 
 
 # ---- progress, one bar per phase -----------------------------------------------------------------------------------
@@ -248,11 +250,13 @@ def _read_prompts(path: str, text_column: str) -> list[tuple[str, str]]:
 def _atlas(args) -> int:
     """One atlas, or one per model and --tokens value in out/<model>-<tokens>tok when several are given."""
     import attnscope
-    from attnscope.studies.atlas import safe_label
+    from attnscope.studies import atlas as study
 
     _check_out(args.out, folder=True)
-    if args.report is not None:
-        _check_out(args.report)
+    _check_out(args.report, option="--report")
+    study.check_extras(args.engine, args.report)
+    # A corpus that cannot be read, or holds no text, is refused before any model loads.
+    study.check_documents(args.corpus, study.Settings(limit=args.limit, text_column=args.text_column))
     _quiet_libraries()
     if not args.verbose:
         os.environ.setdefault("ATTNSCOPE_RAY_QUIET", "1")
@@ -260,7 +264,7 @@ def _atlas(args) -> int:
     entry = catalog.study("atlas")
     for name in args.model:
         for tokens in args.atlas_tokens:
-            label = f"{safe_label(name)}-{tokens}tok"
+            label = f"{study.safe_label(name)}-{tokens}tok"
             out = Path(args.out) / label if grid else Path(args.out)
             model = _load(args, name)
             values = {key: getattr(args, key) for key in entry.keys()} | {"atlas_tokens": tokens}

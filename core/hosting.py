@@ -21,12 +21,18 @@ Every input has a limit, applied before work is done on it (hosted default / loc
 | ATTNSCOPE_MAX_ATLAS_TOKENS | tokens per document of an atlas run in the app | 256 | 2048 |
 | ATTNSCOPE_ATLAS_SECONDS | seconds an atlas run in the app may take (it stops after the running batch) | 120 | 3600 |
 
+Every file a visitor gives is read under `Policy.file_budget` (attnscope.reader.Budget): in hosted mode nothing in it
+may hold more than an upload does, even once uncompressed.
+
 In hosted mode the Head atlas page opens only atlases the visitor uploads and runs only corpora the visitor uploads,
 in this process: it never reads a path typed on the page and never starts or joins a Ray cluster.
 
-The server must refuse larger uploads before reading them, which only Streamlit's own `server.maxUploadSize` can do:
-deploy/start.sh and the Dockerfile set it from ATTNSCOPE_MAX_UPLOAD_MB, and `upload_limit_mismatch` says when a
-deployment forgot to.
+The server must refuse larger uploads before reading them, which only Streamlit's own `server.maxUploadSize` can do,
+and no page can set it. `attnscope app` (attnscope.app.launch) and deploy/start.sh (the Docker image's command) pass
+ATTNSCOPE_MAX_UPLOAD_MB as that limit when hosted; started any other way (a plain `streamlit run`, which reads the 20 MB
+of app/.streamlit/config.toml), `upload_limit_mismatch` is the sentence with which a hosted app refuses to serve.
+Streamlit stores an upload to any file id a session makes up, whether or not a page ever takes it; only a reverse
+proxy in front of the server bounds those (deploy/nginx.conf).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ import re
 from dataclasses import dataclass
 
 from attnscope.models import PACKAGED_MODELS, ModelLoadError, ModelSpec
+from attnscope.reader import Budget
 from attnscope.settings import NEW_TOKEN_CEILING, TOKEN_CEILING
+from attnscope.studies.base import RESULT_BUDGET
 from attnscope.tokens import Cut, cut_rule, max_chars
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")  # use with fullmatch
@@ -69,6 +77,16 @@ class Policy:
         """The largest file accepted: megabytes of 10^6 bytes, as Streamlit's uploader counts them in the browser
         (its server, counting 2^20, refuses only larger requests)."""
         return self.max_upload_mb * 10**6
+
+    @property
+    def file_budget(self) -> Budget:
+        """What reading one file a visitor gives may take in (an atlas or another result, a corpus), for
+        attnscope.studies.atlas.read_atlas and the atlas run's `budget`: in hosted mode no more than one upload
+        holds, as stored and once uncompressed, for the file and for any one value in it; locally the library's
+        limits for a result file (attnscope.studies.base.RESULT_BUDGET: 2 GB a file, 1 GB a value)."""
+        if not self.hosted:
+            return RESULT_BUDGET
+        return Budget(total_bytes=self.max_upload_bytes, value_bytes=self.max_upload_bytes)
 
     @property
     def max_chars(self) -> int:
@@ -163,9 +181,11 @@ def policy_from_env(environ=None) -> Policy:
 
 
 def upload_limit_mismatch(policy: Policy, server_max_upload_mb: int) -> str | None:
-    """A sentence for the operator when the server reads larger uploads than the policy accepts, else None."""
+    """A sentence for the operator when the server stores larger uploads than the policy accepts, saying how to
+    start it; else None."""
     if server_max_upload_mb <= policy.max_upload_mb:
         return None
     return (f"Streamlit's server.maxUploadSize is {server_max_upload_mb} MB but ATTNSCOPE_MAX_UPLOAD_MB is "
-            f"{policy.max_upload_mb}: the server reads uploads up to {server_max_upload_mb} MB before refusing them. "
-            "Start with deploy/start.sh, or pass --server.maxUploadSize.")
+            f"{policy.max_upload_mb}, so the server would store uploads up to {server_max_upload_mb} MB; start it with "
+            "`attnscope app` or deploy/start.sh, which pass the limit, or add "
+            f"`--server.maxUploadSize {policy.max_upload_mb}` to `streamlit run`.")

@@ -42,6 +42,9 @@ group of one row whose text column is over the limit is refused from its footer,
 read, usable or not; depth bounds the JSON nesting of one record (json.loads of 200,000 brackets would raise
 RecursionError: that too becomes "nested too deeply to read").
 
+`parse_json(text, depth=...)` is the same JSON check for one whole text outside a corpus (a result file, Parquet
+metadata): not JSON, nested too deeply, an integer too long, each refused as NotReadableJson saying why.
+
 The csv module's process-wide field limit (131,072 characters by default) would refuse a long document whatever the
 budget says, so importing this module raises it once to the largest the platform's C long holds; value_bytes bounds a
 row here instead.
@@ -73,6 +76,7 @@ _SKIP_CHUNK = 1 << 20  # bytes or characters read at a time while stepping over 
 _BATCH_ROWS = 256  # Parquet and dataset rows read at a time, at most
 _BATCH_BYTES = 16 * 10**6  # a Parquet batch's text, uncompressed, about
 _SHOWN_COLUMNS = 20  # columns listed when a table has no text column
+PARQUET_LIST_ITEMS = 100_000  # items in any one list of a Parquet footer: columns, row groups, metadata entries
 _CSV_FIELD_LIMIT = 2**31 - 1  # the largest csv.field_size_limit the platform's C long holds everywhere
 # What turning one record into a document can raise, besides what is foreseen; UnicodeError is a ValueError.
 _RECORD_ERRORS = (ValueError, TypeError, OverflowError, MemoryError, RecursionError)
@@ -409,19 +413,40 @@ def _record_text(record, column: str, budget: Budget) -> tuple[str, str | None]:
     return text, name if isinstance(name, str) else None
 
 
+class NotReadableJson(ValueError):
+    """A JSON text that parse_json refuses; the message says why (it names no file: the caller does)."""
+
+
+def parse_json(text: str, *, depth: int = Budget.depth, decoder: json.JSONDecoder | None = None):
+    """One JSON value from a whole text, refused (NotReadableJson, saying why) when it is not JSON, nests containers
+    more than `depth` levels (a record, a result file, Parquet metadata: 200,000 brackets would make json.loads raise
+    RecursionError) or holds an integer longer than 4,300 digits (refused before int() spends time on it).
+
+    decoder: one made by json_decoder(), to reuse across the records of one file (not across threads)."""
+    try:
+        value = (decoder or json_decoder()).decode(text)
+    except json.JSONDecodeError as error:
+        raise NotReadableJson(f"not JSON ({error.msg})") from None
+    except _NumberTooLong:
+        raise NotReadableJson(f"an integer longer than {_MAX_INT_DIGITS:,} digits") from None
+    except RecursionError:
+        raise NotReadableJson("nested too deeply to read") from None
+    if text.count("[") + text.count("{") > depth and _deeper_than(value, depth):
+        raise NotReadableJson("nested too deeply to read")
+    return value
+
+
+def json_decoder() -> json.JSONDecoder:
+    """A decoder that refuses integers longer than 4,300 digits (parse_json says so)."""
+    return json.JSONDecoder(parse_int=_parse_int)
+
+
 def _decode_record(decoder: json.JSONDecoder, line: str, budget: Budget):
     """One JSON value, or _Unusable saying why not."""
     try:
-        record = decoder.decode(line)
-    except json.JSONDecodeError as error:
-        raise _Unusable(f"not JSON ({error.msg})") from None
-    except _NumberTooLong:
-        raise _Unusable(f"an integer longer than {_MAX_INT_DIGITS:,} digits") from None
-    except RecursionError:
-        raise _Unusable("nested too deeply to read") from None
-    if line.count("[") + line.count("{") > budget.depth and _deeper_than(record, budget.depth):
-        raise _Unusable("nested too deeply to read")
-    return record
+        return parse_json(line, depth=budget.depth, decoder=decoder)
+    except NotReadableJson as why:
+        raise _Unusable(str(why)) from None
 
 
 def _read_line(stream: BinaryIO, limit: int) -> tuple[bytes, int] | None:
@@ -446,7 +471,7 @@ def _jsonl(source: _Source, column: str, budget: Budget, tally: _Tally) -> Itera
 
 
 def _jsonl_documents(source: _Source, column: str, budget: Budget, tally: _Tally) -> Iterator[Document]:
-    decoder = json.JSONDecoder(parse_int=_parse_int)  # one per file: a decoder's scanner is not shared by threads
+    decoder = json_decoder()  # one per file: a decoder's scanner is not shared by threads
     with source.open() as stream:
         for number in itertools.count(1):
             read = _read_line(stream, budget.value_bytes)
@@ -503,7 +528,7 @@ def _where(text: str, position: int) -> str:
 
 def _json_documents(source: _Source, text: str, position: int, column: str, budget: Budget,
                     tally: _Tally) -> Iterator[Document]:
-    decoder = json.JSONDecoder(parse_int=_parse_int)
+    decoder = json_decoder()
     rest = "; the rest of the file was not read"
     position = _JSON_SPACE.match(text, position).end()
     if text.startswith("]", position):
@@ -716,7 +741,6 @@ def _first_line(error: Exception) -> str:
 
 def _parquet(source: _Source, column: str, budget: Budget, tally: _Tally) -> Iterator[Document]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if budget.total_bytes is not None and source.size > budget.total_bytes:
         raise ReadError(source.label, f"is {size_text(source.size)}, over the {size_text(budget.total_bytes)} limit "
@@ -725,7 +749,7 @@ def _parquet(source: _Source, column: str, budget: Budget, tally: _Tally) -> Ite
         raise ReadError(source.label, "is not a .parquet file (a Parquet file starts and ends with the bytes PAR1); "
                                       "write it with pandas' DataFrame.to_parquet or pyarrow.parquet.write_table")
     try:
-        table = pq.ParquetFile(pa.BufferReader(source.data) if source.data is not None else source.path)
+        table = parquet_file(source.data if source.data is not None else source.path, source.size)
         names = table.schema_arrow.names
     except (pa.ArrowException, OSError, ValueError) as error:
         raise ReadError(source.label, f"is a damaged .parquet file ({_first_line(error)}); write it again") from None
@@ -747,6 +771,18 @@ def _parquet(source: _Source, column: str, budget: Budget, tally: _Tally) -> Ite
                                       f"{size_text(budget.total_bytes)} limit for one file")
     columns = [text_name] + ([name_name] if name_name not in (None, text_name) else [])
     return _parquet_documents(source, table, text_sizes, columns, column, budget, tally)
+
+
+def parquet_file(source: Path | bytes, size: int):
+    """A pyarrow ParquetFile of a file on disk or its bytes (`size` of them), whose footer is read within the file's
+    own size: no string in it longer than the file, no list of more than PARQUET_LIST_ITEMS items (pyarrow makes room
+    for a list's declared length before reading it, so a small footer could otherwise take far more memory than it
+    holds). Raises what pyarrow raises for a damaged file (ArrowException, OSError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(pa.BufferReader(source) if isinstance(source, bytes) else source,
+                          thrift_string_size_limit=max(size, 1), thrift_container_size_limit=PARQUET_LIST_ITEMS)
 
 
 _NOT_UTF8 = object()  # a Parquet string value whose bytes are not UTF-8

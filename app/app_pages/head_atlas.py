@@ -1,11 +1,17 @@
 """Head atlas: every head's fingerprint over a corpus. Open an atlas or run a small one, then its maps, table,
-embedding (click a head to see its map on the sample document) and the difference with a second atlas."""
+embedding (click a head to see its map on the sample document) and the difference with a second atlas.
+
+Whatever a visitor's file makes core refuse is one sentence, naming the file as it was uploaded (never the temporary
+folder it was written to), and what the session already shows stays."""
 
 import hashlib
 import importlib.util
+import logging
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -23,43 +29,82 @@ ModelSpec = attnscope.ModelSpec
 CORPUS_TYPES = [suffix.lstrip(".") for suffix in reader.FORMATS]
 TABLE_SUFFIXES = tuple(suffix for suffix, kind in reader.FORMATS.items() if kind != "text")  # one file, many documents
 KEPT_RUNS = 32  # atlas runs of the app whose shards stay on disk to resume from
+NAME_CHARS = 100  # characters of an uploaded corpus file's name kept for the temporary file core reads
+NAMES_SHOWN = 3  # uploaded file names a message about several of them lists
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")  # what a file name in a temporary folder must not hold
 
 
-def _open(upload, side: str) -> None:
-    """Open an uploaded atlas file as side A or B; a bad file gets one sentence and leaves what is open as it was."""
+def _file_name(name: str) -> str:
+    """An uploaded corpus file's name as the name of the temporary file core reads, so that core's sentences (which
+    name a file by its name, never its folder) name the file the visitor gave: separators and control characters become
+    "_", the name is cut to NAME_CHARS keeping its suffix, and a name that is no file name becomes "upload"."""
+    suffix = Path(name).suffix.lower() if reader.FORMATS.get(Path(name).suffix.lower()) else ""
+    stem = _UNSAFE.sub("_", name[:len(name) - len(suffix)])[:NAME_CHARS].strip()
+    return (stem if stem.strip(".") else "upload") + suffix
+
+
+def _uploaded(uploads) -> str:
+    """The corpus as a sentence names it: "'notes.txt'", or "of 3 uploaded files ('a.txt', 'b.txt', 'c.txt')"."""
+    names = [f"'{reader.file_label(upload.name)}'" for upload in uploads]
+    if len(names) == 1:
+        return names[0]
+    more = ", …" if len(names) > NAMES_SHOWN else ""
+    return f"of {len(names)} uploaded files ({', '.join(names[:NAMES_SHOWN])}{more})"
+
+
+def _open(upload, side: str, limits) -> None:
+    """Open an uploaded atlas file as side A or B, read under this deployment's budget for a visitor's file."""
     if upload is None or st.session_state[state.ATLAS_OPENED][side] == upload.file_id:
         return
     st.session_state[state.ATLAS_OPENED][side] = upload.file_id
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"atlas{Path(upload.name).suffix.lower()}"
-        path.write_bytes(upload.getvalue())
-        _use(path, side, upload.name)
+    _use(side, reader.file_label(upload.name),
+         lambda: study.read_atlas(upload.name, upload.getvalue(), budget=limits.file_budget))
 
 
-def _use(path: Path, side: str, name: str) -> None:
+def _use(side: str, name: str, read: Callable[[], object]) -> None:
+    """Show the atlas `read()` opens (a file named `name`) as side A or B, only if the page can lay it out (_lay_out):
+    a file that does not open, or opens but cannot be shown, is one sentence, and what the session shows stays."""
     try:
-        result = study.open_atlas(path)
+        result = read()
+        _lay_out(result)
     except (ValueError, OSError) as error:
-        say("error", f"{name}: {error}")
+        say("error", str(error))
+        return
+    except Exception as error:  # the file is the only input here: whatever else it makes core raise, it is no atlas
+        logging.getLogger("attnscope").exception("Opening the atlas '%s' failed", name)
+        say("error", f"'{name}' cannot be opened as a head atlas ({type(error).__name__}); give the atlas.parquet "
+                     "(or .json) that attnscope wrote.")
         return
     st.session_state[state.ATLAS if side == "a" else state.ATLAS_B] = result
     if side == "a":
         st.session_state[state.ATLAS_HEAD] = None
 
 
+def _lay_out(result) -> None:
+    """Compute once what the page draws from an atlas (its title, findings, table and first field's figures): a file
+    that opens but cannot be shown raises here, where it is refused, instead of on every later rerun."""
+    literal(f"{result.meta['model']}: {result.meta['documents']} documents")
+    result.findings()
+    result.to_frame()
+    result.figures(result.fields[0])
+
+
 def _corpus(uploads, folder: Path) -> Path:
     """The uploaded corpus as a path read_corpus takes: one table file as it is, text files as a folder."""
     if len(uploads) == 1 and Path(uploads[0].name).suffix.lower() in TABLE_SUFFIXES:
-        path = folder / Path(uploads[0].name).name
+        path = folder / _file_name(uploads[0].name)
         path.write_bytes(uploads[0].getvalue())
         return path
     (folder / "corpus").mkdir()
     for upload in uploads:
-        (folder / "corpus" / Path(upload.name).name).write_bytes(upload.getvalue())
+        (folder / "corpus" / _file_name(upload.name)).write_bytes(upload.getvalue())
     return folder / "corpus"
 
 
 def _run(corpus_uploads, limits) -> None:
+    """Run a small atlas of the uploaded corpus (or, locally, the corpus path typed) with the sidebar's model. Core
+    refuses a corpus with no usable document before any forward pass and before the shards' folder is made; its
+    sentence names the corpus as it was uploaded."""
     spec = sidebar.current_spec()
     loaded = runs.load(spec) if spec is not None else None
     if loaded is None:
@@ -73,18 +118,19 @@ def _run(corpus_uploads, limits) -> None:
               else _on_disk(st.session_state[state.ATLAS_CORPUS]))
     with tempfile.TemporaryDirectory() as folder:
         corpus = _corpus(corpus_uploads, Path(folder)) if corpus_uploads else st.session_state[state.ATLAS_CORPUS]
+        named = _uploaded(corpus_uploads) if corpus_uploads else corpus
         shards = _shards(repr((handle.fingerprint, source, tuple(sorted(settings.items()))))) or Path(folder) / "atlas"
         run_control.resume(("atlas", spec))  # the button asks for a run, even after a Stop
         try:
             with run_control.working("Fingerprinting the corpus", ("atlas", spec), models=(spec,)) as progress, \
                     cached.holding_model(spec):
                 result = attnscope.run("atlas", handle, corpus, shards, **settings, deadline=deadline,
-                                       progress=progress)
+                                       budget=limits.file_budget, progress=progress)
         except (ValueError, OSError) as error:
-            say("error", str(error))
+            say("error", str(error).replace(str(corpus), named))
             return
     if corpus_uploads:  # not the temporary folder they were written to
-        result.meta["corpus"] = f"{len(corpus_uploads)} uploaded file(s)"
+        result.meta["corpus"] = named
     if time.monotonic() > deadline:
         st.info(f"Stopped at the time limit ({limits.atlas_seconds} s) after {result.meta['documents']} documents.")
     st.session_state[state.ATLAS], st.session_state[state.ATLAS_HEAD] = result, None
@@ -102,18 +148,29 @@ def _on_disk(corpus: str) -> tuple:
 def _shards(run: str) -> Path | None:
     """The folder an atlas run in the app writes its shards to, one per (model, corpus, settings), beside the result
     cache: a run that was stopped, timed out or interrupted resumes from the documents it finished
-    (attnscope.studies.atlas.run). Only the KEPT_RUNS most recent folders are kept (each holds a few kB per document).
-    None when the result cache is off (ATTNSCOPE_RESULT_CACHE_MB=0): the run then starts afresh each time."""
+    (attnscope.studies.atlas.run). The folder is named here and made by the run, once the corpus has passed core's
+    check, so a refused corpus leaves no folder. Only the KEPT_RUNS most recently used folders are kept (each holds a
+    few kB per document). None when the result cache is off (ATTNSCOPE_RESULT_CACHE_MB=0): the run then starts
+    afresh each time."""
     cache = ResultCache.default()
     if cache is None:
         return None
     root = cache.folder.parent / "app-atlas"
     folder = root / hashlib.sha256(run.encode()).hexdigest()[:24]
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.touch()
-    for old in sorted(root.iterdir(), key=lambda path: path.stat().st_mtime, reverse=True)[KEPT_RUNS:]:
-        shutil.rmtree(old, ignore_errors=True)
+    if folder.is_dir():
+        folder.touch()  # used now: kept before older runs
+    if root.is_dir():
+        for old in sorted(root.iterdir(), key=_used, reverse=True)[KEPT_RUNS:]:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _used(folder: Path) -> float:
+    """When an atlas folder was last used; 0 for one another session has just removed."""
+    try:
+        return folder.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _finding(item) -> None:
@@ -141,12 +198,13 @@ limits = common.policy()
 opened, run = st.tabs(["Open an atlas", "Run a small atlas"])
 with opened:
     _open(st.file_uploader("Atlas file (atlas.parquet or .json written by attnscope)", type=["parquet", "json"],
-                           max_upload_size=limits.max_upload_mb), "a")
+                           max_upload_size=limits.max_upload_mb), "a", limits)
     if not limits.hosted:  # a hosted demo never reads a path a visitor types
         folder = st.text_input("Or an atlas folder or file on this machine", key=state.ATLAS_FOLDER,
                                persist_state=state.PERSIST)
         if st.button("Open") and folder.strip():
-            _use(Path(folder.strip()).expanduser(), "a", folder.strip())
+            _use("a", folder.strip(),
+                 lambda: study.open_atlas(Path(folder.strip()).expanduser(), budget=limits.file_budget))
 with run:
     st.caption("Runs the sidebar's model in this process on the start of each document (at most "
                f"{limits.max_atlas_documents} documents of {limits.max_atlas_tokens} tokens, "
@@ -216,17 +274,18 @@ if picked is not None and result.sample:
 
 st.subheader("Compare with a second atlas (B − A)")
 _open(st.file_uploader("Atlas B: a model of the same shape (base vs fine-tuned, two precisions)",
-                       type=["parquet", "json"], max_upload_size=limits.max_upload_mb), "b")
+                       type=["parquet", "json"], max_upload_size=limits.max_upload_mb), "b", limits)
 other = st.session_state[state.ATLAS_B]
 if other is not None:
     try:
         difference = result.diff(other)
+        findings, figure = difference.findings(), difference.figures(field)[f"diff-{field}"]
     except ValueError as error:
         say("error", str(error))
     else:
-        for item in difference.findings():
+        for item in findings:
             _finding(item)
-        output.chart(difference.figures(field)[f"diff-{field}"], key="atlas_diff", name=f"atlas-diff-{field}")
+        output.chart(figure, key="atlas_diff", name=f"atlas-diff-{field}")
 with tempfile.TemporaryDirectory() as folder:
     saved = result.save(Path(folder) / "atlas.parquet").read_bytes()
 st.download_button("Atlas (atlas.parquet, reopens here and in attnscope.open)", saved, file_name="atlas.parquet",

@@ -68,7 +68,7 @@ def _take_uploads() -> None:
     for upload in uploads[:limits.max_files]:
         room = limits.max_prompts - len(st.session_state[state.LIBRARY])
         parsed = prompts.parse_upload(upload.name, upload.getvalue(), max_bytes=limits.max_upload_bytes,
-                                      max_prompts=max(room, 0))
+                                      max_prompts=max(room, 0), budget=limits.file_budget)
         for problem in parsed.problems:
             messages.append(("error" if parsed.refused else "warning", problem))
         if parsed.prompts:

@@ -21,8 +21,14 @@ write the same rows, bit for bit (atlas_ray says what that takes).
 
 Refused before any model work and before `out` is made (so a refused run leaves no folder behind), each in one
 sentence, as a ValueError: engine "ray" without Ray Data installed (MissingPackage); an `out` that is a file or lies
-under one; a corpus with no document the atlas can use (UnusableCorpus, with the reasons of the first ones). A run
-that fails later removes the folders it made while they are still empty.
+under one; a corpus that cannot be read as a whole (attnscope.reader's ReadError naming the file: random bytes, over
+the caller's Budget, ...); a corpus with no document the atlas can use (UnusableCorpus, with the reasons of the first
+ones). A run that fails later removes the folders it made while they are still empty. `check_documents` makes the
+checks that need no model, so the CLI refuses such a corpus before it loads one.
+
+Opening (open_atlas for a folder or a file, read_atlas for an upload's bytes) reads under a Budget too: a saved result
+through attnscope.studies.base, a folder's manifest.json through reader.parse_json, and a shard that cannot be read is
+one sentence naming it.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ import pandas as pd
 from attnscope.analyses import atlas as analysis
 from attnscope.analyses import collapse, fingerprint
 from attnscope.corpus import Document, read_corpus
+from attnscope.reader import Budget, NotReadableJson, file_label, parse_json, shown, size_text
 from attnscope.studies.atlas_shards import (Settings, fingerprint_rows, safe_label, usable,  # noqa: F401 (re-exported)
                                             write_batch, write_frame)
-from attnscope.studies.base import Finding, Result
+from attnscope.studies.base import RESULT_BUDGET, Finding, Result, open_result, read_result
 
 EMBEDDINGS = analysis.EMBEDDINGS  # the head map's layouts, which the Head atlas page lists
 
@@ -77,27 +84,29 @@ def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document
         yield batch
 
 
-def pending(corpus: str | Path, out: Path, settings: Settings) -> Iterator[Document]:
-    """The corpus's documents (at most settings.limit) that no shard in `out` holds yet."""
+def pending(corpus: str | Path, out: Path, settings: Settings, budget: Budget = Budget()) -> Iterator[Document]:
+    """The corpus's documents (at most settings.limit), read under `budget`, that no shard in `out` holds yet."""
     seen = done_ids(out)
-    return (d for d in read_corpus(corpus, text_column=settings.text_column, limit=settings.limit)
+    return (d for d in read_corpus(corpus, text_column=settings.text_column, limit=settings.limit, budget=budget)
             if d.id not in seen)
 
 
 def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Settings(), engine: str = "local",
         address: str | None = None, workers: int = 2, progress: Callable[[float, str], None] | None = None,
-        deadline: float | None = None) -> AtlasResult:
+        deadline: float | None = None, budget: Budget = Budget()) -> AtlasResult:
     """Fingerprint every document of `corpus` into `out` (resuming what is there), then summarise the folder.
 
     deadline: a time.monotonic() after which the local engine starts no new batch (hosted runs); what was written
-    stays, and a later run resumes from it. Returns the AtlasResult, also saved as out/atlas.parquet."""
+    stays, and a later run resumes from it. budget: what reading the corpus may take in (attnscope.reader.Budget;
+    a hosted deployment passes attnscope.hosting.Policy.file_budget). Returns the AtlasResult, also saved as
+    out/atlas.parquet."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}.")
     check_extras(engine)
     out = Path(out)
     made = _check_out(out)
     _check_same_run(out, model, settings)
-    sample = check_corpus(model, corpus, settings)
+    sample = check_corpus(model, corpus, settings, budget)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -105,15 +114,15 @@ def run(model, corpus: str | Path, out: str | Path, *, settings: Settings = Sett
                          "write to.") from None
     try:
         return _run(model, corpus, out, settings, engine, address=address, workers=workers, progress=progress,
-                    deadline=deadline, sample=sample)
+                    deadline=deadline, sample=sample, budget=budget)
     except BaseException:
         _remove_empty(made)
         raise
 
 
 def _run(model, corpus, out: Path, settings: Settings, engine: str, *, address, workers, progress, deadline,
-         sample: str) -> AtlasResult:
-    documents = pending(corpus, out, settings)
+         sample: str, budget: Budget) -> AtlasResult:
+    documents = pending(corpus, out, settings, budget)
     started = time.perf_counter()
     if engine == "local":
         done = 0
@@ -154,28 +163,48 @@ def check_extras(engine: str = "local", report: str | Path | None = None) -> Non
         analysis.require("sklearn", f"The report {Path(report).name}, with its map of every head,")
 
 
-def check_corpus(model, corpus: str | Path, settings: Settings) -> str:
-    """The sample (the start of the first document the atlas can use), read before any model work; UnusableCorpus
-    when the corpus (its first settings.limit documents) has none. Reads up to the first usable document only,
-    unless there is none."""
+def check_documents(corpus: str | Path, settings: Settings, budget: Budget = Budget()) -> None:
+    """What check_corpus refuses without a model (the CLI calls it before loading one): a corpus that cannot be read
+    as a whole (ReadError, naming the file), or none of whose documents holds text (UnusableCorpus). Reads up to the
+    first document with text only, unless there is none."""
     read, reasons = 0, []
-    for document in read_corpus(corpus, text_column=settings.text_column, limit=settings.limit):
+    for document in read_corpus(corpus, text_column=settings.text_column, limit=settings.limit, budget=budget):
+        read += 1
+        if document.text is not None:
+            return
+        if len(reasons) < REASONS_KEPT:
+            reasons.append(document.problem)
+    raise _unusable(corpus, settings, read, reasons)
+
+
+def check_corpus(model, corpus: str | Path, settings: Settings, budget: Budget = Budget()) -> str:
+    """The sample (the start of the first document the atlas can use), read before any model work; ReadError when
+    the corpus cannot be read as a whole, UnusableCorpus when it (its first settings.limit documents) has no usable
+    document. Reads up to the first usable document only, unless there is none."""
+    read, reasons = 0, []
+    for document in read_corpus(corpus, text_column=settings.text_column, limit=settings.limit, budget=budget):
         read += 1
         tokens, problem = usable(model, document, settings)
         if tokens is not None:
             return document.text[:SAMPLE_CHARS]
         if len(reasons) < REASONS_KEPT:
             reasons.append(problem)
+    raise _unusable(corpus, settings, read, reasons)
+
+
+def _unusable(corpus: str | Path, settings: Settings, read: int, reasons: list[str]) -> UnusableCorpus:
     if not read:
-        raise UnusableCorpus(f"The corpus {corpus} holds no documents, so there is nothing to fingerprint; give a "
-                             "corpus with at least one text.", read=0, reasons=())
+        return UnusableCorpus(f"The corpus {corpus} holds no documents, so there is nothing to fingerprint; give a "
+                              "corpus with at least one text.", read=0, reasons=())
     quoted = "; ".join(reason.rstrip(".") for reason in reasons[:REASONS_SHOWN])
     more = f"; and {read - REASONS_SHOWN:,} more" if read > REASONS_SHOWN else ""
-    which = f"all {read:,} documents read" if settings.limit is None or read < settings.limit else \
-        f"all of its first {read:,} documents (limit {settings.limit:,})"
-    raise UnusableCorpus(f"The corpus {corpus} has no document the atlas can use: {which} were left out ({quoted}"
-                         f"{more}); give documents with text in their '{settings.text_column}' field or column.",
-                         read=read, reasons=tuple(reasons))
+    if settings.limit is not None and read >= settings.limit:
+        which = f"all of its first {read:,} documents (limit {settings.limit:,}) were"
+    else:
+        which = "its one document was" if read == 1 else f"all {read:,} documents read were"
+    return UnusableCorpus(f"The corpus {corpus} has no document the atlas can use: {which} left out ({quoted}"
+                          f"{more}); give documents with text in their '{settings.text_column}' field or column.",
+                          read=read, reasons=tuple(reasons))
 
 
 def _check_out(out: Path) -> list[Path]:
@@ -204,14 +233,14 @@ def _remove_empty(folders: list[Path]) -> None:
 
 def _check_same_run(out: Path, model, settings: Settings) -> None:
     """A folder holds one model's atlas at one setting: resuming with another would mix their rows."""
-    path = out / MANIFEST
-    if not path.exists():
+    manifest = read_manifest(out)
+    if manifest is None:
         return
-    manifest = json.loads(path.read_text())
     mine = {"format": FORMAT, "model": model.fingerprint, "max_tokens": settings.max_tokens, "seed": settings.seed,
             "taylor_tokens": settings.taylor_tokens}
+    written = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
     theirs = {"format": manifest.get("attnscope_atlas"), "model": manifest.get("model_fingerprint"),
-              **{key: manifest["settings"].get(key) for key in ("max_tokens", "seed", "taylor_tokens")}}
+              **{key: written.get(key) for key in ("max_tokens", "seed", "taylor_tokens")}}
     if mine != theirs:
         raise ValueError(f"{out} holds an atlas of {manifest.get('model')} with other settings ({theirs}); give "
                          "another --out folder, or the same model and settings to resume it.")
@@ -233,11 +262,11 @@ def write_manifest(model, corpus, out: Path, settings: Settings, engine: str, *,
             frames.append(pd.DataFrame({"sequence": sequence, "layer": layer.ravel(), "head": head.ravel(),
                                         "induction": scores.ravel()}))
         write_frame(pd.concat(frames, ignore_index=True), induction)
-    previous = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {}
+    previous = read_manifest(out) or {}
     sample = previous.get("sample") or sample
     shards = sorted(p.name for p in out.glob("shard-*.parquet"))
     problem_files = sorted(out.glob("problems-*.parquet"))
-    problems = pd.concat([pd.read_parquet(p) for p in problem_files]) if problem_files else pd.DataFrame(
+    problems = pd.concat([_read_table(p) for p in problem_files]) if problem_files else pd.DataFrame(
         columns=["id", "reason"])
     documents = len(_ids(out / name for name in shards))
     manifest = {
@@ -259,7 +288,7 @@ def read(out: str | Path) -> pd.DataFrame:
     induction = Path(out) / "induction.parquet"
     if not induction.exists():
         return rows
-    return rows.merge(pd.read_parquet(induction).groupby(["layer", "head"], as_index=False)["induction"].mean(),
+    return rows.merge(_read_table(induction).groupby(["layer", "head"], as_index=False)["induction"].mean(),
                       on=["layer", "head"])
 
 
@@ -267,21 +296,22 @@ def _shard_rows(out: Path) -> pd.DataFrame:
     shards = sorted(out.glob("shard-*.parquet"))
     if not shards:
         raise ValueError(f"{out} holds no atlas shards (shard-*.parquet): run `attnscope atlas` into it first.")
-    rows = pd.concat([pd.read_parquet(path) for path in shards], ignore_index=True)
+    rows = pd.concat([_read_table(path) for path in shards], ignore_index=True)
     rows["id"] = rows["id"].astype("string")  # one dtype whichever engine wrote the shard
     # One order whatever order the shards were written in (Ray's batches arrive in any order): a mean over documents
     # sums in row order, and a different order rounds differently in the last bit.
     return rows.sort_values(["id", "layer", "head"], ignore_index=True)
 
 
-def summarise(out: str | Path, manifest: dict | None = None) -> AtlasResult:
+def summarise(out: str | Path, manifest: dict | None = None, *, budget: Budget = RESULT_BUDGET) -> AtlasResult:
     """The AtlasResult of an atlas folder: every field's per-head summary over its documents (and the induction score
-    over its random sequences)."""
+    over its random sequences). The manifest is read under `budget` (its size, its nesting), a shard or the induction
+    file that cannot be read is one sentence naming it."""
     out = Path(out)
     if manifest is None:
-        if not (out / MANIFEST).exists():
+        manifest = read_manifest(out, budget=budget)
+        if manifest is None:
             raise ValueError(f"{out} has no {MANIFEST}: it is not an atlas folder, or its run never finished a batch.")
-        manifest = json.loads((out / MANIFEST).read_text())
     if manifest.get("attnscope_atlas") != FORMAT:
         raise ValueError(f"{out} holds an atlas of format {manifest.get('attnscope_atlas')}; this attnscope reads "
                          f"format {FORMAT}. Run it again into a new folder.")
@@ -290,24 +320,70 @@ def summarise(out: str | Path, manifest: dict | None = None) -> AtlasResult:
     summary = analysis.summarise(rows, n_layers, n_heads)
     induction = out / "induction.parquet"
     if induction.exists():
-        per_sequence = pd.read_parquet(induction).rename(columns={"sequence": "id"})
+        per_sequence = _read_table(induction).rename(columns={"sequence": "id"})
         summary = analysis.join(summary, analysis.summarise(per_sequence, n_layers, n_heads))
-    meta = {key: manifest[key] for key in ("model", "model_fingerprint", "corpus", "engine", "documents")}
-    meta["settings"] = {k: v for k, v in manifest["settings"].items() if k not in ("shard_size", "limit")}
-    return AtlasResult(meta=meta, summary=summary, problems=tuple(p["reason"] for p in manifest["problems"]),
-                       sample=manifest.get("sample", ""))
+    try:
+        meta = {key: manifest[key] for key in ("model", "model_fingerprint", "corpus", "engine", "documents")}
+        meta["settings"] = {k: v for k, v in manifest["settings"].items() if k not in ("shard_size", "limit")}
+        problems = tuple(p["reason"] for p in manifest["problems"])
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{out / MANIFEST} is not an atlas manifest (no {shown(str(error), 60)} where one is "
+                         "expected); run `attnscope atlas` into a new folder.") from None
+    return AtlasResult(meta=meta, summary=summary, problems=problems, sample=manifest.get("sample", ""))
 
 
-def open_atlas(path: str | Path) -> AtlasResult:
-    """An atlas folder (its shards are summarised) or a saved AtlasResult (.parquet or .json)."""
-    from attnscope.studies.base import open_result
+def read_manifest(out: Path, *, budget: Budget = RESULT_BUDGET) -> dict | None:
+    """The manifest.json of an atlas folder, read under `budget` (its size and nesting); None when there is none."""
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    size = path.stat().st_size
+    if budget.total_bytes is not None and size > budget.total_bytes:
+        raise ValueError(f"{path} is {size_text(size)}, over the {size_text(budget.total_bytes)} limit for a "
+                         "manifest; it is not one `attnscope atlas` wrote: run it into a new folder.")
+    try:
+        manifest = parse_json(path.read_bytes().decode("utf-8"), depth=budget.depth)
+    except (NotReadableJson, UnicodeDecodeError) as why:
+        reason = why if isinstance(why, NotReadableJson) else "not UTF-8 text"
+        raise ValueError(f"{path} is not a readable atlas manifest ({reason}); run `attnscope atlas` into a new "
+                         "folder.") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not an atlas manifest (not a JSON object); run `attnscope atlas` into a new "
+                         "folder.")
+    return manifest
 
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """One Parquet file of an atlas folder; a file that cannot be read (damaged, or not written by attnscope, such
+    as one whose pandas metadata nests too deeply to parse) is one sentence naming it."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+        reason = "nested too deeply to read" if isinstance(error, RecursionError) else \
+            shown(str(error) or type(error).__name__, 160)
+        raise ValueError(f"{path} cannot be read ({reason}); it is not a file `attnscope atlas` wrote: remove it, "
+                         "or run the atlas into a new folder.") from None
+
+
+def open_atlas(path: str | Path, *, budget: Budget = RESULT_BUDGET) -> AtlasResult:
+    """An atlas folder (its shards are summarised) or a saved AtlasResult (.parquet or .json), read under `budget`
+    (attnscope.studies.base.read_result says what it bounds)."""
     path = Path(path)
     if path.is_dir():
-        return summarise(path)
-    result = open_result(path)
+        return summarise(path, budget=budget)
+    return _atlas_only(open_result(path, budget=budget), path.name)
+
+
+def read_atlas(name: str, data: bytes, *, budget: Budget = RESULT_BUDGET) -> AtlasResult:
+    """A saved AtlasResult from the bytes of a file (an upload named `name`), read under `budget`."""
+    return _atlas_only(read_result(name, data, budget=budget), file_label(name))
+
+
+def _atlas_only(result: Result, label: str) -> AtlasResult:
     if not isinstance(result, AtlasResult):
-        raise ValueError(f"{path.name} holds a {result.kind} result, not a head atlas; give an atlas folder or the "
+        raise ValueError(f"{label} holds a {result.kind} result, not a head atlas; give an atlas folder or the "
                          "atlas.parquet that `attnscope atlas` wrote.")
     return result
 

@@ -1,5 +1,6 @@
 """A hosted server as the Docker image starts it (deploy/start.sh, hosted defaults), with its process id for memory
-readings, and Debian's chromium (the e2e fixture)."""
+readings, Debian's chromium (the e2e fixture), and AppTest under the upload limit deploy/start.sh gives Streamlit
+(tests/app/conftest.py)."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.app.conftest import streamlit_upload_limit  # noqa: F401  (a fixture: AppTest as deploy/start.sh serves)
 from tests.e2e.conftest import ROOT, browser, free_port, wait_for_health  # noqa: F401  (browser is a fixture)
 
 

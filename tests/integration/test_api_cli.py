@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import attnscope
+from attnscope import catalog
 from attnscope.cache import ResultCache
 from attnscope.studies import maps as study
 
@@ -116,9 +117,9 @@ def test_cli_errors_are_one_sentence_and_an_exit_status(tmp_path):
     assert no_gpu.returncode == 1 and no_gpu.stderr.strip() == (
         "attnscope stats: device cuda needs a CUDA GPU, and torch sees none on this machine: choose cpu (or auto).")
     bad_device = _cli("stats", "--text", "x", "--device", "tpu", "--quiet")
-    assert bad_device.returncode == 1 and "device must be one of auto, cpu, cuda, map or cuda:N" in bad_device.stderr
+    assert bad_device.returncode == 2 and "--device: must be auto, cpu, cuda, cuda:N or map" in bad_device.stderr
     bad_dtype = _cli("stats", "--text", "x", "--dtype", "fp8")
-    assert bad_dtype.returncode == 2 and "--dtype: invalid choice: 'fp8'" in bad_dtype.stderr
+    assert bad_dtype.returncode == 2 and "--dtype: must be one of auto, float32, bfloat16, float16" in bad_dtype.stderr
 
 
 def test_cli_taylor_and_collapse_equal_the_api(model, tmp_path):
@@ -141,3 +142,68 @@ def test_cli_taylor_and_collapse_equal_the_api(model, tmp_path):
         np.testing.assert_array_equal(ours.max_weight, theirs.max_weight)
         np.testing.assert_array_equal(ours.d_sum, theirs.d_sum)
     assert [f.text() for f in again.findings()] == [f.text() for f in collapse.findings()]
+
+
+def _one_line_error(done, command: str) -> str:
+    """A run the CLI refused: exit status 1 and one line on stderr, `attnscope <command>: ...`, no traceback."""
+    said = done.stderr.strip()
+    assert done.returncode == 1, done.stderr
+    assert len(said.splitlines()) == 1 and "Traceback" not in said, said
+    assert said.startswith(f"attnscope {command}: "), said
+    return said
+
+
+def test_cli_out_under_a_file_is_one_line_for_every_subcommand(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    (tmp_path / "prompts.txt").write_text("a prompt")
+    inputs = {"text": ["--text", "x"], "text?": [], "prompt": ["--text", "x"], "pair": ["--text", "x"],
+              "prompts": ["--prompts", str(tmp_path / "prompts.txt")], "corpus": ["--corpus", str(blocker)]}
+    for entry in catalog.STUDIES.values():
+        under = blocker / ("atlas" if entry.inputs == "corpus" else "result.json")
+        said = _one_line_error(_cli(entry.name, *inputs[entry.inputs], "--out", str(under), "--quiet"), entry.name)
+        assert said.endswith(f"--out {under}: {blocker} is a file, so nothing can be written under it; give a path "
+                             "under a folder."), said
+    said = _one_line_error(_cli("atlas", "--corpus", str(blocker), "--out", str(blocker), "--quiet"), "atlas")
+    assert said.endswith(f"--out {blocker} is a file; give a folder for the atlas.")
+    said = _one_line_error(_cli("atlas", "--corpus", str(blocker), "--out", str(tmp_path / "new"), "--report",
+                                str(blocker / "report.html"), "--quiet"), "atlas")
+    assert f"--report {blocker / 'report.html'}: {blocker} is a file" in said
+    said = _one_line_error(_cli("atlas-diff", str(blocker), str(blocker), "--out", str(blocker / "d.html")),
+                           "atlas-diff")
+    assert f"--out {blocker / 'd.html'}: {blocker} is a file" in said
+    assert not (tmp_path / "new").exists() and blocker.read_text() == "in the way"
+
+
+def test_cli_refuses_an_unreadable_corpus_before_loading_a_model_and_makes_no_folder(tmp_path):
+    nested = tmp_path / "deep.jsonl"
+    nested.write_text('{"text": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    corpora = {nested: f"The corpus {nested} has no document the atlas can use: its one document was left out "
+                       "('deep.jsonl', line 1: nested too deeply to read)"}
+    for suffix in (".txt", ".jsonl", ".parquet"):
+        noise = tmp_path / f"corpus{suffix}"
+        noise.write_bytes(os.urandom(64 * 1024))
+        corpora[noise] = f"'corpus{suffix}' "
+    for corpus, says in corpora.items():
+        out = tmp_path / "out" / "atlas"
+        # A model that cannot load: the corpus is refused first, so its sentence is what the user reads.
+        done = _cli("atlas", "--corpus", str(corpus), "--out", str(out), "--model", str(tmp_path / "no-model"),
+                    "--quiet")
+        assert says in _one_line_error(done, "atlas")
+        assert not (tmp_path / "out").exists()
+
+
+def test_cli_atlas_diff_on_a_file_naming_a_module_is_one_line_and_runs_nothing(tmp_path):
+    path = tmp_path / "atlas.json"
+    for module in ("attnscope.__main__", "attnscope.cli", "attnscope.made_up"):
+        path.write_text(json.dumps({"attnscope": 1, "kind": "atlas", "result": {
+            "__dataclass__": f"{module}:main", "fields": {"argv": ["--help"]}}}))
+        done = _cli("atlas-diff", str(path), str(path))
+        assert _one_line_error(done, "atlas-diff") == (
+            f"attnscope atlas-diff: 'atlas.json' is not a readable attnscope result: it names the class "
+            f"'{module}:main', which no attnscope result holds; open a .json or .parquet file that attnscope saved "
+            "(Result.save).")
+        assert done.stdout == ""  # the CLI's parser did not run a second time (it would print usage)
+    path.write_text(json.dumps({"attnscope": 1, "kind": "attnscope.__main__", "result": {}}))
+    assert "it declares the kind 'attnscope.__main__'" in _one_line_error(_cli("atlas-diff", str(path), str(path)),
+                                                                          "atlas-diff")

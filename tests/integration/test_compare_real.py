@@ -95,15 +95,16 @@ def test_same_number_of_tokens_draws_the_difference_map(smollm2):
     assert "the tokens differ at 2 of 7 positions (shown as A|B)" in result.map_note
     figure = result.figures()["map-difference"]
     assert "3:␣France|␣Italy" in figure.data[0].x and figure.data[0].zmid == 0
-    # pooled: the same number of tokens gives the same tiles on both sides
-    pooled = attnscope.compare(smollm2, SAME_LENGTH_A, text_b=SAME_LENGTH_B, layer=3, head=5, cell_limit=3,
-                               reduce="max")
-    a = attnscope.maps(smollm2, SAME_LENGTH_A, layer=3, heads=[5], cell_limit=3, reduce="max")
-    b = attnscope.maps(smollm2, SAME_LENGTH_B, layer=3, heads=[5], cell_limit=3, reduce="max")
-    assert pooled.maps_a.block == 3
+    # pooled: the same number of tokens gives the same tiles on both sides (four sentences each, 28 tokens, pooled
+    # under the smallest cell limit, 8, into tiles of 4 x 4 tokens)
+    long_a, long_b = " ".join([SAME_LENGTH_A] * 4), " ".join([SAME_LENGTH_B] * 4)
+    pooled = attnscope.compare(smollm2, long_a, text_b=long_b, layer=3, head=5, cell_limit=8, reduce="max")
+    a = attnscope.maps(smollm2, long_a, layer=3, heads=[5], cell_limit=8, reduce="max")
+    b = attnscope.maps(smollm2, long_b, layer=3, heads=[5], cell_limit=8, reduce="max")
+    assert len(a.tokens) == len(b.tokens) == 28 and pooled.maps_a.block == 4
     np.testing.assert_array_equal(pooled.map_difference, b.values[0] - a.values[0])
-    same = attnscope.compare(smollm2, SAME_LENGTH_A, layer=3, head=5, cell_limit=3)
-    assert any("B − A drawn tile by tile (3×3 tokens)." in f.text() for f in same.findings())
+    same = attnscope.compare(smollm2, long_a, layer=3, head=5, cell_limit=8)
+    assert any("B − A drawn tile by tile (4×4 tokens)." in f.text() for f in same.findings())
 
 
 def test_two_models_of_different_depths_are_compared_by_relative_depth(smollm2, minilm, tmp_path):

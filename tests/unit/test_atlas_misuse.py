@@ -6,6 +6,8 @@ import json
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import attnscope
@@ -168,3 +170,75 @@ def test_a_diff_against_another_kind_of_result_is_one_sentence(tmp_path):
     assert str(raised.value) == ("The other side is a stats result, not a head atlas; compare two atlases (an atlas "
                                  "folder or the atlas.parquet that `attnscope atlas` wrote, opened with "
                                  "attnscope.open).")
+
+
+# ---- corpora that cannot be read: refused before any model work, naming the corpus, leaving no folder ---------------
+
+RANDOM_BYTES = bytes(np.random.default_rng(26).integers(0, 256, 64 * 1024, dtype=np.uint8))  # as os.urandom gives
+DEEP = 200_000  # brackets: past what json.loads can nest
+
+
+@pytest.mark.parametrize("suffix, says", [
+    (".txt", "'corpus.txt' looks like a binary file, not text (it holds NUL or other control bytes, as UTF-16 text "
+             "does too); save it as UTF-8 text."),
+    (".jsonl", "'corpus.jsonl' looks like a binary file, not text (it holds NUL or other control bytes, as UTF-16 "
+               "text does too); save it as UTF-8 text."),
+    (".parquet", "'corpus.parquet' is not a .parquet file (a Parquet file starts and ends with the bytes PAR1); write "
+                 "it with pandas' DataFrame.to_parquet or pyarrow.parquet.write_table."),
+])
+def test_a_corpus_of_random_bytes_is_refused_naming_it_before_any_model_work(tiny, tmp_path, suffix, says):
+    corpus = tmp_path / f"corpus{suffix}"
+    corpus.write_bytes(RANDOM_BYTES)
+    out = tmp_path / "deep" / "atlas"
+    with pytest.raises(ValueError) as raised:
+        attnscope.atlas(tiny, corpus, out)
+    assert str(raised.value) == says
+    assert not (tmp_path / "deep").exists()
+    with pytest.raises(ValueError, match=f"^'corpus{suffix}' "):  # the CLI's check, before it loads a model
+        study.check_documents(corpus, study.Settings())
+
+
+def test_a_folder_of_random_bytes_names_the_folder_as_given_and_each_file(tiny, tmp_path):
+    """The page writes text uploads to a folder: the sentence names the corpus as the caller gave it, and each file
+    by its name inside it."""
+    corpus = tmp_path / "uploads"
+    corpus.mkdir()
+    for suffix in (".txt", ".jsonl", ".parquet"):
+        (corpus / f"corpus{suffix}").write_bytes(RANDOM_BYTES)
+    out = tmp_path / "atlas"
+    with pytest.raises(UnusableCorpus) as raised:
+        attnscope.atlas(tiny, corpus, out)
+    assert str(raised.value).startswith(f"The corpus {corpus} has no document the atlas can use: all 3 documents "
+                                        "read were left out ('corpus.jsonl' looks like a binary file")
+    assert [reason.split("'")[1] for reason in raised.value.reasons] == [
+        "corpus.jsonl", "corpus.parquet", "corpus.txt"]
+    assert not out.exists()
+    with pytest.raises(UnusableCorpus):
+        study.check_documents(corpus, study.Settings())
+
+
+@pytest.mark.parametrize("name, place", [("deep.jsonl", "line 1"), ("deep.json", "item 1")])
+def test_a_deeply_nested_corpus_is_one_sentence_not_a_recursion_error(tiny, tmp_path, name, place):
+    nested = '{"text": "t", "x": ' + "[" * DEEP + "]" * DEEP + "}"
+    corpus = tmp_path / name
+    corpus.write_text(nested + "\n" if name.endswith(".jsonl") else f"[{nested}]")
+    with pytest.raises(UnusableCorpus) as raised:
+        attnscope.atlas(tiny, corpus, tmp_path / "atlas")
+    assert f"its one document was left out ('{name}', {place}: nested too deeply to read" in str(raised.value)
+    assert not (tmp_path / "atlas").exists()
+
+
+def test_a_parquet_bomb_is_refused_from_its_footer_under_the_hosted_budget(tiny, tmp_path):
+    """What the Head atlas page passes in hosted mode (Policy.file_budget): a small .parquet whose text is larger
+    than an upload once uncompressed is refused before a value is read and before any model work."""
+    from attnscope.hosting import policy_from_env
+
+    corpus = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"text": ["a" * 3_000_000, "b"]}), corpus, compression="zstd")
+    assert corpus.stat().st_size < 20_000
+    hosted = policy_from_env({"ATTNSCOPE_HOSTED": "1"})
+    with pytest.raises(ValueError) as raised:
+        attnscope.run("atlas", tiny, corpus, tmp_path / "atlas", budget=hosted.file_budget)
+    assert str(raised.value) == ("'bomb.parquet' holds 3.0 MB of text once uncompressed, over the 2.0 MB limit for "
+                                 "one file.")
+    assert not (tmp_path / "atlas").exists()

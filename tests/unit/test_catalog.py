@@ -48,11 +48,13 @@ def test_the_api_has_one_thin_function_per_study_taking_exactly_its_settings():
 
 
 def test_every_api_default_is_the_tables():
-    """The API's keywords default to None, which takes the table's default: there is no second copy."""
+    """The API's keywords default to None, which takes the table's default: there is no second copy. Where None is a
+    choice of its own (catalog.Study.nones), the keyword's default is read from the table."""
     for entry in catalog.STUDIES.values():
         for name, parameter in inspect.signature(getattr(api, entry.name)).parameters.items():
             if (name in S.SETTINGS or name == "max_tokens") and name != "model":
-                assert parameter.default is None, (entry.name, name)
+                expected = S.default(name) if name in entry.nones else None
+                assert parameter.default == expected, (entry.name, name)
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -208,11 +210,11 @@ def test_the_batch_function_runs_the_chosen_study_on_every_prompt_with_its_setti
 
 
 @pytest.mark.parametrize("name, content, says", [
-    ("random.json", b"\xff\xfe\x00 not text", "random.json is not a readable attnscope result: it is not UTF-8 text"),
-    ("other.json", b'{"a": 1}', "other.json is not a readable attnscope result: format version None"),
-    ("random.parquet", bytes(range(256)) * 4, "random.parquet is not a readable attnscope result: it is not a "
+    ("random.json", b"\xff\xfe\x00 not text", "'random.json' is not a readable attnscope result: it is not UTF-8 text"),
+    ("other.json", b'{"a": 1}', "'other.json' is not a readable attnscope result: format version None"),
+    ("random.parquet", bytes(range(256)) * 4, "'random.parquet' is not a readable attnscope result: it is not a "
                                               "Parquet file"),
-    ("table.csv", b"a,b\n1,2\n", "Cannot open '.csv' files"),
+    ("table.csv", b"a,b\n1,2\n", "'table.csv' cannot be opened: attnscope reopens .json and .parquet results"),
 ])
 def test_opening_a_file_that_is_not_a_result_is_one_sentence(tmp_path, name, content, says):
     path = tmp_path / name
@@ -220,3 +222,10 @@ def test_opening_a_file_that_is_not_a_result_is_one_sentence(tmp_path, name, con
     with pytest.raises(ValueError, match=says) as raised:
         attnscope.open(path)
     assert str(raised.value).count("\n") == 0
+
+
+def test_compare_without_a_layer_draws_no_maps_and_by_default_draws_the_tables_layer(tiny):
+    """layer=None is compare's way of asking for no maps (catalog.Study.nones), not "the default layer"."""
+    assert attnscope.compare(tiny, TEXT_IDS, layer=None, cache=False).maps_a is None
+    drawn = attnscope.compare(tiny, TEXT_IDS, cache=False)
+    assert drawn.maps_a is not None and drawn.maps_a.layer == S.default("layer")

@@ -219,6 +219,35 @@ def test_parquet_text_is_measured_uncompressed_against_the_total_budget(tmp_path
     assert sentence.startswith("'bomb.parquet' holds 1.0 MB of text once uncompressed, over the 100.0 KB limit")
 
 
+def test_parquet_metadata_nested_200000_levels_deep_is_never_parsed(tmp_path):
+    """The reader takes a .parquet's rows with pyarrow alone: its pandas metadata (or any other entry) is not JSON
+    it reads, however deep it nests."""
+    buffer = io.BytesIO()
+    deep = b"[" * 200_000 + b"]" * 200_000
+    pq.write_table(pa.table({"text": ["a", "b"]}).replace_schema_metadata({b"pandas": deep, b"other": deep}), buffer)
+    seen = _everywhere("deep.parquet", buffer.getvalue(), tmp_path)
+    assert seen["upload"] == seen["path"] == seen["corpus"] == [("a", None), ("b", None)]
+
+
+def crafted_footer(items: int) -> bytes:
+    """A .parquet file of about 1 KB whose footer declares a schema list of `items` elements (Thrift compact
+    protocol): pyarrow makes room for a list's declared length before reading it."""
+    length, size = bytearray(), items
+    while size >= 0x80:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    footer = b"\x15\x02" + b"\x19\xfc" + bytes(length) + bytes([size]) + b"\x00" * 1000
+    return b"PAR1" + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+
+
+def test_a_parquet_footer_declaring_a_huge_list_is_refused_before_room_is_made_for_it(tmp_path):
+    """900,000 schema elements fit pyarrow's own limit (1,000,000) and cost about 170 MB of room for a 1 KB file;
+    the reader's limit (PARQUET_LIST_ITEMS) refuses the list from its declared length."""
+    assert reader.PARQUET_LIST_ITEMS < 900_000
+    sentence = _one(_everywhere("crafted.parquet", crafted_footer(900_000), tmp_path))
+    assert sentence.startswith("'crafted.parquet' is a damaged .parquet file (") and "Exceeded size limit" in sentence
+
+
 @pytest.mark.parametrize("suffix,place", [(".jsonl", "line 3"), (".csv", "row 4"), (".json", "item 3"),
                                           (".parquet", "row 3")])
 def test_too_many_documents_stop_reading_with_a_sentence_naming_the_place(suffix, place, tmp_path):
