@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 SESSIONS = 8
 ROUNDS = 2  # the first on the fresh server, the second on a server that has served
 BUDGET_S = 420  # one round
+DOWNLOAD_S = 120  # one press of a CSV button
 HOSTED = policy_from_env({"ATTNSCOPE_HOSTED": "1"})
 ANIMALS = ["zebra", "otter", "falcon", "badger", "lynx", "heron", "bison", "gecko"]
 
@@ -59,13 +60,19 @@ def _short_text(i: int, round_: int) -> str:
 
 
 async def _map_csv(page) -> pd.DataFrame:
-    """The shown map's CSV. A rerun that lands while the browser fetches the file cancels the download (Streamlit
-    replaces the file); the map is unchanged, so the button is pressed again, at most three times."""
+    """The shown map's CSV. The button's file is made on the server when pressed; a rerun that lands meanwhile
+    cancels the download (Streamlit replaces the file) or drops the press, with no download at all. The map is
+    unchanged either way, so the button is pressed again, at most three times, each press given DOWNLOAD_S."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
     for attempt in range(3):
-        async with page.expect_download(timeout=BUDGET_S * 1000) as download:
-            await page.get_by_role("button", name="Data as CSV").first.click()
         try:
+            async with page.expect_download(timeout=DOWNLOAD_S * 1000) as download:
+                await page.get_by_role("button", name="Data as CSV").first.click()
             return pd.read_csv(io.BytesIO(open(await (await download.value).path(), "rb").read()))
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
         except Exception as error:  # playwright's Error("Download.path: canceled")
             if "canceled" not in str(error) or attempt == 2:
                 raise
