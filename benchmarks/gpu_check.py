@@ -21,6 +21,10 @@ Four parts, each a section of the results file:
                   Random bf16 inputs (randn; never zeros).
     targets       the issue's targets, met or not, with the measured ratio: attention_stats <= 1.5x SDPA, Taylor
                   order 10 <= 2x attention_stats, engine.run <= 1.3x the forward's time and <= 1.2x its peak memory.
+    estimates     each timed kernel (SDPA as FlashAttention, attention_stats, Taylor order 10, pooled maps) against
+                  its floor on an H100 SXM at the shape it was timed (benchmarks/h100_estimates.py, issue 27):
+                  measured time / floor, which resource bounds it, and the ratio to FlashAttention expected on paper
+                  beside the one measured against SDPA. On another GPU the floors are still an H100's.
 
 Results go to benchmarks/results/<GPU name>.json (<GPU name>-partial.json with --quick or --skip-tests) and a table
 is printed last. It needs torch, triton and transformers only (no streamlit, no network): where attnscope is not
@@ -60,7 +64,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
-SECTIONS = ("kernel_tests", "engine", "logits", "timings", "targets")
+SECTIONS = ("kernel_tests", "engine", "logits", "timings", "targets", "estimates")
 NEEDS_CUDA = ("gpu_check needs a CUDA GPU and torch finds none here; run it on a GPU machine, or pass --smoke to "
               "check the script itself on the CPU.")
 
@@ -499,6 +503,36 @@ def targets(timings: list[dict]) -> list[dict]:
     return results
 
 
+ESTIMATED = {"sdpa": "flash", "attention_stats": "attention_stats", "taylor_order10": "taylor",
+             "pooled_map": "pooled_map"}  # timed op -> its op in benchmarks/h100_estimates.py
+
+
+def against_estimates(timings: list[dict], plan: Plan) -> list[dict]:
+    """Each timed kernel against its H100 floor at the shape it was timed: measured / floor (>= 1; how far from what
+    the card allows), and its ratio to SDPA beside the ratio to FlashAttention on paper."""
+    import h100_estimates  # beside this file
+
+    sdpa = {(row["shape"], row["tokens"]): row["median_ms"] for row in timings if row["op"] == "sdpa"}
+    results = []
+    for row in timings:
+        if row["op"] not in ESTIMATED:
+            continue
+        heads, kv_heads, head_dim = row["heads"]
+        extra = {"tiles": plan.pooled_tiles} if row["op"] == "pooled_map" else {}
+        paper = h100_estimates.estimate(ESTIMATED[row["op"]], tokens=row["tokens"], heads=heads, kv_heads=kv_heads,
+                                        head_dim=head_dim, batch=1, **extra)
+        measured = row["median_ms"]
+        baseline = sdpa.get((row["shape"], row["tokens"]))
+        results.append({
+            "op": row["op"], "shape": row["shape"], "tokens": row["tokens"], "floor_ms": paper.floor_s * 1e3,
+            "bound": paper.bound, "measured_ms": measured,
+            "measured_over_floor": None if measured is None else measured / (paper.floor_s * 1e3),
+            "paper_ratio_to_flash": paper.ratio_to_flash,
+            "measured_ratio_to_sdpa": None if measured is None or not baseline else measured / baseline,
+        })
+    return results
+
+
 # --- the run -----------------------------------------------------------------------------------------------------
 
 
@@ -546,6 +580,7 @@ def run_check(plan: Plan, device: torch.device, *, skip_tests: bool, tree: Path 
     timings = kernel_timings(plan, device, backend) + timings + [pooled_timing(plan, device, backend)]
     results["timings"] = timings
     results["targets"] = targets(timings)
+    results["estimates"] = against_estimates(timings, plan)
     return results
 
 
@@ -592,6 +627,16 @@ def print_table(results: dict) -> None:
         else:
             verdict = f"{target['ratio']:.2f}x (limit {target['limit']}x) {'met' if target['met'] else 'NOT MET'}"
         print(f"target {target['target']:42s} {verdict}")
+    h100 = "" if "H100" in results["device"] else " (this device is no H100: the floors are an H100 SXM's)"
+    print(f"against the H100 floors of benchmarks/h100_estimates.py{h100}:")
+    for e in results["estimates"]:
+        if e["measured_ms"] is None:
+            print(f"  {e['op']:16s} {e['shape']:13s} T={e['tokens']:6d} floor {e['floor_ms']:.3g} ms: not measured")
+            continue
+        to_sdpa = "-" if e["measured_ratio_to_sdpa"] is None else f"{e['measured_ratio_to_sdpa']:.2f}x"
+        print(f"  {e['op']:16s} {e['shape']:13s} T={e['tokens']:6d} {e['measured_ms']:9.3f} ms = "
+              f"{e['measured_over_floor']:7.2f}x its floor {e['floor_ms']:.3g} ms ({e['bound']}); vs flash "
+              f"{e['paper_ratio_to_flash']:.2f}x on paper, {to_sdpa} measured against SDPA")
     if results["mode"] == "smoke":
         print("(smoke: CPU, Triton interpreter, tiny shapes; the figures check the script, not the GPU targets)")
 

@@ -1,7 +1,7 @@
 """attention_stats: per-query-row statistics of softmax attention (and its output) without the (T, S) matrix.
 
-fused.py is the Triton kernel (imported only when it runs), chunked.py the torch path for the CPU, naive.py the fp64
-reference the tests compare both with.
+fused.py holds the Triton kernels (imported only when they run: the statistics in one pass, top-k in a second),
+chunked.py the torch path for the CPU, naive.py the fp64 reference the tests compare both with.
 """
 
 from __future__ import annotations

@@ -3,13 +3,24 @@
 Online softmax as in FlashAttention: for each query tile the kernel walks the key tiles once, keeping a running
 max m, the running sum l = sum exp(s - m) and, rescaled alongside it, sum exp(s - m) * s (for the entropy
 lse - E[s]), sum exp(s - m) * |i - j| (mean distance) and, with V, the output accumulator. The running argmax
-follows m. Top-k keeps, per row, TOPK candidate logits; each key tile offers its TOPK best, each replacing the
-current smallest candidate when larger. Memory is O(T) per head; the (T, S) matrix never exists.
+follows m. Memory is O(T) per head; the (T, S) matrix never exists.
+
+Top-k is a second, register-light kernel (attention_topk_kernel), run once the first has every row's lse. Per query
+tile it finds each row's k-th largest logit exactly by radix selection on the logits' bits (radix select, as in Alabi
+et al., "Fast k-selection algorithms for graphics processing units", 2012): up to 8 passes over the key tiles, each
+fixing 4 more bits of the threshold from a 16-bucket histogram of the keys that share the bits found so far, and
+stopping once every row of the tile needs all the keys that share its bits. A last pass writes every key above the
+threshold and as many at it as are still needed (lowest index first); the launcher sorts each row's k weights.
+Keeping k candidates per row in registers instead (the first version) spilled at k = 8 on sm_80 and sm_90a and
+unrolled k steps per key tile, so that every k compiled anew, slower the larger k (26 s at k = 32; the collapse
+analysis asks for 256). This recomputes each logit tile up to 9 times whatever k is, and one compilation serves
+every k.
 
 Grouped-query attention: program (tile, b * Hq + h) reads key/value head h // (Hq // Hkv) in place. A sliding window
 starts the key loop at the tile left of the first row's window and hides the keys left of each row's; a softcap maps
 the tile's logits through c tanh(s / c) (kernels.tiles.soft_capped); a learned sink
 z joins at the end (m' = max(m, z), l' = l exp(m - m') + exp(z - m'), the sums rescaled alike, E[s] gains z's term).
+Block sizes, warps and pipelining depth come from kernels/launch.py.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import triton
 import triton.language as tl
 
 from attnscope.kernels.attention_stats.naive import AttentionStats
+from attnscope.kernels.launch import LaunchConfig, block_dim, launch_config
 from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
     dot_precision,
@@ -31,15 +43,13 @@ from attnscope.kernels.utils import (
 def attention_stats_kernel(
     q_ptr, k_ptr, v_ptr,  # (B, Hq, T, D), (B, Hkv, S, D), (B, Hkv, S, DV)
     lse_ptr, entropy_ptr, max_ptr, argmax_ptr, sink_ptr, dist_ptr,  # (B, Hq, T) each, contiguous
-    topk_w_ptr, topk_i_ptr,  # (B, Hq, T, TOPK) contiguous
     o_ptr,  # (B, Hq, T, DV) contiguous
     sinks_ptr, learned_ptr,  # (Hq,) fp32 learned sink logits; (B, Hq, T) learned sink mass
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     n_heads, n_queries, n_keys, head_dim, value_dim, groups, scale, window, softcap,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr, SOFTCAP: tl.constexpr,
-    TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, WITH_V: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr, SOFTCAP: tl.constexpr, WITH_V: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -65,11 +75,6 @@ def attention_stats_kernel(
     if WITH_V:
         o_dv = tl.arange(0, BLOCK_DV)
         b_acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    if TOPK > 0:
-        o_t = tl.arange(0, TOPK_PAD)
-        # Padding slots hold +inf so they are never "the smallest candidate"; they are dropped at the end.
-        b_tv = tl.where(o_t[None, :] < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, TOPK_PAD], tl.float32)
-        b_ti = tl.full([BLOCK_M, TOPK_PAD], -1, tl.int32)
 
     hi = n_keys
     lo = 0
@@ -108,15 +113,6 @@ def attention_stats_kernel(
                 b_v = b_v.to(tl.float32)
             # Like FlashAttention, probabilities meet V in V's dtype (tensor cores for bf16/fp16), accumulating fp32.
             b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
-        if TOPK > 0:
-            b_cand = b_s
-            for _ in tl.static_range(TOPK):
-                best, best_at = tl.max(b_cand, axis=1, return_indices=True)
-                worst, worst_at = tl.min(b_tv, axis=1, return_indices=True)
-                take = (best > worst)[:, None] & (o_t[None, :] == worst_at[:, None])
-                b_tv = tl.where(take, best[:, None], b_tv)
-                b_ti = tl.where(take, (start_n + best_at)[:, None], b_ti)
-                b_cand = tl.where(tl.arange(0, BLOCK_N)[None, :] == best_at[:, None], float("-inf"), b_cand)
 
     if SINKS:  # the sink cell joins the normaliser, with no value and no distance
         b_z = tl.load(sinks_ptr + i_h)
@@ -146,21 +142,140 @@ def attention_stats_kernel(
         p_o = o_ptr + o_row[:, None] * value_dim + o_dv[None, :]
         m_o = m_m[:, None] & (o_dv[None, :] < value_dim)
         tl.store(p_o, (b_acc / b_l[:, None]).to(o_ptr.dtype.element_ty), mask=m_o)
-    if TOPK > 0:
-        # Emit the candidates in descending order by repeated extraction; padding slots never qualify.
-        b_tv = tl.where(o_t[None, :] < TOPK, b_tv, float("-inf"))
-        for slot in tl.static_range(TOPK):
-            best, best_at = tl.max(b_tv, axis=1, return_indices=True)
-            index = tl.sum(tl.where(o_t[None, :] == best_at[:, None], b_ti, 0), axis=1)
-            found = best > float("-inf")
-            tl.store(topk_w_ptr + o_row * TOPK + slot, tl.where(found, tl.exp(best - b_lse), 0.0), mask=m_m)
-            tl.store(topk_i_ptr + o_row * TOPK + slot, tl.where(found, index, -1).to(tl.int64), mask=m_m)
-            b_tv = tl.where(o_t[None, :] == best_at[:, None], float("-inf"), b_tv)
+
+
+SIGN_BIT: tl.constexpr = tl.constexpr(-(2**31))  # int32 0x80000000
+RADIX_PASSES: tl.constexpr = tl.constexpr(8)  # 4 bits of the 32-bit key per pass
+RADIX_BUCKETS: tl.constexpr = tl.constexpr(16)
+
+
+@triton.jit
+def _visible_keys(b_q, k_tile_ptr, o_n, o_d, m_m, pos_m, n_keys, head_dim, stride_ks, stride_kd, scale, window,
+                  softcap, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """The tile's logits exactly as attention_stats_kernel computes them, their visibility, and each logit as an
+    int32 key in the same order (a signed comparison orders the keys as the floats): a negative float's magnitude
+    bits are flipped."""
+    b_s, visible = key_tile_scores(b_q, k_tile_ptr, o_n, o_d, m_m, pos_m, n_keys, head_dim, stride_ks, stride_kd,
+                                   scale, CAUSAL, DOT_PRECISION, DOT_UPCAST)
+    if SOFTCAP:
+        b_s = soft_capped(b_s, softcap)
+    if WINDOW:
+        visible = visible & (o_n[None, :] > pos_m[:, None] - window)
+    b_bits = b_s.to(tl.int32, bitcast=True)
+    return b_s, visible, tl.where(b_bits < 0, b_bits ^ 0x7FFFFFFF, b_bits)
+
+
+@triton.jit
+def attention_topk_kernel(
+    q_ptr, k_ptr, lse_ptr,  # (B, Hq, T, D), (B, Hkv, S, D), (B, Hq, T) fp32 from attention_stats_kernel
+    topk_w_ptr, topk_i_ptr,  # (B, Hq, T, topk) contiguous, filled with 0 and -1 first; written in no order
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    n_heads, n_queries, n_keys, head_dim, groups, scale, window, softcap, topk,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // n_heads, i_bh % n_heads
+    k_tile_ptr = k_ptr + i_b * stride_kb + (i_h // groups) * stride_kh
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < n_queries
+    pos_m = o_m + (n_keys - n_queries)
+    p_q = q_ptr + i_b * stride_qb + i_h * stride_qh + o_m[:, None] * stride_qt + o_d[None, :] * stride_qd
+    b_q = tl.load(p_q, mask=m_m[:, None] & (o_d[None, :] < head_dim), other=0.0)  # [BLOCK_M, BLOCK_D]
+    if DOT_UPCAST:
+        b_q = b_q.to(tl.float32)
+    hi = n_keys
+    lo = 0
+    if CAUSAL:
+        hi = tl.minimum(n_keys, (i_m + 1) * BLOCK_M + (n_keys - n_queries))
+    if WINDOW:
+        lo = tl.maximum(0, i_m * BLOCK_M + (n_keys - n_queries) - window + 1) // BLOCK_N * BLOCK_N
+
+    # Radix selection of each row's threshold, the key of its k-th largest logit, 4 bits a pass from the top, in
+    # unsigned order (the key's sign bit flipped). b_need counts the keys still to take among those that share the
+    # bits found so far; a row that sees fewer than k keys takes them all. A row is resolved as soon as it needs every
+    # key that shares its bits (b_bits of them decide), and the passes stop when every row of the tile is.
+    o_bucket = tl.arange(0, RADIX_BUCKETS)
+    b_prefix = tl.zeros([BLOCK_M], tl.int32)
+    b_bits = tl.full([BLOCK_M], 32, tl.int32)
+    b_need = tl.zeros([BLOCK_M], tl.int32) + topk
+    b_above = tl.zeros([BLOCK_M], tl.int32)  # keys above the threshold: all taken
+    b_open = m_m
+    i_pass = 0
+    while (i_pass < RADIX_PASSES) & (tl.max(b_open.to(tl.int32), axis=0) > 0):
+        shift = 28 - 4 * i_pass
+        b_hist = tl.zeros([BLOCK_M, RADIX_BUCKETS], tl.int32)
+        for start_n in range(lo, hi, BLOCK_N):
+            o_n = start_n + tl.arange(0, BLOCK_N)
+            _, visible, b_key = _visible_keys(b_q, k_tile_ptr, o_n, o_d, m_m, pos_m, n_keys, head_dim, stride_ks,
+                                              stride_kd, scale, window, softcap, CAUSAL, WINDOW, SOFTCAP,
+                                              DOT_PRECISION, DOT_UPCAST)
+            b_key = b_key ^ SIGN_BIT
+            # The bits above this pass's digit equal the prefix's (two shifts: one by 32 is undefined)
+            same = (visible & b_open[:, None]) & ((i_pass == 0) | ((((b_key ^ b_prefix[:, None]) >> shift) >> 4) == 0))
+            b_digit = tl.where(same, (b_key >> shift) & (RADIX_BUCKETS - 1), RADIX_BUCKETS)  # outside: no bucket
+            b_hist += tl.sum((b_digit[:, :, None] == o_bucket[None, None, :]).to(tl.int32), axis=1)
+        b_need = tl.where(b_open, tl.minimum(b_need, tl.sum(b_hist, axis=1)), b_need)  # changes in the first pass
+        b_at_least = tl.sum(b_hist, axis=1)[:, None] - tl.cumsum(b_hist, axis=1) + b_hist  # keys in buckets >= j
+        b_found = tl.sum((b_at_least >= b_need[:, None]).to(tl.int32), axis=1) - 1  # the k-th largest's bucket
+        b_in_bucket = tl.sum(tl.where(o_bucket[None, :] == b_found[:, None], b_hist, 0), axis=1)
+        b_higher = tl.sum(tl.where(o_bucket[None, :] == b_found[:, None], b_at_least, 0), axis=1) - b_in_bucket
+        b_above = tl.where(b_open, b_above + b_higher, b_above)
+        b_need = tl.where(b_open, b_need - b_higher, b_need)
+        b_prefix = tl.where(b_open, b_prefix | (b_found << shift), b_prefix)
+        resolved = b_open & (b_need == b_in_bucket)
+        b_bits = tl.where(resolved, 32 - shift, b_bits)
+        b_open = b_open & (b_need != b_in_bucket)
+        i_pass += 1
+
+    # Write every key above the threshold, then the first b_need keys at it (all of them for a row resolved early),
+    # into slots 0.. in key order. Keys compare on their deciding bits, in signed order.
+    b_shift = 32 - b_bits
+    b_threshold = (b_prefix ^ SIGN_BIT) >> b_shift
+    b_lse = tl.load(lse_ptr + i_bh * n_queries + o_m, mask=m_m, other=0.0)
+    b_above_seen = tl.zeros([BLOCK_M], tl.int32)
+    b_ties_seen = tl.zeros([BLOCK_M], tl.int32)
+    p_row = (i_bh * n_queries + o_m).to(tl.int64) * topk
+    for start_n in range(lo, hi, BLOCK_N):
+        o_n = start_n + tl.arange(0, BLOCK_N)
+        b_s, visible, b_key = _visible_keys(b_q, k_tile_ptr, o_n, o_d, m_m, pos_m, n_keys, head_dim, stride_ks,
+                                            stride_kd, scale, window, softcap, CAUSAL, WINDOW, SOFTCAP,
+                                            DOT_PRECISION, DOT_UPCAST)
+        b_top = b_key >> b_shift[:, None]
+        above = visible & (b_top > b_threshold[:, None])
+        tie = visible & (b_top == b_threshold[:, None])
+        slot = tl.where(above, b_above_seen[:, None] + tl.cumsum(above.to(tl.int32), axis=1) - 1,
+                        (b_above + b_ties_seen)[:, None] + tl.cumsum(tie.to(tl.int32), axis=1) - 1)
+        taken = (above | (tie & (slot < (b_above + b_need)[:, None]))) & m_m[:, None]
+        tl.store(topk_w_ptr + p_row[:, None] + slot, tl.exp(b_s - b_lse[:, None]), mask=taken)
+        tl.store(topk_i_ptr + p_row[:, None] + slot, o_n[None, :].to(tl.int64) + tl.zeros_like(slot), mask=taken)
+        b_above_seen += tl.sum(above.to(tl.int32), axis=1)
+        b_ties_seen += tl.sum(tie.to(tl.int32), axis=1)
+
+
+def stats_constexprs(*, dtype: torch.dtype, head_dim: int, value_dim: int, causal: bool, window: bool,
+                     softcap: bool, sinks: bool, with_v: bool, config: LaunchConfig) -> dict:
+    """attention_stats_kernel's compile-time constants for one launch (benchmarks/gpu_compile.py compiles these)."""
+    return dict(CAUSAL=causal, WINDOW=window, SINKS=sinks, SOFTCAP=softcap, WITH_V=with_v,
+                DOT_PRECISION=dot_precision(dtype), DOT_UPCAST=interpreter_dot_upcast(dtype),
+                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_dim(head_dim),
+                BLOCK_DV=block_dim(value_dim))
+
+
+def topk_constexprs(*, dtype: torch.dtype, head_dim: int, causal: bool, window: bool, softcap: bool,
+                    config: LaunchConfig) -> dict:
+    """attention_topk_kernel's compile-time constants for one launch."""
+    return dict(CAUSAL=causal, WINDOW=window, SOFTCAP=softcap, DOT_PRECISION=dot_precision(dtype),
+                DOT_UPCAST=interpreter_dot_upcast(dtype), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                BLOCK_D=block_dim(head_dim))
 
 
 def _launch(q, k, v, *, causal: bool, scale: float, topk: int, window: int | None = None,
-            sinks: torch.Tensor | None = None, softcap: float | None = None, block_m: int = 64,
-            block_n: int = 64) -> AttentionStats:
+            sinks: torch.Tensor | None = None, softcap: float | None = None) -> AttentionStats:
     batch, n_heads, n_queries, head_dim = q.shape
     n_keys = k.shape[2]
     value_dim = v.shape[-1] if v is not None else 1
@@ -171,28 +286,48 @@ def _launch(q, k, v, *, causal: bool, scale: float, topk: int, window: int | Non
         argmax=empty_output(*shape, device=q.device, dtype=torch.int64), sink_mass=floats(*shape),
         mean_distance=floats(*shape),
     )
-    topk_weights = floats(*shape, max(topk, 1))
-    topk_indices = empty_output(*shape, max(topk, 1), device=q.device, dtype=torch.int64)
     output = empty_output(*shape, value_dim, device=q.device, dtype=v.dtype if v is not None else q.dtype)
     learned = floats(*shape) if sinks is not None else out.lse  # (a stand-in the kernel never writes)
-    grid = (triton.cdiv(n_queries, block_m), batch * n_heads)
+    config = launch_config("attention_stats", device=q.device, head_dim=head_dim, dtype=q.dtype,
+                           variant="with_v" if v is not None else "no_v")
     v_arg = v if v is not None else k
-    attention_stats_kernel[grid](
+    attention_stats_kernel[(triton.cdiv(n_queries, config.block_m), batch * n_heads)](
         q, k, v_arg,
         out.lse, out.entropy, out.max_weight, out.argmax, out.sink_mass, out.mean_distance,
-        topk_weights, topk_indices, output, out.lse if sinks is None else sinks.contiguous(), learned,
+        output, out.lse if sinks is None else sinks.contiguous(), learned,
         *q.stride(), *k.stride(), *v_arg.stride(),
         n_heads, n_queries, n_keys, head_dim, value_dim, n_heads // k.shape[1], scale, window or 0, softcap or 1.0,
-        CAUSAL=causal, WINDOW=window is not None, SINKS=sinks is not None, SOFTCAP=softcap is not None, TOPK=topk,
-        TOPK_PAD=triton.next_power_of_2(max(topk, 1)), WITH_V=v is not None,
-        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),
+        **stats_constexprs(dtype=q.dtype, head_dim=head_dim, value_dim=value_dim, causal=causal,
+                           window=window is not None, softcap=softcap is not None, sinks=sinks is not None,
+                           with_v=v is not None, config=config),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if topk > 0:
-        out.topk_weights, out.topk_indices = topk_weights, topk_indices
+        out.topk_weights, out.topk_indices = _top_k(q, k, out.lse, topk=topk, causal=causal, scale=scale,
+                                                    window=window, softcap=softcap)
     if v is not None:
         out.output = output
     if sinks is not None:
         out.learned_sink_mass = learned
     return out
+
+
+def _top_k(q, k, lse, *, topk: int, causal: bool, scale: float, window: int | None,
+           softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Hq, T, topk) weights exp(s - lse), descending, and their key indices; 0 and -1 past a row's keys."""
+    batch, n_heads, n_queries, head_dim = q.shape
+    # Filled, not poisoned: slots past the keys a row sees keep these values by design.
+    weights = torch.zeros(batch, n_heads, n_queries, topk, device=q.device, dtype=torch.float32)
+    indices = torch.full((batch, n_heads, n_queries, topk), -1, device=q.device, dtype=torch.int64)
+    config = launch_config("attention_topk", device=q.device, head_dim=head_dim, dtype=q.dtype)
+    attention_topk_kernel[(triton.cdiv(n_queries, config.block_m), batch * n_heads)](
+        q, k, lse, weights, indices, *q.stride(), *k.stride(),
+        n_heads, n_queries, k.shape[2], head_dim, n_heads // k.shape[1], scale, window or 0, softcap or 1.0, topk,
+        **topk_constexprs(dtype=q.dtype, head_dim=head_dim, causal=causal, window=window is not None,
+                          softcap=softcap is not None, config=config),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    # The kernel writes a row's keys above its threshold first, then those at it, then leaves the empty slots (0):
+    # a stable sort keeps the empty slots last even behind weights that underflowed to 0.
+    weights, order = weights.sort(dim=-1, descending=True, stable=True)
+    return weights, indices.gather(-1, order)

@@ -4,11 +4,13 @@ Pass 1 is attention_stats, for each row's log-sum-exp (a learned sink joins it t
 exp(sink_h))). Pass 2 rebuilds p = exp(s - lse) tile by tile, s softcapped when asked (c tanh(s / c)), and reduces it
 to the tile's mean (sum / visible count) or max; tiles without a visible cell are NaN.
 
-- block <= 64 (`pooled_map_packed_kernel`): one program takes PR pooled rows and walks PC pooled columns at a time.
-  Rows and keys are laid out as [pooled index, offset padded to BP = next_power_of_2(block)], flattened into one
-  PR*BP x PC*BP dot (64 x 64), and the result is reshaped to 4-D and reduced over the two offset axes. Padding costs
-  at most (BP / block)^2 extra work, and block = 1 is the exact map.
-- block > 64 (`pooled_map_kernel`): one program per pooled row walks the key tiles, each in 64 x 64 sub-tiles.
+- small blocks (`pooled_map_packed_kernel`; BP = next_power_of_2(block) at most the packed entry's block_m and
+  block_n in kernels/launch.py: 64 for 16-bit inputs, 32 for fp32): one program takes PR pooled rows and walks PC
+  pooled columns at a time. Rows and keys are laid out as [pooled index, offset padded to BP], flattened into one
+  PR*BP x PC*BP dot (block_m x block_n), and the result is reshaped to 4-D and reduced over the two offset axes.
+  Padding costs at most (BP / block)^2 extra work, and block = 1 is the exact map.
+- larger blocks (`pooled_map_kernel`): one program per pooled row walks the key tiles, each in BLOCK_M x BLOCK_N
+  sub-tiles (kernels/launch.py).
 Key tiles past the causal frontier or left of a sliding window are never computed, only stored as NaN: the sub-tiled
 kernel starts each tile's key loop at the first key a row of its pooled row sees, the packed one computes only the
 groups of pooled columns between the first and the last such key. The explicit mask stays on the torch path.
@@ -23,6 +25,7 @@ import triton
 import triton.language as tl
 
 from attnscope.kernels.attention_stats import attention_stats
+from attnscope.kernels.launch import LaunchConfig, block_dim, launch_config
 from attnscope.kernels.tiles import key_tile_scores, soft_capped
 from attnscope.kernels.utils import (
     dot_precision,
@@ -158,7 +161,23 @@ def pooled_map_packed_kernel(
         tl.store(p_o, value, mask=(o_pr[:, None] < n_row_blocks) & (o_pc[None, :] < n_key_blocks))
 
 
-_PACKED_LANES = 64  # rows (and keys) per dot in the packed kernel
+def packed(block: int, config: LaunchConfig) -> bool:
+    """Whether pooled blocks of `block` cells take the packed kernel under the packed kernel's table entry: when at
+    least one padded block fits its dot each way."""
+    return triton.next_power_of_2(block) <= min(config.block_m, config.block_n)
+
+
+def pooled_constexprs(*, dtype: torch.dtype, head_dim: int, block: int, reduce: str, causal: bool, hide_sink: bool,
+                      window: bool, softcap: bool, config: LaunchConfig) -> dict:
+    """The compile-time constants of the kernel that takes `block` under `config` (the pooled_map_packed entry's when
+    packed(block, config), pooled_map_kernel's otherwise) for one launch (benchmarks/gpu_compile.py compiles these)."""
+    common = dict(CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max", WINDOW=window, SOFTCAP=softcap,
+                  DOT_PRECISION=dot_precision(dtype), DOT_UPCAST=interpreter_dot_upcast(dtype),
+                  BLOCK_D=block_dim(head_dim))
+    if packed(block, config):
+        padded = triton.next_power_of_2(block)
+        return dict(common, PR=config.block_m // padded, PC=config.block_n // padded, BP=padded)
+    return dict(common, BLOCK_M=config.block_m, BLOCK_N=config.block_n)
 
 
 def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_sink: bool, window: int | None = None,
@@ -170,24 +189,22 @@ def _launch(q, k, *, block: int, reduce: str, causal: bool, scale: float, hide_s
                           backend="triton").lse
     n_row_blocks, n_key_blocks = math.ceil(n_queries / block), math.ceil(n_keys / block)
     out = empty_output(batch, n_heads, n_row_blocks, n_key_blocks, device=q.device, dtype=torch.float32)
-    common = dict(
-        CAUSAL=causal, HIDE_SINK=hide_sink, REDUCE_MAX=reduce == "max", WINDOW=window is not None,
-        SOFTCAP=softcap is not None,
-        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-    )
-    if block <= _PACKED_LANES:
-        padded = triton.next_power_of_2(block)
-        per_program = _PACKED_LANES // padded
-        pooled_map_packed_kernel[(triton.cdiv(n_row_blocks, per_program), batch * n_heads)](
+    config = launch_config("pooled_map_packed", device=q.device, head_dim=head_dim, dtype=q.dtype)
+    options = dict(dtype=q.dtype, head_dim=head_dim, block=block, reduce=reduce, causal=causal, hide_sink=hide_sink,
+                   window=window is not None, softcap=softcap is not None)
+    if packed(block, config):
+        constexprs = pooled_constexprs(**options, config=config)
+        pooled_map_packed_kernel[(triton.cdiv(n_row_blocks, constexprs["PR"]), batch * n_heads)](
             q, k, lse, out, *q.stride(), *k.stride(),
             n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_row_blocks, n_key_blocks,
-            window or 0, softcap or 1.0, PR=per_program, PC=per_program, BP=padded, **common,
+            window or 0, softcap or 1.0, **constexprs, num_warps=config.num_warps, num_stages=config.num_stages,
         )
         return out
+    config = launch_config("pooled_map", device=q.device, head_dim=head_dim, dtype=q.dtype)
     pooled_map_kernel[(n_row_blocks, batch * n_heads)](
         q, k, lse, out, *q.stride(), *k.stride(),
         n_heads, n_queries, n_keys, head_dim, n_heads // k.shape[1], scale, block, n_key_blocks, window or 0,
-        softcap or 1.0, BLOCK_M=_PACKED_LANES, BLOCK_N=_PACKED_LANES, **common,
+        softcap or 1.0, **pooled_constexprs(**options, config=config), num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
     return out

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from attnscope.kernels.launch import LaunchConfig, block_dim, launch_config
 from attnscope.kernels.taylor import chunked
 from attnscope.kernels.taylor.naive import DENOMINATORS
 from attnscope.kernels.tiles import key_tile_scores, soft_capped
@@ -122,20 +123,31 @@ def taylor_attention_kernel(
     tl.store(p_o, b_out, mask=m_m[:, None] & (o_dv[None, :] < value_dim))
 
 
+def taylor_constexprs(*, dtype: torch.dtype, head_dim: int, value_dim: int, order: int, denominator: str,
+                      clamp_low: bool, clamp_high: bool, causal: bool, window: bool, softcap: bool, sinks: bool,
+                      config: LaunchConfig) -> dict:
+    """taylor_attention_kernel's compile-time constants for one launch (benchmarks/gpu_compile.py compiles these)."""
+    return dict(ORDER=order, DENOMINATOR=_DENOMINATOR_CODE[denominator], CAUSAL=causal, CLAMP_LOW=clamp_low,
+                CLAMP_HIGH=clamp_high, WINDOW=window, SOFTCAP=softcap, SINKS=sinks,
+                DOT_PRECISION=dot_precision(dtype), DOT_UPCAST=interpreter_dot_upcast(dtype),
+                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_dim(head_dim),
+                BLOCK_DV=block_dim(value_dim))
+
+
 def _launch(q, k, v, *, order, denominator, clamp, causal, scale, window: int | None = None,
-            softcap: float | None = None, sinks: torch.Tensor | None = None, block_m: int = 32, block_n: int = 32):
+            softcap: float | None = None, sinks: torch.Tensor | None = None):
     batch, n_heads, n_queries, head_dim = q.shape
     low, high = chunked.clamp_bounds(clamp)
     out = empty_output(batch, n_heads, n_queries, v.shape[-1], device=q.device, dtype=torch.float32)
-    taylor_attention_kernel[(triton.cdiv(n_queries, block_m), batch * n_heads)](
+    config = launch_config("taylor_attention", device=q.device, head_dim=head_dim, dtype=q.dtype)
+    taylor_attention_kernel[(triton.cdiv(n_queries, config.block_m), batch * n_heads)](
         q, k, v, out, out if sinks is None else sinks, *q.stride(), *k.stride(), *v.stride(),
         n_heads, n_queries, k.shape[2], head_dim, v.shape[-1], n_heads // k.shape[1], scale,
         0.0 if low is None else low, 0.0 if high is None else high, window or 0, softcap or 1.0,
-        ORDER=order, DENOMINATOR=_DENOMINATOR_CODE[denominator], CAUSAL=causal,
-        CLAMP_LOW=low is not None, CLAMP_HIGH=high is not None, WINDOW=window is not None,
-        SOFTCAP=softcap is not None, SINKS=sinks is not None,
-        DOT_PRECISION=dot_precision(q.dtype), DOT_UPCAST=interpreter_dot_upcast(q.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_DV=max(16, triton.next_power_of_2(v.shape[-1])),
+        **taylor_constexprs(dtype=q.dtype, head_dim=head_dim, value_dim=v.shape[-1], order=order,
+                            denominator=denominator, clamp_low=low is not None, clamp_high=high is not None,
+                            causal=causal, window=window is not None, softcap=softcap is not None,
+                            sinks=sinks is not None, config=config),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

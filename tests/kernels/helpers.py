@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from attnscope.kernels.attention_stats import naive
+
 # Where make_qkv and make_mask put their tensors: the CPU unless ATTNSCOPE_TEST_DEVICE names another device.
 # benchmarks/gpu_check.py sets it to "cuda" (with TRITON_INTERPRET=0) to run these tests compiled on a GPU; the
 # conftest beside this file then makes it torch's default device, so the tensors a test builds itself land there too.
@@ -107,3 +109,35 @@ def assert_within_rule(actual, reference, plain, *, what: str, floor: float = 1e
     bound = 2 * baseline + floor * (1 + reference[~nan].abs().max().item() if (~nan).any() else 1)
     assert math.isfinite(bound), f"{what}: the plain torch baseline is not finite, so the rule would prove nothing"
     assert error <= bound, f"{what}: error {error:.3g} > bound {bound:.3g} (plain torch error {baseline:.3g})"
+
+
+STATS_FIELDS = ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "topk_weights", "output")
+
+
+def check_attention_stats(result, q, k, v, *, causal, topk, mask=None, softcap=None, window=None, sinks=None):
+    """An attention_stats result against the fp64 reference under the tolerance rule, field by field (top-k and the
+    output when asked for), and its argmax and top-k indices against the weights they point at."""
+    extras = dict(causal=causal, topk=topk, mask=mask, softcap=softcap, window=window, sinks=sinks)
+    reference = naive.attention_stats(q, k, v, **extras)
+    plain = naive.attention_stats(q, k, v, **extras, dtype=q.dtype)
+    fields = [field for field in STATS_FIELDS
+              if (field != "topk_weights" or topk > 0) and (field != "output" or v is not None)]
+    for field in fields + (["learned_sink_mass"] if sinks is not None else []):
+        assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
+    if sinks is None:
+        assert result.learned_sink_mass is None
+    # Indices: ties are legitimate, so check that the chosen key carries the largest weight (-1: the sink cell).
+    scores = naive.masked_scores(q, k, causal=causal, scale=None, mask=mask, softcap=softcap, window=window)
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.double()[None, :, None, None].expand(*scores.shape[:3], 1)], -1)
+    full = naive.probabilities(scores)
+    at = result.argmax.masked_fill(result.argmax == -1, scores.shape[-1] - 1) if sinks is not None else result.argmax
+    chosen = full.gather(-1, at[..., None]).squeeze(-1)
+    torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
+    if topk == 0:
+        assert result.topk_weights is None and result.topk_indices is None
+        return
+    assert torch.equal(result.topk_indices == -1, reference.topk_indices == -1)
+    found = result.topk_indices >= 0
+    picked = full.gather(-1, result.topk_indices.clamp(min=0))
+    torch.testing.assert_close(picked[found], reference.topk_weights.double()[found], rtol=1e-3, atol=1e-6)

@@ -7,31 +7,10 @@ from attnscope.kernels import attention_stats
 from attnscope.kernels.attention_stats import naive
 from attnscope.kernels.utils import resolve_backend
 from tests.kernels.helpers import MASKS, DTYPES, assert_within_rule, cases, make_mask, make_qkv, mask_id, shape_id
+from tests.kernels.helpers import STATS_FIELDS as FIELDS
+from tests.kernels.helpers import check_attention_stats as _check
 
-FIELDS = ("lse", "entropy", "max_weight", "sink_mass", "mean_distance", "topk_weights", "output")
 CASES, IDS = cases()
-
-
-def _check(result, q, k, v, *, causal, topk, mask=None, softcap=None, window=None, sinks=None):
-    extras = dict(causal=causal, topk=topk, mask=mask, softcap=softcap, window=window, sinks=sinks)
-    reference = naive.attention_stats(q, k, v, **extras)
-    plain = naive.attention_stats(q, k, v, **extras, dtype=q.dtype)
-    for field in FIELDS + (("learned_sink_mass",) if sinks is not None else ()):
-        assert_within_rule(getattr(result, field), getattr(reference, field), getattr(plain, field), what=field)
-    if sinks is None:
-        assert result.learned_sink_mass is None
-    # Indices: ties are legitimate, so check that the chosen key carries the largest weight (-1: the sink cell).
-    scores = naive.masked_scores(q, k, causal=causal, scale=None, mask=mask, softcap=softcap, window=window)
-    if sinks is not None:
-        scores = torch.cat([scores, sinks.double()[None, :, None, None].expand(*scores.shape[:3], 1)], -1)
-    full = naive.probabilities(scores)
-    at = result.argmax.masked_fill(result.argmax == -1, scores.shape[-1] - 1) if sinks is not None else result.argmax
-    chosen = full.gather(-1, at[..., None]).squeeze(-1)
-    torch.testing.assert_close(chosen, full.amax(-1), rtol=1e-3, atol=1e-6)
-    assert torch.equal(result.topk_indices == -1, reference.topk_indices == -1)
-    found = result.topk_indices >= 0
-    picked = full.gather(-1, result.topk_indices.clamp(min=0))
-    torch.testing.assert_close(picked[found], reference.topk_weights.double()[found], rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,dtype_name", CASES, ids=IDS)
