@@ -3,9 +3,9 @@
 Each kernel is compiled as Triton compiles it at launch: triton.compile of the kernel's source with the compile-time
 constants its launcher passes (the *_constexprs helpers in each fused.py, which the launchers call too) and Triton's
 runtime specialisation mimicked: stride arguments equal to 1 become the constant 1; pointers, the other strides and
-the head dims carry tt.divisibility 16 (every head dim here is a multiple of 16); sequence lengths and other ints are
-plain i32 (the general case); floats are fp32. Targets sm_80 (A100) and sm_90a (H100, H200), through the ptxas that
-Triton ships and runs itself. Read per compile:
+the head dims carry tt.divisibility 16 (every head dim here is a multiple of 16, and so is contribution_l1's width,
+d_model: 384, 576, 640, 4096); sequence lengths and other ints are plain i32 (the general case); floats are fp32.
+Targets sm_80 (A100) and sm_90a (H100, H200), through the ptxas that Triton ships and runs itself. Read per compile:
     registers     registers per thread (ptxas "Used N registers")
     spill_bytes   bytes of spill stores per thread (ptxas "N bytes spill stores"): a flash-style kernel that spills
                   loses a large part of its speed
@@ -14,7 +14,8 @@ Triton ships and runs itself. Read per compile:
 
 The matrix (matrix()): every kernel in each variant the product launches (causal or not, sliding window, softcap,
 learned sinks, with or without V, top-k, the pooled block sizes, the Taylor denominators and orders, clamps) in bf16,
-each kernel's main variant also in fp16 and fp32, at head dims 64, 128 and 256, for both targets, at the configuration
+each kernel's main variant also in fp16 and fp32, at head dims 64, 128 and 256 (contribution_l1, whose tiles do not
+depend on its width, once, with head_dim 0: launch.ANY_HEAD_DIM), for both targets, at the configuration
 kernels/launch.py launches (default: true), plus the alternatives considered for each table entry (default: false).
 One row per compile in the JSON ({"rows": [...]}, keys kernel, variant, dtype, head_dim, arch, block_m, block_n,
 num_warps, num_stages, constexprs, registers, spill_bytes, shared_bytes, default, and spill_load_bytes, stack_bytes,
@@ -25,13 +26,14 @@ shared memory than its target has (an sm_80 default over 99 KB too); a table of 
     python benchmarks/gpu_compile.py --subset ci --out /tmp/gpu-compile-ci.json    # what CI runs
     python benchmarks/gpu_compile.py --subset defaults --arch sm_90a --kernel taylor_attention --out F.json
 
-The whole matrix is 582 compiles (270 of them defaults), about 25 minutes with 2 workers on 2 CPU cores: 1-20 s
+The whole matrix is 618 compiles (278 of them defaults), about 25 minutes with 2 workers on 2 CPU cores: 1-20 s
 each, most of it ptxas, and up to 2 minutes for the alternatives that spill heavily (74 minutes on cores shared with
-a test run). The CI subset is the default configuration of every launch-table entry at head dims 128 and 256 for bf16
-and fp32, in the kernel's main variant (attention_stats in both of its table variants), on both targets: 48
-compiles, about 2 minutes. Results are cached in <out>.cache.json, keyed by the kernel's Triton cache key (its source,
-its first line's number and the device functions it calls), Triton's version, the constants, the options and the
-target, so a rerun compiles only what changed.
+a test run; contribution_l1's 36 take 20 s). The CI subset is the default configuration of every launch-table entry
+at head dims 128 and 256 (contribution_l1: its one width) for bf16 and fp32, in the kernel's main variant
+(attention_stats in both of its table variants), on both targets: 52 compiles, about 2 minutes. Results are cached
+in <out>.cache.json, keyed by the kernel's Triton cache key (its source, its first line's number and the device
+functions it calls), Triton's version, the constants, the options and the target, so a rerun compiles only what
+changed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ make_importable()
 
 from attnscope.kernels import launch  # noqa: E402
 from attnscope.kernels.attention_stats import fused as stats_fused  # noqa: E402
+from attnscope.kernels.contributions import fused as contributions_fused  # noqa: E402
 from attnscope.kernels.launch import LaunchConfig  # noqa: E402
 from attnscope.kernels.pooled_map import fused as pooled_fused  # noqa: E402
 from attnscope.kernels.taylor import fused as taylor_fused  # noqa: E402
@@ -82,9 +85,8 @@ ARCHS = {"sm_80": ("sm80", 80), "sm_90a": ("sm90", 90)}  # target -> (launch-tab
 SHARED_LIMITS = {"sm_80": 163 * 1024, "sm_90a": 227 * 1024}  # shared memory a block may take, bytes
 SHARED_SM86 = 99 * 1024  # sm_86 / sm_89 (RTX 30xx / 40xx, A10, L4), which launch the sm80 entries
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-HEAD_DIMS = (64, 128, 256)
 FLOAT_ARGUMENTS = ("scale", "softcap", "clamp_low", "clamp_high")
-DIVISIBLE_INTS = ("head_dim", "value_dim")  # 64, 128 or 256 here
+DIVISIBLE_INTS = ("head_dim", "value_dim", "width")  # 64, 128 or 256; width: d_model (384, 576, 640, 4096, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +210,21 @@ KERNELS: dict[str, KernelSpec] = {
                     _C(32, 32, 8, 2), _C(16, 32, 4, 2), _C(16, 32, 8, 2)),
          "fp32": (_C(64, 32, 8, 2), _C(32, 32, 8, 2), _C(16, 32, 8, 2))},
     ),
+    "contribution_l1": KernelSpec(
+        contributions_fused.l1_scores_kernel,
+        lambda dtype, head_dim, config, **flags: contributions_fused.l1_constexprs(config=config, **flags),
+        ("whole_ptr", "values_ptr", "weights_ptr", "factor_ptr", "out_ptr"), (),
+        (
+            # The heavier form (one more load and multiply per step) as the main variant: a norm after attention
+            # (Gemma 2 / 3); the analysis passes fp32 tensors, bf16 where it runs in a GPU model's dtype.
+            _variant("factor", main=True, factor=True),
+            _variant("no factor", factor=False),  # pre-norm models (Llama, SmolLM2, Qwen)
+        ),
+        {"16-bit": (_C(32, 32, 8, 2), _C(32, 32, 4, 1), _C(32, 32, 4, 3), _C(16, 32, 4, 2), _C(64, 32, 8, 2),
+                    _C(32, 64, 8, 2), _C(64, 64, 8, 2)),
+         "fp32": (_C(32, 32, 8, 2), _C(32, 32, 4, 1), _C(32, 32, 4, 3), _C(16, 32, 4, 2), _C(64, 32, 8, 2),
+                  _C(32, 64, 8, 2), _C(64, 64, 8, 2))},
+    ),
 }
 
 
@@ -224,8 +241,8 @@ class Case:
 
 def table_config(kernel: str, variant: Variant, dtype: str, head_dim: int, arch: str) -> LaunchConfig:
     """The configuration the launcher takes for this shape on this target (kernels/launch.py)."""
-    key = (kernel, ARCHS[arch][0], launch.head_dim_bucket(head_dim), launch.precision(DTYPES[dtype]), variant.table)
-    return launch.TABLE[key]
+    return launch.TABLE[launch.table_key(kernel, arch=ARCHS[arch][0], dtype=DTYPES[dtype], head_dim=head_dim,
+                                         variant=variant.table)]
 
 
 def matrix(subset: str, archs, kernels) -> list[Case]:
@@ -234,10 +251,11 @@ def matrix(subset: str, archs, kernels) -> list[Case]:
     for kernel in kernels:
         spec = KERNELS[kernel]
         for arch in archs:
-            for head_dim in HEAD_DIMS:
+            for head_dim in launch.head_dims(kernel):
+                ci_width = head_dim >= 128 or head_dim == launch.ANY_HEAD_DIM
                 for variant in spec.variants:
                     for dtype in ("bf16", "fp16", "fp32") if variant.main else ("bf16",):
-                        if subset == "ci" and not (variant.main and dtype != "fp16" and head_dim >= 128):
+                        if subset == "ci" and not (variant.main and dtype != "fp16" and ci_width):
                             continue
                         chosen = table_config(kernel, variant, dtype, head_dim, arch)
                         cases.append(Case(kernel, variant, dtype, head_dim, arch, chosen, True))
@@ -372,11 +390,11 @@ def markdown(rows: list[dict]) -> str:
              "sm_90a: tile, warps, stages | regs | spill | shared |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for kernel, variant in main:
         for dtype in ("bf16", "fp32"):
-            for head_dim in HEAD_DIMS:
+            for head_dim in launch.head_dims(kernel):
                 found = [cells.get((kernel, variant, dtype, head_dim, arch)) for arch in ARCHS]
                 if None in found:
                     continue
-                lines.append(f"| {kernel} ({variant}) | {dtype} | {head_dim} | " + " | ".join(
+                lines.append(f"| {kernel} ({variant}) | {dtype} | {head_dim or 'any'} | " + " | ".join(
                     f"{config_text(r)} | {r['registers']} | {r['spill_bytes']} | {r['shared_bytes'] / 1024:.0f} KB"
                     for r in found) + " |")
     defaults = [r for r in rows if r["default"] and not r["error"]]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["PACKAGED_MODELS", "Model", "ModelLoadError", "ModelSpec", "Result", "Source", "atlas", "batch", "collapse",
-           "compare", "generate", "load", "maps", "open", "run", "source", "stats", "taylor"]
+__all__ = ["PACKAGED_MODELS", "Model", "ModelLoadError", "ModelSpec", "Result", "Source", "ablate", "atlas", "batch",
+           "collapse", "compare", "contributions", "generate", "load", "maps", "open", "run", "source", "stats",
+           "taylor"]
 __version__ = "0.1.0"
 
 

@@ -32,8 +32,9 @@ from attnscope.reader import Budget
 from attnscope.studies.base import RESULT_BUDGET, ProgressFn, Result, Source, open_result
 
 Text = str | Sequence[int]
-__all__ = ["PACKAGED_MODELS", "Model", "ModelLoadError", "ModelSpec", "Result", "Source", "atlas", "batch",
-           "collapse", "compare", "generate", "load", "maps", "open", "run", "source", "stats", "taylor"]
+__all__ = ["PACKAGED_MODELS", "Model", "ModelLoadError", "ModelSpec", "Result", "Source", "ablate", "atlas", "batch",
+           "collapse", "compare", "contributions", "generate", "load", "maps", "open", "run", "source", "stats",
+           "taylor"]
 
 
 def load(model: str | ModelSpec | None = None, *, revision: str | None = None, device: str | None = None,
@@ -214,6 +215,40 @@ def compare(model: Model, text: Text, *, model_b: Model | None = None, text_b: T
     """
     return run("compare", model, text, model_b=model_b, text_b=text_b, layer=layer, head=head, max_tokens=max_tokens,
                keep=keep, cell_limit=cell_limit, reduce=reduce, hide_sink=hide_sink, progress=progress, cache=cache)
+
+
+def ablate(model: Model, text: Text, *, mode: str | None = None, heads: Sequence | None = None,
+           target: int | None = None, max_tokens: int | None = None, keep: str | None = None,
+           progress: ProgressFn | None = None, cache: bool | object | None = None):
+    """Each head's effect on the loss when its output is removed.
+
+    The loss is the mean next-token cross-entropy over the text (predicting tokens 1..T-1), or with `target` the
+    cross-entropy of the token at that position; encoders (no next token) use 1 - cosine similarity of the mean-pooled
+    (or the target token's) last hidden state. mode: "zero" sets the head's slice of the attention output (the input
+    of the output projection) to 0, "mean" to its mean over the text's positions. heads: None (every head), head
+    numbers (those heads in every layer) or (layer, head) pairs. Grouped-query heads ablate the query head only.
+    Returns an attnscope.studies.why.AblationResult: to_frame() rows (layer, head, loss, delta).
+    """
+    return run("ablate", model, text, mode=mode, heads=heads, target=target, max_tokens=max_tokens, keep=keep,
+               progress=progress, cache=cache)
+
+
+def contributions(model: Model, text: Text, *, norm: int | None = None, threshold: float | None = None,
+                  token: int | None = None, renormalize: bool | None = None, max_tokens: int | None = None,
+                  keep: str | None = None, progress: ProgressFn | None = None, cache: bool | object | None = None):
+    """Information-flow contributions (Ferrando & Voita 2024, as llm-transparency-tool defines them): for every layer
+    and query, how much each head's value at each key, and the residual stream entering the layer, make of the
+    query's residual stream after attention; they sum to 1 per (layer, query).
+
+    norm: 1 (L1 distances) or 2. threshold: keep the edges at or above it (0: all). token: only the edges that lead
+    back from this token's stream at the top, layer by layer (llm-transparency-tool's traversal). renormalize: divide
+    each query's kept edges by their sum. Never materialises (tokens x tokens x heads x d_model): queries stream in
+    chunks.
+    Returns an attnscope.studies.why.ContributionsResult: to_frame() rows (layer, query, key, head, contribution),
+    key = head = -1 for the residual's part.
+    """
+    return run("contributions", model, text, norm=norm, threshold=threshold, token=token, renormalize=renormalize,
+               max_tokens=max_tokens, keep=keep, progress=progress, cache=cache)
 
 
 def batch(model: Model, prompts: Sequence, *, study: str | None = None, progress: ProgressFn | None = None,

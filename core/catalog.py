@@ -83,6 +83,11 @@ STUDIES: dict[str, Study] = {study.name: study for study in (
     Study("compare", "two texts, two models, or both, side by side: every head's statistics, one head's maps, and "
           "B - A", "pair", "attnscope.studies.compare:run", "attnscope.studies.compare:CompareResult",
           ("layer", "head", "cell_limit", "reduce", "hide_sink"), nones=("layer",)),
+    Study("ablate", "each head's effect on the loss when its output is removed (zero or mean ablation)", "text",
+          "attnscope.studies.why:ablate", "attnscope.studies.why:AblationResult", ("mode", "heads", "target")),
+    Study("contributions", "which heads and keys each token's residual stream is made of, layer by layer "
+          "(information-flow routes)", "text", "attnscope.studies.why:contributions",
+          "attnscope.studies.why:ContributionsResult", ("norm", "threshold", "token", "renormalize")),
     Study("batch", "the same study over many prompts, with the mean and spread over prompts", "prompts",
           "attnscope.studies.batch:run", "attnscope.studies.batch:BatchResult", ("study",)),
     Study("atlas", "every head's fingerprint over a corpus, as resumable Parquet shards", "corpus",
@@ -101,6 +106,10 @@ RESULTS: dict[str, str] = {
     "generation": "attnscope.studies.generation:GenerationResult",
     "compare": "attnscope.studies.compare:CompareResult",
     "batch": "attnscope.studies.batch:BatchResult",
+    "ablation": "attnscope.studies.why:AblationResult",
+    "contributions": "attnscope.studies.why:ContributionsResult",
+    "value-weighted": "attnscope.studies.why:ValueWeightedResult",
+    "rollout": "attnscope.studies.why:RolloutResult",
     "atlas": "attnscope.studies.atlas:AtlasResult",
     "atlas-diff": "attnscope.studies.atlas:AtlasDiff",
 }

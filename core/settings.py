@@ -137,44 +137,65 @@ class Pattern:
 
 @dataclass(frozen=True)
 class Heads:
-    """Head numbers ("0,3,5"); None (written "all") is every head. Whether they exist is checked with the model."""
+    """Head numbers ("0,3,5"), or heads of given layers as layer.head ("5.1,7.0", ablation only); None (written
+    "all") is every head. Whether they exist is checked with the model."""
 
-    def parse(self, text: str) -> tuple[int, ...] | None:
+    def parse(self, text: str) -> tuple | None:
         text = str(text).strip()
         if text in ("", "all"):
             return None
-        if not re.fullmatch(r"[0-9]{1,4}(\s*,\s*[0-9]{1,4}){0,1023}", text):
-            raise ValueError("must be head numbers separated by commas, e.g. 0,3,5, or all")
-        return tuple(int(h) for h in text.split(","))
+        if re.fullmatch(r"[0-9]{1,4}(\s*,\s*[0-9]{1,4}){0,1023}", text):
+            return tuple(int(h) for h in text.split(","))
+        if re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}(\s*,\s*[0-9]{1,4}\.[0-9]{1,4}){0,65535}", text):
+            return tuple(tuple(int(n) for n in pair.strip().split(".")) for pair in text.split(","))
+        raise ValueError("must be head numbers separated by commas, e.g. 0,3,5, layer.head pairs, e.g. 5.1,7.0, "
+                         "or all")
 
     def format(self, value) -> str:
-        return "all" if value is None else ",".join(str(int(h)) for h in value)
+        if value is None:
+            return "all"
+        return ",".join(f"{int(h[0])}.{int(h[1])}" if isinstance(h, tuple) else str(int(h)) for h in value)
 
     def check(self, value):
         if value is None:
             return None
+        what = ("must be a list of head numbers, e.g. [0, 3], of (layer, head) pairs, e.g. [(5, 1), (7, 0)], or None "
+                "for every head")
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise ValueError("must be a list of head numbers, e.g. [0, 3], or None for every head")
+            raise ValueError(what)
         heads = list(value)
-        if not heads or any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 0 for h in heads):
-            raise ValueError("must be a list of head numbers (whole numbers from 0), e.g. [0, 3], or None")
-        return tuple(int(h) for h in heads)
+        whole = lambda n: isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0  # noqa: E731
+        if heads and all(whole(h) for h in heads):
+            return tuple(int(h) for h in heads)
+        if heads and all(isinstance(h, (tuple, list)) and len(h) == 2 and all(whole(n) for n in h) for h in heads):
+            return tuple((int(h[0]), int(h[1])) for h in heads)
+        raise ValueError(what)
+
+
+def head_numbers(heads: tuple | None, study: str) -> tuple[int, ...] | None:
+    """`heads` when they are head numbers; ValueError when they are layer.head pairs (`study` draws one layer)."""
+    if heads is not None and any(isinstance(h, tuple) for h in heads):
+        raise ValueError(f"heads: {study} shows heads of one layer, so give head numbers, e.g. [0, 3] (layer.head "
+                         "pairs are for ablation).")
+    return heads
 
 
 @dataclass(frozen=True)
 class Number:
-    """A real number with low < x <= high."""
+    """A real number with low < x <= high (low <= x <= high when `closed`)."""
 
     low: float
     high: float
+    closed: bool = False
 
     def parse(self, text: str) -> float:
         try:
             number = float(str(text))
         except ValueError:
             raise ValueError("must be a number") from None
-        if math.isnan(number) or not self.low < number <= self.high:
-            raise ValueError(f"must be a number in ({self.low:g}, {self.high:g}]")
+        above = self.low <= number if self.closed else self.low < number
+        if math.isnan(number) or not (above and number <= self.high):
+            raise ValueError(f"must be a number in {self._range()}")
         return number
 
     def format(self, value) -> str:
@@ -182,8 +203,11 @@ class Number:
 
     def check(self, value) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"must be a number in ({self.low:g}, {self.high:g}]")
+            raise ValueError(f"must be a number in {self._range()}")
         return self.parse(repr(float(value)))
+
+    def _range(self) -> str:
+        return f"{'[' if self.closed else '('}{self.low:g}, {self.high:g}]"
 
 
 @dataclass(frozen=True)
@@ -331,7 +355,9 @@ _TABLE: tuple[Setting, ...] = (
     Setting("keep", "start", Choice(("start", "end"), labels={"start": "its start", "end": "its end"}),
             "Analyse", "Which part of a text longer than the limit is analysed.", url="keep"),
     # attention maps
-    Setting("heads", None, Heads(), "Heads", "The heads drawn, e.g. 0,3 (all: every head of the layer)."),
+    Setting("heads", None, Heads(), "Heads",
+            "The heads, e.g. 0,3 (all: every head): of the layer drawn (maps), or of every layer; ablation also takes "
+            "layer.head pairs, e.g. 5.1,7.0."),
     Setting("view", "one_head", VIEWS, "View", "What the Attention maps page draws.", url="view"),
     Setting("layer", 0, Integer(0, 1000), "Layer", "The layer, counted from 0.", url="layer"),
     Setting("head", 0, Integer(0, 1000), "Head", "The head, counted from 0.", url="head"),
@@ -404,6 +430,25 @@ _TABLE: tuple[Setting, ...] = (
     Setting("study", "stats", Choice(("stats", "taylor", "collapse"), labels={
                 "stats": "Head statistics", "taylor": "Softmax vs Taylor: error vs order",
                 "collapse": "Context collapse: curves vs L"}), "Study", "The study run on every prompt."),
+    # why here: ablation and information-flow contributions
+    Setting("mode", "zero", Choice(("zero", "mean"), labels={"zero": "zero (remove the head's output)",
+                                                            "mean": "mean (its mean over the text)"}),
+            "Ablation", "Replace each head's output (the input of the output projection) by 0, or by its mean over the "
+            "text's positions.", url="ablation"),
+    Setting("target", None, Integer(-1, 10**6, optional=True), "Target token",
+            "Measure the loss of this token only (decoders: predicting it from the tokens before it; -1: the last "
+            "token); none: the mean next-token loss over the whole text.", url="target"),
+    Setting("norm", 1, Integer(1, 2), "Distance norm",
+            "1: L1 distances, as llm-transparency-tool; 2: L2 distances (matrix products only, faster).", url="norm"),
+    Setting("threshold", 0.0, Number(0.0, 1.0, closed=True), "Threshold",
+            "Keep the edges whose contribution is at least this (0: every part)."),
+    Setting("token", None, Integer(-1, 10**6, optional=True), "Token",
+            "Follow the contributions back from this token's residual stream at the top (only the edges above the "
+            "threshold that lead to it; -1: the last token); none: every token of every layer.", url="token"),
+    Setting("renormalize", False, Flag(), "Renormalise",
+            "Divide each query's kept edges by their sum, so they sum to 1 again after the threshold."),
+    Setting("why_threshold", 0.02, Number(0.0, 1.0), "Edges drawn",
+            "The Why here page draws (and follows) the contribution edges at or above this.", url="edges"),
     # the head atlas
     Setting("atlas_tokens", 512, Integer(8, TOKEN_CEILING), "Tokens per document",
             "Tokens analysed per document, from its start."),

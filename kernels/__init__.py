@@ -6,6 +6,7 @@ Triton itself is imported only when a Triton kernel runs, so everything else wor
 """
 
 from attnscope.kernels.attention_stats import AttentionStats, attention_stats
+from attnscope.kernels.contributions import contribution_scores
 from attnscope.kernels.pooled_map import pooled_attention_map
 from attnscope.kernels.taylor import DENOMINATORS, MAX_ORDER, TaylorSweep, taylor_attention, taylor_error, taylor_sweep
 
@@ -15,6 +16,7 @@ __all__ = [
     "AttentionStats",
     "TaylorSweep",
     "attention_stats",
+    "contribution_scores",
     "pooled_attention_map",
     "taylor_attention",
     "taylor_error",

@@ -9,13 +9,16 @@ a configuration in this table spills a register or needs more shared memory per 
 Keys:
     kernel     "attention_stats", "attention_topk" (its top-k pass), "pooled_map_packed" (pooled blocks that fit
                its dot, see below), "pooled_map" (larger blocks, in block_m x block_n sub-tiles),
-               "taylor_attention"
+               "taylor_attention", "contribution_l1" (block_m queries x block_n keys of one head)
     arch       "sm80" for compute capability 8.x, "sm90" for 9.0 and later. Under TRITON_INTERPRET=1 (no GPU) the
                "sm90" entry: the interpreter tests then run the configurations a Hopper GPU launches. Cards of
                capability 8.6 / 8.9 have 99 KB of shared memory per block, which every "sm80" entry also fits
                (gpu_compile.py checks it); later architectures take the "sm90" entry unchecked.
     head_dim   64, 128 or 256: the kernels' BLOCK_D, the head dim rounded up to a power of two (at least 16); head
-               dims over 256 take the 256 entry (not compile-checked).
+               dims over 256 take the 256 entry (not compile-checked). ANY_HEAD_DIM (0) for the kernels in
+               HEAD_DIMS_OF that loop over their width in fixed chunks: contribution_l1's d is d_model (384 for
+               MiniLM, 576 SmolLM2, 640 Gemma 3 270M, 4096 at 8B), walked BLOCK_D at a time, so its registers and
+               shared memory do not depend on it and one entry per arch and precision serves every width.
     precision  "16-bit" (bf16 and fp16 compile alike) or "fp32" (exact fp32 dot products, no tensor cores).
     variant    attention_stats: "with_v" (the output accumulator as well) or "no_v"; "" for the other kernels.
 
@@ -32,9 +35,12 @@ import torch
 
 from attnscope.kernels.utils import is_interpreter
 
-KERNELS = ("attention_stats", "attention_topk", "pooled_map", "pooled_map_packed", "taylor_attention")
+KERNELS = ("attention_stats", "attention_topk", "pooled_map", "pooled_map_packed", "taylor_attention",
+           "contribution_l1")
 ARCHS = ("sm80", "sm90")
 HEAD_DIMS = (64, 128, 256)
+ANY_HEAD_DIM = 0
+HEAD_DIMS_OF = {"contribution_l1": (ANY_HEAD_DIM,)}  # the other kernels: HEAD_DIMS
 PRECISIONS = ("16-bit", "fp32")
 VARIANTS = {"attention_stats": ("with_v", "no_v")}  # the other kernels: ("",)
 INTERPRETER_ARCH = "sm90"
@@ -132,6 +138,12 @@ TABLE: dict[tuple[str, str, int, str, str], LaunchConfig] = {
     ("taylor_attention", "sm80", 64, "fp32", ""):            _C(64, 32, 8, 2),
     ("taylor_attention", "sm80", 128, "fp32", ""):           _C(32, 32, 8, 2),
     ("taylor_attention", "sm80", 256, "fp32", ""):           _C(16, 32, 8, 2),
+    # No dot product: a [BLOCK_D, block_m, block_n] block of fp32 elementwise work per step of d whatever the input
+    # dtype (16-bit inputs load fewer bytes), 32 elements a thread; these tiles on 8 warps spill on sm90 (bf16).
+    ("contribution_l1", "sm90", ANY_HEAD_DIM, "16-bit", ""): _C(32, 32, 4, 2),
+    ("contribution_l1", "sm80", ANY_HEAD_DIM, "16-bit", ""): _C(32, 32, 4, 2),
+    ("contribution_l1", "sm90", ANY_HEAD_DIM, "fp32", ""):   _C(32, 32, 4, 2),
+    ("contribution_l1", "sm80", ANY_HEAD_DIM, "fp32", ""):   _C(32, 32, 4, 2),
 }
 
 
@@ -165,10 +177,29 @@ def precision(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16-bit"
 
 
-def launch_config(kernel: str, *, device: torch.device, head_dim: int, dtype: torch.dtype,
+def head_dims(kernel: str) -> tuple[int, ...]:
+    """The head-dim keys of a kernel's table entries: (ANY_HEAD_DIM,) for the kernels in HEAD_DIMS_OF, else
+    HEAD_DIMS."""
+    return HEAD_DIMS_OF.get(kernel, HEAD_DIMS)
+
+
+def table_key(kernel: str, *, arch: str, dtype: torch.dtype, head_dim: int | None = None,
+              variant: str = "") -> tuple[str, str, int, str, str]:
+    """The table's key for one launch on an arch family; head_dim is ignored (and may be None) for the kernels
+    keyed by ANY_HEAD_DIM."""
+    if head_dims(kernel) == (ANY_HEAD_DIM,):
+        width = ANY_HEAD_DIM
+    elif head_dim is None:
+        raise ValueError(f"{kernel}'s launch configuration depends on the head dim; pass head_dim.")
+    else:
+        width = head_dim_bucket(head_dim)
+    return (kernel, arch, width, precision(dtype), variant)
+
+
+def launch_config(kernel: str, *, device: torch.device, dtype: torch.dtype, head_dim: int | None = None,
                   variant: str = "") -> LaunchConfig:
     """The table's configuration for one launch; ValueError naming the key when the table has none."""
-    key = (kernel, arch_family(device), head_dim_bucket(head_dim), precision(dtype), variant)
+    key = table_key(kernel, arch=arch_family(device), dtype=dtype, head_dim=head_dim, variant=variant)
     if key not in TABLE:
         raise ValueError(f"kernels/launch.py has no launch configuration for {key}; add one (and check it with "
                          "benchmarks/gpu_compile.py).")

@@ -415,6 +415,7 @@ def maps(source: Source, text, *, cut: Cut, layer: int = 0, heads: Sequence[int]
     """Maps of one layer's heads: the whole text (pooled into tiles when longer than cell_limit), or with `queries`
     and/or `keys` a zoom, (start, end) token positions, end excluded (the other side defaults to the whole text),
     drawn token by token; a zoom side longer than cell_limit is refused. map_scale: the figures' colour scale."""
+    heads = S.head_numbers(heads, "maps")
     tokens = source.tokens(text, cut)
     n_layers, n_heads = source.model.info["n_layers"], source.model.info["n_heads"]
     if not 0 <= layer < n_layers:

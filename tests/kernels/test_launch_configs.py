@@ -7,13 +7,16 @@ import pytest
 import torch
 
 from attnscope.kernels import attention_stats, launch, pooled_attention_map, taylor_attention
+from attnscope.kernels.contributions import contribution_scores
 from attnscope.kernels.pooled_map import naive as pooled_naive
 from attnscope.kernels.taylor import naive as taylor_naive
-from tests.kernels.helpers import assert_within_rule, check_attention_stats, make_qkv
+from tests.kernels.helpers import DEVICE, assert_within_rule, check_attention_stats, make_qkv
+from tests.kernels.test_contributions import check_scores, make_parts
 
 DTYPE = {"16-bit": ("bf16", torch.bfloat16), "fp32": ("fp32", torch.float32)}
-# An awkward head dim in each bucket: the kernels pad it to the bucket (BLOCK_D) and mask the rest.
-HEAD_DIM = {64: 40, 128: 80, 256: 144}
+# An awkward head dim in each bucket: the kernels pad it to the bucket (BLOCK_D) and mask the rest. For the kernels
+# keyed by no head dim, a width that is no multiple of their chunk of it.
+HEAD_DIM = {64: 40, 128: 80, 256: 144, launch.ANY_HEAD_DIM: 40}
 
 
 def distinct_entries() -> list[tuple]:
@@ -29,18 +32,26 @@ def entry_id(key) -> str:
     kernel, arch, head_dim, precision, variant = key
     config = launch.TABLE[key]
     return "-".join(filter(None, (kernel, variant, precision, f"{config.block_m}x{config.block_n}", arch,
-                                  f"D{head_dim}")))
+                                  f"D{head_dim}" if head_dim != launch.ANY_HEAD_DIM else "")))
 
 
 def test_the_table_covers_every_key_and_fits_its_kernels():
     keys = {(kernel, arch, head_dim, precision, variant) for kernel in launch.KERNELS for arch in launch.ARCHS
-            for head_dim in launch.HEAD_DIMS for precision in launch.PRECISIONS
+            for head_dim in launch.head_dims(kernel) for precision in launch.PRECISIONS
             for variant in launch.VARIANTS.get(kernel, ("",))}
     assert set(launch.TABLE) == keys
     for (kernel, *_), config in launch.TABLE.items():
         assert config.block_m >= 16 and config.block_n >= 16 and config.num_warps in (4, 8) and config.num_stages >= 1
         if kernel == "pooled_map_packed":  # the packed kernel takes blocks up to min(block_m, block_n)
             assert min(config.block_m, config.block_n) >= 32
+
+
+def test_kernels_keyed_by_no_head_dim_ignore_it_and_the_others_need_it():
+    device = torch.device(DEVICE)
+    assert launch.launch_config("contribution_l1", device=device, dtype=torch.float32) == launch.launch_config(
+        "contribution_l1", device=device, dtype=torch.float32, head_dim=4096)
+    with pytest.raises(ValueError, match="pass head_dim"):
+        launch.launch_config("attention_stats", device=device, dtype=torch.float32, variant="no_v")
 
 
 @pytest.mark.parametrize("head_dim,bucket", [(1, 64), (16, 64), (64, 64), (65, 128), (128, 128), (200, 256),
@@ -75,6 +86,12 @@ def test_each_table_configuration_matches_the_reference(key, monkeypatch):
             reference = pooled_naive.pooled_attention_map(q, k, block=block, reduce=reduce)
             plain = pooled_naive.pooled_attention_map(q, k, block=block, reduce=reduce, dtype=dtype)
             assert_within_rule(result, reference, plain, what=f"{name} block {block} {reduce}")
+    elif kernel == "contribution_l1":  # block_m queries, block_n keys
+        shape = (2, config.block_m + 3, length, HEAD_DIM[head_dim])
+        parts = make_parts(shape, dtype, factor=True)
+        whole, values, weights, factor = parts
+        check_scores(contribution_scores(whole, values, weights, factor=factor, backend="triton"), *parts, norm=1,
+                     what=f"{name} L1")
     else:
         result = taylor_attention(q, k, v, order=3, denominator="softmax", backend="triton")
         reference = taylor_naive.taylor_attention(q, k, v, order=3, denominator="softmax")
