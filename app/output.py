@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from attnscope.app import state
+from attnscope.app.messages import literal
 from attnscope.app.sidebar import current_spec
 from attnscope.prompts import pasted
 from attnscope.report import build_report, figure_table
@@ -30,15 +31,17 @@ def chart(figure, *, key: str, name: str, data=None, **kwargs):
     return shown
 
 
-def finding(item) -> None:
+def finding(item, *, literal_measured: bool = False) -> None:
     """One attnscope.studies.base.Finding: the paper's claim beside what was measured (core writes both sentences,
-    which may hold Markdown links and math from attnscope itself, never from a visitor)."""
+    which may hold Markdown links and math from attnscope itself, never from a visitor). literal_measured: the
+    measured sentence quotes the visitor's text (its tokens) and is shown literally (messages.literal)."""
+    measured = literal(item.measured) if literal_measured else item.measured
     if item.paper is None:
-        st.markdown(item.measured)
+        st.markdown(f"**{item.topic}.** {measured}" if literal_measured else measured)
         return
     left, right = st.columns(2)
     left.markdown(f"**Paper:** {item.paper}")
-    right.markdown(f"**Measured here:** {item.measured}")
+    right.markdown(f"**Measured here:** {measured}")
 
 
 def report_button(title: str, settings: dict | None = None, findings=()) -> None:

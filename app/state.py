@@ -99,6 +99,16 @@ COMPARE_STAT = "compare_stat"
 COMPARE_LAYER = "compare_layer"
 COMPARE_HEAD = "compare_head"
 COMPARE_REQUESTS = "compare_requests"  # comparisons the user asked for in this session (the last few)
+# Why here page (the head it opens is LAYER, HEAD: an edge's click opens it on the Attention maps page too)
+WHY_TOKEN = S.setting("token").key  # the token followed back (None: the last token)
+WHY_THRESHOLD = S.setting("why_threshold").key  # the edges drawn and followed
+ABLATION_MODE = S.setting("mode").key
+WHY_TOKEN_BOX = "why_token_box"  # the position box and the token strip, both mirrors of WHY_TOKEN
+WHY_TOKEN_STRIP = "why_token_strip"
+WHY_GRAPH = "why_graph"  # the contribution graph's chart (its selection: the clicked edge)
+WHY_EDGE = "why_edge"  # (layer, head, query, key) of the edge clicked last, or None
+WHY_ABLATION_SCOPE = "why_ablation_scope"  # "text" (the mean loss) or "token" (the loss of the chosen token)
+WHY_ABLATIONS = "why_ablations"  # ablation runs the user asked for in this session (the last few)
 # Head atlas page
 ATLAS = "atlas"  # the AtlasResult shown (opened or run in this session), or None
 ATLAS_B = "atlas_b"  # the atlas compared with it (B), or None
@@ -197,6 +207,9 @@ DEFAULTS = {
     ATLAS_TOKENS: 128,
     ATLAS_TEXT_COLUMN: "text",
     GEN_HEAD: 0,
+    WHY_EDGE: None,
+    WHY_ABLATION_SCOPE: "text",
+    WHY_ABLATIONS: [],
 }
 
 
@@ -205,8 +218,8 @@ def example_box(digest: str) -> str:
 
 
 TEXT_SEEN = "text_seen"  # the run (model, text, cut) whose tokens the TEXT_SCOPED values index
-TEXT_SCOPED = (QUERY, TAYLOR_QUERY, ZOOM_QUERIES, ZOOM_KEYS)  # token positions in one text: back to their defaults
-# when the text changes
+# token positions in one text: back to their defaults when the text changes
+TEXT_SCOPED = (QUERY, TAYLOR_QUERY, ZOOM_QUERIES, ZOOM_KEYS, WHY_TOKEN, WHY_EDGE)
 
 
 def follow_text(run) -> None:

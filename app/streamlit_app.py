@@ -23,6 +23,7 @@ pages = [
     st.Page(PAGES / "batch.py", title="Batch", icon=":material/stacked_line_chart:"),
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare:"),
     st.Page(PAGES / "generation.py", title="Generation", icon=":material/edit_note:"),
+    st.Page(PAGES / "why_here.py", title="Why here", icon=":material/account_tree:"),
     st.Page(PAGES / "head_atlas.py", title="Head atlas", icon=":material/hub:"),
 ]
 navigation = st.navigation(pages)

@@ -130,6 +130,7 @@ def head_heatmap(
     queries: tuple[int, int] | None = None,
     keys: tuple[int, int] | None = None,
     marks: Sequence[int | tuple[int, int]] = (),
+    label: str = "weight",
 ) -> go.Figure:
     """One head's attention map, cell by cell (block = 1) or pooled into block x block tiles, of the whole text or of
     a window of it.
@@ -151,6 +152,7 @@ def head_heatmap(
         keys: (k0, k1), the token positions of the columns (default: the whole text).
         marks: token positions, or (first, last) spans (attnscope.tokens.find), framed on the map by thin lines: the
             column(s) and the row(s) of the tiles holding them. Marks outside the window are left out.
+        label: what the values are, for the colour bar and the hover (a value-weighted map is not a weight).
     """
     n_tokens = len(tokens)
     n_rows, n_cols = values.shape if values.ndim == 2 else (0, 0)
@@ -165,13 +167,13 @@ def head_heatmap(
     if block == 1:
         x = [f"{i}:{escape(tokens[i])}" for i in range(k0, k1)]
         y = [f"{i}:{escape(tokens[i])}" for i in range(q0, q1)]
-        where, weight = "query %{y}<br>key %{x}", "weight"
+        where, weight = "query %{y}<br>key %{x}", escape(label)
     else:
-        x = [escape(label) for label in span_labels(tokens, start=k0, end=k1, block=block, singular="key",
-                                                    plural="keys")]
-        y = [escape(label) for label in span_labels(tokens, start=q0, end=q1, block=block, singular="query",
-                                                    plural="queries")]
-        where, weight = "%{y}<br>%{x}", f"{reduce} weight"
+        x = [escape(span) for span in span_labels(tokens, start=k0, end=k1, block=block, singular="key",
+                                                  plural="keys")]
+        y = [escape(span) for span in span_labels(tokens, start=q0, end=q1, block=block, singular="query",
+                                                  plural="queries")]
+        where, weight = "%{y}<br>%{x}", f"{reduce} {escape(label)}"
     z, colour = colour_values(values, scale)
     colorbar = {"title": weight.replace(" ", "<br>"), **colour.pop("colorbar", {})}
     custom = {}

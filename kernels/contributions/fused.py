@@ -12,8 +12,8 @@ input dtype; the result is rounded to it once). d goes first so that each thread
 and sums them in its own registers (with d last, 32 x 32 x 8 tiles on 8 warps took 126 registers per thread instead
 of 80; benchmarks/gpu_compile.py, sm_90a, fp32). A tile whose weights are all 0 (above the causal diagonal, or keys
 hidden from every query of the tile) stores 0 without the d loop. Every (i, j, d) costs a few fp32 operations, so the
-work is O(H I S d) against the torch path's matrix product plus a sparse correction (chunked.py); there is no tensor-core
-form of the min. Tile sizes, warps and stages come from kernels/launch.py ("contribution_l1").
+work is O(H I S d) against the torch path's matrix product plus a sparse correction (chunked.py); there is no
+tensor-core form of the min. Tile sizes, warps and stages come from kernels/launch.py ("contribution_l1").
 """
 
 from __future__ import annotations

@@ -652,3 +652,96 @@ def test_head_statistics_show_head_type_scores_of_the_text():
     at.text_area(key=state.TEXT).input("Colourless green ideas sleep furiously").run()  # no token repeats
     assert not at.exception
     assert any("a repeated copy of its first" in c.value for c in at.caption)
+
+
+WHY_TEXT = "The cat sat on the mat. The cat"  # 9 tokens: ablating all 270 heads stays quick
+
+
+def _why_page(at: AppTest) -> AppTest:
+    at.session_state[state.TEXT] = WHY_TEXT
+    return at.run().switch_page("app_pages/why_here.py").run()
+
+
+def _edges(chart: dict) -> np.ndarray:
+    """(n, 4) the (layer, head, query, key) of every edge of a contribution graph, from its midpoints' customdata."""
+    middles = next(t for t in chart["data"] if t.get("customdata") is not None)
+    data = middles["customdata"]
+    if isinstance(data, dict):  # a typed array
+        import base64
+
+        shape = tuple(int(n) for n in str(data["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).reshape(shape)
+    return np.array(data)
+
+
+def test_why_here_follows_a_token_opens_a_head_and_ablates_on_its_button():
+    """The graph is the API's traversal from the chosen token (the last by default); a token picked in the strip or the
+    box and the edge threshold change it; an opened head shows its map beside its value-weighted form with the
+    token framed; rollout and the findings are drawn; ablation runs only on its button and draws both figures."""
+    import attnscope
+
+    model = attnscope.load("smollm2-135m")
+    at = _why_page(_app())
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Why here"]
+    graph = _chart(at, state.WHY_GRAPH)
+    assert "Information flow into token 8" in graph["layout"]["title"]["text"]
+    expected = attnscope.contributions(model, WHY_TEXT, token=8, threshold=0.02).to_frame()
+    assert len(_edges(graph)) == len(expected)
+
+    at.pills(key=state.WHY_TOKEN_STRIP).set_value(3).run()
+    assert not at.exception and at.session_state[state.WHY_TOKEN] == 3
+    graph = _chart(at, state.WHY_GRAPH)
+    assert "Information flow into token 3" in graph["layout"]["title"]["text"]
+    assert _edges(graph)[:, 2].max() == 3  # nothing after the token reaches it
+    at.number_input(key=state.WHY_TOKEN_BOX).set_value(5).run()
+    assert at.session_state[state.WHY_TOKEN] == 5
+    before = len(_edges(_chart(at, state.WHY_GRAPH)))
+    at.number_input(key=state.WHY_THRESHOLD).set_value(0.1).run()
+    assert not at.exception
+    after = _edges(_chart(at, state.WHY_GRAPH))
+    expected = attnscope.contributions(model, WHY_TEXT, token=5, threshold=0.1).to_frame()
+    assert len(after) == len(expected) < before
+
+    at.session_state[state.LAYER], at.session_state[state.HEAD] = 2, 5  # what a click on an edge stores
+    at.run()
+    assert not at.exception
+    raw, weighted = _chart(at, "why_head_map"), _chart(at, "why_value_map")
+    assert raw["layout"]["title"]["text"] == "Layer 2, head 5"
+    assert weighted["layout"]["title"]["text"].startswith("Layer 2, head 5: value-weighted")
+    assert raw["layout"]["shapes"] and weighted["layout"]["shapes"]  # token 5's row and column framed
+    rollout = _chart(at, "why_rollout")
+    assert len(rollout["data"]) == 2  # rollout's bars and the contribution graph's relevance
+    shown = " ".join(m.value for m in at.markdown).replace("\\", "")
+    for topic in ("Information flow routes", "Induction heads on this token's path", "Attention is not only a weight",
+                  "Quantifying attention flow", "Rollout against contributions"):
+        assert topic in shown, topic
+    assert not any(state.WHY_GRAPH not in c.proto.id and "ablation" in c.proto.id for c in at.get("plotly_chart"))
+
+    next(b for b in at.button if b.label == "Run ablation").click().run()
+    assert not at.exception
+    grid = _z(_chart(at, "why_ablation_map"))
+    assert grid.shape == (30, 9) and np.isfinite(grid).all()
+    one = attnscope.ablate(model, WHY_TEXT, heads=[(2, 5)])  # alone in its pass: fp32 sums in another batch size
+    assert grid[2, 5] == pytest.approx(float(one.deltas[0]), abs=5e-5)
+    assert len(_chart(at, "why_ablation_bars")["data"][0]["y"]) == 20
+    assert "Are sixteen heads really better than one" in " ".join(m.value for m in at.markdown)
+    at.radio(key=state.WHY_ABLATION_SCOPE).set_value("token").run()  # another run waits for the button
+    assert not at.exception and not any("why_ablation_map" in c.proto.id for c in at.get("plotly_chart"))
+
+
+def test_why_here_opens_a_link_on_its_token_and_threshold_and_caps_hosted_ablation(monkeypatch):
+    monkeypatch.setenv("ATTNSCOPE_HOSTED", "1")
+    at = _app()
+    at.query_params.update({"token": "4", "edges": "0.05", "text": WHY_TEXT})
+    at.run().switch_page("app_pages/why_here.py").run()
+    assert not at.exception
+    assert at.session_state[state.WHY_TOKEN] == 4 and at.session_state[state.WHY_THRESHOLD] == 0.05
+    assert "Information flow into token 4" in _chart(at, state.WHY_GRAPH)["layout"]["title"]["text"]
+    assert any("This demo ablates texts of at most 256 tokens" in c.value for c in at.caption)
+    at.session_state[state.TEXT] = " ".join(["cat"] * 300)
+    at.run()
+    assert not at.exception
+    assert any("this demo ablates texts of at most 256" in i.value for i in at.info)
+    assert next(b for b in at.button if b.label == "Run ablation").disabled
+    assert at.session_state[state.WHY_TOKEN] is None  # a new text: the token starts afresh (its last)

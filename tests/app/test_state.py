@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 ENTRY = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 TIMEOUT = 240
 PAGES = ("attention_maps", "softmax_vs_taylor", "context_collapse", "prompts", "batch", "compare", "generation",
-         "head_atlas")
+         "head_atlas", "why_here")
 KINDS = ("selectbox", "slider", "select_slider", "number_input", "radio", "toggle", "checkbox", "text_input",
          "text_area", "multiselect", "segmented_control")
 
@@ -45,6 +45,7 @@ CHOICES = {
     "generation": [(state.MAX_NEW_TOKENS, 12), ("sample", True), ("temperature", 0.5), ("top_p", 0.8), ("seed", 7),
                    ("chat", "off")],
     "head_atlas": [(state.ATLAS_DOCUMENTS, 3), (state.ATLAS_TOKENS, 64), (state.ATLAS_TEXT_COLUMN, "body")],
+    "why_here": [(state.WHY_THRESHOLD, 0.05), (state.ABLATION_MODE, "mean"), (state.WHY_ABLATION_SCOPE, "token")],
 }
 # The widgets a page does not draw in the state the steps leave it in (another view of the maps page).
 NOT_DRAWN = {"attention_maps": {state.MAP_SCALE, state.MAP_SEARCH, state.GRID_SCOPE, state.GRID_SORT, state.QUERY}}

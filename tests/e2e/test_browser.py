@@ -205,3 +205,50 @@ def test_head_atlas_upload_click_a_head_and_diff(server, browser, output_dir, tm
     page.get_by_text("0 of 270 heads changed").first.wait_for(timeout=60_000)
     page.screenshot(path=str(output_dir / "e2e-head-atlas.png"), full_page=True)
     page.close()
+
+
+def test_why_here_click_a_token_then_an_edge_to_open_its_head(server, browser, output_dir):
+    """A short text's link opens Why here on its last token; clicking a token in the strip follows that token back,
+    and clicking an edge's midpoint in the graph opens its head's map beside its value-weighted form."""
+    import re
+    from urllib.parse import quote
+
+    text = "The cat sat on the mat. The cat"
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server}/why_here?text={quote(text)}")
+    page.get_by_role("heading", name="Why here").wait_for(timeout=120_000)
+    page.locator(".js-plotly-plot .gtitle", has_text="Information flow into token 8").wait_for(timeout=120_000)
+
+    page.locator('[data-testid="stButtonGroup"] button', has_text="mat").first.click()
+    page.locator(".js-plotly-plot .gtitle", has_text="Information flow into token 5").wait_for(timeout=120_000)
+    page.wait_for_function("() => window.location.search.includes('token=5')", timeout=30_000)
+
+    edge = page.evaluate(
+        """() => {
+            const gd = [...document.querySelectorAll('.js-plotly-plot')]
+                .find(p => p.data && p.data.some(t => t.mode === 'markers' && t.customdata));
+            gd.scrollIntoView({block: 'center'});
+            const index = gd.data.findIndex(t => t.customdata);
+            const trace = gd._fullData[index], fl = gd._fullLayout, box = gd.getBoundingClientRect();
+            const at = i => `${trace.x[i]},${trace.y[i]}`;
+            const count = {};
+            trace.x.forEach((_, i) => { count[at(i)] = (count[at(i)] || 0) + 1; });
+            const heads = i => trace.customdata.map((c, j) => at(j) === at(i) ? c[1] : null).filter(h => h !== null);
+            const candidates = trace.customdata.map((c, i) => i).filter(i => trace.customdata[i][1] >= 0
+                && !(trace.customdata[i][0] === 0 && trace.customdata[i][1] === 0));
+            const i = candidates.find(j => count[at(j)] === 1) ?? candidates[0];
+            return {x: box.left + fl._size.l + fl.xaxis.l2p(trace.x[i]),
+                    y: box.top + fl._size.t + fl.yaxis.l2p(trace.y[i]),
+                    layer: trace.customdata[i][0], heads: heads(i)};
+        }""")
+    page.mouse.move(edge["x"], edge["y"])
+    page.mouse.click(edge["x"], edge["y"])
+    heads = "|".join(str(h) for h in edge["heads"])
+    opened = re.compile(rf"^Layer {edge['layer']}, head ({heads})$")
+    page.locator(".js-plotly-plot .gtitle", has_text=opened).first.wait_for(timeout=60_000)
+    weighted = page.locator(".js-plotly-plot .gtitle",
+                            has_text=re.compile(rf"^Layer {edge['layer']}, head ({heads}): value")).first
+    weighted.wait_for(timeout=60_000)
+    weighted.scroll_into_view_if_needed()
+    page.screenshot(path=str(output_dir / "e2e-why-here.png"), full_page=True)
+    page.close()
