@@ -4,6 +4,26 @@ from attnscope.kernels import DENOMINATORS
 from attnscope.kernels.taylor import naive
 
 
+def visible_keys(layer, head: int):
+    """(T, S) numpy bool: which keys each query row of head `head` sees (first sequence), from the layer's rule written
+    out: an explicit mask, full visibility, or the causal rule (query row i at key position i + S - T) narrowed to a
+    sliding window."""
+    import numpy as np
+
+    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
+    if layer.mask is not None:
+        mask = layer.mask[0]
+        return mask[head if mask.shape[0] > 1 else 0].expand(n_queries, n_keys).numpy().copy()
+    if not layer.causal:
+        return np.ones((n_queries, n_keys), dtype=bool)
+    position = np.arange(n_queries)[:, None] + n_keys - n_queries
+    key = np.arange(n_keys)[None, :]
+    visible = key <= position
+    if layer.window is not None:
+        visible &= key > position - layer.window
+    return visible
+
+
 def head_qkv(layer, head: int):
     """(q, k, v) of query head `head` of a captured layer, each (B, 1, T, D), its key/value head picked by GQA."""
     kv = layer.kv_head(head)

@@ -18,6 +18,7 @@ import torch
 
 from attnscope.analyses import maps
 from attnscope.capture import ATTENTION_NAME, capturing, register_attention, run_with_capture
+from tests.references import visible_keys
 from tests.unit.tiny_models import VOCAB, build, padded_bert_layer
 
 FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")
@@ -26,22 +27,6 @@ FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_dist
 def _layer(family: str, length: int, layer: int = 1):
     ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(length))
     return run_with_capture(build(family), ids).layer(layer)
-
-
-def _reference_visible(layer, head: int) -> np.ndarray:
-    """(T, S) bool: which keys each query row of head `head` sees, first sequence."""
-    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
-    if layer.mask is not None:
-        mask = layer.mask[0]
-        return mask[head if mask.shape[0] > 1 else 0].expand(n_queries, n_keys).numpy().copy()
-    if not layer.causal:
-        return np.ones((n_queries, n_keys), dtype=bool)
-    position = np.arange(n_queries)[:, None] + n_keys - n_queries  # query row i sits at key position i + S - T
-    key = np.arange(n_keys)[None, :]
-    visible = key <= position
-    if layer.window is not None:
-        visible &= key > position - layer.window
-    return visible
 
 
 def _reference_probs(layer, head: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +38,7 @@ def _reference_probs(layer, head: int) -> tuple[np.ndarray, np.ndarray]:
     logits = q @ k.T * layer.scale
     if layer.softcap is not None:
         logits = layer.softcap * np.tanh(logits / layer.softcap)
-    visible = _reference_visible(layer, head)
+    visible = visible_keys(layer, head)
     probs = np.zeros_like(logits)
     for row in range(logits.shape[0]):
         seen = visible[row]
@@ -174,7 +159,7 @@ def test_head_stats_match_direct_computation(family):
     for field in FIELDS:
         np.testing.assert_allclose(getattr(stats, field).double().numpy(), expected[field], rtol=1e-5, atol=1e-6,
                                    err_msg=field)
-    n_visible = _reference_visible(layer, 0).sum(-1)
+    n_visible = visible_keys(layer, 0).sum(-1)
     assert (stats.entropy <= np.log(n_visible).max() + 1e-6).all(), "entropy never exceeds log(visible keys)"
     assert ((stats.normalized_entropy >= 0) & (stats.normalized_entropy <= 1 + 1e-6)).all()
 

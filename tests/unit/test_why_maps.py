@@ -20,6 +20,7 @@ from attnscope.analyses import contributions, maps, why_maps
 from attnscope.capture import run_with_capture
 from attnscope.studies import why
 from attnscope.studies.base import Source
+from tests.references import visible_keys
 from tests.unit.tiny_models import VOCAB, build, handle
 
 FAMILIES = ["llama", "gpt2", "bert", "gpt_oss", "gemma2"]  # grouped-query, Conv1D, bidirectional, sinks, softcap+window
@@ -32,21 +33,6 @@ def _captured(family: str, length: int = 23):
     return model, run_with_capture(model, ids)
 
 
-def _visible(layer, head: int) -> np.ndarray:
-    n_queries, n_keys = layer.q.shape[2], layer.k.shape[2]
-    if layer.mask is not None:
-        mask = layer.mask[0]
-        return mask[head if mask.shape[0] > 1 else 0].expand(n_queries, n_keys).numpy().copy()
-    if not layer.causal:
-        return np.ones((n_queries, n_keys), dtype=bool)
-    position = np.arange(n_queries)[:, None] + n_keys - n_queries
-    key = np.arange(n_keys)[None, :]
-    visible = key <= position
-    if layer.window is not None:
-        visible &= key > position - layer.window
-    return visible
-
-
 def _alpha(layer, head: int) -> tuple[np.ndarray, np.ndarray]:
     """(T, S) fp64 weights of one head (a learned sink's cell in each row's softmax, then dropped) and visibility."""
     groups = layer.q.shape[1] // layer.k.shape[1]
@@ -54,7 +40,7 @@ def _alpha(layer, head: int) -> tuple[np.ndarray, np.ndarray]:
     logits = q @ k.T * layer.scale
     if layer.softcap is not None:
         logits = layer.softcap * np.tanh(logits / layer.softcap)
-    visible = _visible(layer, head)
+    visible = visible_keys(layer, head)
     sink = None if layer.sinks is None else float(layer.sinks[head])
     alpha = np.zeros_like(logits)
     for row in range(len(logits)):
