@@ -33,7 +33,8 @@ def test_smollm2_contributions_equal_the_fp64_parts_of_its_own_residual_stream(s
         parts, residual, _ = flow_contributions(reference[layer], norm)
         rows = frame[frame["layer"] == layer]
         heads = rows[rows["key"] >= 0]
-        expected = parts[heads["head"].to_numpy(), heads["query"].to_numpy(), heads["key"].to_numpy()].numpy()
+        where = tuple(torch.from_numpy(heads[name].to_numpy().astype(np.int64)) for name in ("head", "query", "key"))
+        expected = parts[where].numpy()
         assert len(heads) == int(reference[layer]["visible"].sum())
         own = rows[rows["key"] == -1].sort_values("query")
         worst = max(worst, float(np.abs(heads["contribution"].to_numpy() - expected).max()),

@@ -57,8 +57,8 @@ def test_every_layers_contributions_equal_the_fp64_parts_of_the_models_own_resid
         frame = pd.DataFrame(vars(edges))
         heads = frame[frame["key"] >= 0]
         got = torch.zeros_like(parts)
-        got[heads["head"].to_numpy(), heads["query"].to_numpy(), heads["key"].to_numpy()] = torch.tensor(
-            heads["contribution"].to_numpy().copy(), dtype=torch.float64)
+        where = tuple(torch.from_numpy(heads[name].to_numpy().astype(np.int64)) for name in ("head", "query", "key"))
+        got[where] = torch.tensor(heads["contribution"].to_numpy().copy(), dtype=torch.float64)
         assert len(heads) == int(reference[index]["visible"].sum()), "one edge per visible part at threshold 0"
         torch.testing.assert_close(got, parts, rtol=0, atol=TOLERANCE)
         kept = frame[frame["key"] == contributions.RESIDUAL].sort_values("query")
