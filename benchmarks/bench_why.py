@@ -8,6 +8,9 @@ Each measurement runs in a fresh subprocess that loads the packaged SmolLM2, cut
     contributions_l2  the same with norm=2
     ablate            attnscope.ablate(model, text): every head, zero ablation, whole-text loss (at 1,024 tokens:
                       about 135 forward passes' work, which the ratio shows)
+    ablate_widest     attnscope.ablate(model, text, heads=layer 0's): the widest pass ablation makes (every head of
+                      layer 0 as a sequence of its own through every layer), so its peak memory is that of ablating
+                      every head at that length; its time is the costliest of the 30 layers' passes
 Extra memory is the peak resident memory during the call minus the resident memory before it (the model, the
 tokenizer and the interpreter): what the call itself needs. Ratios are against the forward at the same length, all
 measured in one run on this machine (nothing else running, see load_average_before).
@@ -31,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENS = (1024, 2048, 4096)
-MEASUREMENTS = ("forward", "contributions_l1", "contributions_l2", "ablate")
+MEASUREMENTS = ("forward", "contributions_l1", "contributions_l2", "ablate", "ablate_widest")
 MEMORY_GOAL_GIB = 4.0  # the issue's bound on the extra memory of contributions at 4,096 tokens
 ABLATE_UP_TO = 1024  # ablating every head is about H * L / 2 = 135 forwards of SmolLM2 (6 minutes at 1,024 tokens)
 
@@ -62,6 +65,8 @@ def child(name: str, n_tokens: int, threads: int) -> dict:
         "contributions_l2": lambda: attnscope.contributions(model, text, max_tokens=n_tokens, norm=2, threshold=0.01,
                                                             cache=False),
         "ablate": lambda: attnscope.ablate(model, text, max_tokens=n_tokens, cache=False),
+        "ablate_widest": lambda: attnscope.ablate(model, text, max_tokens=n_tokens, cache=False,
+                                                  heads=[(0, head) for head in range(model.n_heads)]),
     }
     load = os.getloadavg()[0]
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
