@@ -82,10 +82,14 @@ def _ablation(run, source, text, cut, token: int, n_tokens: int) -> list:
                + (f" This demo ablates texts of at most {HOSTED_ABLATION_TOKENS} tokens." if limits.hosted else ""))
     target = token if scope == "token" else None
     request = ("why-ablation", run.key, mode, target)
-    if controls[2].button("Run ablation", type="primary", disabled=hosted_cap):
+    first = scope == "token" and token == 0 and loaded.kind == "decoder"  # no token before it to predict it from
+    if controls[2].button("Run ablation", type="primary", disabled=hosted_cap or first):
         st.session_state[state.WHY_ABLATIONS] = [*st.session_state[state.WHY_ABLATIONS][-KEPT_ABLATIONS + 1:],
                                                  request]
         run_control.resume(request)
+    if first:
+        st.info("The first token has no next-token loss: choose a later token, or the whole text.")
+        return []
     if hosted_cap:
         st.info(f"The text has {n_tokens} tokens: this demo ablates texts of at most {HOSTED_ABLATION_TOKENS}. Lower "
                 "'Max tokens' in the sidebar to ablate its first part.")

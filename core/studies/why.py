@@ -433,9 +433,9 @@ def ablate(source: Source, text, *, cut: Cut, mode: str = "zero", heads: Sequenc
     model = source.model
     n_layers, n_heads = model.n_layers, model.n_heads
     pairs = _pairs(heads, n_layers, n_heads)
-    target = _position(target, len(tokens), "target", 1 if model.kind == "decoder" else 0)
     if model.kind == "decoder" and len(tokens) < 2:
         raise ValueError("Ablation needs a text of at least two tokens: the first has no next-token loss.")
+    target = _position(target, len(tokens), "target", 1 if model.kind == "decoder" else 0)
     by_layer: dict[int, list[int]] = {}
     for layer, head in pairs:
         by_layer.setdefault(layer, []).append(head)

@@ -72,7 +72,7 @@ def _l1(whole, values, weights, factor):
         return raw
     others = torch.ones_like(size, dtype=torch.bool).scatter_(-1, near, False)  # (I, d)
     largest = values.abs().amax(-1)  # (H, S)
-    bent = (weights * largest[:, None, :] > beyond[None, :, None]).nonzero()  # parts the other channels may bend
+    bent = (weights.abs() * largest[:, None, :] > beyond[None, :, None]).nonzero()  # parts the others may bend
     for start in range(0, len(bent), PARTS_PER_STEP):
         head, query, key = bent[start:start + PARTS_PER_STEP].unbind(-1)
         x = weights[head, query, key][:, None] * signed[query] * values[head, key]  # (n, d): s * a * g * u

@@ -67,6 +67,15 @@ def test_the_torch_path_matches_the_reference(shape, dtype_name, norm, factor):
     check_scores(result, *parts, norm=norm, what=f"torch L{norm}")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_negative_weights_score_as_the_reference_says(backend):
+    """contribution_scores is defined for any weights; attention's are never negative, but both paths must still agree
+    with the reference (the torch path's test of which parts bend must use |weight|)."""
+    whole, values, weights, gain = make_parts((3, 5, 7, 20), torch.float32, factor=True, seed=4)
+    result = contribution_scores(whole, values, -weights, factor=gain, norm=1, backend=backend)
+    check_scores(result, whole, values, -weights, gain, norm=1, what=f"{backend} L1, negative weights")
+
+
 @pytest.mark.parametrize("factor", [False, True], ids=["no_factor", "factor"])
 @pytest.mark.parametrize("shape,dtype_name", CASES, ids=CASE_IDS)
 def test_the_triton_kernel_matches_the_reference(shape, dtype_name, factor):

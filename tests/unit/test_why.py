@@ -244,3 +244,21 @@ def test_a_model_whose_norm_after_attention_is_not_an_rms_norm_is_refused_with_a
                                     torch.nn.LayerNorm(model.config.hidden_size, eps=1e-6), False)
     with pytest.raises(anatomy.UnsupportedModel, match="not an RMS norm"):
         broken.post_factor(torch.randn(4, model.config.hidden_size))
+
+
+def test_a_gemma_in_bf16_splits_its_post_attention_norm_too():
+    """Gemma's norm computes in fp32 and rounds its output to bf16; the RMS check allows that rounding, and the
+    contributions still sum to 1 and stay near the fp32 model's."""
+    ids = _ids()
+    edges = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = build("gemma2").to(dtype)
+        capture = run_with_capture(model, ids, hidden_states=True)
+        layer = anatomy.attention_layers(model)[1]
+        found = contributions.layer_edges(capture.layer(1), capture.hidden_states[1][0], layer, backend="torch")
+        frame = pd.DataFrame(vars(found))
+        np.testing.assert_allclose(frame.groupby("query")["contribution"].sum(), 1.0, atol=1e-5)
+        edges[dtype] = frame.set_index(["query", "key", "head"])["contribution"]
+    both = pd.concat(edges, axis=1).dropna()
+    assert len(both) == len(edges[torch.float32])
+    assert float((both.iloc[:, 0] - both.iloc[:, 1]).abs().max()) < 0.05  # bf16 activations, not another rule
