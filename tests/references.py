@@ -24,6 +24,23 @@ def visible_keys(layer, head: int):
     return visible
 
 
+def pooled_tiles(values, visible, block: int, reduce: str):
+    """(ceil(T/block), ceil(S/block)) numpy: a loop over the block x block tiles of a full (T, S) matrix, the mean or
+    max of each tile's visible cells, NaN where none is visible."""
+    import math
+
+    import numpy as np
+
+    out = np.full((math.ceil(values.shape[0] / block), math.ceil(values.shape[1] / block)), np.nan)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            tile = values[r * block:(r + 1) * block, c * block:(c + 1) * block]
+            seen = visible[r * block:(r + 1) * block, c * block:(c + 1) * block]
+            if seen.any():
+                out[r, c] = tile[seen].mean() if reduce == "mean" else tile[seen].max()
+    return out
+
+
 def head_qkv(layer, head: int):
     """(q, k, v) of query head `head` of a captured layer, each (B, 1, T, D), its key/value head picked by GQA."""
     kv = layer.kv_head(head)

@@ -78,9 +78,8 @@ def _key_range(layer: LayerCapture, rows: slice) -> slice:
     return slice(low, rows.stop + offset)
 
 
-def _weights(layer: LayerCapture, rows: slice, keys: slice, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha (H, I, K) of the first sequence over `keys` (the rows' whole softmax, sinks included) and the visibility
-    (H or 1, I, K)."""
+def _weights(layer: LayerCapture, rows: slice, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha (H, I, S) of the first sequence (the rows' softmax, sinks included) and the visibility (H or 1, I, S)."""
     logits = layer.logits(rows=rows, dtype=dtype)[0]  # (H, I, S), -inf where hidden
     if layer.sinks is not None:
         cell = layer.sinks.to(logits)[:, None, None].expand(*logits.shape[:2], 1)
@@ -88,7 +87,7 @@ def _weights(layer: LayerCapture, rows: slice, keys: slice, dtype: torch.dtype) 
     else:
         weights = torch.softmax(logits, dim=-1)
     visible = layer.visible(rows)[0]  # (1 or H, I, S)
-    return weights.nan_to_num(0.0)[..., keys], visible[..., keys]
+    return weights.nan_to_num(0.0), visible
 
 
 @torch.no_grad()
@@ -123,7 +122,7 @@ def layer_edges(layer: LayerCapture, entering: torch.Tensor, anatomy: AttentionL
         if wanted is not None and not bool(wanted[rows].any()):
             continue
         keys = _key_range(layer, rows)
-        weights, visible = _weights(layer, rows, slice(0, n_keys), dtype)  # (H, I, S)
+        weights, visible = _weights(layer, rows, dtype)  # (H, I, S)
         heads_out = torch.matmul(weights, v)  # (H, I, Dv): what each head hands the output projection
         projected = anatomy.project(heads_out.transpose(0, 1).reshape(heads_out.shape[1], -1))  # (I, d)
         factor = anatomy.post_factor(projected)

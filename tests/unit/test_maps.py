@@ -18,7 +18,7 @@ import torch
 
 from attnscope.analyses import maps
 from attnscope.capture import ATTENTION_NAME, capturing, register_attention, run_with_capture
-from tests.references import visible_keys
+from tests.references import pooled_tiles, visible_keys
 from tests.unit.tiny_models import VOCAB, build, padded_bert_layer
 
 FIELDS = ("entropy", "normalized_entropy", "max_weight", "sink_mass", "mean_distance")
@@ -48,19 +48,6 @@ def _reference_probs(layer, head: int) -> tuple[np.ndarray, np.ndarray]:
     return probs, visible
 
 
-def _reference_pool(probs: np.ndarray, visible: np.ndarray, block: int, reduce: str) -> np.ndarray:
-    """Loop over tiles of the full matrix: mean or max over the visible cells, NaN if none."""
-    n_rows, n_cols = probs.shape
-    out = np.full((math.ceil(n_rows / block), math.ceil(n_cols / block)), np.nan)
-    for r in range(out.shape[0]):
-        for c in range(out.shape[1]):
-            tile = probs[r * block : (r + 1) * block, c * block : (c + 1) * block]
-            seen = visible[r * block : (r + 1) * block, c * block : (c + 1) * block]
-            if seen.any():
-                out[r, c] = tile[seen].mean() if reduce == "mean" else tile[seen].max()
-    return out
-
-
 def _reference_map(layer, heads, block: int, reduce: str, hide_sink: bool) -> np.ndarray:
     """(len(heads), ceil(T/block), ceil(S/block)): _reference_pool of each head, key 0 left out under hide_sink."""
     pooled = []
@@ -68,7 +55,7 @@ def _reference_map(layer, heads, block: int, reduce: str, hide_sink: bool) -> np
         probs, visible = _reference_probs(layer, head)
         if hide_sink:
             visible[:, 0] = False
-        pooled.append(_reference_pool(probs, visible, block, reduce))
+        pooled.append(pooled_tiles(probs, visible, block, reduce))
     return np.stack(pooled)
 
 

@@ -8,7 +8,6 @@ the product e_t^T A_{L-1} ... A_0 of the full matrices A_l = rows-normalised(0.5
 """
 
 import functools
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +19,7 @@ from attnscope.analyses import contributions, maps, why_maps
 from attnscope.capture import run_with_capture
 from attnscope.studies import why
 from attnscope.studies.base import Source
-from tests.references import visible_keys
+from tests.references import pooled_tiles, visible_keys
 from tests.unit.tiny_models import VOCAB, build, handle
 
 FAMILIES = ["llama", "gpt2", "bert", "gpt_oss", "gemma2"]  # grouped-query, Conv1D, bidirectional, sinks, softcap+window
@@ -51,17 +50,6 @@ def _alpha(layer, head: int) -> tuple[np.ndarray, np.ndarray]:
     return alpha, visible
 
 
-def _pool(values: np.ndarray, visible: np.ndarray, block: int, reduce: str) -> np.ndarray:
-    out = np.full((math.ceil(values.shape[0] / block), math.ceil(values.shape[1] / block)), np.nan)
-    for r in range(out.shape[0]):
-        for c in range(out.shape[1]):
-            tile = values[r * block:(r + 1) * block, c * block:(c + 1) * block]
-            seen = visible[r * block:(r + 1) * block, c * block:(c + 1) * block]
-            if seen.any():
-                out[r, c] = tile[seen].mean() if reduce == "mean" else tile[seen].max()
-    return out
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_value_norms_are_the_norms_of_each_heads_value_times_its_slice_of_w_o(family):
     model, capture = _captured(family)
@@ -88,7 +76,7 @@ def test_value_weighted_map_is_the_pooled_norm_of_each_weighted_value_vector(fam
         parts = np.linalg.norm(alpha[:, :, None] * u[head][None, :, :], axis=-1)  # (T, S) |alpha u|
         got, norms = why_maps.value_weighted_map(layer, layers[index], head=head, block=block, reduce=reduce)
         np.testing.assert_allclose(norms.double().numpy(), np.linalg.norm(u[head], axis=-1), rtol=1e-5)
-        np.testing.assert_allclose(got.double().numpy(), _pool(parts, visible, block, reduce), rtol=1e-5,
+        np.testing.assert_allclose(got.double().numpy(), pooled_tiles(parts, visible, block, reduce), rtol=1e-5,
                                    atol=1e-9, equal_nan=True, err_msg=f"{family} head {head}")
 
 
