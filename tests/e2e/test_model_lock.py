@@ -31,6 +31,23 @@ def _waits(page) -> None:
     _current(page, WAITING).wait_for(timeout=120_000)
 
 
+STOP_KEY = re.compile(r"\bst-key-(stop_[0-9a-f]+)\b")
+
+
+def _stop_key(page) -> str:
+    """The widget key of the Stop button on screen (one per computation: run_control.working)."""
+    container = page.locator('[data-testid="stElementContainer"][data-stale="false"][class*="st-key-stop_"]').last
+    container.wait_for(timeout=120_000)
+    return STOP_KEY.search(container.get_attribute("class")).group(1)
+
+
+def _new_stop(page, old_key: str):
+    """The Stop button of a computation other than `old_key`'s: right after a rerun the previous run's button can stay
+    in the page for a moment, hidden and not yet marked stale, and clicking it would wait for it in vain."""
+    fresh = f'[data-testid="stElementContainer"][data-stale="false"][class*="st-key-stop_"]:not(.st-key-{old_key})'
+    return page.locator(fresh).last.get_by_role("button")
+
+
 def test_no_interrupted_wait_leaves_the_model_locked(server, browser, output_dir):
     a_context, a = _open(browser, f"{server}/generation?text={COUNTING}")
     a.get_by_role("heading", name="Generation").wait_for(timeout=120_000)
@@ -44,11 +61,12 @@ def test_no_interrupted_wait_leaves_the_model_locked(server, browser, output_dir
 
     b_context, b = _open(browser, server)
     _waits(b)
+    first_stop = _stop_key(b)
     box = b.get_by_role("textbox", name="Text to analyse")  # rerun while waiting: the new run waits its turn
     box.fill("A second visitor's own sentence")
     box.press("Control+Enter")
     _waits(b)
-    _current(b, "Stop").get_by_role("button").click()  # stop while waiting
+    _new_stop(b, first_stop).click()  # stop the new run while it waits
     b.get_by_text("Stopped (running").wait_for(timeout=60_000)
 
     b2_context, b2 = _open(browser, server)  # close the tab while waiting
