@@ -19,6 +19,7 @@ Streamlit is imported by the command it starts, never here: the launcher only ch
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import tomllib
@@ -75,10 +76,19 @@ def streamlit_command(*, port: int = 8501, extra: Sequence[str] = ()) -> list[st
 def run_app(*, port: int = 8501, extra: Sequence[str] = ()) -> int:
     """Run the dashboard until it is stopped (Ctrl+C ends it quietly) and return its exit status.
 
+    On POSIX the launcher becomes Streamlit (os.execv): a service manager's SIGTERM, a container's stop or a test's
+    terminate() then reach the server itself. A parent that started Streamlit as a child would die on SIGTERM and
+    leave the server running, holding its port. Elsewhere Streamlit runs as a child until it exits.
+
     Raises:
         StreamlitMissing: streamlit is not installed.
     """
-    with subprocess.Popen(streamlit_command(port=port, extra=extra)) as server:
+    command = streamlit_command(port=port, extra=extra)
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
+    with subprocess.Popen(command) as server:
         try:
             return server.wait()
         except KeyboardInterrupt:  # the terminal sent Ctrl+C to Streamlit too, which then shuts down by itself

@@ -10,6 +10,7 @@ import os
 import posixpath
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import tomllib
@@ -245,3 +246,5 @@ def test_attnscope_app_command_serves_the_dashboard(browser, output_dir, tmp_pat
     with _served(command, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_name="attnscope-app.log",
                  port=port, output_dir=output_dir) as url:
         _first_map(browser, url).close()
+    with pytest.raises(ConnectionRefusedError):  # SIGTERM to `attnscope app` stopped the server, not just a launcher
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
