@@ -7,7 +7,7 @@ Triton itself is imported only when a Triton kernel runs, so everything else wor
 
 from attnscope.kernels.attention_stats import AttentionStats, attention_stats
 from attnscope.kernels.contributions import contribution_scores
-from attnscope.kernels.pooled_map import pooled_attention_map
+from attnscope.kernels.pooled_map import pool_tiles, pooled_attention_map
 from attnscope.kernels.taylor import DENOMINATORS, MAX_ORDER, TaylorSweep, taylor_attention, taylor_error, taylor_sweep
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "TaylorSweep",
     "attention_stats",
     "contribution_scores",
+    "pool_tiles",
     "pooled_attention_map",
     "taylor_attention",
     "taylor_error",

@@ -31,9 +31,8 @@ All functions read the first sequence of the capture; tensors follow [B, H, T, D
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from attnscope import cancel
+from attnscope import cancel, kernels
 from attnscope.analyses.maps import REDUCTIONS
 from attnscope.anatomy import AttentionLayer
 from attnscope.capture import LayerCapture
@@ -61,20 +60,6 @@ def value_norms(layer: LayerCapture, anatomy: AttentionLayer, *, head: int,
     values = layer.v[0, layer.kv_head(head)].to(dtype)  # (S, Dv)
     return torch.cat([torch.linalg.vector_norm(values[start:start + NORM_ROWS] @ weight.t(), dim=-1)
                       for start in range(0, values.shape[0], NORM_ROWS)])
-
-
-def _pool(cells: torch.Tensor, visible: torch.Tensor, block: int, reduce: str) -> torch.Tensor:
-    """(ceil(t/block), ceil(s/block)) tiles of a (t, s) chunk: the mean or max of each tile's visible cells, NaN
-    where a tile has none."""
-    pad = (0, -cells.shape[1] % block, 0, -cells.shape[0] % block)
-    cells, seen = F.pad(cells, pad), F.pad(visible.to(cells.dtype), pad)
-    tiles = (cells.shape[0] // block, block, cells.shape[1] // block, block)
-    count = seen.view(tiles).sum(dim=(1, 3))
-    if reduce == "mean":
-        pooled = (cells * seen).view(tiles).sum(dim=(1, 3)) / count.clamp_min(1)
-    else:
-        pooled = cells.masked_fill(seen == 0, float("-inf")).view(tiles).amax(dim=(1, 3))
-    return pooled.masked_fill(count == 0, float("nan"))
 
 
 @torch.no_grad()
@@ -108,7 +93,7 @@ def pooled_key_scaled(layer: LayerCapture, *, head: int, key_scale: torch.Tensor
         probs = layer.probs([head], rows)[0, 0]  # (t, S)
         visible = layer.visible(rows)[0]  # (1 or Hq, t, S)
         visible = visible[head if visible.shape[0] > 1 else 0]
-        out.append(_pool(probs * scale[None, :], visible, block, reduce).cpu())
+        out.append(kernels.pool_tiles(probs * scale[None, :], visible, block, reduce).cpu())
     return torch.cat(out)
 
 

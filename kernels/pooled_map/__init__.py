@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from attnscope.kernels.pooled_map import chunked
+from attnscope.kernels.pooled_map.chunked import pool_tiles
 from attnscope.kernels.utils import check_rule, default_scale, resolve_backend, unsupported_by_triton
 
-__all__ = ["REDUCTIONS", "pooled_attention_map"]
+__all__ = ["REDUCTIONS", "pool_tiles", "pooled_attention_map"]
 
 REDUCTIONS = ("mean", "max")
 

@@ -87,18 +87,25 @@ def pooled_attention_map(q, k, *, block: int, reduce: str, causal: bool, scale: 
         if hide_sink and lo == 0:
             visible = visible.clone()
             visible[..., 0] = False
-        row_pad = math.ceil(t / block) * block - t
-        key_pad = kb * block - width
-        probs = torch.nn.functional.pad(probs, (0, key_pad, 0, row_pad))
-        visible = torch.nn.functional.pad(visible, (0, key_pad, 0, row_pad), value=False)
-        tiles = probs.view(batch, n_heads, -1, block, kb, block)  # (B, H, rb, block, kb, block)
-        tiles_visible = visible.reshape(*visible.shape[:2], *tiles.shape[2:])
-        count = tiles_visible.sum(dim=(3, 5))
-        if reduce == "mean":
-            pooled = (tiles * tiles_visible).sum(dim=(3, 5)) / count.clamp(min=1)
-        else:
-            pooled = tiles.masked_fill(~tiles_visible, float("-inf")).amax(dim=(3, 5))
+        pooled = pool_tiles(probs, visible, block, reduce)  # (B, H, ceil(t/block), kb)
         first = start // block
-        out[:, :, first : first + pooled.shape[2], lo // block : lo // block + kb] = torch.where(count > 0, pooled,
-                                                                                               torch.nan)
+        out[:, :, first : first + pooled.shape[2], lo // block : lo // block + kb] = pooled
     return out
+
+
+def pool_tiles(cells: torch.Tensor, visible: torch.Tensor, block: int, reduce: str) -> torch.Tensor:
+    """(..., ceil(t/block), ceil(s/block)) tiles of (..., t, s) cells: the mean ("mean") or the max ("max") of each
+    tile's visible cells, NaN where a tile has none. visible is bool and broadcasts against cells in the leading
+    dimensions; a ragged last tile row or column is padded with hidden cells."""
+    row_pad, key_pad = -cells.shape[-2] % block, -cells.shape[-1] % block
+    cells = torch.nn.functional.pad(cells, (0, key_pad, 0, row_pad))
+    visible = torch.nn.functional.pad(visible, (0, key_pad, 0, row_pad), value=False)
+    tiles = (cells.shape[-2] // block, block, cells.shape[-1] // block, block)
+    cells = cells.view(*cells.shape[:-2], *tiles)  # (..., rb, block, kb, block)
+    seen = visible.reshape(*visible.shape[:-2], *tiles)
+    count = seen.sum(dim=(-3, -1))
+    if reduce == "mean":
+        pooled = (cells * seen).sum(dim=(-3, -1)) / count.clamp(min=1)
+    else:
+        pooled = cells.masked_fill(~seen, float("-inf")).amax(dim=(-3, -1))
+    return torch.where(count > 0, pooled, torch.nan)
