@@ -188,11 +188,31 @@ def ablate_layer(model: torch.nn.Module, input_ids: torch.Tensor, base: Baseline
     return np.array(out, dtype=np.float64)
 
 
+def losses_by_layer(pairs: Sequence[tuple[int, int]],
+                    layer_losses: Callable[[int, tuple[int, ...]], Sequence[float]],
+                    on_layer: Callable[[int, tuple[int, ...], int], None] | None = None) -> np.ndarray:
+    """(len(pairs),) float64: the loss of each (layer, head) pair, in the pairs' order, from layer_losses(layer,
+    heads), called once for each layer that has heads, lowest layer first (ablate_layer, or a cached unit of it).
+    on_layer(layer, heads, heads done before it) is called before each layer, for progress."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in pairs:
+        by_layer.setdefault(layer, []).append(head)
+    losses: dict[tuple[int, int], float] = {}
+    done = 0
+    for layer, layer_heads in sorted(by_layer.items()):
+        heads = tuple(layer_heads)
+        if on_layer is not None:
+            on_layer(layer, heads, done)
+        losses.update({(layer, head): float(value) for head, value in zip(heads, layer_losses(layer, heads))})
+        done += len(heads)
+    return np.array([losses[pair] for pair in pairs], dtype=np.float64)
+
+
 def ablate(model: torch.nn.Module, input_ids: torch.Tensor, *, n_heads: int, mode: str = "zero",
            heads: Sequence[tuple[int, int]] | None = None, target: int | None = None,
            progress: Callable[[float, str], None] | None = None) -> Ablation:
     """The loss with each of `heads` ablated ((layer, head) pairs; None: every head of every layer): baseline,
-    then ablate_layer for each layer that has heads to ablate.
+    then ablate_layer for each layer that has heads to ablate (losses_by_layer).
 
     Raises:
         ValueError: a mode, head or target that does not fit; anatomy.UnsupportedModel for a model whose heads
@@ -203,17 +223,11 @@ def ablate(model: torch.nn.Module, input_ids: torch.Tensor, *, n_heads: int, mod
     report = progress or (lambda fraction, message: None)
     report(0.0, f"The unablated forward pass over {input_ids.shape[1]} tokens")
     base = baseline(model, input_ids, target=target)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in pairs:
-        by_layer.setdefault(layer, []).append(head)
-    losses: dict[tuple[int, int], float] = {}
-    for done, (layer, layer_heads) in enumerate(sorted(by_layer.items())):
-        report(done / len(by_layer), f"Layer {layer}: ablating {len(layer_heads)} heads")
-        values = ablate_layer(model, input_ids, base, layer=layer, heads=layer_heads, n_heads=n_heads, mode=mode,
-                              target=target)
-        losses.update({(layer, head): value for head, value in zip(layer_heads, values)})
+    losses = losses_by_layer(
+        pairs, lambda layer, layer_heads: ablate_layer(model, input_ids, base, layer=layer, heads=layer_heads,
+                                                       n_heads=n_heads, mode=mode, target=target),
+        lambda layer, layer_heads, done: report(done / len(pairs), f"Layer {layer}: ablating {len(layer_heads)} heads"))
     report(1.0, "Ablation done")
     return Ablation(layers=np.array([p[0] for p in pairs], dtype=np.int32),
-                    heads=np.array([p[1] for p in pairs], dtype=np.int32),
-                    losses=np.array([losses[p] for p in pairs], dtype=np.float64), base_loss=base.loss,
+                    heads=np.array([p[1] for p in pairs], dtype=np.int32), losses=losses, base_loss=base.loss,
                     metric=base.metric)

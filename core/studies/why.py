@@ -436,26 +436,22 @@ def ablate(source: Source, text, *, cut: Cut, mode: str = "zero", heads: Sequenc
     if model.kind == "decoder" and len(tokens) < 2:
         raise ValueError("Ablation needs a text of at least two tokens: the first has no next-token loss.")
     target = _position(target, len(tokens), "target", 1 if model.kind == "decoder" else 0)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in pairs:
-        by_layer.setdefault(layer, []).append(head)
     step = progress_steps(progress, len(pairs) + 1)
     step(0, f"The unablated pass over {len(tokens)} tokens")
     base = source.unit(ablation_base, text, cut, target)
-    losses: dict[tuple[int, int], float] = {}
-    done = 1
-    for layer, layer_heads in sorted(by_layer.items()):
-        step(done, f"Layer {layer}: ablating {len(layer_heads)} head{'s' if len(layer_heads) > 1 else ''} "
-                   f"({done - 1} of {len(pairs)} done)")
-        values = source.unit(ablation_layer, text, cut, mode, target, layer, tuple(layer_heads))
-        losses.update({(layer, head): float(v) for head, v in zip(layer_heads, values)})
-        done += len(layer_heads)
-    step(done, "Ablation done")
+
+    def announce(layer: int, layer_heads: tuple[int, ...], done: int) -> None:
+        step(done + 1, f"Layer {layer}: ablating {len(layer_heads)} head{'s' if len(layer_heads) > 1 else ''} "
+                       f"({done} of {len(pairs)} done)")
+
+    losses = ablation_analysis.losses_by_layer(
+        pairs, lambda layer, layer_heads: source.unit(ablation_layer, text, cut, mode, target, layer, layer_heads),
+        announce)
+    step(len(pairs) + 1, "Ablation done")
     return AblationResult(
         meta=meta_for(model, tokens, max_tokens=cut.max_tokens, keep=cut.keep, mode=mode, target=target),
         tokens=tokens.strings, layers=np.array([p[0] for p in pairs], dtype=np.int32),
-        heads=np.array([p[1] for p in pairs], dtype=np.int32),
-        losses=np.array([losses[p] for p in pairs], dtype=np.float64), base_loss=base.loss, metric=base.metric,
+        heads=np.array([p[1] for p in pairs], dtype=np.int32), losses=losses, base_loss=base.loss, metric=base.metric,
         n_layers=n_layers, n_heads=n_heads)
 
 
