@@ -174,10 +174,15 @@ def _chunk_edges(pick, keep_rows, key_start, share, residual_share, sink_share, 
                  head[order].numpy().astype(np.int16), value[order].float().numpy())
 
 
+def edge_sources(query: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The position each edge comes from: a head part's key, the residual part's own query; a learned sink's part
+    keeps SINK (negative: no position)."""
+    return np.where(key == RESIDUAL, query, key)
+
 
 def sources_of(edges: Edges) -> tuple[int, ...]:
-    """The positions the kept edges of a layer come from: a head part's key, the residual part's own query.
-    llm-transparency-tool's traversal follows these down to the layer below (the MLP between layers is not a node
-    here: a token's stream after a layer is taken as that layer's whole)."""
-    sources = np.where(edges.key == RESIDUAL, edges.query, edges.key)
+    """The positions the kept edges of a layer come from (edge_sources). llm-transparency-tool's traversal follows
+    these down to the layer below (the MLP between layers is not a node here: a token's stream after a layer is taken
+    as that layer's whole)."""
+    sources = edge_sources(edges.query, edges.key)
     return tuple(int(p) for p in np.unique(sources[sources >= 0]))

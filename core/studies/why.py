@@ -345,7 +345,7 @@ def flow_relevance(result: ContributionsResult) -> np.ndarray:
     n_layers, n_tokens = result.n_layers, len(result.tokens)
     relevance = np.zeros((n_layers + 1, n_tokens))
     relevance[n_layers, token] = 1.0
-    sources = np.where(result.key == flow.RESIDUAL, result.query, result.key)
+    sources = flow.edge_sources(result.query, result.key)
     for layer in reversed(range(n_layers)):
         pick = (result.layer == layer) & (sources >= 0)
         np.add.at(relevance[layer], sources[pick],
