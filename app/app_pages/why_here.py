@@ -184,9 +184,10 @@ with left:
 with right:
     (name, figure), = weighted.figures(scale=scale, marks=marks).items()
     output.chart(figure, key="why_value_map", name=name, data=weighted.to_frame)
-for item in weighted.findings():
+weighted_findings = weighted.findings()
+for item in weighted_findings:
     output.finding(item, literal_measured=True)
-findings += weighted.findings()
+findings += weighted_findings
 
 st.subheader("Attention rollout, the classic baseline")
 with run_control.working(f"Rollout from token {token}", ("why-rollout", run.key, token), models=(spec,)):
@@ -194,10 +195,10 @@ with run_control.working(f"Rollout from token {token}", ("why-rollout", run.key,
 st.caption(why.ROLLOUT_DIFFERS + " The diamonds are the same token's relevance along its contribution graph.")
 output.chart(rollout.figures(flow=why.flow_relevance(flow)[0])["rollout"], key="why_rollout", name="rollout",
              data=rollout.to_frame)
-compared = why.compare_rollout(rollout, flow)
-for item in [*rollout.findings(), compared]:
+rollout_findings = [*rollout.findings(), why.compare_rollout(rollout, flow)]
+for item in rollout_findings:
     output.finding(item, literal_measured=True)
-findings += [*rollout.findings(), compared]
+findings += rollout_findings
 
 findings += _ablation(run, source, text, cut, token, n_tokens)
 output.report_button("Why here", {"token": token, "edges at or above": threshold, "layer": layer, "head": head,
